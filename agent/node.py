@@ -1,0 +1,278 @@
+"""The node agent: one MQTT connection with last-will, registration, heartbeats and tasks.
+
+Every (re)connect gets a new epoch (a number that only grows, persisted in the state dir) that
+goes into the hello, the retained presence and the last-will, so that the control service can
+tell a death notice of an old connection from one of the current connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from agent import facts
+from agent.journal import Journal
+from agent.settings import AgentSettings
+from agent.tasks import HANDLERS, TaskContext, TaskFailed
+from broker.messages import (
+    MAX_PAYLOAD_BYTES,
+    ControlPresence,
+    Heartbeat,
+    Hello,
+    NodeFacts,
+    Presence,
+    Registration,
+    TaskMessage,
+    TaskState,
+    TaskStatus,
+    join_proof,
+)
+from broker.topics import Topics, filter_matches
+from broker.url import MqttUrl
+
+log = logging.getLogger(__name__)
+
+EXIT_AUTH = 2
+HELLO_RETRY_SECONDS = 5.0
+RECONNECT_MIN, RECONNECT_MAX = 1, 30
+TASK_WORKERS = 4
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, on_ready: Callable[[], None] | None = None) -> None:
+        self.s = settings
+        self.cluster = settings.cluster
+        self.node = settings.node
+        self.topics = Topics(settings.mqtt_root)
+        self.url = MqttUrl.parse(settings.mqtt_url)
+        self.on_ready = on_ready
+        os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        self.agent_id = self._load_agent_id()
+        self.address = settings.address or facts.address_towards(self.url.host, self.url.port)
+        self.journal = Journal(os.path.join(settings.state_dir, "journal.jsonl"))
+        self.epoch = 0
+        self.registered = threading.Event()
+        self.exit_code = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._last_hello = 0.0
+        self._seq = 0
+        self._network_thread = 0
+        self._pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="task")
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"glusterctl-agent-{self.node}-{self.agent_id[:8]}"[:64],
+            clean_session=True,
+        )
+        self.client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        self.client.on_pre_connect = self._on_pre_connect
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # ---- identity and epochs --------------------------------------------------------------
+    def _load_agent_id(self) -> str:
+        path = os.path.join(self.s.state_dir, "agent-id")
+        if os.path.exists(path):
+            with open(path) as fh:
+                return fh.read().strip()
+        agent_id = uuid.uuid4().hex
+        with open(path, "w") as fh:
+            fh.write(agent_id + "\n")
+        return agent_id
+
+    def _next_epoch(self) -> int:
+        """max(last + 1, now in ms): grows across restarts, and even if the state dir was lost."""
+        path = os.path.join(self.s.state_dir, "epoch")
+        last = 0
+        try:
+            with open(path) as fh:
+                last = int(fh.read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        epoch = max(last + 1, int(time.time() * 1000))
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{epoch}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return epoch
+
+    # ---- run ------------------------------------------------------------------------------
+    def run(self) -> int:
+        log.info("agent %s starting: node %s, cluster %s, broker %s, state dir %s", self.agent_id[:8], self.node,
+                 self.cluster, self.url.redacted(), self.s.state_dir)
+        self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        self.client.loop_forever(retry_first_connection=True)
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.journal.close()
+        return self.exit_code
+
+    def stop(self, code: int = 0) -> None:
+        """Leave cleanly: mark the presence offline ourselves (a clean disconnect sends no will)."""
+        self.exit_code = code
+        self._stop.set()
+        if self.client.is_connected() and self.registered.is_set():
+            info = self.client.publish(self.topics.presence(self.cluster, self.node),
+                                       Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json(),
+                                       qos=1, retain=True)
+            if threading.get_ident() != self._network_thread:  # never block paho's own thread
+                try:
+                    info.wait_for_publish(timeout=2)
+                except RuntimeError:
+                    pass
+        self.client.disconnect()
+
+    # ---- paho callbacks -------------------------------------------------------------------
+    def _on_pre_connect(self, client, userdata) -> None:
+        self._network_thread = threading.get_ident()
+        self.epoch = self._next_epoch()
+        self.registered.clear()
+        client.username_pw_set(self.url.username or self.node, self.url.password or self.s.token)
+        will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json()
+        client.will_set(self.topics.presence(self.cluster, self.node), will, qos=1, retain=True)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            if reason_code.value in (4, 5, 134, 135):  # bad credentials / not authorized
+                log.error("the MQTT broker %s refused node %s of cluster %s (%s): check the join token "
+                          "(glusterctl cluster token %s) and the node name", self.url.redacted(), self.node,
+                          self.cluster, reason_code, self.cluster)
+                self.stop(EXIT_AUTH)
+            else:
+                log.warning("the MQTT broker refused the connection (%s); retrying", reason_code)
+            return
+        log.info("connected to %s (epoch %d)", self.url.redacted(), self.epoch)
+        client.subscribe([(self.topics.registration(self.cluster, self.node), 1),
+                          (self.topics.control_presence(), 1)])
+        self._send_hello()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.registered.clear()
+        if not self._stop.is_set():
+            log.warning("lost the MQTT broker (%s); reconnecting with backoff", reason_code)
+
+    def _send_hello(self) -> None:
+        self._last_hello = time.monotonic()
+        hello = Hello(agent_id=self.agent_id, epoch=self.epoch,
+                      proof=join_proof(self.s.token, self.node, self.agent_id, self.epoch),
+                      facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)))
+        self.client.publish(self.topics.hello(self.cluster, self.node), hello.model_dump_json(), qos=1)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            if len(msg.payload) > MAX_PAYLOAD_BYTES:
+                log.warning("dropped %d-byte message on %s", len(msg.payload), msg.topic)
+                return
+            if msg.topic == self.topics.registration(self.cluster, self.node):
+                self._on_registration(Registration.model_validate_json(msg.payload))
+            elif msg.topic == self.topics.control_presence():
+                if msg.payload:
+                    presence = ControlPresence.model_validate_json(msg.payload)
+                    if presence.state == "online":
+                        self._send_hello()
+            elif filter_matches(self.topics.tasks_filter(self.cluster, self.node), msg.topic) and msg.payload:
+                self._on_task(TaskMessage.model_validate_json(msg.payload))
+        except ValidationError as exc:
+            log.warning("dropped malformed message on %s: %s", msg.topic, " ".join(str(exc).split())[:300])
+        except Exception:
+            log.exception("error handling message on %s", msg.topic)
+
+    def _on_registration(self, reg: Registration) -> None:
+        if reg.epoch != self.epoch:
+            return  # an answer to an older connection's hello
+        if not reg.accepted:
+            log.error("the control service refused node %s in cluster %s: %s", self.node, self.cluster, reg.reason)
+            self.stop(EXIT_AUTH)
+            return
+        first = not self.registered.is_set()
+        self.registered.set()
+        if first:
+            log.info("registered as node %s in cluster %s (epoch %d)", self.node, self.cluster, self.epoch)
+            self.client.publish(self.topics.presence(self.cluster, self.node),
+                                Presence(state="online", epoch=self.epoch, at=time.time()).model_dump_json(),
+                                qos=1, retain=True)
+            self.client.subscribe(self.topics.tasks_filter(self.cluster, self.node), qos=1)
+            self._publish_heartbeat()
+            if self.on_ready:
+                self.on_ready()
+
+    # ---- heartbeats ---------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(min(self.s.heartbeat, HELLO_RETRY_SECONDS, 1.0)):
+            try:
+                if not self.client.is_connected():
+                    continue
+                if not self.registered.is_set():
+                    if time.monotonic() - self._last_hello >= HELLO_RETRY_SECONDS:
+                        self._send_hello()
+                    continue
+                if time.monotonic() - self._last_beat >= self.s.heartbeat:
+                    self._publish_heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    _last_beat = 0.0
+
+    def _publish_heartbeat(self) -> None:
+        self._last_beat = time.monotonic()
+        self._seq += 1
+        beat = Heartbeat(epoch=self.epoch, seq=self._seq, at=time.time(),
+                         facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)))
+        self.client.publish(self.topics.heartbeat(self.cluster, self.node), beat.model_dump_json(), qos=0)
+
+    # ---- tasks ----------------------------------------------------------------------------------
+    def _status(self, task_id: str, state: TaskState, reason: str = "", result: dict | None = None) -> None:
+        status = TaskStatus(task_id=task_id, state=state, epoch=self.epoch, reason=reason, result=result)
+        self.client.publish(self.topics.task_status(self.cluster, self.node), status.model_dump_json(), qos=1)
+
+    def _on_task(self, task: TaskMessage) -> None:
+        with self._lock:
+            if task.id in self._running:
+                return  # redelivered while it runs
+            done = self.journal.get(task.id)
+            if done and TaskState(done["state"]).final:
+                log.info("task %s (%s) already %s: acknowledging again", task.id, task.kind, done["state"])
+                self._status(task.id, TaskState(done["state"]), done["reason"], done["result"])
+                return
+            if done:
+                log.warning("task %s (%s) was interrupted by an agent restart; running it again", task.id, task.kind)
+            self._running.add(task.id)
+        self._pool.submit(self._execute, task)
+
+    def _execute(self, task: TaskMessage) -> None:
+        try:
+            handler = HANDLERS.get(task.kind)
+            log.info("executing task %s (%s)", task.id, task.kind)
+            self.journal.record(task.id, TaskState.RUNNING.value)
+            self._status(task.id, TaskState.RUNNING)
+            if handler is None:
+                raise TaskFailed(f"unknown task kind {task.kind!r}: upgrade the agent on node {self.node}")
+            ctx = TaskContext(node=self.node, task_id=task.id, report=lambda state: self._status(task.id, TaskState(state)))
+            result = handler(ctx, task.params)
+            state, reason = TaskState.DONE, ""
+        except TaskFailed as exc:
+            state, reason, result = TaskState.FAILED, str(exc), None
+        except Exception as exc:
+            log.exception("task %s (%s) failed unexpectedly", task.id, task.kind)
+            state, reason, result = TaskState.FAILED, f"agent error: {exc!r}", None
+        self.journal.record(task.id, state.value, reason, result)
+        log.log(logging.WARNING if state == TaskState.FAILED else logging.INFO, "task %s (%s): %s%s", task.id,
+                task.kind, state.value, f" ({reason})" if reason else "")
+        self._status(task.id, state, reason, result)
+        with self._lock:
+            self._running.discard(task.id)

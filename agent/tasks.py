@@ -1,0 +1,109 @@
+"""Task handlers: one function per task kind, ``handler(ctx, params) -> result``.
+
+A handler raises ``TaskFailed(reason)`` for an expected failure; the reason starts with the
+errno name when there is one (ENOENT, EACCES, ...) so the failure report can explain it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent import facts
+from broker.messages import TaskKind
+
+
+class TaskFailed(Exception):
+    pass
+
+
+@dataclass
+class TaskContext:
+    node: str
+    task_id: str
+    report: Callable[[str], None]  # report(step_state), e.g. "RUNNING"
+
+
+def oserror_reason(exc: OSError, what: str) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return f"{name}: {what}: {exc.strerror}"
+
+
+def _fs_type(path: str) -> str:
+    best, fstype = "", ""
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+def _xattrs_work(path: str) -> tuple[bool, str]:
+    fd, tmp = tempfile.mkstemp(prefix=".glusterctl-probe-", dir=path)
+    try:
+        os.setxattr(tmp, "trusted.glusterctl.probe", b"1")
+        ok = os.getxattr(tmp, "trusted.glusterctl.probe") == b"1"
+        return ok, "" if ok else "trusted xattr read back differently"
+    except OSError as exc:
+        return False, oserror_reason(exc, f"trusted xattrs in {path}")
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+
+
+def _write_speed(path: str, seconds: float) -> float:
+    block = os.urandom(1 << 20)
+    fd, tmp = tempfile.mkstemp(prefix=".glusterctl-io-", dir=path)
+    written = 0
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            os.write(fd, block)
+            written += len(block)
+            if written % (16 << 20) == 0:
+                os.fsync(fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+    return written / (1 << 20) / max(time.monotonic() - start, 1e-6)
+
+
+def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "glusterfs_version": facts.glusterfs_version(),
+        "kernel": os.uname().release,
+        "hostname": os.uname().nodename,
+    }
+    path = params.get("path")
+    if path:
+        if not os.path.isabs(path):
+            raise TaskFailed(f"EINVAL: path {path!r} is not absolute")
+        if not os.path.isdir(path):
+            raise TaskFailed(f"ENOENT: directory {path} does not exist on node {ctx.node}")
+        st = os.statvfs(path)
+        ok, why = _xattrs_work(path)
+        result.update(path=path, filesystem=_fs_type(path), free_bytes=st.f_bavail * st.f_frsize,
+                      total_bytes=st.f_blocks * st.f_frsize, xattrs=ok, xattrs_error=why)
+        seconds = float(params.get("io_seconds") or 0)
+        if seconds > 0:
+            try:
+                result["write_mib_per_second"] = round(_write_speed(path, min(seconds, 60.0)), 1)
+            except OSError as exc:
+                raise TaskFailed(oserror_reason(exc, f"writing in {path}")) from None
+    return result
+
+
+HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], dict[str, Any]]] = {
+    TaskKind.NODE_PROBE.value: probe,
+}

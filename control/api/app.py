@@ -1,0 +1,51 @@
+"""The FastAPI application: routes, error mapping, health."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from broker import __version__
+from control.api import schemas as s
+from control.api.routes import router
+from control.errors import GlusterctlError
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+The REST API of glusterctl, the external control plane for GlusterFS.
+
+Every call except `POST /api/v1/login`, the first `POST /api/v1/users` and `/healthz` needs
+`Authorization: Bearer TOKEN` (get a token with `glusterctl login` or `POST /api/v1/login`).
+Errors are JSON objects `{"detail": "what went wrong and what to do"}`.
+"""
+
+
+def create_app(engine, bridge=None) -> FastAPI:
+    app = FastAPI(title="glusterctl", version=__version__, description=DESCRIPTION)
+    app.state.engine = engine
+    app.state.bridge = bridge
+    app.include_router(router)
+
+    @app.exception_handler(GlusterctlError)
+    async def domain_error(request: Request, exc: GlusterctlError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse(status_code=422, content={"detail": "; ".join(parts)})
+
+    @app.get("/healthz", response_model=s.Health, tags=["health"])
+    def healthz():
+        connected = bool(bridge and bridge.connected.is_set())
+        return s.Health(status="ok" if connected else "degraded", version=__version__, mqtt_connected=connected)
+
+    return app

@@ -1,0 +1,178 @@
+"""The control service's MQTT client: persists what agents publish and publishes tasks.
+
+Messages are handled in arrival order by one worker thread, off paho's network thread, so a
+slow database never stalls keepalives. Every handler is wrapped: a malformed or oversized
+payload is logged with the node that sent it and dropped (design invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from broker.messages import MAX_PAYLOAD_BYTES, ControlPresence, Heartbeat, Hello, Presence, TaskStatus
+from broker.topics import Topics
+from broker.url import MqttUrl
+from control.services import nodes
+from control.services.tasks import TaskEngine
+from control.store.models import database_proxy
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 1.0
+KEEPALIVE = 15
+
+
+class Bridge:
+    def __init__(self, url: MqttUrl, topics: Topics, engine: TaskEngine) -> None:
+        self.url = url
+        self.topics = topics
+        self.engine = engine
+        self.instance = uuid.uuid4().hex
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self._inbox: queue.Queue = queue.Queue(maxsize=100_000)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"glusterctl-control-{self.instance[:12]}",
+            clean_session=True,
+        )
+        if url.username:
+            self.client.username_pw_set(url.username, url.password)
+        self.client.will_set(topics.control_presence(), self._presence("offline"), qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def _presence(self, state: str) -> bytes:
+        return ControlPresence(state=state, instance=self.instance, at=time.time()).model_dump_json().encode()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.client.connect_async(self.url.host, self.url.port, keepalive=KEEPALIVE)
+        self.client.loop_start()
+        for target, name in ((self._work, "bridge-worker"), (self._sweep, "bridge-sweeper")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected.wait(0.1):
+                return True
+            if self.refused:
+                return False
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.control_presence(), self._presence("offline"), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except RuntimeError:
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._inbox.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    # ---- paho callbacks (network thread) --------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.refused = str(reason_code)
+            log.error("MQTT broker %s refused the control service: %s", self.url.redacted(), reason_code)
+            return
+        self.refused = None
+        client.subscribe([(f, 1) for f in self.topics.agent_filters()])
+        client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
+        log.info("connected to MQTT broker %s", self.url.redacted())
+        self._inbox.put(("republish", None))
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("lost the MQTT broker %s (%s); reconnecting", self.url.redacted(), reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._inbox.put_nowait(("message", (msg.topic, msg.payload)))
+        except queue.Full:
+            log.error("inbox full: dropped message on %s", msg.topic)
+
+    # ---- worker ---------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                break
+            kind, data = item
+            try:
+                if kind == "republish":
+                    self.engine.republish_open()
+                else:
+                    self.handle(*data)
+            except Exception:
+                log.exception("error while handling %s %s", kind, data[0] if data else "")
+            finally:
+                if not database_proxy.is_closed() and database_proxy.in_transaction():
+                    database_proxy.rollback()
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(SWEEP_INTERVAL):
+            try:
+                nodes.sweep_silent()
+            except Exception:
+                log.exception("node sweep failed")
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse_node_topic(topic)
+        if parsed is None:
+            return
+        cluster, node, leaf = parsed
+        if not payload:
+            return  # a cleared retained message
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            log.warning("cluster %s node %s: dropped %d-byte payload on %s (limit %d)",
+                        cluster, node, len(payload), leaf, MAX_PAYLOAD_BYTES)
+            return
+        model = {"hello": Hello, "presence": Presence, "heartbeat": Heartbeat, "task-status": TaskStatus}.get(leaf)
+        if model is None:
+            return
+        try:
+            message = model.model_validate_json(payload)
+        except ValidationError as exc:
+            log.warning("cluster %s node %s: dropped malformed %s payload: %s (payload %r)",
+                        cluster, node, leaf, _short(str(exc)), payload[:200])
+            return
+        if leaf == "hello":
+            answer = nodes.handle_hello(cluster, node, message)
+            self.publish(self.topics.registration(cluster, node), answer.model_dump_json().encode(), qos=1)
+        elif leaf == "presence":
+            nodes.handle_presence(cluster, node, message)
+        elif leaf == "heartbeat":
+            nodes.handle_heartbeat(cluster, node, message)
+        else:
+            self.engine.apply_status(cluster, node, message)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,272 @@
+"""One function per CLI command: call the REST API, print the answer."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import time
+
+from pydantic import ValidationError
+
+from control.cli.client import Client, CliError, forget_login, save_login, token_path
+from control.cli.output import ago, console, emit, size, styled
+
+FINAL_TASK_STATES = ("DONE", "FAILED")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(getattr(args, "url", None))
+
+
+def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "uvicorn.error", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _bad_settings(exc: ValidationError) -> CliError:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"--{where.replace('_', '-')}: {msg}" if where else msg)
+    return CliError("; ".join(parts))
+
+
+# ---- processes ---------------------------------------------------------------------------
+def server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from control.server import StartupError, serve
+    from control.settings import ServerSettings
+
+    try:
+        settings = ServerSettings(**_settings_kwargs(args, ["data_dir", "http", "mqtt", "mqtt_url", "mqtt_root", "db", "log_level"]))
+    except ValidationError as exc:
+        raise _bad_settings(exc) from None
+    _setup_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def agent(args: argparse.Namespace) -> int:
+    import signal
+
+    from agent.node import Agent
+    from agent.settings import AgentSettings
+
+    try:
+        settings = AgentSettings(**_settings_kwargs(
+            args, ["mqtt_url", "token", "token_file", "node", "address", "state_dir", "keepalive", "heartbeat",
+                   "mqtt_root", "log_level"]))
+    except ValidationError as exc:
+        raise _bad_settings(exc) from None
+    _setup_logging(settings.log_level)
+    node_agent = Agent(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: node_agent.stop(0))
+    return node_agent.run()
+
+
+# ---- login and users -----------------------------------------------------------------------
+def _read_password(args: argparse.Namespace, confirm: bool = False) -> str:
+    if getattr(args, "password_stdin", False):
+        return sys.stdin.readline().rstrip("\n")
+    if os.environ.get("GLUSTERCTL_PASSWORD"):
+        return os.environ["GLUSTERCTL_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise CliError("no password: use --password-stdin or set GLUSTERCTL_PASSWORD when not on a terminal")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != password:
+        raise CliError("the passwords differ")
+    return password
+
+
+def login(args: argparse.Namespace) -> int:
+    client = _client(args)
+    username = args.username or (input("Username: ") if sys.stdin.isatty() else None)
+    if not username:
+        raise CliError("no user name: pass --username")
+    answer = client.post("/api/v1/login", {"username": username, "password": _read_password(args)}, auth=False)
+    path = save_login(client.url, answer["token"])
+    print(f"Logged in successfully. The token is saved to {path}")
+    return 0
+
+
+def logout(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client.token:
+        try:
+            client.post("/api/v1/logout")
+        except CliError as exc:
+            print(f"warning: the server did not revoke the token: {exc}", file=sys.stderr)
+    forget_login()
+    print("Logged out successfully")
+    return 0
+
+
+def user_create(args: argparse.Namespace) -> int:
+    client = _client(args)
+    user = client.post("/api/v1/users", {"name": args.name, "password": _read_password(args, confirm=True),
+                                         "admin": args.admin})
+    print(f"User {user['name']} created{' (admin)' if user['admin'] else ''}.")
+    return 0
+
+
+def user_list(args: argparse.Namespace) -> int:
+    data = _client(args).get("/api/v1/users")
+    emit(data, args.output, [("NAME", "name"), ("ADMIN", lambda u: "yes" if u["admin"] else "no"),
+                             ("CREATED", lambda u: ago(u["created_at"]))], "users")
+    return 0
+
+
+def user_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/users/{args.name}")
+    print(f"User {args.name} deleted.")
+    return 0
+
+
+# ---- clusters ------------------------------------------------------------------------------
+def cluster_add(args: argparse.Namespace) -> int:
+    answer = _client(args).post("/api/v1/clusters", {"name": args.name})
+    print(f"Cluster {answer['cluster']} added. Start its node agents with this join token "
+          "(--token or GLUSTERCTL_TOKEN):")
+    print(answer["token"])
+    return 0
+
+
+def cluster_list(args: argparse.Namespace) -> int:
+    data = _client(args).get("/api/v1/clusters")
+    emit(data, args.output, [("NAME", "name"), ("NODES", "nodes"), ("ONLINE", "nodes_online"),
+                             ("CREATED", lambda c: ago(c["created_at"]))], "clusters")
+    return 0
+
+
+NODE_COLUMNS = [
+    ("NODE", "name"), ("STATE", lambda n: styled(n["state"])), ("ADDRESS", "address"),
+    ("LAST SEEN", lambda n: ago(n["last_seen_at"])), ("SINCE", lambda n: ago(n["state_changed_at"])),
+    ("AGENT", "agent_version"), ("GLUSTERFS", lambda n: n["glusterfs_version"] or "-"),
+]
+
+
+def cluster_status(args: argparse.Namespace) -> int:
+    name = args.name or args.cluster
+    data = _client(args).get(f"/api/v1/clusters/{name}")
+    if args.output == "json":
+        emit(data, "json", [])
+        return 0
+    online = sum(1 for n in data["nodes"] if n["state"] == "Online")
+    console.print(f"Cluster: {data['name']}  nodes: {len(data['nodes'])}  online: {online}")
+    emit(data["nodes"], "table", NODE_COLUMNS, "nodes")
+    return 0
+
+
+def cluster_token(args: argparse.Namespace) -> int:
+    name = args.name or args.cluster
+    client = _client(args)
+    answer = client.post(f"/api/v1/clusters/{name}/token/rotate") if args.rotate else client.get(f"/api/v1/clusters/{name}/token")
+    if args.rotate:
+        print(f"Join token of cluster {name} rotated; agents that reconnect need the new token:")
+    print(answer["token"])
+    return 0
+
+
+def cluster_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/clusters/{args.name}")
+    print(f"Cluster {args.name} deleted.")
+    return 0
+
+
+# ---- nodes --------------------------------------------------------------------------------
+def node_list(args: argparse.Namespace) -> int:
+    client = _client(args)
+    data = client.get("/api/v1/nodes") if args.all else client.get(f"/api/v1/clusters/{args.cluster}/nodes")
+    columns = ([("CLUSTER", "cluster")] if args.all else []) + NODE_COLUMNS
+    emit(data, args.output, columns, "nodes")
+    return 0
+
+
+def node_remove(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/clusters/{args.cluster}/nodes/{args.node}", force=str(args.force).lower())
+    print(f"Node {args.node} removed from cluster {args.cluster}.")
+    return 0
+
+
+def wait_task(client: Client, task_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = client.get(f"/api/v1/tasks/{task_id}")
+        if task["state"] in FINAL_TASK_STATES:
+            return task
+        if time.monotonic() > deadline:
+            raise CliError(f"task {task_id} still {task['state']} after {timeout:.0f}s "
+                           f"(a task for an Unreachable node waits QUEUED until it returns)")
+        time.sleep(0.3)
+
+
+def node_probe(args: argparse.Namespace) -> int:
+    client = _client(args)
+    body = {"io_seconds": args.io_seconds}
+    if args.path:
+        body["path"] = args.path
+    task = client.post(f"/api/v1/clusters/{args.cluster}/nodes/{args.node}/probe", body)
+    if not args.wait:
+        if args.output == "json":
+            emit(task, "json", [])
+        else:
+            print(f"Node probe request sent. Task: {task['id']}")
+        return 0
+    task = wait_task(client, task["id"], args.timeout)
+    if args.output == "json":
+        emit(task, "json", [])
+    elif task["state"] == "DONE":
+        result = task["result"] or {}
+        for key in sorted(result):
+            value = result[key]
+            if key.endswith("_bytes"):
+                value = size(value)
+            print(f"{key}: {value}")
+    else:
+        print(f"Probe of node {args.node} failed: {task['reason']}", file=sys.stderr)
+    return 0 if task["state"] == "DONE" else 1
+
+
+# ---- tasks --------------------------------------------------------------------------------
+TASK_COLUMNS = [
+    ("ID", lambda t: t["id"][:12]), ("NODE", "node"), ("KIND", "kind"), ("STATE", lambda t: styled(t["state"])),
+    ("UPDATED", lambda t: ago(t["updated_at"])), ("REASON", "reason"),
+]
+
+
+def task_list(args: argparse.Namespace) -> int:
+    data = _client(args).get("/api/v1/tasks", cluster=args.cluster, node=args.node, state=args.state, limit=args.limit)
+    emit(data, args.output, TASK_COLUMNS, "tasks")
+    return 0
+
+
+def task_show(args: argparse.Namespace) -> int:
+    task = _client(args).get(f"/api/v1/tasks/{args.task_id}")
+    if args.output == "json":
+        emit(task, "json", [])
+        return 0
+    for key in ("id", "cluster", "node", "kind", "state", "reason"):
+        print(f"{key}: {task[key]}")
+    print(f"params: {task['params']}")
+    print(f"result: {task['result']}")
+    for ev in task["events"] or []:
+        print(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['at']))}  {ev['state']}  {ev['reason']}")
+    return 0
+
+
+__all__ = ["token_path"]

@@ -1,0 +1,158 @@
+"""``glusterctl``: one command for the server, the agent, the dashboard and the REST client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from broker import __version__
+from control.cli import commands
+from control.cli.client import CliError
+
+DEFAULT_CLUSTER = "default"
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format (default: table)")
+
+
+def _cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster name (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)")
+
+    parser = argparse.ArgumentParser(
+        prog="glusterctl",
+        description="External control plane for GlusterFS: control server, node agent and client.",
+    )
+    parser.add_argument("--version", action="version", version=f"glusterctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # ---- processes ------------------------------------------------------------------------
+    p = sub.add_parser("server", help="run the control service (REST API, embedded MQTT broker, store)",
+                       description="Run the control service. Every flag can also be set as GLUSTERCTL_<FLAG> "
+                                   "(e.g. GLUSTERCTL_DATA_DIR).")
+    p.add_argument("--data-dir", help="state directory: SQLite database, broker secret (default: /var/lib/glusterctl)")
+    p.add_argument("--http", help="REST API listen address HOST:PORT (default: 127.0.0.1:8080)")
+    p.add_argument("--mqtt", help="embedded MQTT broker listen address HOST:PORT (default: 0.0.0.0:1883)")
+    p.add_argument("--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT")
+    p.add_argument("--mqtt-root", help="topic root, to share a broker between control planes (default: glusterctl)")
+    p.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    p.set_defaults(func=commands.server)
+
+    p = sub.add_parser("agent", help="run the node agent on a storage node",
+                       description="Run the node agent. Every flag can also be set as GLUSTERCTL_<FLAG> "
+                                   "(e.g. GLUSTERCTL_TOKEN). Exits 2 when the join token or node name is refused; "
+                                   "retries forever while the broker is unreachable.")
+    p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
+    p.add_argument("--token", help="the cluster's join token (glusterctl cluster token CLUSTER)")
+    p.add_argument("--token-file", help="read the join token from this file")
+    p.add_argument("--node", help="node name (default: this host's FQDN)")
+    p.add_argument("--address", help="address clients use to reach this node's bricks (default: the address that reaches the broker)")
+    p.add_argument("--state-dir", help="agent state: id, epoch, task journal (default: /var/lib/glusterctl-agent)")
+    p.add_argument("--keepalive", type=int, help="MQTT keepalive in seconds (default: 10)")
+    p.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (default: the keepalive)")
+    p.add_argument("--mqtt-root", help="topic root (default: glusterctl)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    p.set_defaults(func=commands.agent)
+
+    # ---- login and users --------------------------------------------------------------------
+    p = sub.add_parser("login", parents=[common], help="log in and save the token to ~/.glusterctl/token.json")
+    p.add_argument("--username", "-u", help="user name (prompted when omitted)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=commands.login)
+
+    p = sub.add_parser("logout", parents=[common], help="revoke the saved token and delete it")
+    p.set_defaults(func=commands.logout)
+
+    users = sub.add_parser("user", help="manage users").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = users.add_parser("create", parents=[common], help="create a user (the first user needs no login and becomes admin)")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="make the user an admin")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=commands.user_create)
+    p = users.add_parser("list", parents=[common], help="list users")
+    _output(p)
+    p.set_defaults(func=commands.user_list)
+    p = users.add_parser("delete", parents=[common], help="delete a user (admins only)")
+    p.add_argument("name")
+    p.set_defaults(func=commands.user_delete)
+
+    # ---- clusters ---------------------------------------------------------------------------
+    clusters = sub.add_parser("cluster", help="manage clusters").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = clusters.add_parser("add", parents=[common], help="register a cluster and print its join token")
+    p.add_argument("name")
+    p.set_defaults(func=commands.cluster_add)
+    p = clusters.add_parser("list", parents=[common], help="list clusters")
+    _output(p)
+    p.set_defaults(func=commands.cluster_list)
+    p = clusters.add_parser("status", parents=[common], help="show each node of a cluster: state, address, last seen")
+    p.add_argument("name", nargs="?", help="cluster (default: -c or 'default')")
+    _cluster(p)
+    _output(p)
+    p.set_defaults(func=commands.cluster_status)
+    p = clusters.add_parser("token", parents=[common], help="print a cluster's join token (last line: the token alone)")
+    p.add_argument("name", nargs="?", help="cluster (default: -c or 'default')")
+    _cluster(p)
+    p.add_argument("--rotate", action="store_true", help="issue a new token (admins only); new agent connections need it")
+    p.set_defaults(func=commands.cluster_token)
+    p = clusters.add_parser("delete", parents=[common], help="delete a cluster that has no nodes (admins only)")
+    p.add_argument("name")
+    p.set_defaults(func=commands.cluster_delete)
+
+    # ---- nodes ----------------------------------------------------------------------------
+    nodes = sub.add_parser("node", help="manage nodes").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = nodes.add_parser("list", parents=[common], help="list nodes")
+    _cluster(p)
+    p.add_argument("--all", action="store_true", help="nodes of every cluster")
+    _output(p)
+    p.set_defaults(func=commands.node_list)
+    p = nodes.add_parser("remove", parents=[common], help="forget a node (stop its agent first)")
+    _cluster(p)
+    p.add_argument("node")
+    p.add_argument("--force", action="store_true", help="remove even while the node is Online")
+    p.set_defaults(func=commands.node_remove)
+    p = nodes.add_parser("probe", parents=[common], help="ask a node's agent for glusterfs version, kernel, free space, xattr support")
+    _cluster(p)
+    p.add_argument("node")
+    p.add_argument("--path", help="absolute path on the node to check (free space, trusted xattrs)")
+    p.add_argument("--io-seconds", type=float, default=0, help="also measure write throughput in PATH for N seconds")
+    p.add_argument("--wait", action="store_true", help="wait until the task is done and print its result")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait with --wait (default: %(default)s)")
+    _output(p)
+    p.set_defaults(func=commands.node_probe)
+
+    # ---- tasks ----------------------------------------------------------------------------
+    tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = tasks.add_parser("list", parents=[common], help="list tasks, newest first")
+    _cluster(p)
+    p.add_argument("--node", help="only tasks of this node")
+    p.add_argument("--state", help="only tasks in this state (QUEUED, RUNNING, DONE, FAILED, ...)")
+    p.add_argument("--limit", type=int, default=50)
+    _output(p)
+    p.set_defaults(func=commands.task_list)
+    p = tasks.add_parser("show", parents=[common], help="show one task with its transitions")
+    p.add_argument("task_id")
+    _output(p)
+    p.set_defaults(func=commands.task_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

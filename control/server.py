@@ -1,0 +1,137 @@
+"""``glusterctl server``: database, embedded broker (or an external one), MQTT bridge, REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import signal
+
+import uvicorn
+
+from broker.embedded import CONTROL_USER, BrokerError, check_port_free, start_broker
+from broker.messages import parse_join_token
+from broker.topics import Topics
+from broker.url import MqttUrl, parse_host_port
+from control.api.app import create_app
+from control.bridge import Bridge
+from control.errors import Unauthorized
+from control.services import clusters, users
+from control.services.tasks import TaskEngine
+from control.settings import ServerSettings
+from control.store import open_database
+from control.store.db import DatabaseError
+from control.store.models import Cluster
+
+log = logging.getLogger(__name__)
+
+BROKER_CONNECT_TIMEOUT = 15.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def load_secret(data_dir: str) -> str:
+    """The control service's own MQTT secret, created once (mode 0600) in the data dir."""
+    path = os.path.join(data_dir, "control.secret")
+    if os.path.exists(path):
+        with open(path) as fh:
+            return fh.read().strip()
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+class StoreAuthority:
+    """Answers the embedded broker's questions from the database."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def control_password(self) -> str:
+        return self._secret
+
+    def agent_cluster(self, node: str, token: str) -> str | None:
+        try:
+            name, secret = parse_join_token(token)
+        except ValueError:
+            return None
+        cluster = Cluster.get_or_none(Cluster.name == name)
+        if cluster is None or not hmac.compare_digest(cluster.join_secret, secret):
+            return None
+        return cluster.name
+
+    def monitor_ok(self, user: str, password: str) -> bool:
+        try:
+            users.login_check(user, password)
+        except Unauthorized:
+            return False
+        return True
+
+
+async def serve(settings: ServerSettings, ready=None) -> None:
+    """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
+    os.makedirs(settings.data_dir, exist_ok=True)
+    try:
+        open_database(settings.db, settings.data_dir)
+    except DatabaseError as exc:
+        raise StartupError(str(exc)) from None
+    clusters.ensure_default()
+    topics = Topics(settings.mqtt_root)
+    http_host, http_port = parse_host_port(settings.http, 8080, "--http")
+    try:
+        check_port_free(http_host, http_port)
+    except BrokerError:
+        raise StartupError(f"HTTP port {http_port} on {http_host} is already in use: choose another with --http HOST:PORT") from None
+
+    embedded = None
+    if settings.mqtt_url:
+        url = MqttUrl.parse(settings.mqtt_url)
+    else:
+        host, port = parse_host_port(settings.mqtt, 1883, "--mqtt")
+        secret = load_secret(settings.data_dir)
+        try:
+            embedded = await start_broker(host, port, StoreAuthority(secret), topics)
+        except BrokerError as exc:
+            raise StartupError(str(exc)) from None
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = MqttUrl(connect_host, port, CONTROL_USER, secret)
+
+    engine = TaskEngine(topics)
+    bridge = Bridge(url, topics, engine)
+    engine.publisher = bridge
+    bridge.start()
+    try:
+        if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
+            why = bridge.refused or "no answer"
+            raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
+
+        app = create_app(engine, bridge)
+        config = uvicorn.Config(app, host=http_host, port=http_port, log_config=None, access_log=False,
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # we own the signals
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()
+                raise StartupError(f"the HTTP server could not start on {http_host}:{http_port}")
+            await asyncio.sleep(0.05)
+        log.info("glusterctl server ready: http://%s:%d, MQTT %s, database %s", http_host, http_port,
+                 url.redacted(), settings.db or os.path.join(settings.data_dir, "glusterctl.db"))
+        if ready:
+            ready()
+        await serving
+    finally:
+        log.info("shutting down")
+        await asyncio.to_thread(bridge.stop)
+        if embedded is not None:
+            await embedded.shutdown()

@@ -1,0 +1,41 @@
+"""The event feed: every persisted state change becomes one Event row, in order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from control.store.models import Event
+
+log = logging.getLogger(__name__)
+
+_listeners: list[Callable[[Event], None]] = []
+_lock = threading.Lock()
+
+
+def subscribe(listener: Callable[[Event], None]) -> Callable[[], None]:
+    """Call ``listener(event)`` after each recorded event (from the recording thread)."""
+    with _lock:
+        _listeners.append(listener)
+
+    def unsubscribe() -> None:
+        with _lock:
+            if listener in _listeners:
+                _listeners.remove(listener)
+
+    return unsubscribe
+
+
+def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> Event:
+    """Persist one event. Call inside the transaction that made the change."""
+    event = Event.create(kind=kind, cluster=cluster, subject=subject, data=data)
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:  # a listener must never break the write path
+            log.exception("event listener failed for event %s", event.id)
+    return event

@@ -1,0 +1,184 @@
+"""Node registration and presence, driven by what agents publish.
+
+Presence cannot lie (design invariant 4): every agent connection has an epoch that only grows;
+the node row remembers the epoch of the connection it trusts, and a death notice (last-will)
+or heartbeat from any other epoch never changes the node's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from broker.messages import (
+    Heartbeat,
+    Hello,
+    NodeState,
+    Presence,
+    Registration,
+    check_name,
+    check_proof,
+    make_join_token,
+)
+from control.errors import Conflict, NotFound
+from control.services import events
+from control.store.models import Cluster, Node, database_proxy as db
+
+log = logging.getLogger(__name__)
+
+# A node whose heartbeats stop for this many intervals is Unreachable even if no last-will came.
+MISSED_HEARTBEATS = 3
+MIN_SILENCE_SECONDS = 5.0
+
+
+def _set_state(node: Node, state: NodeState, why: str, now: float) -> None:
+    if node.state == state.value:
+        return
+    log.info("cluster %s node %s: %s -> %s (%s)", node.cluster.name, node.name, node.state, state.value, why)
+    node.state = state.value
+    node.state_changed_at = now
+    events.record("node.state", cluster=node.cluster.name, subject=node.name, state=state.value, reason=why)
+
+
+def heartbeat_interval(node: Node) -> float:
+    return float((node.facts or {}).get("heartbeat_interval") or 10.0)
+
+
+def silence_limit(node: Node) -> float:
+    return max(MISSED_HEARTBEATS * heartbeat_interval(node), MIN_SILENCE_SECONDS)
+
+
+def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | None = None) -> Registration:
+    """Check a Hello and register the node Online; the Registration tells the agent why not."""
+    now = now or time.time()
+
+    def refuse(reason: str) -> Registration:
+        log.warning("cluster %s node %s: registration refused: %s", cluster_name, node_name, reason)
+        return Registration(accepted=False, epoch=hello.epoch, reason=reason)
+
+    try:
+        check_name("node", node_name)
+    except ValueError as exc:
+        return refuse(str(exc))
+    with db.atomic():
+        cluster = Cluster.get_or_none(Cluster.name == cluster_name)
+        if cluster is None:
+            return refuse(f"unknown cluster {cluster_name!r}: the join token names a cluster this control service does not have")
+        token = make_join_token(cluster.name, cluster.join_secret)
+        if not check_proof(token, node_name, hello.agent_id, hello.epoch, hello.proof):
+            return refuse(
+                f"wrong join token for cluster {cluster_name!r}: get the current one with 'glusterctl cluster token {cluster_name}'"
+            )
+        node = Node.get_or_none((Node.cluster == cluster) & (Node.name == node_name))
+        if node is not None and node.agent_id != hello.agent_id and node.state == NodeState.ONLINE.value:
+            if now - node.last_seen_at < silence_limit(node):
+                return refuse(
+                    f"node name {node_name!r} is already connected from another agent "
+                    f"(agent {node.agent_id[:8]}, address {node.address or '?'}); stop that agent or use another --node"
+                )
+        if node is not None and hello.epoch < node.epoch and node.agent_id == hello.agent_id:
+            return refuse(f"stale connection (epoch {hello.epoch} < {node.epoch})")
+        facts = hello.facts.model_dump()
+        if node is None:
+            node = Node.create(
+                cluster=cluster, name=node_name, state=NodeState.ONLINE.value, state_changed_at=now,
+                last_seen_at=now, agent_id=hello.agent_id, epoch=hello.epoch, address=facts["address"],
+                hostname=facts["hostname"], agent_version=facts["agent_version"],
+                glusterfs_version=facts["glusterfs_version"], facts=facts,
+            )
+            events.record("node.registered", cluster=cluster_name, subject=node_name, address=node.address)
+            events.record("node.state", cluster=cluster_name, subject=node_name, state=NodeState.ONLINE.value, reason="registered")
+            log.info("cluster %s node %s: registered (epoch %d)", cluster_name, node_name, hello.epoch)
+        else:
+            node.agent_id = hello.agent_id
+            node.epoch = hello.epoch
+            node.last_seen_at = now
+            _apply_facts(node, facts)
+            _set_state(node, NodeState.ONLINE, f"connected (epoch {hello.epoch})", now)
+            node.save()
+    return Registration(accepted=True, epoch=hello.epoch)
+
+
+def _apply_facts(node: Node, facts: dict) -> None:
+    node.address = facts.get("address") or node.address
+    node.hostname = facts.get("hostname") or node.hostname
+    node.agent_version = facts.get("agent_version") or node.agent_version
+    node.glusterfs_version = facts.get("glusterfs_version") or node.glusterfs_version
+    node.facts = {**(node.facts or {}), **{k: v for k, v in facts.items() if v is not None}}
+
+
+def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
+    node = (Node.select(Node, Cluster).join(Cluster)
+            .where((Cluster.name == cluster_name) & (Node.name == node_name)).first())
+    if node is None or node.epoch != epoch:
+        return None
+    return node
+
+
+def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: float | None = None) -> None:
+    now = now or time.time()
+    with db.atomic():
+        node = _trusted(cluster_name, node_name, presence.epoch)
+        if node is None:
+            log.info("cluster %s node %s: ignoring %s presence of epoch %d (not the current connection)",
+                     cluster_name, node_name, presence.state, presence.epoch)
+            return
+        if presence.state == "offline":
+            _set_state(node, NodeState.UNREACHABLE, "agent connection lost (last-will)", now)
+        else:
+            node.last_seen_at = now
+            _set_state(node, NodeState.ONLINE, "presence online", now)
+        node.save()
+
+
+def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: float | None = None) -> bool:
+    """Record a heartbeat; False when it is from a connection the control service does not trust."""
+    now = now or time.time()
+    with db.atomic():
+        node = _trusted(cluster_name, node_name, beat.epoch)
+        if node is None:
+            return False
+        node.last_seen_at = now
+        _apply_facts(node, beat.facts.model_dump())
+        _set_state(node, NodeState.ONLINE, "heartbeat", now)
+        node.save()
+    return True
+
+
+def sweep_silent(now: float | None = None) -> int:
+    """Mark Online nodes whose heartbeats stopped Unreachable (a lost last-will must not leave them Online)."""
+    now = now or time.time()
+    count = 0
+    for node in Node.select(Node, Cluster).join(Cluster).where(Node.state == NodeState.ONLINE.value):
+        if now - node.last_seen_at > silence_limit(node):
+            with db.atomic():
+                _set_state(node, NodeState.UNREACHABLE, f"no heartbeat for {now - node.last_seen_at:.0f}s", now)
+                node.save()
+            count += 1
+    return count
+
+
+def list_nodes(cluster: Cluster | None = None) -> list[Node]:
+    query = Node.select(Node, Cluster).join(Cluster)
+    if cluster is not None:
+        query = query.where(Node.cluster == cluster)
+    return list(query.order_by(Cluster.name, Node.name))
+
+
+def get(cluster: Cluster, name: str) -> Node:
+    node = Node.get_or_none((Node.cluster == cluster) & (Node.name == name))
+    if node is None:
+        raise NotFound(f"no node {name!r} in cluster {cluster.name!r}; see 'glusterctl node list -c {cluster.name}'")
+    return node
+
+
+def remove(cluster: Cluster, name: str, force: bool = False) -> None:
+    with db.atomic():
+        node = get(cluster, name)
+        if node.state == NodeState.ONLINE.value and not force:
+            raise Conflict(
+                f"node {name!r} is Online: stop its agent first, or pass --force (a running agent registers again)"
+            )
+        node.delete_instance()
+        events.record("node.removed", cluster=cluster.name, subject=name)
+    log.info("cluster %s node %s: removed", cluster.name, name)

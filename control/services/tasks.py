@@ -1,0 +1,146 @@
+"""The task engine: operations become per-node tasks, stored first, then published.
+
+A task is QUEUED in the database before it is published as a retained message on its node's
+task topic; the agent reports each transition on its task-status topic and the engine persists
+it (one TaskEvent row and one Event row per transition). When a task is final the retained
+message is cleared. At start and after every broker reconnect the engine publishes every open
+task again: the database is the source of truth, retained messages are a cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Protocol
+
+from broker.messages import TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
+from broker.topics import Topics
+from control.errors import InvalidInput, NotFound
+from control.services import events
+from control.store.models import Cluster, Node, Task, TaskEvent, database_proxy as db
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = [s.value for s in TaskState if not s.final]
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def check_transition(old: TaskState, new: TaskState) -> None:
+    if new not in TASK_TRANSITIONS[old]:
+        raise IllegalTransition(f"task cannot go from {old.value} to {new.value}")
+
+
+class TaskEngine:
+    def __init__(self, topics: Topics, publisher: Publisher | None = None) -> None:
+        self.topics = topics
+        self.publisher = publisher
+
+    # ---- create -------------------------------------------------------------------------
+    def submit(self, cluster: Cluster, node_name: str, kind: str, params: dict[str, Any] | None = None) -> Task:
+        if not Node.select().where((Node.cluster == cluster) & (Node.name == node_name)).exists():
+            raise NotFound(f"no node {node_name!r} in cluster {cluster.name!r}")
+        now = time.time()
+        with db.atomic():
+            task = Task.create(
+                id=uuid.uuid4().hex, cluster=cluster, node_name=node_name, kind=kind,
+                params=params or {}, state=TaskState.QUEUED.value, created_at=now, updated_at=now,
+            )
+            TaskEvent.create(task=task, state=TaskState.QUEUED.value, at=now)
+            events.record("task.state", cluster=cluster.name, subject=task.id, node=node_name,
+                          kind=kind, state=TaskState.QUEUED.value, reason="")
+        log.info("cluster %s node %s task %s (%s): QUEUED", cluster.name, node_name, task.id, kind)
+        self._publish(task, cluster.name)
+        return task
+
+    def _publish(self, task: Task, cluster_name: str) -> None:
+        if self.publisher is None:
+            return
+        msg = TaskMessage(id=task.id, kind=task.kind, params=task.params, created_at=task.created_at)
+        self.publisher.publish(self.topics.task(cluster_name, task.node_name, task.id),
+                               msg.model_dump_json().encode(), qos=1, retain=True)
+
+    def _clear(self, task: Task, cluster_name: str) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(self.topics.task(cluster_name, task.node_name, task.id), b"", qos=1, retain=True)
+
+    def republish_open(self) -> int:
+        count = 0
+        for task in (Task.select(Task, Cluster).join(Cluster)
+                     .where(Task.state.in_(OPEN_STATES)).order_by(Task.created_at)):
+            self._publish(task, task.cluster.name)
+            count += 1
+        if count:
+            log.info("republished %d open tasks", count)
+        return count
+
+    # ---- status from agents -------------------------------------------------------------
+    def apply_status(self, cluster_name: str, node_name: str, status: TaskStatus) -> Task | None:
+        """Persist a transition reported by ``node_name``; returns the task, or None if ignored."""
+        with db.atomic():
+            task = (Task.select(Task, Cluster).join(Cluster)
+                    .where((Task.id == status.task_id) & (Cluster.name == cluster_name)).first())
+            if task is None or task.node_name != node_name:
+                log.warning("cluster %s node %s: status for unknown task %s dropped", cluster_name, node_name, status.task_id)
+                return None
+            old = TaskState(task.state)
+            if old == status.state:
+                return None
+            try:
+                check_transition(old, status.state)
+            except IllegalTransition as exc:
+                if old.final and status.state.final:
+                    log.info("cluster %s node %s task %s: duplicate final ack", cluster_name, node_name, task.id)
+                    self._clear(task, cluster_name)
+                else:
+                    log.info("cluster %s node %s task %s: %s; ignored", cluster_name, node_name, task.id, exc)
+                return None
+            now = time.time()
+            task.state = status.state.value
+            task.updated_at = now
+            task.reason = status.reason or ""
+            if status.result is not None:
+                task.result = status.result
+            if status.state.final:
+                task.finished_at = now
+            task.save()
+            TaskEvent.create(task=task, state=status.state.value, at=now, reason=status.reason or "")
+            events.record("task.state", cluster=cluster_name, subject=task.id, node=node_name,
+                          kind=task.kind, state=status.state.value, reason=status.reason or "")
+        level = logging.WARNING if status.state == TaskState.FAILED else logging.INFO
+        log.log(level, "cluster %s node %s task %s (%s): %s -> %s%s", cluster_name, node_name, task.id,
+                task.kind, old.value, status.state.value, f" ({status.reason})" if status.reason else "")
+        if status.state.final:
+            self._clear(task, cluster_name)
+        return task
+
+
+# ---- queries ----------------------------------------------------------------------------
+def get(task_id: str) -> Task:
+    task = Task.select(Task, Cluster).join(Cluster).where(Task.id == task_id).first()
+    if task is None:
+        raise NotFound(f"no task {task_id!r}")
+    return task
+
+
+def list_tasks(cluster: Cluster | None = None, node: str | None = None, state: str | None = None,
+               limit: int = 100) -> list[Task]:
+    query = Task.select(Task, Cluster).join(Cluster)
+    if cluster is not None:
+        query = query.where(Task.cluster == cluster)
+    if node:
+        query = query.where(Task.node_name == node)
+    if state:
+        try:
+            TaskState(state.upper())
+        except ValueError:
+            raise InvalidInput(f"unknown task state {state!r}: use one of {', '.join(s.value for s in TaskState)}") from None
+        query = query.where(Task.state == state.upper())
+    return list(query.order_by(Task.created_at.desc()).limit(limit))

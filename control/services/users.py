@@ -1,0 +1,102 @@
+"""Users, passwords (argon2) and API tokens (stored as SHA-256)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from broker.messages import check_name
+from control.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from control.services import events
+from control.store.models import ApiToken, User, database_proxy as db
+
+log = logging.getLogger(__name__)
+_hasher = PasswordHasher()
+MIN_PASSWORD = 8
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def has_users() -> bool:
+    return User.select().exists()
+
+
+def create_user(name: str, password: str, admin: bool = False, actor: User | None = None) -> User:
+    """Create a user. The first user needs no actor and becomes admin; later ones need an admin actor."""
+    try:
+        check_name("user", name)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if len(password or "") < MIN_PASSWORD:
+        raise InvalidInput(f"password too short: use at least {MIN_PASSWORD} characters")
+    with db.atomic():
+        first = not has_users()
+        if not first:
+            if actor is None:
+                raise Unauthorized("log in as an admin to create users (glusterctl login)")
+            if not actor.is_admin:
+                raise Forbidden("only admins can create users")
+        if User.get_or_none(User.name == name):
+            raise Conflict(f"user {name!r} already exists")
+        user = User.create(name=name, password_hash=_hasher.hash(password), is_admin=first or admin)
+        events.record("user.created", subject=name, admin=user.is_admin)
+    log.info("user %s created (admin=%s)", name, user.is_admin)
+    return user
+
+
+def login_check(name: str, password: str) -> User:
+    """The user whose password this is; Unauthorized otherwise."""
+    user = User.get_or_none(User.name == name)
+    try:
+        if user is None:
+            raise VerificationError()
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise Unauthorized("wrong user name or password") from None
+    return user
+
+
+def login(name: str, password: str) -> str:
+    user = login_check(name, password)
+    token = secrets.token_urlsafe(32)
+    ApiToken.create(user=user, token_hash=_hash_token(token))
+    log.info("user %s logged in", name)
+    return token
+
+
+def resolve_token(token: str) -> User:
+    row = ApiToken.get_or_none(ApiToken.token_hash == _hash_token(token or ""))
+    if row is None:
+        raise Unauthorized("invalid or revoked token: log in again with 'glusterctl login'")
+    now = time.time()
+    if row.last_used_at is None or now - row.last_used_at > 60:
+        ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
+    return row.user
+
+
+def revoke_token(token: str) -> None:
+    ApiToken.delete().where(ApiToken.token_hash == _hash_token(token)).execute()
+
+
+def list_users() -> list[User]:
+    return list(User.select().order_by(User.name))
+
+
+def delete_user(name: str, actor: User) -> None:
+    if not actor.is_admin:
+        raise Forbidden("only admins can delete users")
+    user = User.get_or_none(User.name == name)
+    if user is None:
+        raise NotFound(f"no user named {name!r}")
+    if user.id == actor.id:
+        raise Conflict("you cannot delete yourself")
+    with db.atomic():
+        user.delete_instance(recursive=True)
+        events.record("user.deleted", subject=name)

@@ -1,0 +1,53 @@
+"""Settings of the control service: flags, ``GLUSTERCTL_*`` environment variables, defaults."""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.topics import DEFAULT_ROOT, Topics
+from broker.url import MqttUrl, parse_host_port
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLUSTERCTL_", extra="ignore")
+
+    data_dir: str = "/var/lib/glusterctl"
+    http: str = "127.0.0.1:8080"
+    mqtt: str = "0.0.0.0:1883"
+    mqtt_url: str | None = None
+    mqtt_root: str = DEFAULT_ROOT
+    db: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        parse_host_port(v, 8080, "--http")
+        return v
+
+    @field_validator("mqtt")
+    @classmethod
+    def _mqtt(cls, v: str) -> str:
+        parse_host_port(v, 1883, "--mqtt")
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str | None) -> str | None:
+        if v:
+            MqttUrl.parse(v)
+        return v or None
+
+    @field_validator("mqtt_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        Topics(v)
+        return v
+
+    @field_validator("db")
+    @classmethod
+    def _db(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("use sqlite:///PATH or postgresql://USER[:PASS]@HOST[:PORT]/DB")
+        return v or None

@@ -1,0 +1,83 @@
+"""Open the database (SQLite by default, PostgreSQL by URL) and bring its schema up to date."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from urllib.parse import unquote, urlparse
+
+import peewee as pw
+
+from control.store import models as m
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or migrated."""
+
+
+def _migration_1(db: pw.Database) -> None:
+    db.create_tables([mdl for mdl in m.ALL_MODELS if mdl is not m.SchemaVersion])
+
+
+# Versioned migrations: append, never edit a released one.
+MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
+    (1, _migration_1),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def make_database(url: str | None, data_dir: str) -> pw.Database:
+    if not url or url.startswith("sqlite"):
+        path = os.path.join(data_dir, "glusterctl.db")
+        if url and url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):] or path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return pw.SqliteDatabase(
+            path,
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": 1},
+            check_same_thread=False,
+        )
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise DatabaseError(f"unsupported database URL scheme {parsed.scheme!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    return pw.PostgresqlDatabase(
+        (parsed.path or "/").lstrip("/") or "postgres",
+        user=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        autorollback=True,
+    )
+
+
+def migrate(db: pw.Database) -> int:
+    """Apply the migrations the database lacks; return the schema version."""
+    with db.atomic():
+        db.create_tables([m.SchemaVersion])
+        row = m.SchemaVersion.select(pw.fn.MAX(m.SchemaVersion.version)).scalar()
+        current = row or 0
+        if current > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"database schema version {current} is newer than this glusterctl ({SCHEMA_VERSION}); upgrade glusterctl"
+            )
+        for version, step in MIGRATIONS:
+            if version > current:
+                log.info("applying schema migration %d", version)
+                step(db)
+                m.SchemaVersion.create(version=version)
+                current = version
+    return current
+
+
+def open_database(url: str | None, data_dir: str) -> pw.Database:
+    db = make_database(url, data_dir)
+    m.database_proxy.initialize(db)
+    try:
+        db.connect(reuse_if_open=True)
+        migrate(db)
+    except pw.OperationalError as exc:
+        raise DatabaseError(f"cannot open database {url or data_dir}: {exc}".strip()) from exc
+    return db
