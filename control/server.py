@@ -128,7 +128,7 @@ async def serve(settings: ServerSettings, ready=None) -> None:
         log.info("glusterctl server ready: http://%s:%d, MQTT %s, database %s", http_host, http_port,
                  url.redacted(), settings.db or os.path.join(settings.data_dir, "glusterctl.db"))
         if ready:
-            ready()
+            ready(bridge)
         await serving
     finally:
         log.info("shutting down")

@@ -11,6 +11,7 @@ import time
 
 from pydantic import ValidationError
 
+from control.cli import sdnotify
 from control.cli.client import Client, CliError, forget_login, save_login, token_path
 from control.cli.output import ago, console, emit, size, styled
 
@@ -53,8 +54,11 @@ def server(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
+    def on_ready(bridge) -> None:
+        sdnotify.ready("serving", lambda: bridge.connected.is_set())
+
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, ready=on_ready))
     except StartupError as exc:
         raise CliError(str(exc)) from None
     return 0
@@ -73,7 +77,8 @@ def agent(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
-    node_agent = Agent(settings)
+    node_agent = Agent(settings, on_ready=lambda: sdnotify.ready(
+        f"node {settings.node} registered", lambda: node_agent.client.is_connected()))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node_agent.stop(0))
     return node_agent.run()

@@ -49,7 +49,6 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
         password=unquote(parsed.password) if parsed.password else None,
         host=parsed.hostname or "127.0.0.1",
         port=parsed.port or 5432,
-        autorollback=True,
     )
 
 

@@ -1,4 +1,4 @@
-"""Volfile generation for GlusterFS 10.3 without glusterd.
+r"""Volfile generation for GlusterFS 10.3 without glusterd.
 
 Pure functions (stdlib only) that turn a `VolumeSpec` into the volfiles glusterd 10.3 would
 write for it: the brick graph each glusterfsd serves, the FUSE client graph and the self-heal
@@ -26,35 +26,42 @@ spec (`VolumeSpec.auth_username`/`auth_password`), because:
 
 Running the graphs without glusterd (checked on Debian's glusterfs 10.3, as root)
 -------------------------------------------------------------------------------
-Before the first brick start, as glusterd's `volume create` does: create the brick directory,
-its `.glusterfs` subdirectory (mode 0600; features/index refuses to start without it) and set
-the xattr `trusted.glusterfs.volume-id` to the 16 bytes of the volume UUID (posix refuses a
-directory whose volume-id differs, and a missing one unless the graph has volume-id unset).
+Before the first brick start, as glusterd's `volume create` does: create the brick directory
+(glusterd makes only the last path component), its `.glusterfs` subdirectory (mode 0600;
+features/index refuses to start without it) and set the xattr `trusted.glusterfs.volume-id`
+to the 16 bytes of the volume UUID: posix refuses to start when it is absent ("Extended
+attribute trusted.glusterfs.volume-id is absent") or differs from the volfile's volume-id.
 
-Brick (port from the volfile's `transport.socket.listen-port`; `--brick-port` is only what
-the process would report to a portmapper; `-f` means no volfile server is contacted)::
+Brick. The port comes from the volfile's `transport.socket.listen-port`; `--brick-port` is
+only what the process would report to a portmapper, and `-f` means no volfile server is
+contacted. `-S` is the process's control socket: a unix socket path, so under 108 bytes
+(glusterd uses /var/run/gluster/<md5>.socket); longer fails with "No suitable I/O engine"::
 
     glusterfsd -f BRICK.vol -p PIDFILE -l LOGFILE -S SOCKFILE \
         --brick-name BRICK_PATH --brick-port PORT --process-name brick \
         --volfile-id NAME.HOST.BRICK-PATH-DASHED \
         --xlator-option '*-posix.glusterd-uuid=NODE_UUID'
 
-glusterfsd daemonises and exits 0 once the graph is up; it is listening when the port
-accepts. SIGTERM stops it.
+glusterfsd daemonises only after the graph is up: exit status 0 means started (then poll the
+port until it accepts), 1 means the graph failed (the log says why). SIGTERM stops it.
 
-FUSE client::
+FUSE client (`client_volfile(vol)`, no credentials needed)::
 
     glusterfs -f CLIENT.vol -l LOGFILE -p PIDFILE --process-name fuse \
         --volfile-id NAME MOUNTPOINT
 
-It exits 0 after the mount is in place; `umount MOUNTPOINT` ends the process.
+It exits 0 once the mount is in place (poll /proc/mounts); `umount MOUNTPOINT` ends the
+process. fuse loads meta (the /.meta tree) by itself: no volfile names it.
 
-Self-heal daemon (glusterd passes the same node uuid as the bricks, and client pid -6, which
-marks the shd's requests as self-heal ones)::
+Self-heal daemon (glusterd passes the node's uuid, as for the bricks, and client pid -6,
+which marks the requests as self-heal ones and, with the credentials, exempts them from
+root-squash)::
 
     glusterfs -f NAME-shd.vol -p PIDFILE -l LOGFILE -S SOCKFILE \
         --xlator-option '*replicate*.node-uuid=NODE_UUID' \
         --process-name glustershd --client-pid=-6
+
+It logs "Connected, attached to remote volume" once per brick it reaches.
 
 In 10.3, SIGHUP reloads nothing for `-f` processes: an option change means a restart.
 """

@@ -2,7 +2,7 @@
 
 Xlator order, names and default options were read from volfiles written by glusterd 10.3
 itself (`gluster volume create` against a private glusterd) and checked against
-xlators/mgmt/glusterd/src/glusterd-volgen.c. tests/volgen/test_glusterd_compare.py keeps
+xlators/mgmt/glusterd/src/glusterd-volgen.c. tests/volgen/test_volgen_glusterd.py keeps
 the two in step. Differences from glusterd, all deliberate:
 
 - protocol/client sets `remote-port`: glusterd leaves it out because clients ask glusterd's
@@ -15,7 +15,15 @@ the two in step. Differences from glusterd, all deliberate:
 from __future__ import annotations
 
 from control.volgen.graph import Graph
-from control.volgen.options import BRICK, CLIENT, OPTIONS, PERF_XLATORS, SHD, create_defaults, is_true
+from control.volgen.options import (
+    BRICK,
+    CLIENT,
+    OPTIONS,
+    PERF_XLATORS,
+    SHD,
+    create_defaults,
+    is_true,
+)
 from control.volgen.spec import VolgenError, VolumeSpec
 
 DEFAULT_WORKDIR = "/var/lib/glusterd"

@@ -100,7 +100,9 @@ _DEFS += [
         (_t("performance/write-behind", "cache-size", CLIENT),),
     ),
     OptionDef(
-        "performance.flush-behind", "bool", (_t("performance/write-behind", "flush-behind", CLIENT),)
+        "performance.flush-behind",
+        "bool",
+        (_t("performance/write-behind", "flush-behind", CLIENT),),
     ),
     OptionDef(
         "performance.strict-o-direct",
@@ -177,7 +179,9 @@ _DEFS += [
     OptionDef(
         "cluster.readdir-optimize", "bool", (_t("cluster/distribute", "readdir-optimize", CLIENT),)
     ),
-    OptionDef("cluster.min-free-disk", "size", (_t("cluster/distribute", "min-free-disk", CLIENT),)),
+    OptionDef(
+        "cluster.min-free-disk", "size", (_t("cluster/distribute", "min-free-disk", CLIENT),)
+    ),
     # AFR.
     OptionDef(
         "cluster.quorum-type",
@@ -217,7 +221,11 @@ _DEFS += [
     ),
     # The client-side heal switches; the shd graph always heals everything.
     *(
-        OptionDef(f"cluster.{kind}-self-heal", "bool", (_t("cluster/replicate", f"{kind}-self-heal", CLIENT),))
+        OptionDef(
+            f"cluster.{kind}-self-heal",
+            "bool",
+            (_t("cluster/replicate", f"{kind}-self-heal", CLIENT),),
+        )
         for kind in ("data", "metadata", "entry")
     ),
     # EC.
@@ -317,9 +325,8 @@ def _validate_value(d: OptionDef, value: str) -> None:
         except ValueError:
             raise VolgenError(f"option {d.key}: {value!r} is not an integer") from None
         if (d.minimum is not None and n < d.minimum) or (d.maximum is not None and n > d.maximum):
-            raise VolgenError(
-                f"option {d.key}: {n} is outside {d.minimum}-{'' if d.maximum is None else d.maximum}"
-            )
+            upper = "" if d.maximum is None else d.maximum
+            raise VolgenError(f"option {d.key}: {n} is outside {d.minimum}-{upper}")
     elif d.kind == "size":
         if not _SIZE_RE.match(v):
             raise VolgenError(f"option {d.key}: {value!r} is not a size (e.g. 64MB, 1GB, 4096)")

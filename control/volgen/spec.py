@@ -59,7 +59,7 @@ class VolumeSpec:
     replica: int = 1
     disperse: int = 0
     redundancy: int = 0
-    options: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=dict, hash=False)
     transport: str = "tcp"
     auth_username: str = ""
     auth_password: str = ""
@@ -205,6 +205,7 @@ def _validate_bricks(vol: VolumeSpec) -> None:
 def _validate_auth(vol: VolumeSpec) -> None:
     if bool(vol.auth_username) != bool(vol.auth_password):
         raise VolgenError("auth_username and auth_password must be set together (or neither)")
-    for label, value in (("auth_username", vol.auth_username), ("auth_password", vol.auth_password)):
+    credentials = (("auth_username", vol.auth_username), ("auth_password", vol.auth_password))
+    for label, value in credentials:
         if value and (_SPACE_RE.search(value) or not value.isprintable() or "," in value):
             raise VolgenError(f"{label} must be printable, without whitespace or ','")

@@ -1,0 +1,183 @@
+"""Real processes for tests: the control server, node agents, the CLI; free ports; deadline waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = str(Path(sys.executable).parent / "glusterctl")
+MOSQUITTO = ("127.0.0.1", 1883)
+POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail while things start
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+class Proc:
+    """A child process with its output in a log file; always killed at cleanup."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name, self.argv, self.log_path = name, argv, log_path
+        self.env = {**os.environ, **(env or {})}
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {' '.join(self.argv)}\n".encode())
+            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout=timeout)
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class Server(Proc):
+    def __init__(self, tmp: Path, broker: str = "embedded", db: str | None = None, mqtt_root: str | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.http_port = free_port()
+        self.mqtt_port = free_port() if broker == "embedded" else MOSQUITTO[1]
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.broker = broker
+        self.mqtt_root = mqtt_root or "glusterctl"
+        self.data_dir = tmp / "server"
+        argv = [BIN, "server", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.http_port}",
+                "--mqtt-root", self.mqtt_root]
+        if broker == "embedded":
+            argv += ["--mqtt", f"127.0.0.1:{self.mqtt_port}"]
+        else:
+            argv += ["--mqtt-url", f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"]
+        if db:
+            argv += ["--db", db]
+        super().__init__("server", argv + (extra or []), tmp / "server.log")
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def start(self, wait: bool = True) -> Server:
+        super().start()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def healthy():
+            if not self.alive():
+                raise AssertionError(f"server exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            return httpx.get(f"{self.url}/healthz", timeout=2).json()["status"] == "ok"
+        wait_until(healthy, timeout, what="server /healthz ok")
+
+
+class Agent(Proc):
+    def __init__(self, tmp: Path, server: Server, token: str, node: str, keepalive: int = 2,
+                 extra: list[str] | None = None) -> None:
+        self.node = node
+        self.state_dir = tmp / f"agent-{node}"
+        argv = [BIN, "agent", "--mqtt-url", server.mqtt_url, "--token", token, "--node", node,
+                "--state-dir", str(self.state_dir), "--keepalive", str(keepalive), "--heartbeat", "1",
+                "--mqtt-root", server.mqtt_root, "--address", "127.0.0.1"]
+        super().__init__(f"agent-{node}", argv + (extra or []), tmp / f"agent-{node}.log")
+
+
+class Cli:
+    """Runs the real ``glusterctl`` command with its own config dir."""
+
+    def __init__(self, tmp: Path, server: Server) -> None:
+        self.server = server
+        self.env = {**os.environ, "GLUSTERCTL_CONFIG_DIR": str(tmp / "cli-config"), "GLUSTERCTL_URL": server.url}
+        self.env.pop("GLUSTERCTL_PASSWORD", None)
+
+    def run(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run([BIN, *args], input=input, capture_output=True, text=True,
+                              env={**self.env, **(env or {})}, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"glusterctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    @property
+    def token(self) -> str:
+        with open(Path(self.env["GLUSTERCTL_CONFIG_DIR"]) / "token.json") as fh:
+            return json.load(fh)["token"]
+
+    def api(self, method: str, path: str, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.request(method, f"{self.server.url}{path}", headers=headers, timeout=30, **kw)
+
+    def bootstrap(self, user: str = "admin", password: str = "correct-horse") -> None:
+        self.run("user", "create", user, "--password-stdin", input=password + "\n")
+        self.run("login", "--username", user, "--password-stdin", input=password + "\n")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"

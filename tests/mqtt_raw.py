@@ -1,0 +1,66 @@
+"""A raw MQTT client for tests that play a misbehaving agent or a third-party subscriber."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+class RawClient:
+    def __init__(self, port: int, username: str | None = None, password: str | None = None,
+                 client_id: str = "", will: tuple[str, bytes] | None = None) -> None:
+        self.messages: queue.Queue = queue.Queue()
+        self.connack = threading.Event()
+        self.reason = None
+        self.subacks: queue.Queue = queue.Queue()
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        if username:
+            self.client.username_pw_set(username, password)
+        if will:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put([rc.is_failure for rc in codes])
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.reason = reason_code
+        self.connack.set()
+
+    def wait_connack(self, timeout: float = 10) -> bool:
+        """True when the broker accepted the connection."""
+        assert self.connack.wait(timeout), "no CONNACK"
+        return not self.reason.is_failure
+
+    def subscribe(self, topic: str, timeout: float = 10) -> bool:
+        """True when the broker granted the subscription."""
+        self.client.subscribe(topic, qos=1)
+        return not self.subacks.get(timeout=timeout)[0]
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(timeout=10)
+
+    def drain(self, seconds: float) -> list[tuple[str, bytes]]:
+        """Everything that arrives within ``seconds`` (a named, short wait for 'must not happen' checks)."""
+        out = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                out.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+        return out
+
+    def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a killed process would (the will fires)."""
+        self.client.loop_stop()
+        self.client.socket().close()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,142 @@
+"""Fast tests of the pieces: names, tokens, topics, transitions, journal, store and migrations."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.journal import KEEP, Journal
+from broker.messages import (
+    TASK_TRANSITIONS,
+    TaskState,
+    check_name,
+    check_proof,
+    join_proof,
+    make_join_token,
+    parse_join_token,
+)
+from broker.topics import Topics, filter_matches
+from control.services.tasks import IllegalTransition, check_transition
+
+
+@pytest.mark.parametrize("kind,value", [("cluster", "prod"), ("cluster", "backup_cluster-2"), ("node", "node1.example.com"),
+                                        ("node", "n1"), ("user", "alice")])
+def test_valid_names(kind, value):
+    assert check_name(kind, value) == value
+
+
+@pytest.mark.parametrize("kind,value", [("cluster", ""), ("cluster", "a b"), ("cluster", "x" * 65), ("cluster", "a.b"),
+                                        ("node", "-n1"), ("node", "n1."), ("node", "a..b"), ("node", "a_b"),
+                                        ("node", "a/b"), ("user", "+")])
+def test_invalid_names_say_what_is_allowed(kind, value):
+    with pytest.raises(ValueError, match="use "):
+        check_name(kind, value)
+
+
+def test_join_tokens_and_proofs():
+    token = make_join_token("prod", "s" * 32)
+    assert parse_join_token(token) == ("prod", "s" * 32)
+    proof = join_proof(token, "n1", "agent", 7)
+    assert check_proof(token, "n1", "agent", 7, proof)
+    assert not check_proof(token, "n2", "agent", 7, proof)
+    assert not check_proof(token, "n1", "agent", 8, proof)
+    assert not check_proof(make_join_token("prod", "t" * 32), "n1", "agent", 7, proof)
+    for bad in ("", "nodot", "prod.short", "bad name.ssssssssssssssssssss"):
+        with pytest.raises(ValueError, match="join token"):
+            parse_join_token(bad)
+
+
+def test_topic_matching_and_parsing():
+    t = Topics("site1")
+    assert t.task("c", "n", "x") == "site1/v1/clusters/c/nodes/n/tasks/x"
+    assert filter_matches(t.tasks_filter("c", "n"), t.task("c", "n", "x"))
+    assert not filter_matches(t.tasks_filter("c", "n"), t.task("c", "n2", "x"))
+    assert filter_matches("a/#", "a/b/c") and filter_matches("a/+/c", "a/b/c") and not filter_matches("a/+", "a/b/c")
+    assert t.parse_node_topic(t.heartbeat("c", "n.example.com")) == ("c", "n.example.com", "heartbeat")
+    assert t.parse_node_topic("site1/v1/control/presence") is None
+    with pytest.raises(ValueError, match="topic root"):
+        Topics("bad/root")
+
+
+def test_task_transition_table():
+    check_transition(TaskState.QUEUED, TaskState.RUNNING)
+    check_transition(TaskState.RUNNING, TaskState.DONE)
+    check_transition(TaskState.QUEUED, TaskState.FAILED)
+    for final in (TaskState.DONE, TaskState.FAILED):
+        assert TASK_TRANSITIONS[final] == frozenset()
+        with pytest.raises(IllegalTransition):
+            check_transition(final, TaskState.RUNNING)
+
+
+def test_journal_survives_restart_and_torn_lines(tmp_path):
+    path = str(tmp_path / "journal.jsonl")
+    j = Journal(path)
+    j.record("t1", "RUNNING")
+    j.record("t1", "DONE", result={"x": 1})
+    j.record("t2", "RUNNING")
+    j.close()
+    with open(path, "a") as fh:
+        fh.write('{"id": "t3", "sta')  # a crash in the middle of a write
+    j = Journal(path)
+    assert j.get("t1")["state"] == "DONE" and j.get("t1")["result"] == {"x": 1}
+    assert j.get("t2")["state"] == "RUNNING" and j.get("t3") is None
+    for i in range(2 * KEEP + 5):
+        j.record(f"bulk{i}", "DONE")
+    assert j.get(f"bulk{2 * KEEP + 4}") is not None and j.get("t1") is None
+    j.close()
+    assert len(open(path).read().splitlines()) <= 2 * KEEP
+
+
+# ---- the store, as a contract run against both backends ---------------------------------------
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    from control.store import open_database
+
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    db = open_database(url, str(tmp_path))
+    yield db
+    db.close()
+
+
+def test_migrations_are_versioned_and_idempotent(database):
+    from control.store.db import SCHEMA_VERSION, migrate
+    from control.store.models import SchemaVersion
+
+    assert migrate(database) == SCHEMA_VERSION
+    assert migrate(database) == SCHEMA_VERSION
+    assert [r.version for r in SchemaVersion.select()] == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_newer_schema_is_refused(database):
+    from control.store.db import SCHEMA_VERSION, DatabaseError, migrate
+    from control.store.models import SchemaVersion
+
+    SchemaVersion.create(version=SCHEMA_VERSION + 1)
+    with pytest.raises(DatabaseError, match="newer than this glusterctl"):
+        migrate(database)
+
+
+def test_task_engine_persists_transitions_and_clears_retained(database):
+    from broker.messages import TaskStatus
+    from control.services import clusters, tasks
+    from control.store.models import Node, TaskEvent
+
+    published = []
+
+    class Recorder:
+        def publish(self, topic, payload, qos=1, retain=False):
+            published.append((topic, payload, retain))
+
+    cluster = clusters.ensure_default()
+    Node.create(cluster=cluster, name="n1", state="Online", agent_id="a" * 32, epoch=1)
+    engine = tasks.TaskEngine(Topics(), Recorder())
+    task = engine.submit(cluster, "n1", "node.probe", {"path": "/x"})
+    assert published[-1][0].endswith(f"/nodes/n1/tasks/{task.id}") and published[-1][2] is True
+    assert engine.apply_status("default", "n2", TaskStatus(task_id=task.id, state=TaskState.DONE, epoch=1)) is None
+    engine.apply_status("default", "n1", TaskStatus(task_id=task.id, state=TaskState.RUNNING, epoch=1))
+    engine.apply_status("default", "n1", TaskStatus(task_id=task.id, state=TaskState.DONE, epoch=1, result={"ok": 1}))
+    assert engine.apply_status("default", "n1", TaskStatus(task_id=task.id, state=TaskState.RUNNING, epoch=1)) is None
+    stored = tasks.get(task.id)
+    assert stored.state == "DONE" and stored.result == {"ok": 1} and stored.finished_at
+    assert [e.state for e in TaskEvent.select().where(TaskEvent.task == task.id).order_by(TaskEvent.id)] == ["QUEUED", "RUNNING", "DONE"]
+    assert published[-1] == (published[0][0], b"", True)  # cleared once final
+    assert engine.republish_open() == 0
