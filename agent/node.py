@@ -20,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from agent import facts
+from agent.bricks import BrickManager
+from agent.devices import DeviceManager
 from agent.journal import Journal
 from agent.settings import AgentSettings
 from agent.tasks import HANDLERS, TaskContext, TaskFailed
@@ -59,6 +61,8 @@ class Agent:
         self.agent_id = self._load_agent_id()
         self.address = settings.address or facts.address_towards(self.url.host, self.url.port)
         self.journal = Journal(os.path.join(settings.state_dir, "journal.jsonl"))
+        self.bricks = BrickManager(settings.state_dir, self.node, str(uuid.UUID(self.agent_id)), self.address)
+        self.devices = DeviceManager(settings.state_dir, self.node)
         self.epoch = 0
         self.registered = threading.Event()
         self.exit_code = 0
@@ -114,8 +118,10 @@ class Agent:
         log.info("agent %s starting: node %s, cluster %s, broker %s, state dir %s", self.agent_id[:8], self.node,
                  self.cluster, self.url.redacted(), self.s.state_dir)
         self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
+        self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
+        threading.Thread(target=self.bricks.run_supervisor, args=(self._stop,), name="supervisor", daemon=True).start()
         self.client.loop_forever(retry_first_connection=True)
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -231,8 +237,10 @@ class Agent:
     def _publish_heartbeat(self) -> None:
         self._last_beat = time.monotonic()
         self._seq += 1
+        bricks, shds = self.bricks.reports()
         beat = Heartbeat(epoch=self.epoch, seq=self._seq, at=time.time(),
-                         facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)))
+                         facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)),
+                         bricks=bricks, shds=shds, devices=self.devices.reports())
         self.client.publish(self.topics.heartbeat(self.cluster, self.node), beat.model_dump_json(), qos=0)
 
     # ---- tasks ----------------------------------------------------------------------------------
@@ -262,11 +270,13 @@ class Agent:
             self._status(task.id, TaskState.RUNNING)
             if handler is None:
                 raise TaskFailed(f"unknown task kind {task.kind!r}: upgrade the agent on node {self.node}")
-            ctx = TaskContext(node=self.node, task_id=task.id, report=lambda state: self._status(task.id, TaskState(state)))
+            ctx = TaskContext(node=self.node, task_id=task.id, bricks=self.bricks, devices=self.devices,
+                              report=lambda state: self._status(task.id, TaskState(state)))
             result = handler(ctx, task.params)
             state, reason = TaskState.DONE, ""
         except TaskFailed as exc:
-            state, reason, result = TaskState.FAILED, str(exc), None
+            state, reason = TaskState.FAILED, str(exc)
+            result = {"failure": exc.details} if exc.details else None
         except Exception as exc:
             log.exception("task %s (%s) failed unexpectedly", task.id, task.kind)
             state, reason, result = TaskState.FAILED, f"agent error: {exc!r}", None

@@ -15,18 +15,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import facts
+from agent.bricks import BrickError, BrickManager
+from agent.devices import DeviceManager
 from broker.messages import TaskKind
 
 
 class TaskFailed(Exception):
-    pass
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.details = details
 
 
 @dataclass
 class TaskContext:
     node: str
     task_id: str
-    report: Callable[[str], None]  # report(step_state), e.g. "RUNNING"
+    report: Callable[[str], None]  # report(step_state), e.g. "STARTING"
+    bricks: BrickManager | None = None
+    devices: DeviceManager | None = None
 
 
 def oserror_reason(exc: OSError, what: str) -> str:
@@ -104,6 +110,53 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _brick_errors(fn):
+    def wrapped(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return fn(ctx, params)
+        except BrickError as exc:
+            raise TaskFailed(str(exc), **exc.details) from None
+    return wrapped
+
+
+@_brick_errors
+def device_add(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("device"):
+        return ctx.devices.add_device(params["device"])
+    return ctx.devices.add_path(params["path"])
+
+
+@_brick_errors
+def volume_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    vol = params["volume"]
+    return ctx.bricks.prepare(vol["id"], vol["name"], params["bricks"])
+
+
+@_brick_errors
+def volume_start(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    vol = params["volume"]
+    ctx.report("STARTING")
+    return ctx.bricks.start(vol["id"], vol["name"], params["bricks"], params.get("shd_volfile"))
+
+
+@_brick_errors
+def volume_stop(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    vol = params["volume"]
+    ctx.report("STOPPING")
+    return ctx.bricks.stop(vol["id"], vol["name"])
+
+
+@_brick_errors
+def volume_delete(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    vol = params["volume"]
+    return ctx.bricks.delete(vol["id"], vol["name"], params["bricks"], bool(params.get("purge")))
+
+
 HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], dict[str, Any]]] = {
     TaskKind.NODE_PROBE.value: probe,
+    TaskKind.DEVICE_ADD.value: device_add,
+    TaskKind.VOLUME_CREATE.value: volume_create,
+    TaskKind.VOLUME_START.value: volume_start,
+    TaskKind.VOLUME_STOP.value: volume_stop,
+    TaskKind.VOLUME_DELETE.value: volume_delete,
 }

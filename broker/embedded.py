@@ -140,6 +140,24 @@ class GlusterctlTopicPlugin(BaseTopicPlugin):
         return ok
 
 
+class _SnapshotDict(dict):
+    """A dict whose iteration works on a copy: amqtt 0.12 awaits while iterating its subscription
+    table, and a client (un)subscribing meanwhile made the broadcast fail with 'dictionary changed
+    size during iteration', losing the message."""
+
+    def __iter__(self):
+        return iter(list(super().keys()))
+
+    def items(self):
+        return list(super().items())
+
+    def keys(self):
+        return list(super().keys())
+
+    def values(self):
+        return list(super().values())
+
+
 class GlusterctlBroker(Broker):
     """amqtt's Broker with retained-message delivery held to each client's own subscriptions and ACL.
 
@@ -150,6 +168,10 @@ class GlusterctlBroker(Broker):
     """
 
     access: AccessControl
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _SnapshotDict()
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
         topic_filter, qos = subscription

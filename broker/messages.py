@@ -25,7 +25,7 @@ NODE_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def check_name(kind: str, value: str) -> str:
-    """Return ``value`` if it is a valid cluster/user/node name, else raise ValueError saying what is allowed."""
+    """Return ``value`` if it is a valid cluster/user/volume/node name, else raise ValueError saying what is allowed."""
     if kind == "node":
         if not NODE_NAME_RE.match(value or "") or ".." in value:
             raise ValueError(f"invalid node name {value!r}: use {NODE_NAME_RULE}")
@@ -66,6 +66,11 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 
 class TaskKind(str, enum.Enum):
     NODE_PROBE = "node.probe"
+    DEVICE_ADD = "device.add"
+    VOLUME_CREATE = "volume.create"
+    VOLUME_START = "volume.start"
+    VOLUME_STOP = "volume.stop"
+    VOLUME_DELETE = "volume.delete"
 
 
 class _Msg(BaseModel):
@@ -113,11 +118,34 @@ class ControlPresence(_Msg):
     at: float = 0.0
 
 
+class BrickReport(_Msg):
+    volume_id: str
+    index: int = Field(ge=0)
+    port: int = 0
+    pid: int | None = None
+    online: bool
+
+
+class ShdReport(_Msg):
+    volume_id: str
+    pid: int | None = None
+    online: bool
+
+
+class DeviceReport(_Msg):
+    path: str
+    total_bytes: int = Field(ge=0)
+    free_bytes: int = Field(ge=0)
+
+
 class Heartbeat(_Msg):
     epoch: int = Field(ge=1)
     seq: int = Field(ge=0)
     at: float
     facts: NodeFacts = NodeFacts()
+    bricks: list[BrickReport] = []
+    shds: list[ShdReport] = []
+    devices: list[DeviceReport] = []
 
 
 class TaskMessage(_Msg):

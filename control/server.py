@@ -20,6 +20,7 @@ from control.bridge import Bridge
 from control.errors import Unauthorized
 from control.services import clusters, users
 from control.services.tasks import TaskEngine
+from control.services.volumes import DeviceService, VolumeService
 from control.settings import ServerSettings
 from control.store import open_database
 from control.store.db import DatabaseError
@@ -103,6 +104,7 @@ async def serve(settings: ServerSettings, ready=None) -> None:
         url = MqttUrl(connect_host, port, CONTROL_USER, secret)
 
     engine = TaskEngine(topics)
+    volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
     engine.publisher = bridge
     bridge.start()
@@ -111,7 +113,7 @@ async def serve(settings: ServerSettings, ready=None) -> None:
             why = bridge.refused or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
 
-        app = create_app(engine, bridge)
+        app = create_app(engine, bridge, volumes, devices)
         config = uvicorn.Config(app, host=http_host, port=http_port, log_config=None, access_log=False,
                                 lifespan="off")
         server = uvicorn.Server(config)

@@ -18,7 +18,20 @@ class ServerSettings(BaseSettings):
     mqtt_url: str | None = None
     mqtt_root: str = DEFAULT_ROOT
     db: str | None = None
+    brick_ports: str = "49152-60999"
     log_level: str = "INFO"
+
+    def port_range(self) -> tuple[int, int]:
+        low, high = self.brick_ports.split("-")
+        return int(low), int(high)
+
+    @field_validator("brick_ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        low, sep, high = v.partition("-")
+        if not sep or not low.isdigit() or not high.isdigit() or not 1024 <= int(low) <= int(high) <= 65535:
+            raise ValueError("use LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, e.g. 49152-60999")
+        return v
 
     @field_validator("http")
     @classmethod

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from tests.helpers import MOSQUITTO, POSTGRES_DSN, Agent, Cli, Proc, Server, port_open, unique
+from tests.helpers import MOSQUITTO, POSTGRES_DSN, Agent, Cli, Proc, Server, cleanup_gluster, port_open, unique
 
 os.environ.pop("GLUSTERCTL_URL", None)
 
@@ -49,7 +50,9 @@ class Stack:
     def __init__(self, tmp: Path, request, broker: str = "embedded", db: str | None = None) -> None:
         self.tmp, self.request, self.broker, self.db = tmp, request, broker, db
         root = unique("t") if broker == "mosquitto" else None
-        self.server = Server(tmp, broker=broker, db=db, mqtt_root=root)
+        # each test its own brick ports, so a leftover brick of another test cannot collide
+        low = random.randrange(20000, 32000, 100)  # below the ephemeral range free_port() uses
+        self.server = Server(tmp, broker=broker, db=db, mqtt_root=root, extra=["--brick-ports", f"{low}-{low + 99}"])
         self.cli = Cli(tmp, self.server)
         self.procs: list[Proc] = [self.server]
 
@@ -77,6 +80,7 @@ class Stack:
     def close(self) -> None:
         for proc in reversed(self.procs):
             proc.stop(timeout=5)
+        cleanup_gluster(self.tmp)
         rep = getattr(self.request.node, "rep_call", None)
         if rep is not None and rep.failed:
             for proc in self.procs:

@@ -181,3 +181,37 @@ class Cli:
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def gluster_pids_under(path: Path) -> list[int]:
+    """glusterfsd/glusterfs processes whose command line mentions ``path``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as fh:
+                zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            continue
+        if not zombie and "glusterfs" in cmd.split(" ")[0] and str(path) in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def mounts_under(path: Path) -> list[str]:
+    with open("/proc/mounts") as fh:
+        return [line.split()[1] for line in fh if line.split()[1].startswith(str(path))]
+
+
+def cleanup_gluster(path: Path) -> None:
+    """Unmount FUSE mounts and kill brick/self-heal processes a test left under ``path``."""
+    for mnt in mounts_under(path):
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+    for pid in gluster_pids_under(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -10,7 +10,10 @@ from fastapi.responses import JSONResponse
 
 from broker import __version__
 from control.api import schemas as s
+from control.api.events import router as events_router
 from control.api.routes import router
+from control.api.volumes import router as volumes_router
+from control.services.volumes import DeviceService, VolumeService
 from control.errors import GlusterctlError
 
 log = logging.getLogger(__name__)
@@ -24,11 +27,15 @@ Errors are JSON objects `{"detail": "what went wrong and what to do"}`.
 """
 
 
-def create_app(engine, bridge=None) -> FastAPI:
+def create_app(engine, bridge=None, volumes=None, devices=None) -> FastAPI:
     app = FastAPI(title="glusterctl", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.bridge = bridge
+    app.state.volumes = volumes or VolumeService(engine)
+    app.state.devices = devices or DeviceService(engine)
     app.include_router(router)
+    app.include_router(volumes_router)
+    app.include_router(events_router)
 
     @app.exception_handler(GlusterctlError)
     async def domain_error(request: Request, exc: GlusterctlError):

@@ -59,7 +59,8 @@ class Client:
         self.token = token if token is not None else (saved.get("token") if same_server else None)
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, params: dict | None = None, auth: bool = True) -> Any:
+    def request(self, method: str, path: str, body: Any = None, params: dict | None = None, auth: bool = True,
+                raw: bool = False) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
         try:
             resp = self._http.request(method, path, json=body, params=params, headers=headers)
@@ -76,15 +77,17 @@ class Client:
             if resp.status_code == 401 and not self.token:
                 detail = f"{detail or 'not logged in'}"
             raise CliError(str(detail or f"HTTP {resp.status_code} from {self.url}{path}"))
+        if raw:
+            return resp.text
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: Any = None, auth: bool = True) -> Any:
         return self.request("POST", path, body=body if body is not None else {}, auth=auth)
 
-    def delete(self, path: str, **params: Any) -> Any:
+    def delete(self, path: str, /, **params: Any) -> Any:
         return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})

@@ -50,7 +50,7 @@ def server(args: argparse.Namespace) -> int:
     from control.settings import ServerSettings
 
     try:
-        settings = ServerSettings(**_settings_kwargs(args, ["data_dir", "http", "mqtt", "mqtt_url", "mqtt_root", "db", "log_level"]))
+        settings = ServerSettings(**_settings_kwargs(args, ["data_dir", "http", "mqtt", "mqtt_url", "mqtt_root", "db", "brick_ports", "log_level"]))
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
@@ -82,6 +82,12 @@ def agent(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node_agent.stop(0))
     return node_agent.run()
+
+
+def tui(args: argparse.Namespace) -> int:
+    from tui.app import main as tui_main
+
+    return tui_main(url=args.url, serve=args.serve)
 
 
 # ---- login and users -----------------------------------------------------------------------

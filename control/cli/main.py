@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker import __version__
-from control.cli import commands
+from control.cli import commands, volumes
 from control.cli.client import CliError
 
 DEFAULT_CLUSTER = "default"
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT")
     p.add_argument("--mqtt-root", help="topic root, to share a broker between control planes (default: glusterctl)")
     p.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB")
+    p.add_argument("--brick-ports", help="port range for bricks on each node, LOW-HIGH (default: 49152-60999)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.server)
 
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-root", help="topic root (default: glusterctl)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.agent)
+
+    p = sub.add_parser("tui", parents=[common], help="the terminal dashboard (uses the saved login)")
+    p.add_argument("--serve", metavar="HOST:PORT", help="serve the dashboard to web browsers on HOST:PORT instead")
+    p.set_defaults(func=commands.tui)
 
     # ---- login and users --------------------------------------------------------------------
     p = sub.add_parser("login", parents=[common], help="log in and save the token to ~/.glusterctl/token.json")
@@ -126,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _output(p)
     p.set_defaults(func=commands.node_probe)
 
+    volumes.add_parsers(sub, common, _cluster, _output)
+
     # ---- tasks ----------------------------------------------------------------------------
     tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = tasks.add_parser("list", parents=[common], help="list tasks, newest first")
@@ -144,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # bricks (NODE:/path) may come after options: volume create NAME --replica 3 n1:/b n2:/b n3:/b
+    if extra and isinstance(getattr(args, "bricks", None), list) and all(":" in e and not e.startswith("-") for e in extra):
+        args.bricks += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

@@ -22,6 +22,7 @@ from broker.messages import (
 )
 from control.errors import Conflict, NotFound
 from control.services import events
+from control.services.volumes import VolumeService
 from control.store.models import Cluster, Node, database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
             return False
         node.last_seen_at = now
         _apply_facts(node, beat.facts.model_dump())
+        VolumeService.apply_heartbeat(cluster_name, node, beat.bricks, beat.shds, beat.devices)
         _set_state(node, NodeState.ONLINE, "heartbeat", now)
         node.save()
     return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from broker.messages import TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
@@ -42,9 +43,13 @@ class TaskEngine:
     def __init__(self, topics: Topics, publisher: Publisher | None = None) -> None:
         self.topics = topics
         self.publisher = publisher
+        # called with each task that reached a final state, after it was stored
+        self.on_final: list[Callable[[Task], None]] = []
 
     # ---- create -------------------------------------------------------------------------
-    def submit(self, cluster: Cluster, node_name: str, kind: str, params: dict[str, Any] | None = None) -> Task:
+    def submit(self, cluster: Cluster, node_name: str, kind: str, params: dict[str, Any] | None = None,
+               operation: str = "", target: str = "") -> Task:
+        """Store a QUEUED task and publish it. Inside a caller's transaction, publish after commit."""
         if not Node.select().where((Node.cluster == cluster) & (Node.name == node_name)).exists():
             raise NotFound(f"no node {node_name!r} in cluster {cluster.name!r}")
         now = time.time()
@@ -52,13 +57,20 @@ class TaskEngine:
             task = Task.create(
                 id=uuid.uuid4().hex, cluster=cluster, node_name=node_name, kind=kind,
                 params=params or {}, state=TaskState.QUEUED.value, created_at=now, updated_at=now,
+                operation=operation, target=target,
             )
             TaskEvent.create(task=task, state=TaskState.QUEUED.value, at=now)
             events.record("task.state", cluster=cluster.name, subject=task.id, node=node_name,
                           kind=kind, state=TaskState.QUEUED.value, reason="")
         log.info("cluster %s node %s task %s (%s): QUEUED", cluster.name, node_name, task.id, kind)
-        self._publish(task, cluster.name)
+        if not db.in_transaction():
+            self._publish(task, cluster.name)
         return task
+
+    def publish(self, tasks: list[Task]) -> None:
+        """Publish tasks that were submitted inside a transaction, once it committed."""
+        for task in tasks:
+            self._publish(task, task.cluster.name)
 
     def _publish(self, task: Task, cluster_name: str) -> None:
         if self.publisher is None:
@@ -119,6 +131,11 @@ class TaskEngine:
                 task.kind, old.value, status.state.value, f" ({status.reason})" if status.reason else "")
         if status.state.final:
             self._clear(task, cluster_name)
+            for hook in self.on_final:
+                try:
+                    hook(task)
+                except Exception:
+                    log.exception("cluster %s task %s: final-state hook failed", cluster_name, task.id)
         return task
 
 

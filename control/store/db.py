@@ -8,6 +8,8 @@ from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as run_migrations
 
 from control.store import models as m
 
@@ -18,13 +20,46 @@ class DatabaseError(Exception):
     """The database cannot be opened or migrated."""
 
 
+V1_MODELS = [m.User, m.ApiToken, m.Cluster, m.Node, m.Task, m.TaskEvent, m.Event, m.Setting]
+
+
 def _migration_1(db: pw.Database) -> None:
-    db.create_tables([mdl for mdl in m.ALL_MODELS if mdl is not m.SchemaVersion])
+    # the first release's tables, without the columns later migrations add
+    with _without_columns(m.Task, ("operation", "target")):
+        db.create_tables(V1_MODELS)
+
+
+def _migration_2(db: pw.Database) -> None:
+    """Volumes: devices, volumes, bricks; tasks remember their operation and target."""
+    migrator = SchemaMigrator.from_database(db)
+    run_migrations(
+        migrator.add_column("task", "operation", m.Task.operation),
+        migrator.add_column("task", "target", m.Task.target),
+    )
+    db.create_tables([m.Device, m.Volume, m.Brick])
+
+
+class _without_columns:
+    """Temporarily hide fields from a model so create_tables builds an older schema."""
+
+    def __init__(self, model: type[pw.Model], names: tuple[str, ...]) -> None:
+        self.model, self.names, self.saved = model, names, []
+
+    def __enter__(self) -> None:
+        for name in self.names:
+            field = self.model._meta.fields[name]
+            self.saved.append(field)
+            self.model._meta.remove_field(name)
+
+    def __exit__(self, *exc) -> None:
+        for field in self.saved:
+            self.model._meta.add_field(field.name, field)
 
 
 # Versioned migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _migration_1),
+    (2, _migration_2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -78,6 +78,9 @@ class Task(BaseModel):
     cluster = pw.ForeignKeyField(Cluster, backref="tasks", on_delete="CASCADE")
     node_name = pw.CharField(max_length=253)
     kind = pw.CharField(max_length=64)
+    # which user-visible operation this task is part of (e.g. one "volume start"), and on what
+    operation = pw.CharField(max_length=64, default="", index=True)
+    target = pw.CharField(max_length=255, default="")
     params = JSONField(default=dict)
     state = pw.CharField(max_length=16, index=True)
     reason = pw.TextField(default="")
@@ -104,9 +107,65 @@ class Event(BaseModel):
     data = JSONField(default=dict)
 
 
+class Device(BaseModel):
+    """A brick home registered on a node: a directory (path) or a block device mounted by the agent."""
+
+    cluster = pw.ForeignKeyField(Cluster, backref="devices", on_delete="CASCADE")
+    node_name = pw.CharField(max_length=253)
+    path = pw.CharField(max_length=1024)
+    device = pw.CharField(max_length=1024, default="")
+    state = pw.CharField(max_length=16)  # Pending, Ready, Failed
+    reason = pw.TextField(default="")
+    total_bytes = pw.BigIntegerField(default=0)
+    free_bytes = pw.BigIntegerField(default=0)
+    task_id = pw.CharField(max_length=64, default="")
+    created_at = pw.FloatField(default=now)
+
+    class Meta:
+        indexes = ((("cluster", "node_name", "path"), True),)
+
+
+class Volume(BaseModel):
+    id = pw.CharField(max_length=36, primary_key=True)
+    cluster = pw.ForeignKeyField(Cluster, backref="volumes", on_delete="CASCADE")
+    name = pw.CharField(max_length=64)
+    type = pw.CharField(max_length=16)
+    replica = pw.IntegerField(default=1)
+    arbiter = pw.IntegerField(default=0)
+    disperse = pw.IntegerField(default=0)
+    redundancy = pw.IntegerField(default=0)
+    state = pw.CharField(max_length=16)
+    operation = pw.CharField(max_length=64, default="")
+    start_after_create = pw.BooleanField(default=True)
+    options = JSONField(default=dict)
+    auth_username = pw.CharField(max_length=64)
+    auth_password = pw.CharField(max_length=64)
+    size_bytes = pw.BigIntegerField(default=0)
+    created_at = pw.FloatField(default=now)
+    updated_at = pw.FloatField(default=now)
+
+    class Meta:
+        indexes = ((("cluster", "name"), True),)
+
+
+class Brick(BaseModel):
+    volume = pw.ForeignKeyField(Volume, backref="bricks", on_delete="CASCADE")
+    index = pw.IntegerField()
+    node_name = pw.CharField(max_length=253)
+    path = pw.CharField(max_length=1024)
+    port = pw.IntegerField()
+    device = pw.ForeignKeyField(Device, backref="bricks", null=True, on_delete="SET NULL")
+    state = pw.CharField(max_length=16, default="Offline")
+    pid = pw.IntegerField(null=True)
+    state_changed_at = pw.FloatField(default=now)
+
+    class Meta:
+        indexes = ((("volume", "index"), True),)
+
+
 class Setting(BaseModel):
     key = pw.CharField(max_length=64, primary_key=True)
     value = pw.TextField()
 
 
-ALL_MODELS = [SchemaVersion, User, ApiToken, Cluster, Node, Task, TaskEvent, Event, Setting]
+ALL_MODELS = [SchemaVersion, User, ApiToken, Cluster, Node, Task, TaskEvent, Event, Setting, Device, Volume, Brick]

@@ -1,0 +1,428 @@
+"""Bricks and self-heal daemons on this node: prepare brick directories, run and supervise
+``glusterfsd`` (and ``glusterfs`` as self-heal daemon) from the volfiles the control service
+generated, and report what runs.
+
+Processes daemonise themselves and keep running when the agent restarts; the agent adopts them
+again from their pid files. What should run is kept in ``STATE_DIR/volumes/VOLUME_ID/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from broker.messages import BrickReport, ShdReport
+
+log = logging.getLogger(__name__)
+
+VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
+# what GlusterFS keeps on a brick root: removed by "volume delete --purge"
+GLUSTER_XATTRS = ("trusted.glusterfs.", "trusted.gfid", "trusted.afr.", "trusted.ec.")
+START_TIMEOUT = 20.0
+PORT_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+SUPERVISE_INTERVAL = 1.0
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+SOCKET_DIR = "/run/glusterctl"
+
+
+class BrickError(Exception):
+    """A brick operation failed; ``reason`` starts with a code (ENOENT, EADDRINUSE, ...)."""
+
+    def __init__(self, reason: str, **details) -> None:
+        super().__init__(reason)
+        self.details = details
+
+
+def find_exe(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pid_running(pid_file: str, marker: str) -> int | None:
+    """The pid in ``pid_file`` if that process runs and its command line contains ``marker``."""
+    try:
+        with open(pid_file) as fh:
+            pid = int(fh.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return None  # a zombie waiting to be reaped
+    except (OSError, IndexError):
+        pass
+    return pid if marker in cmdline else None
+
+
+def log_tail(path: str, lines: int = 8) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:]).strip()
+    except OSError:
+        return ""
+
+
+def oserror(exc: OSError, what: str, **details) -> BrickError:
+    code = errno.errorcode.get(exc.errno or 0, "EIO")
+    if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+        code = "ENOTSUP"
+    return BrickError(f"{code}: {what}: {exc.strerror}", **details)
+
+
+@dataclass
+class Restart:
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+class BrickManager:
+    def __init__(self, state_dir: str, node: str, node_uuid: str, address: str = "127.0.0.1") -> None:
+        self.state_dir = state_dir
+        self.node = node
+        self.address = address
+        self.node_uuid = node_uuid
+        self.root = os.path.join(state_dir, "volumes")
+        self.logs = os.path.join(state_dir, "logs")
+        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.logs, exist_ok=True)
+        self._lock = threading.RLock()
+        self._restarts: dict[str, Restart] = {}
+        self._stop = threading.Event()
+
+    # ---- files ----------------------------------------------------------------------------
+    def _vdir(self, volume_id: str) -> str:
+        return os.path.join(self.root, volume_id)
+
+    def _desired_path(self, volume_id: str) -> str:
+        return os.path.join(self._vdir(volume_id), "desired.json")
+
+    def desired(self, volume_id: str) -> dict | None:
+        try:
+            with open(self._desired_path(volume_id)) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    def _save_desired(self, volume_id: str, desired: dict) -> None:
+        os.makedirs(self._vdir(volume_id), exist_ok=True)
+        tmp = self._desired_path(volume_id) + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(desired, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._desired_path(volume_id))
+
+    def _files(self, volume_id: str, name: str, what: str) -> tuple[str, str, str, str]:
+        """(volfile, pidfile, logfile, control socket) of one process."""
+        vdir = self._vdir(volume_id)
+        digest = hashlib.sha1(f"{self.state_dir}/{volume_id}/{what}".encode()).hexdigest()[:20]
+        return (os.path.join(vdir, f"{what}.vol"), os.path.join(vdir, f"{what}.pid"),
+                os.path.join(self.logs, f"{name}-{what}.log"), os.path.join(SOCKET_DIR, f"{digest}.socket"))
+
+    def volume_ids(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.root))
+        except OSError:
+            return []
+
+    # ---- prepare (volume create) -----------------------------------------------------------
+    def prepare(self, volume_id: str, name: str, bricks: list[dict]) -> dict:
+        want = uuid.UUID(volume_id).bytes
+        for brick in bricks:
+            path = brick["path"]
+            parent = os.path.dirname(path.rstrip("/")) or "/"
+            if not os.path.isdir(parent):
+                raise BrickError(f"ENOENT: the parent directory {parent} of brick {path} does not exist on node {self.node}",
+                                 path=path)
+            try:
+                os.makedirs(path, exist_ok=True)
+                try:
+                    have = os.getxattr(path, VOLUME_ID_XATTR)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENODATA, getattr(errno, "ENOATTR", errno.ENODATA)):
+                        raise
+                    have = None
+                if have is not None and have != want:
+                    other = str(uuid.UUID(bytes=have)) if len(have) == 16 else have.hex()
+                    raise BrickError(f"EEXIST: brick path {path} on node {self.node} already belongs to another "
+                                     f"volume (volume-id {other})", path=path)
+                if have is None:
+                    os.setxattr(path, VOLUME_ID_XATTR, want)
+                os.makedirs(os.path.join(path, ".glusterfs"), mode=0o600, exist_ok=True)
+            except OSError as exc:
+                raise oserror(exc, f"preparing brick {path} on node {self.node}", path=path) from None
+        with self._lock:
+            desired = self.desired(volume_id) or {"name": name, "started": False, "bricks": {}, "shd": False}
+            desired["name"] = name
+            for brick in bricks:
+                desired["bricks"][str(brick["index"])] = {"path": brick["path"]}
+            self._save_desired(volume_id, desired)
+        return {"bricks": [b["path"] for b in bricks]}
+
+    # ---- start ------------------------------------------------------------------------------
+    def start(self, volume_id: str, name: str, bricks: list[dict], shd_volfile: str | None) -> dict:
+        exe = find_exe("glusterfsd")
+        if exe is None:
+            raise BrickError(f"NOGLUSTERFSD: glusterfsd is not installed on node {self.node}")
+        with self._lock:
+            desired = self.desired(volume_id) or {"name": name, "bricks": {}}
+            desired.update(name=name, started=True, shd=bool(shd_volfile))
+            for brick in bricks:
+                desired["bricks"][str(brick["index"])] = {k: brick[k] for k in ("path", "port", "volfile_id")}
+                vol, *_ = self._files(volume_id, name, f"brick-{brick['index']}")
+                self._write(vol, brick["volfile"], restart_key=f"{volume_id}/brick-{brick['index']}")
+            if shd_volfile:
+                vol, *_ = self._files(volume_id, name, "shd")
+                self._write(vol, shd_volfile, restart_key=f"{volume_id}/shd")
+            self._save_desired(volume_id, desired)
+            conflicts, failures, started = [], [], {}
+            for brick in bricks:
+                try:
+                    started[brick["index"]] = self._ensure_brick(volume_id, name, brick["index"], desired["bricks"][str(brick["index"])])
+                except BrickError as exc:
+                    if str(exc).startswith("EADDRINUSE"):
+                        conflicts.append(brick["index"])
+                    failures.append(exc)
+            if failures:
+                err = failures[0]
+                if conflicts:
+                    err.details["port_conflicts"] = conflicts
+                raise err
+            shd_pid = self._ensure_shd(volume_id, name) if shd_volfile else None
+        return {"bricks": {str(i): pid for i, pid in started.items()}, "shd_pid": shd_pid}
+
+    def _write(self, path: str, text: str, restart_key: str) -> None:
+        """Write a volfile; if it changed while its process runs, stop that process (it restarts with the new one)."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            with open(path) as fh:
+                if fh.read() == text:
+                    return
+            changed = True
+        except OSError:
+            changed = False
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        if changed:
+            volume_id, what = restart_key.split("/")
+            pid_file = os.path.join(self._vdir(volume_id), f"{what}.pid")
+            pid = pid_running(pid_file, path)
+            if pid:
+                log.info("volfile %s changed: restarting pid %d", path, pid)
+                self._kill(pid)
+
+    def _ensure_brick(self, volume_id: str, name: str, index: int, brick: dict) -> int:
+        vol, pid_file, log_file, sock = self._files(volume_id, name, f"brick-{index}")
+        pid = pid_running(pid_file, vol)
+        if pid:
+            return pid
+        if not os.path.isdir(brick["path"]):
+            raise BrickError(f"ENOENT: brick directory {brick['path']} is missing on node {self.node}", path=brick["path"])
+        os.makedirs(SOCKET_DIR, exist_ok=True)
+        port = int(brick["port"])
+        if port_open(port, self.address):
+            raise BrickError(f"EADDRINUSE: port {port} for brick {brick['path']} is already in use on node {self.node}",
+                             path=brick["path"], port=port)
+        argv = [find_exe("glusterfsd") or "glusterfsd", "-f", vol, "-p", pid_file, "-l", log_file, "-S", sock,
+                "--brick-name", brick["path"], "--brick-port", str(port), "--process-name", "brick",
+                "--volfile-id", brick.get("volfile_id") or f"{name}.{self.node}", "--xlator-option",
+                f"*-posix.glusterd-uuid={self.node_uuid}"]
+        pid = self._spawn(argv, pid_file, vol, log_file, f"brick {brick['path']}", brick["path"], port)
+        deadline = time.monotonic() + PORT_TIMEOUT
+        while not port_open(port, self.address):
+            if not pid_running(pid_file, vol):
+                tail = log_tail(log_file)
+                code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
+                raise BrickError(f"{code}: glusterfsd for brick {brick['path']} (port {port}) exited at start; "
+                                 f"log tail: {tail}", path=brick["path"], port=port)
+            if time.monotonic() > deadline:
+                raise BrickError(f"BRICKEXIT: brick {brick['path']} did not listen on port {port} within "
+                                 f"{PORT_TIMEOUT:.0f}s; log tail: {log_tail(log_file)}", path=brick["path"], port=port)
+            time.sleep(0.1)
+        log.info("volume %s brick %d (%s) running: pid %d, port %d", name, index, brick["path"], pid, port)
+        return pid
+
+    def _ensure_shd(self, volume_id: str, name: str) -> int:
+        vol, pid_file, log_file, sock = self._files(volume_id, name, "shd")
+        pid = pid_running(pid_file, vol)
+        if pid:
+            return pid
+        exe = find_exe("glusterfs") or "glusterfs"
+        argv = [exe, "-f", vol, "-p", pid_file, "-l", log_file, "-S", sock, "--xlator-option",
+                f"*replicate*.node-uuid={self.node_uuid}", "--process-name", "glustershd", "--client-pid=-6"]
+        pid = self._spawn(argv, pid_file, vol, log_file, f"self-heal daemon of {name}", "", 0)
+        log.info("volume %s self-heal daemon running: pid %d", name, pid)
+        return pid
+
+    def _spawn(self, argv: list[str], pid_file: str, vol: str, log_file: str, what: str, path: str, port: int) -> int:
+        os.makedirs(SOCKET_DIR, exist_ok=True)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        except FileNotFoundError:
+            raise BrickError(f"NOGLUSTERFSD: {argv[0]} is not installed on node {self.node}") from None
+        except subprocess.TimeoutExpired:
+            raise BrickError(f"BRICKEXIT: {what} did not start within {START_TIMEOUT:.0f}s", path=path, port=port) from None
+        if proc.returncode != 0:
+            tail = log_tail(log_file) or proc.stderr.strip()
+            code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
+            raise BrickError(f"{code}: {what} exited at start (status {proc.returncode}); log tail: {tail}",
+                             path=path, port=port)
+        deadline = time.monotonic() + 5
+        while (pid := pid_running(pid_file, vol)) is None:
+            if time.monotonic() > deadline:
+                raise BrickError(f"BRICKEXIT: {what} started but wrote no pid file; log tail: {log_tail(log_file)}",
+                                 path=path, port=port)
+            time.sleep(0.05)
+        return pid
+
+    # ---- stop / delete --------------------------------------------------------------------
+    def _kill(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return
+            except OSError:
+                return
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _stop_processes(self, volume_id: str, name: str) -> list[int]:
+        stopped = []
+        vdir = self._vdir(volume_id)
+        for entry in sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []:
+            if entry.endswith(".pid"):
+                what = entry[:-4]
+                pid = pid_running(os.path.join(vdir, entry), os.path.join(vdir, f"{what}.vol"))
+                if pid:
+                    self._kill(pid)
+                    stopped.append(pid)
+                os.unlink(os.path.join(vdir, entry))
+        return stopped
+
+    def stop(self, volume_id: str, name: str) -> dict:
+        with self._lock:
+            desired = self.desired(volume_id)
+            if desired is not None:
+                desired["started"] = False
+                self._save_desired(volume_id, desired)
+            stopped = self._stop_processes(volume_id, name)
+        log.info("volume %s stopped on this node (pids %s)", name, stopped)
+        return {"stopped_pids": stopped}
+
+    def delete(self, volume_id: str, name: str, bricks: list[dict], purge: bool) -> dict:
+        with self._lock:
+            self._stop_processes(volume_id, name)
+            purged = []
+            if purge:
+                want = uuid.UUID(volume_id).bytes
+                for brick in bricks:
+                    path = brick["path"]
+                    try:
+                        if os.getxattr(path, VOLUME_ID_XATTR) != want:
+                            continue  # not ours: never touch another volume's metadata
+                    except OSError:
+                        continue
+                    try:
+                        for attr in os.listxattr(path):
+                            if attr.startswith(GLUSTER_XATTRS):
+                                os.removexattr(path, attr)
+                        for entry in os.listdir(path):
+                            if entry == ".glusterfs" or entry.startswith(".glusterfs-anonymous-inode-"):
+                                shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
+                    except OSError as exc:
+                        raise oserror(exc, f"purging brick {path}", path=path) from None
+                    purged.append(path)
+            shutil.rmtree(self._vdir(volume_id), ignore_errors=True)
+            self._restarts = {k: v for k, v in self._restarts.items() if not k.startswith(volume_id)}
+        return {"purged": purged}
+
+    # ---- supervision and reports --------------------------------------------------------------
+    def supervise_once(self, now: float | None = None) -> None:
+        """Restart, with backoff, the bricks and daemons of started volumes that are not running."""
+        now = now or time.monotonic()
+        for volume_id in self.volume_ids():
+            with self._lock:
+                desired = self.desired(volume_id)
+                if not desired or not desired.get("started"):
+                    continue
+                name = desired["name"]
+                todo = [(f"brick-{i}", b) for i, b in desired["bricks"].items() if b.get("port")]
+                if desired.get("shd"):
+                    todo.append(("shd", None))
+                for what, brick in todo:
+                    vol, pid_file, log_file, _ = self._files(volume_id, name, what)
+                    key = f"{volume_id}/{what}"
+                    if pid_running(pid_file, vol):
+                        if key in self._restarts and now >= self._restarts[key].not_before + 60:
+                            del self._restarts[key]  # ran a minute: forget past failures
+                        continue
+                    state = self._restarts.setdefault(key, Restart())
+                    if now < state.not_before:
+                        continue
+                    state.attempts += 1
+                    state.not_before = now + RESTART_BACKOFF[min(state.attempts - 1, len(RESTART_BACKOFF) - 1)]
+                    log.warning("volume %s %s is not running: restarting (attempt %d)", name, what, state.attempts)
+                    try:
+                        if brick is not None:
+                            self._ensure_brick(volume_id, name, int(what.split("-")[1]), brick)
+                        else:
+                            self._ensure_shd(volume_id, name)
+                    except BrickError as exc:
+                        log.warning("volume %s %s restart failed: %s", name, what, exc)
+
+    def run_supervisor(self, stop: threading.Event) -> None:
+        while not stop.wait(SUPERVISE_INTERVAL):
+            try:
+                self.supervise_once()
+            except Exception:
+                log.exception("brick supervisor failed")
+
+    def reports(self) -> tuple[list[BrickReport], list[ShdReport]]:
+        bricks, shds = [], []
+        for volume_id in self.volume_ids():
+            desired = self.desired(volume_id)
+            if not desired:
+                continue
+            for index, brick in desired["bricks"].items():
+                vol, pid_file, _, _ = self._files(volume_id, desired["name"], f"brick-{index}")
+                pid = pid_running(pid_file, vol)
+                bricks.append(BrickReport(volume_id=volume_id, index=int(index), port=int(brick.get("port") or 0),
+                                          pid=pid, online=pid is not None))
+            if desired.get("shd"):
+                vol, pid_file, _, _ = self._files(volume_id, desired["name"], "shd")
+                pid = pid_running(pid_file, vol)
+                shds.append(ShdReport(volume_id=volume_id, pid=pid, online=pid is not None))
+        return bricks, shds

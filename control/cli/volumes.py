@@ -1,0 +1,314 @@
+"""CLI commands for devices, volumes, mounts and the failure report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from control.cli.client import Client, CliError, config_dir
+from control.cli.output import ago, console, emit, size, styled
+
+FINAL = {
+    "create": ({"Started"}, {"CreateFailed", "StartFailed"}),
+    "create-only": ({"Created"}, {"CreateFailed"}),
+    "start": ({"Started"}, {"StartFailed"}),
+    "stop": ({"Stopped"}, {"StopFailed"}),
+    "delete": ({"Deleted"}, {"DeleteFailed"}),
+}
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(getattr(args, "url", None))
+
+
+def _vpath(args: argparse.Namespace, suffix: str = "") -> str:
+    return f"/api/v1/clusters/{args.cluster}/volumes/{args.name}{suffix}"
+
+
+def add_parsers(sub, common, cluster, output) -> None:
+    devices = sub.add_parser("device", help="register brick homes: directories or block devices").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    p = devices.add_parser("add", parents=[common], help="register a directory (--path) or an empty block device (--device) on a node")
+    cluster(p)
+    p.add_argument("node")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--path", help="a directory whose parent exists; must support trusted xattrs")
+    what.add_argument("--device", help="an empty block device; the agent formats it XFS (inode size 512) and mounts it")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for the agent's answer")
+    p.set_defaults(func=device_add)
+    p = devices.add_parser("list", parents=[common], help="list registered devices and paths")
+    cluster(p)
+    p.add_argument("--node")
+    output(p)
+    p.set_defaults(func=device_list)
+    p = devices.add_parser("remove", parents=[common], help="forget a device or path (refused while a brick uses it)")
+    cluster(p)
+    p.add_argument("node")
+    p.add_argument("path", help="the registered path, or the block device")
+    p.set_defaults(func=device_remove)
+
+    volumes = sub.add_parser("volume", help="manage volumes").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = volumes.add_parser("create", parents=[common], help="create (and start) a volume",
+                           description="Create a volume from NODE:/path bricks (consecutive bricks form the replica or "
+                                       "disperse sets), or with --size on registered devices. It starts unless --no-start.")
+    cluster(p)
+    p.add_argument("name")
+    p.add_argument("bricks", nargs="*", metavar="NODE:/path")
+    p.add_argument("--replica", type=int, default=0, help="replica count: 2 or 3")
+    p.add_argument("--arbiter", type=int, default=0, help="1: the last brick of each set is an arbiter (with --replica 2 or 3)")
+    p.add_argument("--disperse", type=int, default=0, help="bricks per disperse set (at least 3)")
+    p.add_argument("--redundancy", type=int, default=0, help="bricks per disperse set that may fail (default 1)")
+    p.add_argument("--size", help="dynamic provisioning: e.g. 100GiB, bricks placed on registered devices")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="volume option, repeatable")
+    p.add_argument("--force", action="store_true", help="allow bricks of one set on the same node")
+    p.add_argument("--no-start", action="store_true", help="only create; start later with 'volume start'")
+    _wait(p)
+    p.set_defaults(func=volume_create)
+    for verb, helptext in (("start", "start a volume's bricks (and self-heal daemons)"),
+                           ("stop", "stop a volume's bricks"), ("delete", "delete a stopped volume")):
+        p = volumes.add_parser(verb, parents=[common], help=helptext)
+        cluster(p)
+        p.add_argument("name")
+        if verb == "delete":
+            p.add_argument("--purge", action="store_true", help="also remove GlusterFS metadata (volume-id xattr, "
+                                                               ".glusterfs) from the brick directories; data files stay")
+        _wait(p)
+        p.set_defaults(func=volume_op, verb=verb)
+    p = volumes.add_parser("list", parents=[common], help="list volumes")
+    cluster(p)
+    output(p)
+    p.set_defaults(func=volume_list)
+    for verb, helptext in (("info", "show a volume's layout and options"),
+                           ("status", "show each brick (node, path, port, pid, Online) and the self-heal daemons")):
+        p = volumes.add_parser(verb, parents=[common], help=helptext)
+        cluster(p)
+        p.add_argument("name")
+        output(p)
+        p.set_defaults(func=volume_info if verb == "info" else volume_status)
+
+    p = sub.add_parser("mount", parents=[common], help="FUSE-mount a volume here (needs root and glusterfs)",
+                       description="Fetch the volume's client volfile from the control server and mount it with "
+                                   "'glusterfs -f VOLFILE MOUNTPOINT'. Unmount with 'umount MOUNTPOINT'.")
+    cluster(p)
+    p.add_argument("name")
+    p.add_argument("mountpoint")
+    p.add_argument("--log-file", help="client log (default: CONFIG_DIR/logs/CLUSTER-NAME.log)")
+    p.set_defaults(func=mount)
+
+    p = sub.add_parser("failurereport", parents=[common], help="the last failures: node, error, reason, how to fix")
+    p.add_argument("-c", "--cluster", help="only this cluster (default: all)")
+    p.add_argument("--limit", type=int, default=10)
+    output(p)
+    p.set_defaults(func=failure_report)
+
+
+def _wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="wait for the final state; exit 1 if it failed")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait with --wait (default: %(default)s)")
+
+
+# ---- waiting ---------------------------------------------------------------------------------
+def wait_volume(client: Client, args: argparse.Namespace, verb: str) -> int:
+    ok, bad = FINAL[verb]
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        try:
+            state = client.get(_vpath(args))["state"]
+        except CliError as exc:
+            if verb == "delete" and "no volume" in str(exc):
+                state = "Deleted"
+            else:
+                raise
+        if state != last and not sys.stdout.isatty():
+            print(f"volume {args.name}: {state}")
+        last = state
+        if state in ok:
+            print(f"Volume {args.name} {state.lower()}.")
+            return 0
+        if state in bad:
+            print(f"Volume {args.name}: {state}", file=sys.stderr)
+            _print_failures(client, args.cluster, target=f"volume:{args.name}", out=sys.stderr, limit=5)
+            return 1
+        if time.monotonic() > deadline:
+            raise CliError(f"volume {args.name} still {state} after {args.timeout:.0f}s "
+                           "(tasks for Unreachable nodes wait until they return)")
+        time.sleep(0.3)
+
+
+# ---- devices -----------------------------------------------------------------------------------
+def device_add(args: argparse.Namespace) -> int:
+    client = _client(args)
+    body = {"node": args.node, "path": args.path, "device": args.device}
+    answer = client.post(f"/api/v1/clusters/{args.cluster}/devices", body)
+    target = args.path or args.device
+    if args.no_wait:
+        print(f"Device add request sent. Task: {answer['task']['id']}")
+        return 0
+    from control.cli.commands import wait_task
+
+    task = wait_task(client, answer["task"]["id"], 120)
+    if task["state"] == "DONE":
+        result = task["result"] or {}
+        print(f"Registered {target} on {args.node}: {size(result.get('free_bytes'))} free of {size(result.get('total_bytes'))}.")
+        return 0
+    print(f"Registering {target} on {args.node} failed: {task['reason']}", file=sys.stderr)
+    return 1
+
+
+def device_list(args: argparse.Namespace) -> int:
+    data = _client(args).get(f"/api/v1/clusters/{args.cluster}/devices", node=args.node)
+    emit(data, args.output, [("NODE", "node"), ("PATH", "path"), ("DEVICE", lambda d: d["device"] or "-"),
+                             ("STATE", lambda d: styled(d["state"])), ("FREE", lambda d: size(d["free_bytes"])),
+                             ("TOTAL", lambda d: size(d["total_bytes"])), ("REASON", "reason")], "devices")
+    return 0
+
+
+def device_remove(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/clusters/{args.cluster}/devices/{args.node}", path=args.path)
+    print(f"{args.path} on {args.node} removed.")
+    return 0
+
+
+# ---- volumes -----------------------------------------------------------------------------------
+def volume_create(args: argparse.Namespace) -> int:
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"invalid --option {item!r}: use KEY=VALUE")
+        options[key] = value
+    client = _client(args)
+    client.post(f"/api/v1/clusters/{args.cluster}/volumes", {
+        "name": args.name, "bricks": args.bricks, "replica": args.replica, "arbiter": args.arbiter,
+        "disperse": args.disperse, "redundancy": args.redundancy, "size": args.size, "force": args.force,
+        "start": not args.no_start, "options": options})
+    print("Volume creation request sent.")
+    if args.wait:
+        return wait_volume(client, args, "create-only" if args.no_start else "create")
+    return 0
+
+
+def volume_op(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.verb == "delete":
+        client.delete(_vpath(args), purge=str(args.purge).lower())
+    else:
+        client.post(_vpath(args, f"/{args.verb}"))
+    print(f"Volume {args.verb} request sent.")
+    return wait_volume(client, args, args.verb) if args.wait else 0
+
+
+def _type_text(v: dict) -> str:
+    if v["type"] == "disperse":
+        return f"disperse {v['disperse']} (redundancy {v['redundancy']})"
+    if v["type"] == "arbiter":
+        return "replicate 3 (arbiter 1)"
+    if v["type"] == "replicate":
+        return f"replicate {v['replica']}"
+    return "distribute"
+
+
+def volume_list(args: argparse.Namespace) -> int:
+    data = _client(args).get(f"/api/v1/clusters/{args.cluster}/volumes")
+    emit(data, args.output, [("NAME", "name"), ("TYPE", _type_text), ("STATE", lambda v: styled(v["state"])),
+                             ("BRICKS", lambda v: f"{v['bricks_online']}/{v['bricks_total']} online"),
+                             ("CREATED", lambda v: ago(v["created_at"]))], "volumes")
+    return 0
+
+
+def volume_info(args: argparse.Namespace) -> int:
+    v = _client(args).get(_vpath(args))
+    if args.output == "json":
+        emit(v, "json", [])
+        return 0
+    sets = v["bricks_total"] // max(1, {"disperse": v["disperse"], "distribute": 1}.get(v["type"], v["replica"]))
+    print(f"Volume: {v['name']}\nCluster: {v['cluster']}\nID: {v['id']}\nType: {_type_text(v)}\n"
+          f"State: {v['state']}\nBricks: {v['bricks_total']} ({sets} x {v['bricks_total'] // max(sets, 1)})")
+    for b in v["bricks"]:
+        arbiter = " (arbiter)" if v["type"] == "arbiter" and b["index"] % 3 == 2 else ""
+        print(f"  Brick{b['index'] + 1}: {b['node']}:{b['path']}{arbiter}")
+    if v["options"]:
+        print("Options:")
+        for key, value in sorted(v["options"].items()):
+            print(f"  {key}: {value}")
+    return 0
+
+
+def volume_status(args: argparse.Namespace) -> int:
+    v = _client(args).get(_vpath(args))
+    if args.output == "json":
+        emit(v, "json", [])
+        return 0
+    console.print(f"Volume {v['name']} ({_type_text(v)}): {styled(v['state'])}, "
+                  f"{v['bricks_online']}/{v['bricks_total']} bricks online")
+    emit(v["bricks"], "table", [("BRICK", lambda b: f"{b['node']}:{b['path']}"), ("PORT", "port"),
+                                ("PID", lambda b: b["pid"] or "-"), ("STATE", lambda b: styled(b["state"]))], "bricks")
+    if v["self_heal"]:
+        emit(v["self_heal"], "table", [("SELF-HEAL DAEMON ON", "node"), ("PID", lambda s: s["pid"] or "-"),
+                                       ("STATE", lambda s: styled(s["state"]))], "self-heal daemons")
+    return 0
+
+
+# ---- mount --------------------------------------------------------------------------------
+def mount(args: argparse.Namespace) -> int:
+    client = _client(args)
+    volfile = client.request("GET", _vpath(args, "/volfile"), raw=True)
+    if not os.path.isdir(args.mountpoint):
+        raise CliError(f"mount point {args.mountpoint} is not a directory")
+    folder = os.path.join(config_dir(), "volfiles")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{args.cluster}-{args.name}.vol")
+    with open(path, "w") as fh:
+        fh.write(volfile)
+    log_file = args.log_file or os.path.join(config_dir(), "logs", f"{args.cluster}-{args.name}.log")
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    argv = ["glusterfs", "-f", path, "--volfile-id", args.name, "-l", log_file, "--process-name", "fuse",
+            os.path.abspath(args.mountpoint)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise CliError("glusterfs is not installed here (Debian/Ubuntu: apt-get install glusterfs-client)") from None
+    if proc.returncode != 0:
+        raise CliError(f"mount failed (glusterfs exit {proc.returncode}); see {log_file}: {proc.stderr.strip()[-300:]}")
+    deadline = time.monotonic() + 15
+    target = os.path.abspath(args.mountpoint)
+    while not _mounted(target):
+        if time.monotonic() > deadline:
+            raise CliError(f"glusterfs started but {target} is not mounted; see {log_file}")
+        time.sleep(0.1)
+    print(f"Volume {args.name} mounted on {target} (unmount with: umount {target})")
+    return 0
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == path for line in fh)
+
+
+# ---- failure report ---------------------------------------------------------------------------
+def _print_failures(client: Client, cluster: str | None, target: str | None = None, out=sys.stdout, limit: int = 10) -> list:
+    data = client.get("/api/v1/failures", cluster=cluster, limit=limit)
+    if target:
+        data = [f for f in data if f["target"] == target]
+    for f in data:
+        what = f["target"].replace(":", " ") if f["target"] else f["kind"]
+        print(f"{what}: {f['kind']} failed on node {f['node']} {ago(f['at'])}.\n", file=out)
+        detail = f["error"].split(":", 1)[1].strip() if f["error"].startswith(f["code"] + ":") else f["error"]
+        print(f"{f['node']} - Failed due to {f['code']}: {detail}\n", file=out)
+        print(f"Reason: {f['reason']}\n", file=out)
+        print(f"How to fix: {f['fix']}\n", file=out)
+    return data
+
+
+def failure_report(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.output == "json":
+        emit(client.get("/api/v1/failures", cluster=args.cluster, limit=args.limit), "json", [])
+        return 0
+    if not _print_failures(client, args.cluster, limit=args.limit):
+        print("No failures.")
+    return 0
