@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker import __version__
-from control.cli import commands, volumes
+from control.cli import commands, demo, volumes
 from control.cli.client import CliError
 
 DEFAULT_CLUSTER = "default"
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.node_probe)
 
     volumes.add_parsers(sub, common, _cluster, _output)
+    demo.add_parser(sub)
 
     # ---- tasks ----------------------------------------------------------------------------
     tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)
