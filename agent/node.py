@@ -220,6 +220,7 @@ class Agent:
     # ---- heartbeats ---------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(min(self.s.heartbeat, HELLO_RETRY_SECONDS, 1.0)):
+            self.last_tick = time.monotonic()
             try:
                 if not self.client.is_connected():
                     continue
@@ -233,6 +234,11 @@ class Agent:
                 log.exception("heartbeat failed")
 
     _last_beat = 0.0
+    last_tick = 0.0  # the heartbeat loop's last pass: systemd's watchdog checks the agent is alive
+
+    def alive(self) -> bool:
+        """The agent's own loops run (whether or not the broker is reachable: a restart would not fix that)."""
+        return not self._stop.is_set() and time.monotonic() - self.last_tick < 10
 
     def _publish_heartbeat(self) -> None:
         self._last_beat = time.monotonic()

@@ -90,6 +90,15 @@ class Bridge:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    last_tick = 0.0
+
+    def alive(self) -> bool:
+        """The bridge's loops run and the database answers (a broker outage is not a reason to restart)."""
+        return not self._stop.is_set() and time.monotonic() - self.last_tick < 10 and self._worker_alive()
+
+    def _worker_alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
@@ -137,6 +146,7 @@ class Bridge:
 
     def _sweep(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):
+            self.last_tick = time.monotonic()
             try:
                 nodes.sweep_silent()
             except Exception:

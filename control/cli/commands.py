@@ -55,7 +55,7 @@ def server(args: argparse.Namespace) -> int:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
     def on_ready(bridge) -> None:
-        sdnotify.ready("serving", lambda: bridge.connected.is_set())
+        sdnotify.ready("serving", bridge.alive)
 
     try:
         asyncio.run(serve(settings, ready=on_ready))
@@ -77,8 +77,7 @@ def agent(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
-    node_agent = Agent(settings, on_ready=lambda: sdnotify.ready(
-        f"node {settings.node} registered", lambda: node_agent.client.is_connected()))
+    node_agent = Agent(settings, on_ready=lambda: sdnotify.ready(f"node {settings.node} registered", node_agent.alive))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node_agent.stop(0))
     return node_agent.run()
