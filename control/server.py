@@ -15,6 +15,7 @@ from broker.embedded import CONTROL_USER, BrokerError, check_port_free, start_br
 from broker.messages import parse_join_token
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
+from control.api import events as events_api
 from control.api.app import create_app
 from control.bridge import Bridge
 from control.errors import Unauthorized
@@ -103,6 +104,7 @@ async def serve(settings: ServerSettings, ready=None) -> None:
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         url = MqttUrl(connect_host, port, CONTROL_USER, secret)
 
+    events_api.configure(settings.event_backlog)
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
@@ -115,7 +117,7 @@ async def serve(settings: ServerSettings, ready=None) -> None:
 
         app = create_app(engine, bridge, volumes, devices)
         config = uvicorn.Config(app, host=http_host, port=http_port, log_config=None, access_log=False,
-                                lifespan="off")
+                                lifespan="off", timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # we own the signals
         loop = asyncio.get_running_loop()

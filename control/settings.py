@@ -19,6 +19,7 @@ class ServerSettings(BaseSettings):
     mqtt_root: str = DEFAULT_ROOT
     db: str | None = None
     brick_ports: str = "49152-60999"
+    event_backlog: int = 10000
     log_level: str = "INFO"
 
     def port_range(self) -> tuple[int, int]:

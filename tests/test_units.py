@@ -140,3 +140,18 @@ def test_task_engine_persists_transitions_and_clears_retained(database):
     assert [e.state for e in TaskEvent.select().where(TaskEvent.task == task.id).order_by(TaskEvent.id)] == ["QUEUED", "RUNNING", "DONE"]
     assert published[-1] == (published[0][0], b"", True)  # cleared once final
     assert engine.republish_open() == 0
+
+
+def test_failure_knowledge_base_explains_every_code():
+    from control.services.failures import explain, knowledge_base
+
+    required = {"ENOENT", "EACCES", "ENOSPC", "EADDRINUSE", "EEXIST", "ENOTSUP", "NOGLUSTERFSD", "BRICKEXIT"}
+    assert required <= set(knowledge_base())
+    for code in knowledge_base():
+        text = explain(f"{code}: something about /exports/b1 on node n1", "n1", {"path": "/exports/b1", "port": 49152})
+        assert text["code"] == code and text["reason"] and text["fix"]
+        assert "<" not in text["reason"] + text["fix"], text  # every placeholder was filled
+    enoent = explain("ENOENT: the parent directory /exports of brick /exports/b1 does not exist", "n1", {"path": "/exports/b1"})
+    assert "create the parent directory (/exports)" in enoent["fix"]
+    unknown = explain("something odd", "n2")
+    assert unknown["code"] == "UNKNOWN" and "agent log on node n2" in unknown["fix"]

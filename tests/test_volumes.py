@@ -276,3 +276,42 @@ def test_bricks_survive_an_agent_restart(trio):
     wait_until(lambda: st.node_state("n1") == "Online", what="n1 back")
     wait_bricks(st, "keep", "Online")
     assert {b["node"]: b["pid"] for b in volume(st, "keep")["bricks"]} == before
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A real block device: a sparse 512 MiB file behind a loop device."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as fh:
+        fh.truncate(512 * 2**20)
+    found = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if found.returncode != 0:
+        pytest.skip(f"no loop devices here: {found.stderr.strip()}")
+    device = found.stdout.strip()
+    yield device
+    for mnt in mounts_under(tmp_path):
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+    subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def test_device_add_formats_mounts_and_restores_a_block_device(trio, loop_device):
+    st = trio
+    out = st.cli.run("device", "add", "n1", "--device", loop_device).stdout
+    assert "Registered" in out
+    dev = next(d for d in st.cli.json("device", "list") if d["device"] == loop_device)
+    assert dev["state"] == "Ready" and dev["path"].startswith(str(st.tmp / "agent-n1"))
+    with open("/proc/mounts") as fh:
+        assert any(line.split()[:3] == [loop_device, dev["path"], "xfs"] for line in fh)
+    info = subprocess.run(["xfs_info", dev["path"]], capture_output=True, text=True).stdout
+    assert "isize=512" in info
+    # a device that is not empty is refused, and nothing is formatted
+    again = st.cli.run("device", "add", "n2", "--device", loop_device, check=False)
+    assert again.returncode == 1 and "EEXIST" in again.stderr and "not empty" in again.stderr
+    # the agent restores the mount when it starts
+    agent = next(p for p in st.procs if getattr(p, "node", None) == "n1")
+    agent.stop()
+    subprocess.run(["umount", dev["path"]], check=True)
+    agent.start()
+    wait_until(lambda: dev["path"] in mounts_under(st.tmp), what="mount restored by the agent")
+    st.cli.run("volume", "create", "ondisk", f"n1:{dev['path']}/b", "--wait")
+    st.cli.run("volume", "stop", "ondisk", "--wait")

@@ -1,0 +1,1 @@
+"""The Textual dashboard (``glusterctl tui``): a REST and event-stream client like any other."""

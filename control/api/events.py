@@ -1,7 +1,349 @@
-"""GET /api/v1/events: the live event stream (server-sent events)."""
+"""GET /api/v1/events: the live event stream (server-sent events).
+
+Every client re-reads the Event table by id at its own pace, so a slow client only ever slows
+itself: nothing is queued for it in memory, and the thread that records events only schedules
+one wake-up on the event loop (coalesced), never waits for a client. The in-process listener
+runs before the recording transaction commits, so a wake-up is followed by a few quick
+re-reads, and every stream also re-reads on a timer as a fallback (events written by another
+process, a missed wake-up).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import peewee as pw
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from control.api.deps import CurrentUser
+from control.errors import InvalidInput
+from control.services import events as event_service
+from control.store.models import Event
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1")
+
+# Timing and size constants live at module level so tests and operators can change them.
+HEARTBEAT_SECONDS = 15.0  # a comment line at least this often keeps proxies from closing the stream
+POLL_SECONDS = 1.0  # fallback re-read of the Event table when no wake-up came
+HOT_POLL_SECONDS = 0.05  # re-read this often for HOT_SECONDS after a wake-up (the writer commits after it)
+HOT_SECONDS = 1.0
+GAP_WAIT_SECONDS = 3.0  # an id gap above the oldest row is a transaction still in flight; wait this long
+BATCH = 500  # rows per read
+SHUTDOWN_CHECK_SECONDS = 0.25
+# Event rows kept: older ones are pruned (a client that asks for them gets a `reset` first).
+BACKLOG = 10000  # set from ServerSettings.event_backlog by configure()
+PRUNE_EVERY = max(1, BACKLOG // 10)  # recorded events between two prunes
+
+
+def configure(backlog: int) -> None:
+    """How many events the server keeps for clients that resume (--event-backlog)."""
+    global BACKLOG, PRUNE_EVERY
+    BACKLOG = max(10, backlog)
+    PRUNE_EVERY = max(1, BACKLOG // 10)
+
+DESCRIPTION = f"""
+Server-sent events (`text/event-stream`): every state change the control service persists
+(node Online/Unreachable, task transitions, volume and brick state, ...), in order.
+
+Each change is one message:
+
+```
+id: 1234
+data: {{"id": 1234, "at": 1717171717.5, "cluster": "default", "kind": "node.state",
+        "subject": "node1", "data": {{"state": "Unreachable", "reason": "last will"}}}}
+```
+
+- Ids increase monotonically and survive server restarts (events are stored in the database).
+- Resume without loss after a disconnect with the `Last-Event-ID` header (browsers' EventSource
+  sends it by itself) or `?after=ID`. Without either the stream starts with events that happen
+  after the request; `?after=0` replays the whole backlog.
+- The first message is `event: hello` with `{{"last_id": N, "oldest_id": M}}`: every change with
+  an id above `last_id` will follow, so a client can read current state through REST once it
+  has seen `hello` and then apply messages without missing any.
+- The server keeps the newest events (`glusterctl server --event-backlog`, default 10000). A client that asks to resume from an id that has
+  been pruned first gets `event: reset` with `{{"after": ID, "oldest_id": M}}`: it lost events
+  and must reload state through REST; the stream then continues with the oldest kept event.
+- Filters: `cluster=NAME` (comma-separated list), `kind=KIND` (comma-separated; `task.` or `task`
+  matches every `task.*` kind). Events that a filter drops still advance the id: heartbeats
+  carry an `id:` line so a resuming client does not fall behind the backlog.
+- A comment line (`: keepalive`) at least every {HEARTBEAT_SECONDS:.0f} s (`?heartbeat=SECONDS`)
+  keeps proxies from closing an idle stream.
+- Kinds today: `user.created`, `user.deleted`, `cluster.created`, `cluster.deleted`,
+  `cluster.token_rotated`, `node.registered`, `node.state` (`state`, `reason`), `node.removed`,
+  `task.state` (subject: task id; `node`, `kind`, `state`, `reason`, and `fix` when FAILED),
+  `volume.state` (subject: volume name; `state`, `reason`), `brick.state` (subject:
+  `volume:node:path`; `state`, `pid`), `device.state` (subject: `node:path`; `state`),
+  `device.removed`.
+"""
+
+
+# ---- wake-ups from the recording thread ---------------------------------------------------
+class _Hub:
+    """Wakes the streams of one event loop when an event is recorded (from any thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._wake = asyncio.Event()
+        self._pending = False
+
+    def notify_threadsafe(self) -> None:
+        if self._pending:  # one scheduled wake-up covers a burst
+            return
+        self._pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._fire)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            self._pending = False
+
+    def _fire(self) -> None:
+        self._pending = False
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for the next wake-up; False after ``timeout`` seconds without one."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+_hubs: dict[asyncio.AbstractEventLoop, _Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def _hub() -> _Hub:
+    loop = asyncio.get_running_loop()
+    with _hubs_lock:
+        for old in [lp for lp in _hubs if lp.is_closed()]:
+            del _hubs[old]
+        hub = _hubs.get(loop)
+        if hub is None:
+            hub = _hubs[loop] = _Hub(loop)
+        return hub
+
+
+# ---- pruning: keep the newest BACKLOG rows --------------------------------------------------
+def prune(keep: int | None = None) -> int:
+    """Delete all but the newest ``keep`` Event rows; returns how many were deleted.
+
+    The newest row is never deleted, so SQLite's rowid-based ids keep increasing.
+    """
+    keep = BACKLOG if keep is None else max(1, keep)
+    newest = Event.select(pw.fn.MAX(Event.id)).scalar()
+    if not newest or newest <= keep:
+        return 0
+    deleted = Event.delete().where(Event.id <= newest - keep).execute()
+    if deleted:
+        log.info("pruned %d events (kept ids above %d)", deleted, newest - keep)
+    return deleted
+
+
+class _Pruner:
+    """Counts recorded events and prunes in its own thread, never in the recording one."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._due = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def on_event(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._count < PRUNE_EVERY:
+                return
+            self._count = 0
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="event-pruner", daemon=True)
+                self._thread.start()
+        self._due.set()
+
+    def _run(self) -> None:
+        while True:
+            self._due.wait()
+            self._due.clear()
+            time.sleep(0.5)  # let the recording transaction commit first
+            try:
+                prune()
+            except Exception:  # the database may be briefly locked or gone at shutdown
+                log.exception("pruning events failed")
+
+
+_pruner = _Pruner()
+
+
+def _on_event(event: Event) -> None:
+    # Runs in the recording thread inside its transaction: schedule, never wait.
+    with _hubs_lock:
+        hubs = list(_hubs.values())
+    for hub in hubs:
+        hub.notify_threadsafe()
+    _pruner.on_event()
+
+
+event_service.subscribe(_on_event)
+
+
+# ---- reading ------------------------------------------------------------------------------
+def _bounds() -> tuple[int, int]:
+    row = Event.select(pw.fn.MIN(Event.id), pw.fn.MAX(Event.id)).tuples().first()
+    return (row[0] or 0, row[1] or 0) if row else (0, 0)
+
+
+def _read_after(cursor: int, limit: int) -> list[tuple[int, float, str, str, str, str]]:
+    query = (Event.select(Event.id, Event.at, Event.cluster, Event.kind, Event.subject, Event.data)
+             .where(Event.id > cursor).order_by(Event.id).limit(limit))
+    return [(r.id, r.at, r.cluster, r.kind, r.subject, r.data) for r in query]
+
+
+def parse_filters(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def kind_matches(kind: str, filters: list[str]) -> bool:
+    if not filters:
+        return True
+    for f in filters:
+        if kind == f or kind.startswith(f if f.endswith(".") else f + "."):
+            return True
+    return False
+
+
+def _message(kind: str | None, data: dict, event_id: int | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if kind:
+        lines.append(f"event: {kind}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), sort_keys=True))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _shutting_down(request: Request) -> bool:
+    """True once uvicorn has begun a graceful shutdown.
+
+    uvicorn waits for open responses before it exits and tells a streaming response nothing;
+    it only clears ``keep_alive`` of the request cycle, which is the ``receive`` callable's
+    owner. Without this check an open stream would hold a stopping server until SIGKILL.
+    """
+    cycle = getattr(request.receive, "__self__", None)
+    return cycle is not None and getattr(cycle, "keep_alive", True) is False
+
+
+async def _abort_on_shutdown(request: Request) -> None:
+    """Drop the connection when the server stops, even while a slow client blocks our writes."""
+    cycle = getattr(request.receive, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None or _shutting_down(request):
+        return
+    while not _shutting_down(request):
+        await asyncio.sleep(SHUTDOWN_CHECK_SECONDS)
+    log.info("server stopping: closing an event stream")
+    transport.abort()
+
+
+async def stream(request: Request, after: int | None, clusters: list[str], kinds: list[str],
+                 heartbeat: float) -> AsyncIterator[bytes]:
+    watcher = asyncio.create_task(_abort_on_shutdown(request))
+    try:
+        async for chunk in _stream(request, after, clusters, kinds, heartbeat):
+            yield chunk
+    finally:
+        watcher.cancel()
+
+
+async def _stream(request: Request, after: int | None, clusters: list[str], kinds: list[str],
+                  heartbeat: float) -> AsyncIterator[bytes]:
+    hub = _hub()
+    oldest, newest = await run_in_threadpool(_bounds)
+    watch_shutdown = not _shutting_down(request)  # a client that asked for Connection: close
+    if after is None:
+        cursor = newest
+    elif after > newest or (after and oldest and after < oldest - 1):
+        # pruned past it, or an id from another database: the client must reload state
+        yield _message("reset", {"after": after, "oldest_id": oldest})
+        cursor = max(oldest - 1, 0)
+    else:
+        cursor = after
+    yield _message("hello", {"last_id": newest, "oldest_id": oldest})
+    last_sent = cursor
+    last_write = time.monotonic()
+    hot_until = 0.0
+    gap_seen: dict[int, float] = {}
+    while True:
+        rows = await run_in_threadpool(_read_after, cursor, BATCH)
+        chunks: list[bytes] = []
+        for event_id, at, cluster, kind, subject, data in rows:
+            if event_id != cursor + 1:
+                first_missing = cursor + 1
+                oldest, _ = await run_in_threadpool(_bounds)
+                if first_missing < oldest:
+                    chunks.append(_message("reset", {"after": cursor, "oldest_id": oldest}))
+                else:
+                    seen = gap_seen.setdefault(first_missing, time.monotonic())
+                    if time.monotonic() - seen < GAP_WAIT_SECONDS:
+                        hot_until = time.monotonic() + HOT_SECONDS
+                        break  # an earlier transaction has not committed yet: deliver in order
+                    log.info("event ids %d..%d never appeared (rolled back); skipped", first_missing, event_id - 1)
+                gap_seen.clear()
+            cursor = event_id
+            if clusters and cluster not in clusters:
+                continue
+            if not kind_matches(kind, kinds):
+                continue
+            chunks.append(_message(None, {"id": event_id, "at": at, "cluster": cluster, "kind": kind,
+                                          "subject": subject, "data": data}, event_id))
+            last_sent = event_id
+        now = time.monotonic()
+        if chunks:
+            yield b"".join(chunks)
+            last_write = now
+        elif now - last_write >= heartbeat:
+            yield (f"id: {cursor}\n" if cursor > last_sent else "").encode() + b": keepalive\n\n"
+            last_sent = max(last_sent, cursor)
+            last_write = now
+        if watch_shutdown and _shutting_down(request):
+            return
+        if getattr(getattr(request.receive, "__self__", None), "disconnected", False):
+            return  # the client went away (or the connection was aborted at shutdown)
+        if len(rows) == BATCH and not gap_seen:
+            continue
+        timeout = HOT_POLL_SECONDS if now < hot_until else min(POLL_SECONDS, heartbeat)
+        if await hub.wait(timeout):
+            await asyncio.sleep(0.01)  # the writer commits right after its listeners ran
+            hot_until = time.monotonic() + HOT_SECONDS
+
+
+@router.get("/events", tags=["events"], summary="Live event stream (server-sent events)", description=DESCRIPTION,
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}})
+async def event_stream(
+    request: Request,
+    actor: CurrentUser,
+    cluster: str | None = Query(None, description="only events of these clusters (comma-separated)"),
+    kind: str | None = Query(None, description="only these kinds or kind prefixes (comma-separated), e.g. `task.`"),
+    after: int | None = Query(None, ge=0, description="resume after this id (like Last-Event-ID); 0: whole backlog"),
+    heartbeat: float = Query(HEARTBEAT_SECONDS, ge=0.2, le=300, description="seconds between keepalive comments"),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+):
+    if after is None and last_event_id:
+        try:
+            after = int(last_event_id)
+        except ValueError:
+            raise InvalidInput(f"Last-Event-ID must be an event id (a number), not {last_event_id!r}") from None
+    if after is not None and after < 0:
+        raise InvalidInput("after must be 0 or more")
+    body = stream(request, after, parse_filters(cluster), parse_filters(kind), heartbeat)
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

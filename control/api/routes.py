@@ -25,7 +25,7 @@ def task_public(task: Task, with_events: bool = False) -> s.TaskPublic:
     return s.TaskPublic(
         id=task.id, cluster=task.cluster.name, node=task.node_name, kind=task.kind, params=task.params or {},
         state=task.state, reason=task.reason, result=task.result, created_at=task.created_at,
-        updated_at=task.updated_at, finished_at=task.finished_at,
+        updated_at=task.updated_at, finished_at=task.finished_at, fix=tasks.failure_fix(task),
         events=[s.TaskEventPublic(state=e.state, at=e.at, reason=e.reason)
                 for e in task.events.order_by(tasks.TaskEvent.id)] if with_events else None,
     )

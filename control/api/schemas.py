@@ -88,6 +88,7 @@ class TaskPublic(BaseModel):
     created_at: float
     updated_at: float
     finished_at: float | None
+    fix: str | None = None  # for FAILED tasks: what to do, from the failure knowledge base
     events: list[TaskEventPublic] | None = None
 
 

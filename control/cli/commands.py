@@ -12,10 +12,10 @@ import time
 from pydantic import ValidationError
 
 from control.cli import sdnotify
+from control.cli.follow import follow_tasks, report
 from control.cli.client import Client, CliError, forget_login, save_login, token_path
 from control.cli.output import ago, console, emit, size, styled
 
-FINAL_TASK_STATES = ("DONE", "FAILED")
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -50,7 +50,7 @@ def server(args: argparse.Namespace) -> int:
     from control.settings import ServerSettings
 
     try:
-        settings = ServerSettings(**_settings_kwargs(args, ["data_dir", "http", "mqtt", "mqtt_url", "mqtt_root", "db", "brick_ports", "log_level"]))
+        settings = ServerSettings(**_settings_kwargs(args, ["data_dir", "http", "mqtt", "mqtt_url", "mqtt_root", "db", "brick_ports", "event_backlog", "log_level"]))
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
@@ -213,18 +213,6 @@ def node_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_task(client: Client, task_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = client.get(f"/api/v1/tasks/{task_id}")
-        if task["state"] in FINAL_TASK_STATES:
-            return task
-        if time.monotonic() > deadline:
-            raise CliError(f"task {task_id} still {task['state']} after {timeout:.0f}s "
-                           f"(a task for an Unreachable node waits QUEUED until it returns)")
-        time.sleep(0.3)
-
-
 def node_probe(args: argparse.Namespace) -> int:
     client = _client(args)
     body = {"io_seconds": args.io_seconds}
@@ -237,7 +225,10 @@ def node_probe(args: argparse.Namespace) -> int:
         else:
             print(f"Node probe request sent. Task: {task['id']}")
         return 0
-    task = wait_task(client, task["id"], args.timeout)
+    result = follow_tasks(client, [task["id"]], args.timeout, out=sys.stderr, cluster=args.cluster)
+    if result.timed_out:
+        return report(result)
+    task = client.get(f"/api/v1/tasks/{task['id']}")
     if args.output == "json":
         emit(task, "json", [])
     elif task["state"] == "DONE":
@@ -248,7 +239,7 @@ def node_probe(args: argparse.Namespace) -> int:
                 value = size(value)
             print(f"{key}: {value}")
     else:
-        print(f"Probe of node {args.node} failed: {task['reason']}", file=sys.stderr)
+        print(f"Probe of node {args.node} failed: {task['reason']}\nHow to fix: {task['fix']}", file=sys.stderr)
     return 0 if task["state"] == "DONE" else 1
 
 

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 import time
-
 from control.cli.client import Client, CliError, config_dir
+from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import ago, console, emit, size, styled
 
 FINAL = {
@@ -111,32 +111,19 @@ def _wait(p: argparse.ArgumentParser) -> None:
 
 
 # ---- waiting ---------------------------------------------------------------------------------
-def wait_volume(client: Client, args: argparse.Namespace, verb: str) -> int:
-    ok, bad = FINAL[verb]
-    deadline = time.monotonic() + args.timeout
-    last = None
-    while True:
-        try:
-            state = client.get(_vpath(args))["state"]
-        except CliError as exc:
-            if verb == "delete" and "no volume" in str(exc):
-                state = "Deleted"
-            else:
-                raise
-        if state != last and not sys.stdout.isatty():
-            print(f"volume {args.name}: {state}")
-        last = state
-        if state in ok:
-            print(f"Volume {args.name} {state.lower()}.")
-            return 0
-        if state in bad:
-            print(f"Volume {args.name}: {state}", file=sys.stderr)
-            _print_failures(client, args.cluster, target=f"volume:{args.name}", out=sys.stderr, limit=5)
-            return 1
-        if time.monotonic() > deadline:
-            raise CliError(f"volume {args.name} still {state} after {args.timeout:.0f}s "
-                           "(tasks for Unreachable nodes wait until they return)")
-        time.sleep(0.3)
+def wait_volume(client: Client, args: argparse.Namespace, verb: str, task_ids: list[str]) -> int:
+    """Follow the event stream until the operation's final state: 0 done, 1 failed, 2 timed out."""
+    ok, _ = FINAL[verb]
+    result = follow_volume(client, args.cluster, args.name, ok, args.timeout, out=sys.stdout, task_ids=task_ids)
+    if result.ok:
+        print(f"Volume {args.name} {(result.volume_state or 'Deleted').lower()}.")
+        return 0
+    if result.timed_out:
+        return report(result)
+    print(f"Volume {args.name}: {result.volume_state or 'failed'}", file=sys.stderr)
+    if not _print_failures(client, args.cluster, target=f"volume:{args.name}", out=sys.stderr, limit=5):
+        report(result)
+    return result.exit_code
 
 
 # ---- devices -----------------------------------------------------------------------------------
@@ -148,14 +135,15 @@ def device_add(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(f"Device add request sent. Task: {answer['task']['id']}")
         return 0
-    from control.cli.commands import wait_task
-
-    task = wait_task(client, answer["task"]["id"], 120)
+    result = follow_tasks(client, [answer["task"]["id"]], 120, out=sys.stderr, cluster=args.cluster)
+    if result.timed_out:
+        return report(result)
+    task = client.get(f"/api/v1/tasks/{answer['task']['id']}")
     if task["state"] == "DONE":
         result = task["result"] or {}
         print(f"Registered {target} on {args.node}: {size(result.get('free_bytes'))} free of {size(result.get('total_bytes'))}.")
         return 0
-    print(f"Registering {target} on {args.node} failed: {task['reason']}", file=sys.stderr)
+    print(f"Registering {target} on {args.node} failed: {task['reason']}\nHow to fix: {task['fix']}", file=sys.stderr)
     return 1
 
 
@@ -182,24 +170,24 @@ def volume_create(args: argparse.Namespace) -> int:
             raise CliError(f"invalid --option {item!r}: use KEY=VALUE")
         options[key] = value
     client = _client(args)
-    client.post(f"/api/v1/clusters/{args.cluster}/volumes", {
+    answer = client.post(f"/api/v1/clusters/{args.cluster}/volumes", {
         "name": args.name, "bricks": args.bricks, "replica": args.replica, "arbiter": args.arbiter,
         "disperse": args.disperse, "redundancy": args.redundancy, "size": args.size, "force": args.force,
         "start": not args.no_start, "options": options})
     print("Volume creation request sent.")
     if args.wait:
-        return wait_volume(client, args, "create-only" if args.no_start else "create")
+        return wait_volume(client, args, "create-only" if args.no_start else "create", answer["tasks"])
     return 0
 
 
 def volume_op(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.verb == "delete":
-        client.delete(_vpath(args), purge=str(args.purge).lower())
+        answer = client.delete(_vpath(args), purge=str(args.purge).lower())
     else:
-        client.post(_vpath(args, f"/{args.verb}"))
+        answer = client.post(_vpath(args, f"/{args.verb}"))
     print(f"Volume {args.verb} request sent.")
-    return wait_volume(client, args, args.verb) if args.wait else 0
+    return wait_volume(client, args, args.verb, answer["tasks"]) if args.wait else 0
 
 
 def _type_text(v: dict) -> str:

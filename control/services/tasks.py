@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from broker.messages import TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
 from broker.topics import Topics
 from control.errors import InvalidInput, NotFound
-from control.services import events
+from control.services import events, failures
 from control.store.models import Cluster, Node, Task, TaskEvent, database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class TaskEngine:
                 task.finished_at = now
             task.save()
             TaskEvent.create(task=task, state=status.state.value, at=now, reason=status.reason or "")
+            extra = {"fix": failure_fix(task)} if status.state == TaskState.FAILED else {}
             events.record("task.state", cluster=cluster_name, subject=task.id, node=node_name,
-                          kind=task.kind, state=status.state.value, reason=status.reason or "")
+                          kind=task.kind, state=status.state.value, reason=status.reason or "", **extra)
         level = logging.WARNING if status.state == TaskState.FAILED else logging.INFO
         log.log(level, "cluster %s node %s task %s (%s): %s -> %s%s", cluster_name, node_name, task.id,
                 task.kind, old.value, status.state.value, f" ({status.reason})" if status.reason else "")
@@ -137,6 +138,13 @@ class TaskEngine:
                 except Exception:
                     log.exception("cluster %s task %s: final-state hook failed", cluster_name, task.id)
         return task
+
+
+def failure_fix(task: Task) -> str | None:
+    """How to fix a FAILED task, from the failure knowledge base; None for other states."""
+    if task.state != TaskState.FAILED.value:
+        return None
+    return failures.explain(task.reason, task.node_name, (task.result or {}).get("failure"))["fix"]
 
 
 # ---- queries ----------------------------------------------------------------------------

@@ -1,0 +1,303 @@
+"""The Textual dashboard through Textual's pilot: a real server with real agents, and text snapshots
+of every view from a fixed data set (an app factory with a stand-in API and a frozen clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import TabbedContent
+
+from tests.helpers import wait_until
+from tests.test_events import db_path, insert_events
+from tui.api import Api
+from tui.app import GlusterApp
+from tui.model import Snapshot
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.not_logged_in import NotLoggedInScreen
+from tui.screens.progress import ProgressScreen
+from tui.screens.volume_detail import VolumeDetailScreen
+from tui.widgets.banner import ConnectionBanner
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+SIZE = (132, 20)
+BURST = 1000
+NOW = 1_700_000_000.0
+
+
+def screen_text(app: GlusterApp) -> str:
+    """The screen as plain text, as a terminal would show it."""
+    return "\n".join(strip.text.rstrip() for strip in app.screen._compositor.render_strips())
+
+
+def row_states(app: GlusterApp) -> dict[str, str]:
+    return {f"{n['cluster']}/{n['name']}": n["state"] for n in app.model.node_rows()}
+
+
+def table_text(app: GlusterApp, table_id: str) -> str:
+    table = app.query_one(f"#{table_id}")
+    return "\n".join(" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
+
+
+async def until(pilot, cond: Callable[[], Any], timeout: float, what: str) -> float:
+    """Poll ``cond`` between pilot pauses; return the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if cond():
+            return time.monotonic() - start
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())
+
+
+# ---- against a real server and real agents --------------------------------------------------
+def test_nodes_live_kill_restart_and_banner(stack):
+    agents = {n: stack.agent(n) for n in ("node1", "node2", "node3")}
+    wait_until(lambda: all(stack.node_state(n) == "Online" for n in agents), what="three nodes Online")
+    app = GlusterApp(stack.server.url, stack.cli.token)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: row_states(app) == {f"default/{n}": "Online" for n in agents}, 10,
+                        "three nodes Online in the nodes view")
+            text = screen_text(app)
+            assert all(f"node{i}" in text for i in (1, 2, 3)) and text.count("Online") == 3, text
+
+            agents["node2"].kill9()
+            took = await until(pilot, lambda: row_states(app)["default/node2"] == "Unreachable", 10,
+                               "node2 Unreachable in the view")
+            await pilot.pause(0.1)
+            assert "Unreachable" in screen_text(app)
+            assert took < 6  # the last-will comes within 1.5 x keepalive; the view follows within a second
+            agents["node2"].start()
+            await until(pilot, lambda: row_states(app)["default/node2"] == "Online", 15, "node2 Online again")
+
+            # the server goes away: banner; it comes back: banner gone, live again
+            stack.server.stop()
+            banner = app.query_one(ConnectionBanner)
+            await until(pilot, lambda: banner.display and "Disconnected" in str(banner.render()), 10, "the banner")
+            stack.server.start()
+            await until(pilot, lambda: not banner.display, 20, "reconnect")
+            agents["node3"].kill9()
+            await until(pilot, lambda: row_states(app)["default/node3"] == "Unreachable", 10,
+                        "node3 Unreachable after the reconnect")
+
+    run(scenario)
+
+
+def test_burst_of_events_does_not_freeze(stack):
+    app = GlusterApp(stack.server.url, stack.cli.token)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected, 10, "connected")
+            await pilot.press("4")
+            base = app.model.last_event_id or 0
+            rows = [("default", "task.state", f"burst{i:04d}",
+                     {"node": f"node{i % 50}", "kind": "node.probe", "state": "FAILED" if i % 10 == 0 else "DONE",
+                      "reason": "ENOENT: simulated" if i % 10 == 0 else ""}) for i in range(BURST)]
+            start = time.monotonic()
+            await asyncio.to_thread(insert_events, db_path(stack), rows)
+            # the UI keeps answering keys during the burst
+            worst = 0.0
+            for key in ("5", "4"):
+                t0 = time.monotonic()
+                await pilot.press(key)
+                worst = max(worst, time.monotonic() - t0)
+            drained = await until(pilot, lambda: (app.model.last_event_id or 0) >= base + BURST
+                                  and app.query_one("#tasks-table").row_count >= BURST, 20, "the burst drained")
+            elapsed = time.monotonic() - start
+            assert elapsed < 15, f"draining {BURST} events took {elapsed:.1f}s"
+            assert worst < 2.0, f"a key press took {worst:.2f}s during the burst"
+            assert app.batches < BURST / 4, f"{app.batches} redraw batches for {BURST} events: no coalescing"
+            await pilot.press("5")
+            await pilot.pause(0.2)
+            assert "simulated" in screen_text(app)
+            print(f"burst of {BURST} events drained in {elapsed:.2f}s ({drained:.2f}s after the key presses), {app.batches} batches")
+
+    run(scenario)
+
+
+def test_not_logged_in_screen_until_login(stack, tmp_path):
+    holder: dict[str, str | None] = {"token": None}
+    app = GlusterApp(stack.server.url, None, login_loader=lambda: holder["token"])
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, NotLoggedInScreen)
+            assert "glusterctl login --url " + stack.server.url in screen_text(app)
+            holder["token"] = stack.cli.token
+            await until(pilot, lambda: not isinstance(app.screen, NotLoggedInScreen) and app.connected, 10,
+                        "the dashboard after login")
+
+    run(scenario)
+
+
+# ---- views from a fixed data set --------------------------------------------------------------
+def sample() -> Snapshot:
+    node = {"agent_version": "0.1.0", "glusterfs_version": "10.3", "address": "10.0.0.1", "hostname": "",
+            "facts": {"free_bytes": 512 * 1024**3}, "last_seen_at": NOW - 2, "state_changed_at": NOW - 3600}
+    nodes = [{**node, "cluster": "prod", "name": f"node{i}", "state": "Online"} for i in (1, 2)]
+    nodes.append({**node, "cluster": "prod", "name": "node3", "state": "Unreachable", "state_changed_at": NOW - 90})
+    bricks = [{"index": i, "node": f"node{i + 1}", "path": f"/bricks/b{i}", "port": 49152 + i, "pid": 1000 + i,
+               "state": "Online" if i < 2 else "Offline"} for i in range(3)]
+    volumes = [
+        {"cluster": "prod", "name": "vol1", "id": "v1", "type": "Replicate", "state": "Started", "replica": 3,
+         "arbiter": 0, "disperse": 0, "redundancy": 0, "size_bytes": 100 * 1024**3, "created_at": NOW - 7200,
+         "bricks_online": 2, "bricks_total": 3, "options": {"performance.cache-size": "64MB"}, "bricks": bricks},
+        {"cluster": "prod", "name": "vol2", "id": "v2", "type": "Distribute", "state": "Stopped", "replica": 0,
+         "arbiter": 0, "disperse": 0, "redundancy": 0, "size_bytes": 10 * 1024**3, "created_at": NOW - 3600,
+         "bricks_online": 0, "bricks_total": 0, "options": {}, "bricks": []},
+    ]
+    task = {"cluster": "prod", "kind": "node.probe", "params": {}, "result": None, "created_at": NOW - 60}
+    tasks = [{**task, "id": "a" * 32, "node": "node1", "state": "DONE", "reason": "", "updated_at": NOW - 50,
+              "finished_at": NOW - 50},
+             {**task, "id": "b" * 32, "node": "node2", "state": "FAILED", "updated_at": NOW - 40, "finished_at": NOW - 40,
+              "reason": "ENOENT: directory /data does not exist on node node2",
+              "fix": "Log in to node node2 and create the parent directory (/), or choose a brick path whose parent exists."}]
+    clusters = [{"name": "prod", "created_at": NOW - 86400, "nodes": 3, "nodes_online": 2}]
+    return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes)
+
+
+class StandInApi(Api):
+    """Answers from ``sample()`` and records requests; events come from ``feed``. Not a server."""
+
+    def __init__(self) -> None:
+        super().__init__("http://stand-in.invalid", "token")
+        self.requests: list[tuple[str, str]] = []
+        self.feed: asyncio.Queue = asyncio.Queue()
+
+    async def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+        self.requests.append((method, path))
+        if path.endswith("/start"):
+            vol = {**sample().volumes[1], "state": "Starting"}
+            return {"volume": vol, "tasks": ["c" * 32]}
+        return None
+
+    async def snapshot(self) -> Snapshot:
+        return sample()
+
+    async def events(self, after, heartbeat=5.0):
+        yield "hello", {"last_id": 100, "oldest_id": 1}
+        while True:
+            yield "event", await self.feed.get()
+
+
+def stand_in_app() -> tuple[GlusterApp, StandInApi]:
+    api = StandInApi()
+    return GlusterApp(api.url, api=api, clock=lambda: NOW), api
+
+
+def check_snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / f"{name}.txt"
+    if os.environ.get("GLUSTERCTL_UPDATE_SNAPSHOTS") or not path.exists():
+        if os.environ.get("CI") and not path.exists():
+            pytest.fail(f"snapshot {path} is missing (make it with GLUSTERCTL_UPDATE_SNAPSHOTS=1)")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text + "\n")
+    assert text + "\n" == path.read_text(), f"{name} view differs from {path} (GLUSTERCTL_UPDATE_SNAPSHOTS=1 rewrites it)"
+
+
+def test_view_snapshots():
+    app, _ = stand_in_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected and app.model.loaded, 5, "the sample loaded")
+            for key, name in (("1", "overview"), ("2", "nodes"), ("3", "volumes"), ("4", "tasks"), ("5", "failures")):
+                await pilot.press(key)
+                await pilot.pause(0.1)
+                assert app.query_one(TabbedContent).active == name
+                check_snapshot(f"tui_{name}", screen_text(app))
+            await pilot.press("3", "enter")
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, VolumeDetailScreen)
+            check_snapshot("tui_volume_detail", screen_text(app))
+
+    run(scenario)
+
+
+def test_filter_sort_palette_and_volume_start_with_the_keyboard():
+    app, api = stand_in_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.loaded, 5, "the sample loaded")
+            # filter
+            await pilot.press("2", "slash", *"node3", "enter")
+            await pilot.pause(0.1)
+            assert table_text(app, "nodes-table").count("node") == 1 and "node3" in table_text(app, "nodes-table")
+            await pilot.press("slash", "escape")
+            await pilot.pause(0.1)
+            assert app.query_one("#nodes-table").row_count == 3
+            # command palette: jump to the failure report
+            await pilot.press("ctrl+p", *"failure report")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.query_one(TabbedContent).active == "failures", 5, "the palette command")
+            # start vol2 (second row) with confirmation; progress follows its task from events
+            await pilot.press("3", "down", "s")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, ConfirmScreen) and "Start volume vol2" in screen_text(app)
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, ProgressScreen) and app.screen.task_ids, 5, "progress")
+            assert api.requests[-1] == ("POST", "/api/v1/clusters/prod/volumes/vol2/start")
+            await api.feed.put({"id": 101, "at": NOW, "cluster": "prod", "kind": "task.state", "subject": "c" * 32,
+                                "data": {"node": "node1", "kind": "volume.start", "state": "RUNNING", "reason": ""}})
+            await until(pilot, lambda: "RUNNING" in screen_text(app), 5, "the task RUNNING")
+            await api.feed.put({"id": 102, "at": NOW, "cluster": "prod", "kind": "task.state", "subject": "c" * 32,
+                                "data": {"node": "node1", "kind": "volume.start", "state": "DONE", "reason": ""}})
+            await api.feed.put({"id": 103, "at": NOW, "cluster": "prod", "kind": "volume.state", "subject": "vol2",
+                                "data": {"state": "Started"}})
+            await until(pilot, lambda: "finished" in screen_text(app), 5, "the action finished")
+            assert "Started" in screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            assert "vol2" in table_text(app, "volumes-table") and app.model.volumes[("prod", "vol2")]["state"] == "Started"
+            # stop asks first; "n" cancels without a request
+            count = len(api.requests)
+            await pilot.press("x", "n")
+            await pilot.pause(0.1)
+            assert len(api.requests) == count and not isinstance(app.screen, ConfirmScreen)
+
+    run(scenario)
+
+
+def test_stop_and_start_a_real_volume_with_the_keyboard(stack):
+    stack.agent("n1")
+    (stack.tmp / "bricks").mkdir()
+    wait_until(lambda: stack.node_state("n1") == "Online", what="n1 Online")
+    stack.cli.run("volume", "create", "tv1", f"n1:{stack.tmp / 'bricks' / 'tv1'}", "--wait", timeout=120)
+    app = GlusterApp(stack.server.url, stack.cli.token)
+
+    def state() -> str | None:
+        vol = app.model.volumes.get(("default", "tv1"))
+        return vol and vol["state"]
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: state() == "Started", 15, "tv1 Started in the model")
+            await pilot.press("3")
+            await until(pilot, lambda: "tv1" in table_text(app, "volumes-table"), 5, "tv1 in the volumes view")
+            for key, final in (("x", "Stopped"), ("s", "Started")):
+                await pilot.press(key)
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the confirmation")
+                await pilot.press("y")
+                await until(pilot, lambda: isinstance(app.screen, ProgressScreen), 5, "the progress screen")
+                await until(pilot, lambda: state() == final and "finished" in screen_text(app), 60, f"tv1 {final}")
+                assert final in screen_text(app)
+                await pilot.press("escape")
+                await pilot.pause(0.2)
+                assert final in table_text(app, "volumes-table")
+        assert stack.cli.json("volume", "status", "tv1")["state"] == "Started"
+
+    run(scenario)

@@ -1,0 +1,229 @@
+"""The dashboard's domain model: what the server told us, updated by events. Knows no widgets.
+
+Everything is plain dicts in the REST API's shapes, keyed for quick event application. ``apply``
+returns which areas changed (and which need a reload from REST), so views redraw once per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+TASK_LIMIT = 2000  # newest tasks kept in memory
+FINAL_TASK_STATES = ("DONE", "FAILED")
+VOLUME_FAILED_STATES = ("CreateFailed", "StartFailed", "StopFailed", "DeleteFailed")
+RECENT_FAILURE_SECONDS = 24 * 3600
+
+UNREACHABLE_FIX = "start the node's agent again; its tasks wait QUEUED until it returns"
+
+
+def ago(ts: float | None, now: float) -> str:
+    if not ts:
+        return "-"
+    delta = max(0.0, now - ts)
+    if delta < 60:
+        return f"{delta:.0f}s ago"
+    if delta < 3600:
+        return f"{delta / 60:.0f}m ago"
+    if delta < 86400:
+        return f"{delta / 3600:.1f}h ago"
+    return f"{delta / 86400:.1f}d ago"
+
+
+def size(num: float | None) -> str:
+    if num is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num) < 1024 or unit == "TiB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return str(num)
+
+
+@dataclass
+class Snapshot:
+    """Everything the REST API says at one moment."""
+
+    clusters: list[dict[str, Any]]
+    nodes: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+    volumes: list[dict[str, Any]] | None  # None: the server has no volume endpoints
+
+
+@dataclass
+class Changes:
+    areas: set[str] = field(default_factory=set)  # "clusters", "nodes", "volumes", "tasks"
+    reload: set[str] = field(default_factory=set)  # areas whose rows must be fetched again
+
+    def __bool__(self) -> bool:
+        return bool(self.areas or self.reload)
+
+    def merge(self, other: Changes) -> None:
+        self.areas |= other.areas
+        self.reload |= other.reload
+
+
+@dataclass
+class Failure:
+    at: float
+    cluster: str
+    what: str
+    reason: str
+    fix: str
+
+
+class Dashboard:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.volumes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.volumes_supported = False
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.last_event_id: int | None = None
+        self.events_applied = 0
+        self.loaded = False
+
+    # ---- loading --------------------------------------------------------------------------
+    def load(self, snap: Snapshot, areas: Iterable[str] = ("clusters", "nodes", "tasks", "volumes")) -> Changes:
+        areas = set(areas)
+        if "clusters" in areas:
+            self.clusters = {c["name"]: dict(c) for c in snap.clusters}
+        if "nodes" in areas:
+            self.nodes = {(n["cluster"], n["name"]): dict(n) for n in snap.nodes}
+        if "tasks" in areas:
+            self.tasks = {t["id"]: dict(t) for t in snap.tasks}
+        if "volumes" in areas:
+            self.volumes_supported = snap.volumes is not None
+            self.volumes = {(v["cluster"], v["name"]): dict(v) for v in snap.volumes or []}
+        self.loaded = True
+        return Changes(areas={"clusters", "nodes", "tasks", "volumes"} & (areas | {"clusters"}))
+
+    # ---- events -----------------------------------------------------------------------------
+    def apply(self, event: dict[str, Any]) -> Changes:
+        """Apply one event from the stream; returns what changed."""
+        self.last_event_id = max(self.last_event_id or 0, int(event.get("id") or 0))
+        self.events_applied += 1
+        kind, cluster, subject = event.get("kind", ""), event.get("cluster", ""), event.get("subject", "")
+        data, at = event.get("data") or {}, event.get("at") or self.clock()
+        ch = Changes()
+        if kind == "node.state":
+            node = self.nodes.get((cluster, subject))
+            if node is None:
+                ch.reload.add("nodes")
+            else:
+                node["state"] = data.get("state", node["state"])
+                node["state_changed_at"] = at
+                if node["state"] == "Online":
+                    node["last_seen_at"] = at
+                ch.areas.add("nodes")
+            ch.areas.add("clusters")
+        elif kind == "node.registered":
+            ch.reload |= {"nodes"}
+            ch.areas.add("clusters")
+        elif kind == "node.removed":
+            self.nodes.pop((cluster, subject), None)
+            ch.areas |= {"nodes", "clusters"}
+        elif kind == "task.state":
+            task = self.tasks.get(subject)
+            if task is None:
+                task = self.tasks[subject] = {"id": subject, "cluster": cluster, "node": data.get("node", ""),
+                                              "kind": data.get("kind", ""), "params": {}, "created_at": at,
+                                              "result": None, "finished_at": None}
+                if len(self.tasks) > TASK_LIMIT:
+                    for old in sorted(self.tasks, key=lambda k: self.tasks[k]["updated_at"] if "updated_at" in self.tasks[k] else 0)[: len(self.tasks) - TASK_LIMIT]:
+                        del self.tasks[old]
+            task["state"] = data.get("state", task.get("state", ""))
+            task["reason"] = data.get("reason", "")
+            task["fix"] = data.get("fix")
+            task["updated_at"] = at
+            if task["state"] in FINAL_TASK_STATES:
+                task["finished_at"] = at
+            ch.areas |= {"tasks", "clusters"}
+        elif kind == "volume.state":
+            vol = self.volumes.get((cluster, subject))
+            state = data.get("state", "")
+            if state == "Deleted":
+                self.volumes.pop((cluster, subject), None)
+                ch.areas |= {"volumes", "clusters"}
+            elif vol is None:
+                ch.reload.add("volumes")
+            else:
+                vol["state"] = state
+                vol["state_changed_at"] = at
+                ch.areas |= {"volumes", "clusters"}
+        elif kind == "brick.state":
+            volume, _, rest = subject.partition(":")
+            node, _, path = rest.partition(":")
+            vol = self.volumes.get((cluster, volume))
+            if vol is None:
+                ch.reload.add("volumes")
+            else:
+                for brick in vol.get("bricks") or []:
+                    if brick.get("node") == node and brick.get("path") == path:
+                        brick["state"] = data.get("state", brick.get("state"))
+                vol["bricks_online"] = sum(1 for b in vol.get("bricks") or [] if b.get("state") == "Online")
+                ch.areas.add("volumes")
+        elif kind in ("cluster.created", "cluster.deleted"):
+            ch.reload.add("clusters")
+            if kind == "cluster.deleted":
+                self.clusters.pop(subject, None)
+                ch.areas.add("clusters")
+        return ch
+
+    # ---- views --------------------------------------------------------------------------------
+    def cluster_rows(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        names = sorted(set(self.clusters) | {c for c, _ in self.nodes} | {c for c, _ in self.volumes})
+        rows = []
+        for name in names:
+            nodes = [n for (c, _), n in self.nodes.items() if c == name]
+            vols = [v for (c, _), v in self.volumes.items() if c == name]
+            by_state: dict[str, int] = {}
+            for v in vols:
+                by_state[v["state"]] = by_state.get(v["state"], 0) + 1
+            failed = [t for t in self.tasks.values() if t["cluster"] == name and t.get("state") == "FAILED"
+                      and now - (t.get("updated_at") or 0) < RECENT_FAILURE_SECONDS]
+            rows.append({
+                "name": name,
+                "nodes": len(nodes),
+                "online": sum(1 for n in nodes if n["state"] == "Online"),
+                "unreachable": sum(1 for n in nodes if n["state"] != "Online"),
+                "volumes": ", ".join(f"{count} {state}" for state, count in sorted(by_state.items())) or "-",
+                "failures": len(failed),
+            })
+        return rows
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        return [self.nodes[k] for k in sorted(self.nodes)]
+
+    def volume_rows(self) -> list[dict[str, Any]]:
+        return [self.volumes[k] for k in sorted(self.volumes)]
+
+    def task_rows(self) -> list[dict[str, Any]]:
+        return sorted(self.tasks.values(), key=lambda t: (t.get("updated_at") or 0, t["id"]), reverse=True)
+
+    def failures(self) -> list[Failure]:
+        out: list[Failure] = []
+        for t in self.tasks.values():
+            if t.get("state") == "FAILED":
+                out.append(Failure(t.get("updated_at") or 0, t["cluster"], f"task {t['kind']} on {t['node']} ({t['id'][:8]})",
+                                   t.get("reason") or "", t.get("fix") or ""))
+        for n in self.nodes.values():
+            if n["state"] != "Online":
+                out.append(Failure(n.get("state_changed_at") or 0, n["cluster"], f"node {n['name']} {n['state']}",
+                                   "no heartbeat or last-will from its agent", UNREACHABLE_FIX))
+        for v in self.volumes.values():
+            if v["state"] in VOLUME_FAILED_STATES:
+                out.append(Failure(v.get("state_changed_at") or v.get("created_at") or 0, v["cluster"],
+                                   f"volume {v['name']} {v['state']}", "see its tasks", ""))
+            elif v.get("bricks_total") and v.get("bricks_online", 0) < v["bricks_total"] and v["state"] == "Started":
+                out.append(Failure(v.get("state_changed_at") or 0, v["cluster"], f"volume {v['name']} degraded",
+                                   f"{v['bricks_online']}/{v['bricks_total']} bricks online", "check the Offline bricks' nodes"))
+        return sorted(out, key=lambda f: f.at, reverse=True)
+
+    def task_progress(self, task_ids: Iterable[str]) -> list[dict[str, Any]]:
+        return [self.tasks.get(tid, {"id": tid, "node": "?", "kind": "", "state": "QUEUED", "reason": ""})
+                for tid in task_ids]

@@ -1,0 +1,1 @@
+"""One widget per module; styles live in ``tui/app.tcss``."""

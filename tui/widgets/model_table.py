@@ -1,0 +1,90 @@
+"""A DataTable that mirrors rows of the domain model: updates changed cells, rebuilds on new row sets."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from tui.model import Dashboard
+
+STATE_STYLES = {
+    "Online": "green", "Unreachable": "bold red", "Offline": "red", "DONE": "green", "FAILED": "bold red",
+    "QUEUED": "yellow", "RUNNING": "cyan", "Started": "green", "Created": "cyan", "Stopped": "yellow",
+}
+
+
+def state_text(state: str) -> Text:
+    style = STATE_STYLES.get(state) or ("bold red" if state.endswith("Failed") else "cyan" if state.endswith("ing") else "")
+    return Text(state, style=style)
+
+
+class ModelTable(DataTable):
+    """Subclasses give ``COLUMNS`` (key, label) and ``model_rows(model)`` -> [(row key, {column key: cell})]."""
+
+    COLUMNS: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.filter_text = ""
+        self._keys: list[str] = []
+        self._cells: dict[str, tuple] = {}
+        self._sort: tuple[str, bool] | None = None
+
+    def on_mount(self) -> None:
+        for key, label in self.COLUMNS:
+            self.add_column(label, key=key)
+
+    def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def selected_key(self) -> str | None:
+        if not self._keys or self.cursor_row < 0 or self.cursor_row >= self.row_count:
+            return None
+        try:
+            return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
+        except Exception:  # the table is being rebuilt
+            return None
+
+    def _matches(self, cells: tuple) -> bool:
+        if not self.filter_text:
+            return True
+        needle = self.filter_text.lower()
+        return any(needle in str(c).lower() for c in cells)
+
+    def sync(self, model: Dashboard) -> None:
+        """Bring the table in line with the model: cheap when only cells changed."""
+        wanted: list[tuple[str, tuple]] = []
+        for key, row in self.model_rows(model):
+            cells = tuple(row.get(col, "") for col, _ in self.COLUMNS)
+            if self._matches(cells):
+                wanted.append((key, cells))
+        if self._sort is not None:
+            index = [c for c, _ in self.COLUMNS].index(self._sort[0])
+            wanted.sort(key=lambda kc: str(kc[1][index]), reverse=self._sort[1])
+        keys = [k for k, _ in wanted]
+        if keys == self._keys:
+            for key, cells in wanted:
+                old = self._cells.get(key)
+                if old == cells:
+                    continue
+                for (col, _), value, before in zip(self.COLUMNS, cells, old or (None,) * len(cells)):
+                    if value != before:
+                        self.update_cell(key, col, value, update_width=True)
+                self._cells[key] = cells
+            return
+        selected = self.selected_key()
+        self.clear()
+        self._keys, self._cells = keys, dict(wanted)
+        for key, cells in wanted:
+            self.add_row(*cells, key=key)
+        if selected in self._keys:
+            self.move_cursor(row=self._keys.index(selected), animate=False)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        col = event.column_key.value
+        reverse = bool(self._sort and self._sort[0] == col and not self._sort[1])
+        self._sort = (col, reverse)
+        self._keys = []  # force a rebuild in the new order
+        self.sync(self.app.model)  # type: ignore[attr-defined]

@@ -1,0 +1,33 @@
+"""Volumes: type, state, bricks online/total, capacity."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from tui.model import Dashboard, size
+from tui.widgets.model_table import ModelTable, state_text
+
+
+def volume_type(v: dict) -> str:
+    kind = v.get("type") or "-"
+    if v.get("replica"):
+        kind += f" ({v['replica']}{' + arbiter' if v.get('arbiter') else ''})"
+    elif v.get("disperse"):
+        kind += f" ({v['disperse']}, redundancy {v.get('redundancy') or 0})"
+    return kind
+
+
+class VolumesTable(ModelTable):
+    COLUMNS = [("cluster", "CLUSTER"), ("name", "VOLUME"), ("type", "TYPE"), ("state", "STATE"),
+               ("bricks", "BRICKS ONLINE"), ("size", "SIZE")]
+
+    def model_rows(self, model: Dashboard):
+        out = []
+        for v in model.volume_rows():
+            online, total = v.get("bricks_online", 0), v.get("bricks_total", 0)
+            out.append((f"{v['cluster']}/{v['name']}", {
+                "cluster": v["cluster"], "name": v["name"], "type": volume_type(v), "state": state_text(v["state"]),
+                "bricks": Text(f"{online}/{total}", style="green" if online == total else "bold red"),
+                "size": size(v.get("size_bytes")),
+            }))
+        return out
