@@ -19,29 +19,6 @@ RECENT_FAILURE_SECONDS = 24 * 3600
 UNREACHABLE_FIX = "start the node's agent again; its tasks wait QUEUED until it returns"
 
 
-def ago(ts: float | None, now: float) -> str:
-    if not ts:
-        return "-"
-    delta = max(0.0, now - ts)
-    if delta < 60:
-        return f"{delta:.0f}s ago"
-    if delta < 3600:
-        return f"{delta / 60:.0f}m ago"
-    if delta < 86400:
-        return f"{delta / 3600:.1f}h ago"
-    return f"{delta / 86400:.1f}d ago"
-
-
-def size(num: float | None) -> str:
-    if num is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(num) < 1024 or unit == "TiB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
-        num /= 1024
-    return str(num)
-
-
 @dataclass
 class Snapshot:
     """Everything the REST API says at one moment."""

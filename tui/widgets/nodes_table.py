@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tui.model import Dashboard, ago, size
+from control.cli.output import ago, size
+from tui.model import Dashboard
 from tui.widgets.model_table import ModelTable, state_text
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from tui.model import Dashboard, size
+from control.cli.output import size
+from tui.model import Dashboard
 from tui.widgets.model_table import ModelTable, state_text
 
 
