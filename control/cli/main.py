@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker import __version__
-from control.cli import commands, demo, volumes
+from control.cli import commands, completion, demo, volumes
 from control.cli.client import CliError
 
 DEFAULT_CLUSTER = "default"
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     volumes.add_parsers(sub, common, _cluster, _output)
     demo.add_parser(sub)
+    completion.add_parser(sub)
 
     # ---- tasks ----------------------------------------------------------------------------
     tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -153,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:  # asked by the completion script
+        print("\n".join(completion.candidates(parser, argv[1:])))
+        return 0
     args, extra = parser.parse_known_args(argv)
     # bricks (NODE:/path) may come after options: volume create NAME --replica 3 n1:/b n2:/b n3:/b
     if extra and isinstance(getattr(args, "bricks", None), list) and all(":" in e and not e.startswith("-") for e in extra):
