@@ -15,13 +15,12 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
+from tests.helpers import free_port, wait_until  # noqa: E402
 from volgen_testlib import (  # noqa: E402
     GLUSTERD_START_TIMEOUT,
     PROCESS_STOP_TIMEOUT,
     PrivateGlusterd,
-    free_port,
     local_non_loopback_ip,
-    wait_for,
 )
 
 
@@ -72,7 +71,7 @@ def private_glusterd(tmp_path_factory) -> Iterator[PrivateGlusterd]:
                 pytest.fail(f"glusterd exited with {proc.returncode}; see {logdir}/glusterd.log")
             return sockfile.exists() and gd.cli("volume", "list").returncode == 0
 
-        wait_for(ready, GLUSTERD_START_TIMEOUT, "the private glusterd to answer its CLI", 0.2)
+        wait_until(ready, GLUSTERD_START_TIMEOUT, 0.2, "the private glusterd to answer its CLI")
         yield gd
     finally:
         proc.terminate()

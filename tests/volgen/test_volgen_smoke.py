@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import port_open, wait_until
 from volgen_testlib import (
     free_ports,
     pid_alive,
-    port_accepts,
     read_pidfile,
     stop_pid,
-    wait_for,
 )
 from control.volgen import (
     BrickSpec,
@@ -105,10 +104,10 @@ class Cluster:
             result = run_command(command, BRICK_START_TIMEOUT)
             assert result.returncode == 0, f"glusterfsd for brick {i}: {result.stderr}"
         for brick in vol.bricks:
-            wait_for(
-                lambda: port_accepts(brick.address, brick.port),
-                BRICK_START_TIMEOUT,
-                f"brick {brick.path} to listen on {brick.port}",
+            wait_until(
+                lambda: port_open(brick.address, brick.port),
+                timeout=BRICK_START_TIMEOUT,
+                what=f"brick {brick.path} to listen on {brick.port}",
             )
 
     def mount(self, vol: VolumeSpec) -> Path:
@@ -130,7 +129,7 @@ class Cluster:
         ]  # fmt: skip
         result = run_command(command, MOUNT_TIMEOUT)
         assert result.returncode == 0, f"glusterfs mount: {result.stderr}"
-        wait_for(lambda: mounted(mountpoint), MOUNT_TIMEOUT, f"{mountpoint} to be mounted")
+        wait_until(lambda: mounted(mountpoint), timeout=MOUNT_TIMEOUT, what=f"{mountpoint} to be mounted")
         return mountpoint
 
     def start_shd(self, vol: VolumeSpec) -> Path:
@@ -223,16 +222,16 @@ def test_replica3_three_bricks_fuse_mount_and_shd(cluster, tmp_path) -> None:
             for i in range(3)
         )
 
-    wait_for(on_every_brick, 10, "data.bin on all three bricks")
+    wait_until(on_every_brick, timeout=10, what="data.bin on all three bricks")
 
     # The self-heal daemon starts from our shd volfile and connects to all three bricks
     # (with the volume's credentials, so the bricks see it as a trusted client).
     log = cluster.start_shd(vol)
-    wait_for(
+    wait_until(
         lambda: log.exists() and log.read_text().count("Connected, attached to remote volume") >= 3,
-        BRICK_START_TIMEOUT,
-        "glustershd to connect to the three bricks",
-        0.1,
+        timeout=BRICK_START_TIMEOUT,
+        what="glustershd to connect to the three bricks",
+        interval=0.1,
     )
     pid = read_pidfile(cluster.run / "glustershd.pid")
     assert pid is not None and pid_alive(pid)

@@ -1,4 +1,4 @@
-"""Helpers for the volgen tests: deadline waits, free ports, process control, a private glusterd.
+"""Helpers for the volgen tests: distinct free ports, process control, a private glusterd.
 
 A uniquely named module (not `conftest`) so the tests can import it whatever other
 conftest.py files the suite grows.
@@ -11,33 +11,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+
 
 GLUSTERD_START_TIMEOUT = 30.0
 PROCESS_STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 30.0
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -52,14 +33,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def port_accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def pid_alive(pid: int) -> bool:
