@@ -9,7 +9,18 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.helpers import MOSQUITTO, POSTGRES_DSN, Agent, Cli, Proc, Server, cleanup_gluster, port_open, unique
+from tests.helpers import (
+    MOSQUITTO,
+    POSTGRES_DSN,
+    Agent,
+    Cli,
+    Proc,
+    Server,
+    cleanup_gluster,
+    port_open,
+    unique,
+)
+from tests.mqtt_raw import clear_retained
 
 os.environ.pop("GLUSTERCTL_URL", None)
 
@@ -81,6 +92,8 @@ class Stack:
         for proc in reversed(self.procs):
             proc.stop(timeout=5)
         cleanup_gluster(self.tmp)
+        if self.broker == "mosquitto":
+            clear_retained(MOSQUITTO[1], self.server.mqtt_root)
         rep = getattr(self.request.node, "rep_call", None)
         if rep is not None and rep.failed:
             for proc in self.procs:

@@ -64,3 +64,17 @@ class RawClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def clear_retained(port: int, root: str, listen: float = 0.5) -> int:
+    """Remove the retained messages a test left under ``root`` on a shared broker."""
+    raw = RawClient(port, client_id=f"cleanup-{root}")
+    try:
+        if not raw.wait_connack() or not raw.subscribe(f"{root}/#"):
+            return 0
+        topics = {topic for topic, payload in raw.drain(listen) if payload}
+        for topic in topics:
+            raw.publish(topic, b"", retain=True)
+        return len(topics)
+    finally:
+        raw.close()

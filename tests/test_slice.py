@@ -14,12 +14,13 @@ KEEPALIVE = 2
 @pytest.fixture(params=[("embedded", "sqlite"), ("embedded", "postgres"), ("mosquitto", "sqlite"), ("mosquitto", "postgres")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def backend(request):
-    return request.param
+    """(broker, database URL); set up before the stack, so the database outlives the server."""
+    broker, dbkind = request.param
+    return broker, request.getfixturevalue("postgres_url") if dbkind == "postgres" else None
 
 
-def test_slice(make_stack, backend, request):
-    broker, dbkind = backend
-    db = request.getfixturevalue("postgres_url") if dbkind == "postgres" else None
+def test_slice(backend, make_stack):
+    broker, db = backend
     st = make_stack(broker=broker, db=db).start()
     cli = st.cli
 

@@ -155,3 +155,16 @@ def test_failure_knowledge_base_explains_every_code():
     assert "create the parent directory (/exports)" in enoent["fix"]
     unknown = explain("something odd", "n2")
     assert unknown["code"] == "UNKNOWN" and "agent log on node n2" in unknown["fix"]
+
+
+def test_timestamps_keep_subsecond_precision(database):
+    """PostgreSQL's REAL would round a Unix time to about two minutes; the store must not."""
+    import time as _time
+
+    from control.services import clusters
+    from control.store.models import Node
+
+    now = _time.time()
+    cluster = clusters.ensure_default()
+    Node.create(cluster=cluster, name="n1", state="Online", agent_id="a" * 32, epoch=1, last_seen_at=now)
+    assert abs(Node.get(Node.name == "n1").last_seen_at - now) < 0.001

@@ -39,6 +39,17 @@ def _migration_2(db: pw.Database) -> None:
     db.create_tables([m.Device, m.Volume, m.Brick])
 
 
+def _migration_3(db: pw.Database) -> None:
+    """Timestamps as double precision: PostgreSQL's REAL (float4) rounds Unix times to ~2 minutes."""
+    if not isinstance(db, pw.PostgresqlDatabase):
+        return  # SQLite's REAL is already 8 bytes
+    for model in m.ALL_MODELS:
+        for field in model._meta.sorted_fields:
+            if isinstance(field, pw.DoubleField):
+                db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" '
+                               "TYPE double precision")
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -60,6 +71,7 @@ class _without_columns:
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
+    (3, _migration_3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -30,36 +30,36 @@ class BaseModel(pw.Model):
 
 class SchemaVersion(BaseModel):
     version = pw.IntegerField()
-    applied_at = pw.FloatField(default=now)
+    applied_at = pw.DoubleField(default=now)
 
 
 class User(BaseModel):
     name = pw.CharField(max_length=64, unique=True)
     password_hash = pw.CharField(max_length=255)
     is_admin = pw.BooleanField(default=False)
-    created_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
 
 
 class ApiToken(BaseModel):
     user = pw.ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
     token_hash = pw.CharField(max_length=64, unique=True)
-    created_at = pw.FloatField(default=now)
-    last_used_at = pw.FloatField(null=True)
+    created_at = pw.DoubleField(default=now)
+    last_used_at = pw.DoubleField(null=True)
 
 
 class Cluster(BaseModel):
     name = pw.CharField(max_length=64, unique=True)
     join_secret = pw.CharField(max_length=128)
-    created_at = pw.FloatField(default=now)
-    token_rotated_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
+    token_rotated_at = pw.DoubleField(default=now)
 
 
 class Node(BaseModel):
     cluster = pw.ForeignKeyField(Cluster, backref="nodes", on_delete="CASCADE")
     name = pw.CharField(max_length=253)
     state = pw.CharField(max_length=16)
-    state_changed_at = pw.FloatField(default=now)
-    last_seen_at = pw.FloatField(default=now)
+    state_changed_at = pw.DoubleField(default=now)
+    last_seen_at = pw.DoubleField(default=now)
     agent_id = pw.CharField(max_length=64)
     epoch = pw.BigIntegerField(default=0)
     address = pw.CharField(max_length=255, default="")
@@ -67,7 +67,7 @@ class Node(BaseModel):
     agent_version = pw.CharField(max_length=32, default="")
     glusterfs_version = pw.CharField(max_length=64, null=True)
     facts = JSONField(default=dict)
-    created_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
 
     class Meta:
         indexes = ((("cluster", "name"), True),)
@@ -85,22 +85,22 @@ class Task(BaseModel):
     state = pw.CharField(max_length=16, index=True)
     reason = pw.TextField(default="")
     result = JSONField(null=True)
-    created_at = pw.FloatField(default=now)
-    updated_at = pw.FloatField(default=now)
-    finished_at = pw.FloatField(null=True)
+    created_at = pw.DoubleField(default=now)
+    updated_at = pw.DoubleField(default=now)
+    finished_at = pw.DoubleField(null=True)
 
 
 class TaskEvent(BaseModel):
     task = pw.ForeignKeyField(Task, backref="events", on_delete="CASCADE")
     state = pw.CharField(max_length=16)
-    at = pw.FloatField(default=now)
+    at = pw.DoubleField(default=now)
     reason = pw.TextField(default="")
 
 
 class Event(BaseModel):
     """Every persisted state change, in order; the feed behind /api/v1/events."""
 
-    at = pw.FloatField(default=now)
+    at = pw.DoubleField(default=now)
     cluster = pw.CharField(max_length=64, default="")
     kind = pw.CharField(max_length=32)
     subject = pw.CharField(max_length=255, default="")
@@ -119,7 +119,7 @@ class Device(BaseModel):
     total_bytes = pw.BigIntegerField(default=0)
     free_bytes = pw.BigIntegerField(default=0)
     task_id = pw.CharField(max_length=64, default="")
-    created_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
 
     class Meta:
         indexes = ((("cluster", "node_name", "path"), True),)
@@ -141,8 +141,8 @@ class Volume(BaseModel):
     auth_username = pw.CharField(max_length=64)
     auth_password = pw.CharField(max_length=64)
     size_bytes = pw.BigIntegerField(default=0)
-    created_at = pw.FloatField(default=now)
-    updated_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
+    updated_at = pw.DoubleField(default=now)
 
     class Meta:
         indexes = ((("cluster", "name"), True),)
@@ -157,7 +157,7 @@ class Brick(BaseModel):
     device = pw.ForeignKeyField(Device, backref="bricks", null=True, on_delete="SET NULL")
     state = pw.CharField(max_length=16, default="Offline")
     pid = pw.IntegerField(null=True)
-    state_changed_at = pw.FloatField(default=now)
+    state_changed_at = pw.DoubleField(default=now)
 
     class Meta:
         indexes = ((("volume", "index"), True),)
