@@ -145,7 +145,8 @@ def test_not_logged_in_screen_until_login(stack, tmp_path):
 # ---- views from a fixed data set --------------------------------------------------------------
 def sample() -> Snapshot:
     node = {"agent_version": "0.1.0", "glusterfs_version": "10.3", "address": "10.0.0.1", "hostname": "",
-            "facts": {"free_bytes": 512 * 1024**3}, "last_seen_at": NOW - 2, "state_changed_at": NOW - 3600}
+            "facts": {}, "devices": [{"path": "/exports", "device": "", "state": "Ready",
+                                       "total_bytes": 1024**4, "free_bytes": 512 * 1024**3}], "last_seen_at": NOW - 2, "state_changed_at": NOW - 3600}
     nodes = [{**node, "cluster": "prod", "name": f"node{i}", "state": "Online"} for i in (1, 2)]
     nodes.append({**node, "cluster": "prod", "name": "node3", "state": "Unreachable", "state_changed_at": NOW - 90})
     bricks = [{"index": i, "node": f"node{i + 1}", "path": f"/bricks/b{i}", "port": 49152 + i, "pid": 1000 + i,

@@ -146,6 +146,9 @@ def test_dynamic_provisioning_by_size(trio):
         assert "free of" in out
     devices = st.cli.json("device", "list")
     assert [d["state"] for d in devices] == ["Ready"] * 3 and all(d["free_bytes"] > 0 for d in devices)
+    nodes = st.cli.json("node", "list")
+    assert all(n["devices"][0]["path"].endswith("/pool") and n["devices"][0]["free_bytes"] > 0 for n in nodes)
+    assert "FREE" in st.cli.run("node", "list").stdout
     st.cli.run("volume", "create", "sized", "--replica", "3", "--size", "10MiB", "--wait")
     v = wait_bricks(st, "sized", "Online")
     assert sorted(b["node"] for b in v["bricks"]) == list(NODES)

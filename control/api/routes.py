@@ -8,17 +8,26 @@ from broker.messages import NodeState, TaskKind
 from control.api import schemas as s
 from control.api.deps import CurrentUser, Engine, OptionalUser, Token
 from control.services import clusters, nodes, tasks, users
-from control.store.models import Node, Task
+from control.store.models import Device, Node, Task
 
 router = APIRouter(prefix="/api/v1")
 
 
-def node_public(node: Node) -> s.NodePublic:
-    return s.NodePublic(
+def nodes_public(rows: list[Node]) -> list[s.NodePublic]:
+    """Nodes with their registered devices (one query for all of them)."""
+    devices: dict[tuple[int, str], list[s.NodeDevice]] = {}
+    if rows:
+        query = Device.select().where(Device.cluster.in_({n.cluster_id for n in rows})).order_by(Device.path)
+        for dev in query:
+            devices.setdefault((dev.cluster_id, dev.node_name), []).append(s.NodeDevice(
+                path=dev.path, device=dev.device, state=dev.state, total_bytes=dev.total_bytes,
+                free_bytes=dev.free_bytes))
+    return [s.NodePublic(
         cluster=node.cluster.name, name=node.name, state=node.state, state_changed_at=node.state_changed_at,
         last_seen_at=node.last_seen_at, address=node.address, hostname=node.hostname,
         agent_version=node.agent_version, glusterfs_version=node.glusterfs_version, facts=node.facts or {},
-    )
+        devices=devices.get((node.cluster_id, node.name), []),
+    ) for node in rows]
 
 
 def task_public(task: Task, with_events: bool = False) -> s.TaskPublic:
@@ -85,7 +94,7 @@ def add_cluster(body: s.ClusterCreate, actor: CurrentUser):
 def cluster_status(name: str, actor: CurrentUser):
     cluster = clusters.get(name)
     return s.ClusterStatus(name=cluster.name, created_at=cluster.created_at,
-                           nodes=[node_public(n) for n in nodes.list_nodes(cluster)])
+                           nodes=nodes_public(nodes.list_nodes(cluster)))
 
 
 @router.delete("/clusters/{name}", status_code=204, tags=["clusters"])
@@ -110,17 +119,17 @@ def rotate_token(name: str, actor: CurrentUser):
 # ---- nodes --------------------------------------------------------------------------------
 @router.get("/nodes", response_model=list[s.NodePublic], tags=["nodes"])
 def list_all_nodes(actor: CurrentUser):
-    return [node_public(n) for n in nodes.list_nodes()]
+    return nodes_public(nodes.list_nodes())
 
 
 @router.get("/clusters/{name}/nodes", response_model=list[s.NodePublic], tags=["nodes"])
 def list_nodes(name: str, actor: CurrentUser):
-    return [node_public(n) for n in nodes.list_nodes(clusters.get(name))]
+    return nodes_public(nodes.list_nodes(clusters.get(name)))
 
 
 @router.get("/clusters/{name}/nodes/{node}", response_model=s.NodePublic, tags=["nodes"])
 def get_node(name: str, node: str, actor: CurrentUser):
-    return node_public(nodes.get(clusters.get(name), node))
+    return nodes_public([nodes.get(clusters.get(name), node)])[0]
 
 
 @router.delete("/clusters/{name}/nodes/{node}", status_code=204, tags=["nodes"])

@@ -46,6 +46,14 @@ class JoinTokenPublic(BaseModel):
     token: str
 
 
+class NodeDevice(BaseModel):
+    path: str
+    device: str
+    state: str
+    total_bytes: int
+    free_bytes: int
+
+
 class NodePublic(BaseModel):
     cluster: str
     name: str
@@ -57,6 +65,7 @@ class NodePublic(BaseModel):
     agent_version: str
     glusterfs_version: str | None
     facts: dict[str, Any]
+    devices: list[NodeDevice] = []  # registered brick homes with their space, from the heartbeats
 
 
 class ClusterStatus(BaseModel):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from control.cli import sdnotify
 from control.cli.follow import follow_tasks, report
 from control.cli.client import Client, CliError, forget_login, save_login, token_path
-from control.cli.output import ago, console, emit, size, styled
+from control.cli.output import ago, console, emit, node_free, size, styled
 
 
 
@@ -166,7 +166,7 @@ def cluster_list(args: argparse.Namespace) -> int:
 NODE_COLUMNS = [
     ("NODE", "name"), ("STATE", lambda n: styled(n["state"])), ("ADDRESS", "address"),
     ("LAST SEEN", lambda n: ago(n["last_seen_at"])), ("SINCE", lambda n: ago(n["state_changed_at"])),
-    ("AGENT", "agent_version"), ("GLUSTERFS", lambda n: n["glusterfs_version"] or "-"),
+    ("AGENT", "agent_version"), ("GLUSTERFS", lambda n: n["glusterfs_version"] or "-"), ("FREE", node_free),
 ]
 
 

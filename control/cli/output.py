@@ -37,6 +37,12 @@ def size(num: float | None) -> str:
     return str(num)
 
 
+def node_free(node: dict) -> str:
+    """Free space of a node's registered devices and paths (REST's NodePublic.devices)."""
+    ready = [d["free_bytes"] for d in node.get("devices") or [] if d.get("state") == "Ready"]
+    return size(sum(ready)) if ready else "-"
+
+
 STATE_STYLES = {"Online": "green", "Unreachable": "red", "DONE": "green", "FAILED": "red", "QUEUED": "yellow"}
 
 
