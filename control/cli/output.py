@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# piped output is never cut to 80 columns: scripts and logs get whole names
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
