@@ -168,3 +168,14 @@ def test_timestamps_keep_subsecond_precision(database):
     cluster = clusters.ensure_default()
     Node.create(cluster=cluster, name="n1", state="Online", agent_id="a" * 32, epoch=1, last_seen_at=now)
     assert abs(Node.get(Node.name == "n1").last_seen_at - now) < 0.001
+
+
+def test_long_brick_paths_fit_the_store(database):
+    """Event subjects and task targets hold brick paths; PostgreSQL must not refuse a long one."""
+    from control.services import events
+
+    path = "/exports/" + "d" * 1000
+    events.record("brick.state", cluster="default", subject=f"vol:node1.example.com:{path}", state="Online")
+    from control.store.models import Event
+
+    assert Event.select().order_by(Event.id.desc()).first().subject.endswith(path)

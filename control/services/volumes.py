@@ -27,6 +27,7 @@ from control.volgen.spec import VolgenError
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT_RANGE = (49152, 60999)
+MAX_PATH = 1024  # brick and device paths (the store's column size)
 MAX_START_ATTEMPTS = 3  # a brick whose port is taken moves to a new port this many times
 
 
@@ -126,8 +127,9 @@ def parse_bricks(cluster: Cluster, items: list[str]) -> list[tuple[str, str]]:
         if not sep or not node or not path:
             raise InvalidInput(f"invalid brick {item!r}: use NODE:/absolute/path")
         path = posixpath.normpath(path)
-        if not path.startswith("/") or path == "/":
-            raise InvalidInput(f"invalid brick path {path!r} on {node}: use an absolute path other than /")
+        if not path.startswith("/") or path == "/" or len(path) > MAX_PATH:
+            raise InvalidInput(f"invalid brick path {path[:80]!r} on {node}: use an absolute path other than /, "
+                               f"at most {MAX_PATH} characters")
         if not Node.select().where((Node.cluster == cluster) & (Node.name == node)).exists():
             raise NotFound(f"no node {node!r} in cluster {cluster.name!r}: start its agent with the cluster's join token first")
         out.append((node, path))
@@ -459,21 +461,22 @@ class DeviceService:
         if bool(path) == bool(device):
             raise InvalidInput("give exactly one of --path DIR or --device /dev/DISK")
         target = posixpath.normpath(path or device)
-        if not target.startswith("/") or target == "/":
-            raise InvalidInput(f"{target!r} is not allowed: use an absolute path other than /")
+        if not target.startswith("/") or target == "/" or len(target) > MAX_PATH:
+            raise InvalidInput(f"{target[:80]!r} is not allowed: use an absolute path other than /, "
+                               f"at most {MAX_PATH} characters")
         if device and not target.startswith("/dev/"):
             raise InvalidInput(f"--device {target!r} must be a block device under /dev")
         with db.atomic():
             if not Node.select().where((Node.cluster == cluster) & (Node.name == node)).exists():
                 raise NotFound(f"no node {node!r} in cluster {cluster.name!r}")
-            mount = path and target or ""
             if Device.select().where((Device.cluster == cluster) & (Device.node_name == node)
                                      & ((Device.path == target) | ((Device.device == target) & (Device.device != "")))).exists():
                 raise Conflict(f"{target} is already registered on node {node}")
-            dev = Device.create(cluster=cluster, node_name=node, path=mount or f"pending:{target}",
-                                device=device and target or "", state="Pending")
+            # a block device's path becomes its mount point once the agent mounted it
+            dev = Device.create(cluster=cluster, node_name=node, path=target, device=target if device else "",
+                                state="Pending")
             task = self.engine.submit(cluster, node, TaskKind.DEVICE_ADD.value,
-                                      {"path": mount or None, "device": device and target or None},
+                                      {"path": None if device else target, "device": target if device else None},
                                       operation=uuid.uuid4().hex, target=f"device:{target}")
             dev.task_id = task.id
             dev.save()

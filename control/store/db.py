@@ -40,14 +40,17 @@ def _migration_2(db: pw.Database) -> None:
 
 
 def _migration_3(db: pw.Database) -> None:
-    """Timestamps as double precision: PostgreSQL's REAL (float4) rounds Unix times to ~2 minutes."""
+    """PostgreSQL column types: timestamps as double precision (REAL, float4, rounds Unix times to
+    about 2 minutes), and task targets and event subjects as text (they hold brick paths)."""
     if not isinstance(db, pw.PostgresqlDatabase):
-        return  # SQLite's REAL is already 8 bytes
+        return  # SQLite's REAL is already 8 bytes and it does not enforce varchar lengths
     for model in m.ALL_MODELS:
         for field in model._meta.sorted_fields:
             if isinstance(field, pw.DoubleField):
                 db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" '
                                "TYPE double precision")
+    db.execute_sql('ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
+    db.execute_sql('ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
 
 
 class _without_columns:

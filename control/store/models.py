@@ -80,7 +80,7 @@ class Task(BaseModel):
     kind = pw.CharField(max_length=64)
     # which user-visible operation this task is part of (e.g. one "volume start"), and on what
     operation = pw.CharField(max_length=64, default="", index=True)
-    target = pw.CharField(max_length=255, default="")
+    target = pw.TextField(default="")
     params = JSONField(default=dict)
     state = pw.CharField(max_length=16, index=True)
     reason = pw.TextField(default="")
@@ -103,7 +103,7 @@ class Event(BaseModel):
     at = pw.DoubleField(default=now)
     cluster = pw.CharField(max_length=64, default="")
     kind = pw.CharField(max_length=32)
-    subject = pw.CharField(max_length=255, default="")
+    subject = pw.TextField(default="")
     data = JSONField(default=dict)
 
 
