@@ -78,11 +78,11 @@ class _Msg(BaseModel):
 
 
 class NodeFacts(_Msg):
-    hostname: str = ""
-    address: str = ""
-    agent_version: str = ""
-    glusterfs_version: str | None = None
-    kernel: str = ""
+    hostname: str = Field(default="", max_length=255)
+    address: str = Field(default="", max_length=255)
+    agent_version: str = Field(default="", max_length=32)
+    glusterfs_version: str | None = Field(default=None, max_length=64)
+    kernel: str = Field(default="", max_length=255)
     uptime_seconds: float | None = None
     heartbeat_interval: float | None = None
 
