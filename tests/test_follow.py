@@ -34,7 +34,9 @@ def test_follow_tasks(stack):
 
     # success on two nodes at once, plain lines when not a terminal
     out = io.StringIO()
-    ids = [probe(client, "node1", "/tmp", 1), probe(client, "node2", "/tmp", 1)]
+    # node1 runs long enough (3 s) that the follower sees it RUNNING even on a loaded machine;
+    # a state that came and went before the stream connected is rightly not shown
+    ids = [probe(client, "node1", "/tmp", 3), probe(client, "node2", "/tmp", 1)]
     result = follow_tasks(client, ids, timeout=30, out=out)
     assert result.ok and result.used_stream and result.exit_code == 0, (result, out.getvalue())
     assert {t["state"] for t in result.tasks.values()} == {"DONE"}
