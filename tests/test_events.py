@@ -195,8 +195,8 @@ def test_slow_client_does_not_slow_others(make_stack):
         elapsed = time.monotonic() - started
         ids = [e["id"] for e in fast.events()]
         assert ids == list(range(start_id + 1, start_id + 1 + SLOW_CLIENT_EVENTS))
-        assert worst < 1.0, f"/healthz took {worst:.2f}s while a client stalled"
-        assert elapsed < 30, f"the fast reader needed {elapsed:.1f}s for {SLOW_CLIENT_EVENTS} events"
+        assert worst < 2.0, f"/healthz took {worst:.2f}s while a client stalled"
+        assert elapsed < 60, f"the fast reader needed {elapsed:.1f}s for {SLOW_CLIENT_EVENTS} events"
         # the stalled client got only what fits its window: the server did not buffer 20 MB for it
         stalled.setblocking(False)
         received = 0
