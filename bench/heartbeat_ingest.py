@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from broker.messages import BrickReport, Heartbeat, NodeFacts  # noqa: E402
 from control.services import clusters, nodes  # noqa: E402
 from control.store import open_database  # noqa: E402
-from control.store.models import Brick, Node, Volume, database_proxy as db  # noqa: E402
+from control.store.models import Brick, Node, Volume  # noqa: E402
+from control.store.models import database_proxy as db
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -13,8 +13,8 @@ from control.api import schemas as s
 from control.api.events import router as events_router
 from control.api.routes import router
 from control.api.volumes import router as volumes_router
-from control.services.volumes import DeviceService, VolumeService
 from control.errors import GlusterctlError
+from control.services.volumes import DeviceService, VolumeService
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ import time
 from pydantic import ValidationError
 
 from control.cli import sdnotify
+from control.cli.client import Client, CliError, forget_login, save_login
 from control.cli.follow import follow_tasks, report
-from control.cli.client import Client, CliError, forget_login, save_login, token_path
 from control.cli.output import ago, console, emit, node_free, size, styled
-
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -269,5 +268,3 @@ def task_show(args: argparse.Namespace) -> int:
         print(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['at']))}  {ev['state']}  {ev['reason']}")
     return 0
 
-
-__all__ = ["token_path"]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+
 from control.cli.client import Client, CliError, config_dir
 from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import ago, console, emit, size, styled

@@ -9,7 +9,8 @@ import time
 from broker.messages import check_name, make_join_token
 from control.errors import Conflict, Forbidden, InvalidInput, NotFound
 from control.services import events
-from control.store.models import Cluster, User, database_proxy as db
+from control.store.models import Cluster, User
+from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 DEFAULT_CLUSTER = "default"

@@ -23,7 +23,8 @@ from broker.messages import (
 from control.errors import Conflict, NotFound
 from control.services import events
 from control.services.volumes import VolumeService
-from control.store.models import Cluster, Node, database_proxy as db
+from control.store.models import Cluster, Node
+from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 

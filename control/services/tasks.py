@@ -19,7 +19,8 @@ from broker.messages import TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
 from broker.topics import Topics
 from control.errors import InvalidInput, NotFound
 from control.services import events, failures
-from control.store.models import Cluster, Node, Task, TaskEvent, database_proxy as db
+from control.store.models import Cluster, Node, Task, TaskEvent
+from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 

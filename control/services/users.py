@@ -13,7 +13,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from broker.messages import check_name
 from control.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from control.services import events
-from control.store.models import ApiToken, User, database_proxy as db
+from control.store.models import ApiToken, User
+from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 _hasher = PasswordHasher()

@@ -20,7 +20,8 @@ from broker.messages import NodeState, TaskKind, check_name
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.services.tasks import TaskEngine
-from control.store.models import Brick, Cluster, Device, Node, Task, Volume, database_proxy as db
+from control.store.models import Brick, Cluster, Device, Node, Task, Volume
+from control.store.models import database_proxy as db
 from control.volgen import BrickSpec, VolumeSpec, brick_volfile, brick_volfile_name, client_volfile, shd_volfile
 from control.volgen.spec import VolgenError
 

@@ -20,7 +20,7 @@ class DatabaseError(Exception):
     """The database cannot be opened or migrated."""
 
 
-V1_MODELS = [m.User, m.ApiToken, m.Cluster, m.Node, m.Task, m.TaskEvent, m.Event, m.Setting]
+V1_MODELS = [m.User, m.ApiToken, m.Cluster, m.Node, m.Task, m.TaskEvent, m.Event]
 
 
 def _migration_1(db: pw.Database) -> None:

@@ -163,9 +163,4 @@ class Brick(BaseModel):
         indexes = ((("volume", "index"), True),)
 
 
-class Setting(BaseModel):
-    key = pw.CharField(max_length=64, primary_key=True)
-    value = pw.TextField()
-
-
-ALL_MODELS = [SchemaVersion, User, ApiToken, Cluster, Node, Task, TaskEvent, Event, Setting, Device, Volume, Brick]
+ALL_MODELS = [SchemaVersion, User, ApiToken, Cluster, Node, Task, TaskEvent, Event, Device, Volume, Brick]
