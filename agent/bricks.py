@@ -66,13 +66,16 @@ def pid_running(pid_file: str, marker: str) -> int | None:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
     except (OSError, ValueError):
         return None
+    return pid if marker in cmdline and not gone(pid) else None
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a zombie waiting to be reaped counts as exited)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return None  # a zombie waiting to be reaped
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
-        pass
-    return pid if marker in cmdline else None
+        return True
 
 
 def log_tail(path: str, lines: int = 8) -> str:
@@ -307,11 +310,7 @@ class BrickManager:
             return
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        return
-            except OSError:
+            if gone(pid):
                 return
             time.sleep(0.05)
         try:

@@ -6,7 +6,6 @@ errno name when there is one (ENOENT, EACCES, ...) so the failure report can exp
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 import time
@@ -15,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import facts
-from agent.bricks import BrickError, BrickManager
-from agent.devices import DeviceManager
+from agent.bricks import BrickError, BrickManager, oserror
+from agent.devices import DeviceManager, check_xattrs
 from broker.messages import TaskKind
 
 
@@ -35,11 +34,6 @@ class TaskContext:
     devices: DeviceManager | None = None
 
 
-def oserror_reason(exc: OSError, what: str) -> str:
-    name = errno.errorcode.get(exc.errno or 0, "EIO")
-    return f"{name}: {what}: {exc.strerror}"
-
-
 def _fs_type(path: str) -> str:
     best, fstype = "", ""
     try:
@@ -52,19 +46,6 @@ def _fs_type(path: str) -> str:
     except OSError:
         pass
     return fstype
-
-
-def _xattrs_work(path: str) -> tuple[bool, str]:
-    fd, tmp = tempfile.mkstemp(prefix=".glusterctl-probe-", dir=path)
-    try:
-        os.setxattr(tmp, "trusted.glusterctl.probe", b"1")
-        ok = os.getxattr(tmp, "trusted.glusterctl.probe") == b"1"
-        return ok, "" if ok else "trusted xattr read back differently"
-    except OSError as exc:
-        return False, oserror_reason(exc, f"trusted xattrs in {path}")
-    finally:
-        os.close(fd)
-        os.unlink(tmp)
 
 
 def _write_speed(path: str, seconds: float) -> float:
@@ -98,7 +79,11 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
         if not os.path.isdir(path):
             raise TaskFailed(f"ENOENT: directory {path} does not exist on node {ctx.node}")
         st = os.statvfs(path)
-        ok, why = _xattrs_work(path)
+        try:
+            check_xattrs(path, ctx.node)
+            ok, why = True, ""
+        except BrickError as exc:
+            ok, why = False, str(exc)
         result.update(path=path, filesystem=_fs_type(path), free_bytes=st.f_bavail * st.f_frsize,
                       total_bytes=st.f_blocks * st.f_frsize, xattrs=ok, xattrs_error=why)
         seconds = float(params.get("io_seconds") or 0)
@@ -106,7 +91,7 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
             try:
                 result["write_mib_per_second"] = round(_write_speed(path, min(seconds, 60.0)), 1)
             except OSError as exc:
-                raise TaskFailed(oserror_reason(exc, f"writing in {path}")) from None
+                raise TaskFailed(str(oserror(exc, f"writing in {path}"))) from None
     return result
 
 

@@ -17,7 +17,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from broker.messages import MAX_PAYLOAD_BYTES, ControlPresence, Heartbeat, Hello, Presence, TaskStatus
+from broker.messages import (
+    MAX_PAYLOAD_BYTES,
+    ControlPresence,
+    Heartbeat,
+    Hello,
+    Presence,
+    TaskStatus,
+)
 from broker.topics import Topics
 from broker.url import MqttUrl
 from control.services import nodes

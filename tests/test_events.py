@@ -179,7 +179,8 @@ def test_slow_client_does_not_slow_others(make_stack):
     try:
         wait_until(lambda: fast.kinds("hello"), what="fast reader connected")
         start_id = fast.kinds("hello")[0]["last_id"]
-        time.sleep(0.5)  # let the stalled stream start too
+        stalled.settimeout(10)
+        assert b"event: hello" in stalled.recv(4096)  # its stream runs; from here on it never reads
         payload = {"blob": "x" * 1000}
         started = time.monotonic()
         insert_events(db_path(st), [("default", "test.burst", f"s{i}", payload) for i in range(SLOW_CLIENT_EVENTS)])

@@ -165,8 +165,7 @@ def test_server_killed_with_queued_and_running_tasks(stack):
     wait_until(lambda: st.cli.json("task", "show", running)["state"] == "RUNNING", what="task RUNNING")
     assert st.cli.json("task", "show", queued)["state"] == "QUEUED"
 
-    st.server.kill9()
-    time.sleep(0.5)
+    st.server.kill9()  # returns once the process is gone
     st.server.start()
     away.start()
     for task_id in (queued, running):

@@ -6,8 +6,15 @@ import io
 import threading
 import time
 
+from control.cli import follow
 from control.cli.client import Client
-from control.cli.follow import FollowResult, follow_tasks, follow_volume, parse_sse, report
+from control.cli.follow import (
+    FollowResult,
+    follow_tasks,
+    follow_volume,
+    parse_sse,
+    report,
+)
 from tests.helpers import wait_until
 from tests.test_events import db_path, insert_events
 
@@ -79,15 +86,23 @@ def test_follow_tasks(stack):
     wait_until(lambda: client.get(f"/api/v1/tasks/{queued}")["state"] == "DONE", what="the queued task DONE")
 
 
-def test_follow_volume_from_events(stack):
+def test_follow_volume_from_events(stack, monkeypatch):
     """Volume states arrive as events (written straight into the database here)."""
     client = client_for(stack)
+    streams: list[follow.EventStream] = []
+
+    class WatchedStream(follow.EventStream):
+        def start(self) -> None:
+            streams.append(self)
+            super().start()
+
+    monkeypatch.setattr(follow, "EventStream", WatchedStream)
     box: dict[str, FollowResult] = {}
     out = io.StringIO()
     follower = threading.Thread(target=lambda: box.setdefault(
         "r", follow_volume(client, "default", "vol1", {"Started"}, timeout=30, out=out)))
     follower.start()
-    time.sleep(0.5)
+    wait_until(lambda: streams and streams[0].connected.is_set(), what="the follower's event stream connected")
     insert_events(db_path(stack), [("default", "volume.state", "vol1", {"state": "Starting"}),
                                    ("default", "brick.state", "vol1:node1:/b1", {"state": "Online"}),
                                    ("other", "volume.state", "vol1", {"state": "StartFailed"}),

@@ -179,3 +179,37 @@ def test_long_brick_paths_fit_the_store(database):
     from control.store.models import Event
 
     assert Event.select().order_by(Event.id.desc()).first().subject.endswith(path)
+
+
+def test_concurrent_read_then_write_transactions_wait_instead_of_failing(database):
+    """Handlers read, then write, in one transaction from several threads (MQTT worker, REST
+    threads, sweeper). On SQLite a deferred transaction whose snapshot went stale cannot upgrade to
+    a write and fails at once with "database is locked"; the store must wait its turn instead."""
+    import threading
+    import time as _time
+
+    from control.services import clusters
+    from control.store.db import locked
+    from control.store.models import Node, database_proxy
+
+    cluster = clusters.ensure_default()
+    Node.create(cluster=cluster, name="n1", state="Online", agent_id="a" * 32, epoch=1)
+    errors: list[Exception] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(30):
+                with database_proxy.atomic():
+                    node = locked(Node.select().where(Node.name == "n1")).get()
+                    _time.sleep(0.001)
+                    Node.update(epoch=node.epoch + 1).where(Node.id == node.id).execute()
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever broke
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert Node.get(Node.name == "n1").epoch == 1 + 4 * 30  # and no update was lost

@@ -15,7 +15,13 @@ from control.api.routes import task_public
 from control.api.schemas import TaskPublic
 from control.errors import InvalidInput
 from control.services import clusters, failures
-from control.services.volumes import DeviceService, VolumeRequest, VolumeService, bricks_of, client_volfile_text
+from control.services.volumes import (
+    DeviceService,
+    VolumeRequest,
+    VolumeService,
+    bricks_of,
+    client_volfile_text,
+)
 from control.store.models import Device, Node, Volume
 
 router = APIRouter(prefix="/api/v1")

@@ -12,13 +12,9 @@ from control.cli.client import Client, CliError, config_dir
 from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import ago, console, emit, size, styled
 
-FINAL = {
-    "create": ({"Started"}, {"CreateFailed", "StartFailed"}),
-    "create-only": ({"Created"}, {"CreateFailed"}),
-    "start": ({"Started"}, {"StartFailed"}),
-    "stop": ({"Stopped"}, {"StopFailed"}),
-    "delete": ({"Deleted"}, {"DeleteFailed"}),
-}
+# the state each operation waits for; the follower fails on any *Failed state
+FINAL = {"create": {"Started"}, "create-only": {"Created"}, "start": {"Started"}, "stop": {"Stopped"},
+         "delete": {"Deleted"}}
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -114,8 +110,7 @@ def _wait(p: argparse.ArgumentParser) -> None:
 # ---- waiting ---------------------------------------------------------------------------------
 def wait_volume(client: Client, args: argparse.Namespace, verb: str, task_ids: list[str]) -> int:
     """Follow the event stream until the operation's final state: 0 done, 1 failed, 2 timed out."""
-    ok, _ = FINAL[verb]
-    result = follow_volume(client, args.cluster, args.name, ok, args.timeout, out=sys.stdout, task_ids=task_ids)
+    result = follow_volume(client, args.cluster, args.name, FINAL[verb], args.timeout, out=sys.stdout, task_ids=task_ids)
     if result.ok:
         print(f"Volume {args.name} {(result.volume_state or 'Deleted').lower()}.")
         return 0

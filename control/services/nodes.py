@@ -23,6 +23,7 @@ from broker.messages import (
 from control.errors import Conflict, NotFound
 from control.services import events
 from control.services.volumes import VolumeService
+from control.store.db import locked
 from control.store.models import Cluster, Node
 from control.store.models import database_proxy as db
 
@@ -71,7 +72,7 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             return refuse(
                 f"wrong join token for cluster {cluster_name!r}: get the current one with 'glusterctl cluster token {cluster_name}'"
             )
-        node = Node.get_or_none((Node.cluster == cluster) & (Node.name == node_name))
+        node = locked(Node.select().where((Node.cluster == cluster) & (Node.name == node_name))).first()
         if node is not None and node.agent_id != hello.agent_id and node.state == NodeState.ONLINE.value:
             if now - node.last_seen_at < silence_limit(node):
                 return refuse(
@@ -82,12 +83,10 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             return refuse(f"stale connection (epoch {hello.epoch} < {node.epoch})")
         facts = hello.facts.model_dump()
         if node is None:
-            node = Node.create(
-                cluster=cluster, name=node_name, state=NodeState.ONLINE.value, state_changed_at=now,
-                last_seen_at=now, agent_id=hello.agent_id, epoch=hello.epoch, address=facts["address"],
-                hostname=facts["hostname"], agent_version=facts["agent_version"],
-                glusterfs_version=facts["glusterfs_version"], facts=facts,
-            )
+            node = Node(cluster=cluster, name=node_name, state=NodeState.ONLINE.value, state_changed_at=now,
+                        last_seen_at=now, agent_id=hello.agent_id, epoch=hello.epoch, facts={})
+            _apply_facts(node, facts)
+            node.save(force_insert=True)
             events.record("node.registered", cluster=cluster_name, subject=node_name, address=node.address)
             events.record("node.state", cluster=cluster_name, subject=node_name, state=NodeState.ONLINE.value, reason="registered")
             log.info("cluster %s node %s: registered (epoch %d)", cluster_name, node_name, hello.epoch)
@@ -110,8 +109,8 @@ def _apply_facts(node: Node, facts: dict) -> None:
 
 
 def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
-    node = (Node.select(Node, Cluster).join(Cluster)
-            .where((Cluster.name == cluster_name) & (Node.name == node_name)).first())
+    node = locked(Node.select(Node, Cluster).join(Cluster)
+                  .where((Cluster.name == cluster_name) & (Node.name == node_name)), of=Node).first()
     if node is None or node.epoch != epoch:
         return None
     return node
@@ -152,12 +151,16 @@ def sweep_silent(now: float | None = None) -> int:
     """Mark Online nodes whose heartbeats stopped Unreachable (a lost last-will must not leave them Online)."""
     now = now or time.time()
     count = 0
-    for node in Node.select(Node, Cluster).join(Cluster).where(Node.state == NodeState.ONLINE.value):
-        if now - node.last_seen_at > silence_limit(node):
-            with db.atomic():
-                _set_state(node, NodeState.UNREACHABLE, f"no heartbeat for {now - node.last_seen_at:.0f}s", now)
-                node.save()
-            count += 1
+    for candidate in Node.select(Node.id, Node.last_seen_at, Node.facts).where(Node.state == NodeState.ONLINE.value):
+        if now - candidate.last_seen_at <= silence_limit(candidate):
+            continue
+        with db.atomic():  # look again under the lock: a heartbeat may have come meanwhile
+            node = locked(Node.select(Node, Cluster).join(Cluster).where(Node.id == candidate.id), of=Node).first()
+            if node is None or node.state != NodeState.ONLINE.value or now - node.last_seen_at <= silence_limit(node):
+                continue
+            _set_state(node, NodeState.UNREACHABLE, f"no heartbeat for {now - node.last_seen_at:.0f}s", now)
+            node.save()
+        count += 1
     return count
 
 

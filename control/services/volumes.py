@@ -20,9 +20,17 @@ from broker.messages import NodeState, TaskKind, check_name
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.services.tasks import TaskEngine
+from control.store.db import locked
 from control.store.models import Brick, Cluster, Device, Node, Task, Volume
 from control.store.models import database_proxy as db
-from control.volgen import BrickSpec, VolumeSpec, brick_volfile, brick_volfile_name, client_volfile, shd_volfile
+from control.volgen import (
+    BrickSpec,
+    VolumeSpec,
+    brick_volfile,
+    brick_volfile_name,
+    client_volfile,
+    shd_volfile,
+)
 from control.volgen.spec import VolgenError
 
 log = logging.getLogger(__name__)
@@ -291,10 +299,12 @@ class VolumeService:
         self.engine.publish(tasks)
         return volume, tasks
 
-    def _submit(self, volume: Volume, kind: str, rows: list[Brick], params_for) -> list[Task]:
-        operation = uuid.uuid4().hex
-        volume.operation = operation
-        volume.save()
+    def _submit(self, volume: Volume, kind: str, rows: list[Brick], params_for, operation: str | None = None) -> list[Task]:
+        """One task per node holding bricks, in a new operation (or, for a retry, the given one)."""
+        if operation is None:
+            operation = uuid.uuid4().hex
+            volume.operation = operation
+            volume.save()
         by_node: dict[str, list[Brick]] = defaultdict(list)
         for brick in rows:
             by_node[brick.node_name].append(brick)
@@ -359,7 +369,7 @@ class VolumeService:
             return
         publish: list[Task] = []
         with db.atomic():
-            volume = Volume.get_or_none(Volume.operation == task.operation)
+            volume = locked(Volume.select().where(Volume.operation == task.operation)).first()
             if volume is None:
                 return
             if task.kind == "volume.start" and task.state == "FAILED" and task.reason.startswith("EADDRINUSE"):
@@ -415,14 +425,7 @@ class VolumeService:
                         volume.cluster.name, volume.name, brick.index, brick.node_name, old[brick.index], port)
         rows = bricks_of(volume)
         # every node gets the new volfiles (its shd must reach the moved brick); running bricks stay
-        by_node: dict[str, list[Brick]] = defaultdict(list)
-        for b in rows:
-            by_node[b.node_name].append(b)
-        params = self._start_params(volume, rows)
-        return [self.engine.submit(volume.cluster, node, "volume.start",
-                                   {"volume": {"id": volume.id, "name": volume.name, "type": volume.type},
-                                    **params(bs)}, operation=volume.operation, target=task.target)
-                for node, bs in sorted(by_node.items())]
+        return self._submit(volume, "volume.start", rows, self._start_params(volume, rows), operation=volume.operation)
 
     # -- what agents report -------------------------------------------------------------------
     @staticmethod

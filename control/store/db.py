@@ -85,10 +85,14 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
         if url and url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):] or path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # BEGIN IMMEDIATE: a handler reads, then writes, in one transaction; a deferred transaction
+        # whose snapshot went stale cannot upgrade and fails at once with "database is locked",
+        # where an immediate one waits its turn (busy_timeout)
         return pw.SqliteDatabase(
             path,
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": 1},
             check_same_thread=False,
+            lock_type="IMMEDIATE",
         )
     parsed = urlparse(url)
     if parsed.scheme not in ("postgresql", "postgres"):
@@ -100,6 +104,20 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
         host=parsed.hostname or "127.0.0.1",
         port=parsed.port or 5432,
     )
+
+
+def locked(query: pw.Select, of: type[pw.Model] | None = None) -> pw.Select:
+    """``query`` with row locks (SELECT ... FOR UPDATE) where the database has them.
+
+    For rows read and then written in one transaction: on PostgreSQL a concurrent writer waits
+    instead of one update being lost (``of``: lock only that table's rows of a join). SQLite
+    needs none: its transactions start IMMEDIATE.
+    """
+    database = query.model._meta.database
+    database = getattr(database, "obj", database)  # through the proxy
+    if not database.for_update:
+        return query
+    return query.for_update(of=of) if of is not None else query.for_update()
 
 
 def migrate(db: pw.Database) -> int:
