@@ -140,8 +140,12 @@ class BrickManager:
         """(volfile, pidfile, logfile, control socket) of one process."""
         vdir = self._vdir(volume_id)
         digest = hashlib.sha1(f"{self.state_dir}/{volume_id}/{what}".encode()).hexdigest()[:20]
-        return (os.path.join(vdir, f"{what}.vol"), os.path.join(vdir, f"{what}.pid"),
-                os.path.join(self.logs, f"{name}-{what}.log"), os.path.join(SOCKET_DIR, f"{digest}.socket"))
+        return (
+            os.path.join(vdir, f"{what}.vol"),
+            os.path.join(vdir, f"{what}.pid"),
+            os.path.join(self.logs, f"{name}-{what}.log"),
+            os.path.join(SOCKET_DIR, f"{digest}.socket"),
+        )
 
     def volume_ids(self) -> list[str]:
         try:
@@ -156,8 +160,10 @@ class BrickManager:
             path = brick["path"]
             parent = os.path.dirname(path.rstrip("/")) or "/"
             if not os.path.isdir(parent):
-                raise BrickError(f"ENOENT: the parent directory {parent} of brick {path} does not exist on node {self.node}",
-                                 path=path)
+                raise BrickError(
+                    f"ENOENT: the parent directory {parent} of brick {path} does not exist on node {self.node}",
+                    path=path,
+                )
             try:
                 os.makedirs(path, exist_ok=True)
                 try:
@@ -168,8 +174,11 @@ class BrickManager:
                     have = None
                 if have is not None and have != want:
                     other = str(uuid.UUID(bytes=have)) if len(have) == 16 else have.hex()
-                    raise BrickError(f"EEXIST: brick path {path} on node {self.node} already belongs to another "
-                                     f"volume (volume-id {other})", path=path)
+                    raise BrickError(
+                        f"EEXIST: brick path {path} on node {self.node} already belongs to another "
+                        f"volume (volume-id {other})",
+                        path=path,
+                    )
                 if have is None:
                     os.setxattr(path, VOLUME_ID_XATTR, want)
                 os.makedirs(os.path.join(path, ".glusterfs"), mode=0o600, exist_ok=True)
@@ -202,7 +211,9 @@ class BrickManager:
             conflicts, failures, started = [], [], {}
             for brick in bricks:
                 try:
-                    started[brick["index"]] = self._ensure_brick(volume_id, name, brick["index"], desired["bricks"][str(brick["index"])])
+                    started[brick["index"]] = self._ensure_brick(
+                        volume_id, name, brick["index"], desired["bricks"][str(brick["index"])]
+                    )
                 except BrickError as exc:
                     if str(exc).startswith("EADDRINUSE"):
                         conflicts.append(brick["index"])
@@ -243,27 +254,56 @@ class BrickManager:
         if pid:
             return pid
         if not os.path.isdir(brick["path"]):
-            raise BrickError(f"ENOENT: brick directory {brick['path']} is missing on node {self.node}", path=brick["path"])
+            raise BrickError(
+                f"ENOENT: brick directory {brick['path']} is missing on node {self.node}", path=brick["path"]
+            )
         os.makedirs(SOCKET_DIR, exist_ok=True)
         port = int(brick["port"])
         if port_open(port, self.address):
-            raise BrickError(f"EADDRINUSE: port {port} for brick {brick['path']} is already in use on node {self.node}",
-                             path=brick["path"], port=port)
-        argv = [find_exe("glusterfsd") or "glusterfsd", "-f", vol, "-p", pid_file, "-l", log_file, "-S", sock,
-                "--brick-name", brick["path"], "--brick-port", str(port), "--process-name", "brick",
-                "--volfile-id", brick.get("volfile_id") or f"{name}.{self.node}", "--xlator-option",
-                f"*-posix.glusterd-uuid={self.node_uuid}"]
+            raise BrickError(
+                f"EADDRINUSE: port {port} for brick {brick['path']} is already in use on node {self.node}",
+                path=brick["path"],
+                port=port,
+            )
+        argv = [
+            find_exe("glusterfsd") or "glusterfsd",
+            "-f",
+            vol,
+            "-p",
+            pid_file,
+            "-l",
+            log_file,
+            "-S",
+            sock,
+            "--brick-name",
+            brick["path"],
+            "--brick-port",
+            str(port),
+            "--process-name",
+            "brick",
+            "--volfile-id",
+            brick.get("volfile_id") or f"{name}.{self.node}",
+            "--xlator-option",
+            f"*-posix.glusterd-uuid={self.node_uuid}",
+        ]
         pid = self._spawn(argv, pid_file, vol, log_file, f"brick {brick['path']}", brick["path"], port)
         deadline = time.monotonic() + PORT_TIMEOUT
         while not port_open(port, self.address):
             if not pid_running(pid_file, vol):
                 tail = log_tail(log_file)
                 code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
-                raise BrickError(f"{code}: glusterfsd for brick {brick['path']} (port {port}) exited at start; "
-                                 f"log tail: {tail}", path=brick["path"], port=port)
+                raise BrickError(
+                    f"{code}: glusterfsd for brick {brick['path']} (port {port}) exited at start; log tail: {tail}",
+                    path=brick["path"],
+                    port=port,
+                )
             if time.monotonic() > deadline:
-                raise BrickError(f"BRICKEXIT: brick {brick['path']} did not listen on port {port} within "
-                                 f"{PORT_TIMEOUT:.0f}s; log tail: {log_tail(log_file)}", path=brick["path"], port=port)
+                raise BrickError(
+                    f"BRICKEXIT: brick {brick['path']} did not listen on port {port} within "
+                    f"{PORT_TIMEOUT:.0f}s; log tail: {log_tail(log_file)}",
+                    path=brick["path"],
+                    port=port,
+                )
             time.sleep(0.1)
         log.info("volume %s brick %d (%s) running: pid %d, port %d", name, index, brick["path"], pid, port)
         return pid
@@ -274,8 +314,22 @@ class BrickManager:
         if pid:
             return pid
         exe = find_exe("glusterfs") or "glusterfs"
-        argv = [exe, "-f", vol, "-p", pid_file, "-l", log_file, "-S", sock, "--xlator-option",
-                f"*replicate*.node-uuid={self.node_uuid}", "--process-name", "glustershd", "--client-pid=-6"]
+        argv = [
+            exe,
+            "-f",
+            vol,
+            "-p",
+            pid_file,
+            "-l",
+            log_file,
+            "-S",
+            sock,
+            "--xlator-option",
+            f"*replicate*.node-uuid={self.node_uuid}",
+            "--process-name",
+            "glustershd",
+            "--client-pid=-6",
+        ]
         pid = self._spawn(argv, pid_file, vol, log_file, f"self-heal daemon of {name}", "", 0)
         log.info("volume %s self-heal daemon running: pid %d", name, pid)
         return pid
@@ -283,22 +337,34 @@ class BrickManager:
     def _spawn(self, argv: list[str], pid_file: str, vol: str, log_file: str, what: str, path: str, port: int) -> int:
         os.makedirs(SOCKET_DIR, exist_ok=True)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except FileNotFoundError:
             raise BrickError(f"NOGLUSTERFSD: {argv[0]} is not installed on node {self.node}") from None
         except subprocess.TimeoutExpired:
-            raise BrickError(f"BRICKEXIT: {what} did not start within {START_TIMEOUT:.0f}s", path=path, port=port) from None
+            raise BrickError(
+                f"BRICKEXIT: {what} did not start within {START_TIMEOUT:.0f}s", path=path, port=port
+            ) from None
         if proc.returncode != 0:
             tail = log_tail(log_file) or proc.stderr.strip()
             code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
-            raise BrickError(f"{code}: {what} exited at start (status {proc.returncode}); log tail: {tail}",
-                             path=path, port=port)
+            raise BrickError(
+                f"{code}: {what} exited at start (status {proc.returncode}); log tail: {tail}", path=path, port=port
+            )
         deadline = time.monotonic() + 5
         while (pid := pid_running(pid_file, vol)) is None:
             if time.monotonic() > deadline:
-                raise BrickError(f"BRICKEXIT: {what} started but wrote no pid file; log tail: {log_tail(log_file)}",
-                                 path=path, port=port)
+                raise BrickError(
+                    f"BRICKEXIT: {what} started but wrote no pid file; log tail: {log_tail(log_file)}",
+                    path=path,
+                    port=port,
+                )
             time.sleep(0.05)
         return pid
 
@@ -382,7 +448,7 @@ class BrickManager:
                 if desired.get("shd"):
                     todo.append(("shd", None))
                 for what, brick in todo:
-                    vol, pid_file, log_file, _ = self._files(volume_id, name, what)
+                    vol, pid_file, _log_file, _ = self._files(volume_id, name, what)
                     key = f"{volume_id}/{what}"
                     if pid_running(pid_file, vol):
                         if key in self._restarts and now >= self._restarts[key].not_before + 60:
@@ -418,8 +484,15 @@ class BrickManager:
             for index, brick in desired["bricks"].items():
                 vol, pid_file, _, _ = self._files(volume_id, desired["name"], f"brick-{index}")
                 pid = pid_running(pid_file, vol)
-                bricks.append(BrickReport(volume_id=volume_id, index=int(index), port=int(brick.get("port") or 0),
-                                          pid=pid, online=pid is not None))
+                bricks.append(
+                    BrickReport(
+                        volume_id=volume_id,
+                        index=int(index),
+                        port=int(brick.get("port") or 0),
+                        pid=pid,
+                        online=pid is not None,
+                    )
+                )
             if desired.get("shd"):
                 vol, pid_file, _, _ = self._files(volume_id, desired["name"], "shd")
                 pid = pid_running(pid_file, vol)

@@ -62,7 +62,9 @@ class DeviceManager:
     def add_path(self, path: str) -> dict:
         parent = os.path.dirname(path.rstrip("/")) or "/"
         if not os.path.isdir(parent):
-            raise BrickError(f"ENOENT: the parent directory {parent} of {path} does not exist on node {self.node}", path=path)
+            raise BrickError(
+                f"ENOENT: the parent directory {parent} of {path} does not exist on node {self.node}", path=path
+            )
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
@@ -75,11 +77,16 @@ class DeviceManager:
             raise BrickError(f"ENOENT: block device {device} does not exist on node {self.node}", path=device)
         probe = subprocess.run(["blkid", "-p", device], capture_output=True, text=True)
         if probe.returncode != 2:  # 2: nothing found, the device is empty
-            raise BrickError(f"EEXIST: {device} on node {self.node} is not empty ({probe.stdout.strip() or probe.stderr.strip()}); "
-                             "wipe it first (wipefs -a) if its data is not needed", path=device)
+            raise BrickError(
+                f"EEXIST: {device} on node {self.node} is not empty ({probe.stdout.strip() or probe.stderr.strip()}); "
+                "wipe it first (wipefs -a) if its data is not needed",
+                path=device,
+            )
         mkfs = subprocess.run(["mkfs.xfs", "-i", f"size={XFS_INODE_SIZE}", device], capture_output=True, text=True)
         if mkfs.returncode != 0:
-            raise BrickError(f"EIO: mkfs.xfs {device} failed on node {self.node}: {mkfs.stderr.strip()[-300:]}", path=device)
+            raise BrickError(
+                f"EIO: mkfs.xfs {device} failed on node {self.node}: {mkfs.stderr.strip()[-300:]}", path=device
+            )
         mountpoint = os.path.join(self.mount_root, os.path.basename(device))
         os.makedirs(mountpoint, exist_ok=True)
         self._mount(device, mountpoint)
@@ -89,10 +96,13 @@ class DeviceManager:
     def _mount(self, device: str, mountpoint: str) -> None:
         if is_mounted(mountpoint):
             return
-        out = subprocess.run(["mount", "-t", "xfs", "-o", "noatime,inode64", device, mountpoint], capture_output=True, text=True)
+        out = subprocess.run(
+            ["mount", "-t", "xfs", "-o", "noatime,inode64", device, mountpoint], capture_output=True, text=True
+        )
         if out.returncode != 0:
-            raise BrickError(f"EIO: mounting {device} on {mountpoint} failed on node {self.node}: {out.stderr.strip()}",
-                             path=device)
+            raise BrickError(
+                f"EIO: mounting {device} on {mountpoint} failed on node {self.node}: {out.stderr.strip()}", path=device
+            )
 
     def _register(self, entry: dict) -> dict:
         st = os.statvfs(entry["path"])
@@ -117,6 +127,9 @@ class DeviceManager:
                 st = os.statvfs(entry["path"])
             except OSError:
                 continue
-            out.append(DeviceReport(path=entry["path"], total_bytes=st.f_blocks * st.f_frsize,
-                                    free_bytes=st.f_bavail * st.f_frsize))
+            out.append(
+                DeviceReport(
+                    path=entry["path"], total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize
+                )
+            )
         return out

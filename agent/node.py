@@ -115,8 +115,14 @@ class Agent:
 
     # ---- run ------------------------------------------------------------------------------
     def run(self) -> int:
-        log.info("agent %s starting: node %s, cluster %s, broker %s, state dir %s", self.agent_id[:8], self.node,
-                 self.cluster, self.url.redacted(), self.s.state_dir)
+        log.info(
+            "agent %s starting: node %s, cluster %s, broker %s, state dir %s",
+            self.agent_id[:8],
+            self.node,
+            self.cluster,
+            self.url.redacted(),
+            self.s.state_dir,
+        )
         self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
         self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -133,9 +139,12 @@ class Agent:
         self.exit_code = code
         self._stop.set()
         if self.client.is_connected() and self.registered.is_set():
-            info = self.client.publish(self.topics.presence(self.cluster, self.node),
-                                       Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json(),
-                                       qos=1, retain=True)
+            info = self.client.publish(
+                self.topics.presence(self.cluster, self.node),
+                Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json(),
+                qos=1,
+                retain=True,
+            )
             if threading.get_ident() != self._network_thread:  # never block paho's own thread
                 try:
                     info.wait_for_publish(timeout=2)
@@ -155,16 +164,21 @@ class Agent:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             if reason_code.value in (4, 5, 134, 135):  # bad credentials / not authorized
-                log.error("the MQTT broker %s refused node %s of cluster %s (%s): check the join token "
-                          "(glusterctl cluster token %s) and the node name", self.url.redacted(), self.node,
-                          self.cluster, reason_code, self.cluster)
+                log.error(
+                    "the MQTT broker %s refused node %s of cluster %s (%s): check the join token "
+                    "(glusterctl cluster token %s) and the node name",
+                    self.url.redacted(),
+                    self.node,
+                    self.cluster,
+                    reason_code,
+                    self.cluster,
+                )
                 self.stop(EXIT_AUTH)
             else:
                 log.warning("the MQTT broker refused the connection (%s); retrying", reason_code)
             return
         log.info("connected to %s (epoch %d)", self.url.redacted(), self.epoch)
-        client.subscribe([(self.topics.registration(self.cluster, self.node), 1),
-                          (self.topics.control_presence(), 1)])
+        client.subscribe([(self.topics.registration(self.cluster, self.node), 1), (self.topics.control_presence(), 1)])
         self._send_hello()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -174,9 +188,12 @@ class Agent:
 
     def _send_hello(self) -> None:
         self._last_hello = time.monotonic()
-        hello = Hello(agent_id=self.agent_id, epoch=self.epoch,
-                      proof=join_proof(self.s.token, self.node, self.agent_id, self.epoch),
-                      facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)))
+        hello = Hello(
+            agent_id=self.agent_id,
+            epoch=self.epoch,
+            proof=join_proof(self.s.token, self.node, self.agent_id, self.epoch),
+            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)),
+        )
         self.client.publish(self.topics.hello(self.cluster, self.node), hello.model_dump_json(), qos=1)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -209,9 +226,12 @@ class Agent:
         self.registered.set()
         if first:
             log.info("registered as node %s in cluster %s (epoch %d)", self.node, self.cluster, self.epoch)
-            self.client.publish(self.topics.presence(self.cluster, self.node),
-                                Presence(state="online", epoch=self.epoch, at=time.time()).model_dump_json(),
-                                qos=1, retain=True)
+            self.client.publish(
+                self.topics.presence(self.cluster, self.node),
+                Presence(state="online", epoch=self.epoch, at=time.time()).model_dump_json(),
+                qos=1,
+                retain=True,
+            )
             self.client.subscribe(self.topics.tasks_filter(self.cluster, self.node), qos=1)
             self._publish_heartbeat()
             if self.on_ready:
@@ -244,9 +264,15 @@ class Agent:
         self._last_beat = time.monotonic()
         self._seq += 1
         bricks, shds = self.bricks.reports()
-        beat = Heartbeat(epoch=self.epoch, seq=self._seq, at=time.time(),
-                         facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)),
-                         bricks=bricks, shds=shds, devices=self.devices.reports())
+        beat = Heartbeat(
+            epoch=self.epoch,
+            seq=self._seq,
+            at=time.time(),
+            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)),
+            bricks=bricks,
+            shds=shds,
+            devices=self.devices.reports(),
+        )
         self.client.publish(self.topics.heartbeat(self.cluster, self.node), beat.model_dump_json(), qos=0)
 
     # ---- tasks ----------------------------------------------------------------------------------
@@ -276,8 +302,13 @@ class Agent:
             self._status(task.id, TaskState.RUNNING)
             if handler is None:
                 raise TaskFailed(f"unknown task kind {task.kind!r}: upgrade the agent on node {self.node}")
-            ctx = TaskContext(node=self.node, task_id=task.id, bricks=self.bricks, devices=self.devices,
-                              report=lambda state: self._status(task.id, TaskState(state)))
+            ctx = TaskContext(
+                node=self.node,
+                task_id=task.id,
+                bricks=self.bricks,
+                devices=self.devices,
+                report=lambda state: self._status(task.id, TaskState(state)),
+            )
             result = handler(ctx, task.params)
             state, reason = TaskState.DONE, ""
         except TaskFailed as exc:
@@ -287,8 +318,14 @@ class Agent:
             log.exception("task %s (%s) failed unexpectedly", task.id, task.kind)
             state, reason, result = TaskState.FAILED, f"agent error: {exc!r}", None
         self.journal.record(task.id, state.value, reason, result)
-        log.log(logging.WARNING if state == TaskState.FAILED else logging.INFO, "task %s (%s): %s%s", task.id,
-                task.kind, state.value, f" ({reason})" if reason else "")
+        log.log(
+            logging.WARNING if state == TaskState.FAILED else logging.INFO,
+            "task %s (%s): %s%s",
+            task.id,
+            task.kind,
+            state.value,
+            f" ({reason})" if reason else "",
+        )
         self._status(task.id, state, reason, result)
         with self._lock:
             self._running.discard(task.id)

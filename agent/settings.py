@@ -54,8 +54,10 @@ class AgentSettings(BaseSettings):
             except OSError as exc:
                 raise ValueError(f"cannot read the join token file {self.token_file}: {exc.strerror}") from None
         if not self.token:
-            raise ValueError("no join token: pass --token, --token-file or set GLUSTERCTL_TOKEN "
-                             "(print it with 'glusterctl cluster token CLUSTER')")
+            raise ValueError(
+                "no join token: pass --token, --token-file or set GLUSTERCTL_TOKEN "
+                "(print it with 'glusterctl cluster token CLUSTER')"
+            )
         parse_join_token(self.token)
         if not self.node:
             self.node = socket.getfqdn() or socket.gethostname()

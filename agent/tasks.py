@@ -84,8 +84,14 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
             ok, why = True, ""
         except BrickError as exc:
             ok, why = False, str(exc)
-        result.update(path=path, filesystem=_fs_type(path), free_bytes=st.f_bavail * st.f_frsize,
-                      total_bytes=st.f_blocks * st.f_frsize, xattrs=ok, xattrs_error=why)
+        result.update(
+            path=path,
+            filesystem=_fs_type(path),
+            free_bytes=st.f_bavail * st.f_frsize,
+            total_bytes=st.f_blocks * st.f_frsize,
+            xattrs=ok,
+            xattrs_error=why,
+        )
         seconds = float(params.get("io_seconds") or 0)
         if seconds > 0:
             try:
@@ -101,6 +107,7 @@ def _brick_errors(fn):
             return fn(ctx, params)
         except BrickError as exc:
             raise TaskFailed(str(exc), **exc.details) from None
+
     return wrapped
 
 

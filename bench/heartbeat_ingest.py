@@ -21,10 +21,10 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from broker.messages import BrickReport, Heartbeat, NodeFacts  # noqa: E402
-from control.services import clusters, nodes  # noqa: E402
-from control.store import open_database  # noqa: E402
-from control.store.models import Brick, Node, Volume  # noqa: E402
+from broker.messages import BrickReport, Heartbeat, NodeFacts
+from control.services import clusters, nodes
+from control.store import open_database
+from control.store.models import Brick, Node, Volume
 from control.store.models import database_proxy as db
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -32,21 +32,43 @@ POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 def setup(count: int) -> tuple[list[Node], str]:
     cluster = clusters.ensure_default()
-    volume = Volume.create(id=str(uuid.uuid4()), cluster=cluster, name="bench", type="distribute", state="Started",
-                           auth_username="u", auth_password="p")
+    volume = Volume.create(
+        id=str(uuid.uuid4()),
+        cluster=cluster,
+        name="bench",
+        type="distribute",
+        state="Started",
+        auth_username="u",
+        auth_password="p",
+    )
     rows = []
     for i in range(count):
-        node = Node.create(cluster=cluster, name=f"node{i}", state="Online", agent_id="a" * 32, epoch=1,
-                           facts={"heartbeat_interval": 10})
-        Brick.create(volume=volume, index=i, node_name=node.name, path=f"/exports/b{i}", port=49152, state="Online", pid=1)
+        node = Node.create(
+            cluster=cluster,
+            name=f"node{i}",
+            state="Online",
+            agent_id="a" * 32,
+            epoch=1,
+            facts={"heartbeat_interval": 10},
+        )
+        Brick.create(
+            volume=volume, index=i, node_name=node.name, path=f"/exports/b{i}", port=49152, state="Online", pid=1
+        )
         rows.append(node)
     return rows, volume.id
 
 
 def run_heartbeats(count: int, beats: int, volume_id: str) -> float:
-    payloads = [Heartbeat(epoch=1, seq=i, at=time.time(), facts=NodeFacts(hostname=f"node{i % count}", address="10.0.0.1"),
-                          bricks=[BrickReport(volume_id=volume_id, index=i % count, port=49152, pid=1, online=True)])
-                for i in range(beats)]
+    payloads = [
+        Heartbeat(
+            epoch=1,
+            seq=i,
+            at=time.time(),
+            facts=NodeFacts(hostname=f"node{i % count}", address="10.0.0.1"),
+            bricks=[BrickReport(volume_id=volume_id, index=i % count, port=49152, pid=1, online=True)],
+        )
+        for i in range(beats)
+    ]
     start = time.perf_counter()
     for i, beat in enumerate(payloads):
         assert nodes.handle_heartbeat("default", f"node{i % count}", beat)
@@ -70,8 +92,10 @@ def measure(label: str, url: str | None, args) -> None:
             real = run_heartbeats(args.nodes, args.beats, volume_id)
         finally:
             database.close()
-    print(f"{label:10s} heartbeats/s {real:8.0f}   baseline updates/s {baseline:8.0f}   "
-          f"ratio {real / baseline:5.2f}   nodes at a 10 s interval ~{real * 10:,.0f}")
+    print(
+        f"{label:10s} heartbeats/s {real:8.0f}   baseline updates/s {baseline:8.0f}   "
+        f"ratio {real / baseline:5.2f}   nodes at a 10 s interval ~{real * 10:,.0f}"
+    )
 
 
 def main() -> None:

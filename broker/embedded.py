@@ -72,8 +72,12 @@ class AccessControl:
                 t = self.topics
                 prefix = t.node_prefix(cluster, username)
                 if will_topic is not None and will_topic != t.presence(cluster, username):
-                    log.warning("agent %s (cluster %s) refused: last-will topic %s is not its presence topic",
-                                username, cluster, will_topic)
+                    log.warning(
+                        "agent %s (cluster %s) refused: last-will topic %s is not its presence topic",
+                        username,
+                        cluster,
+                        will_topic,
+                    )
                     return None
                 return Identity(
                     "agent",
@@ -82,10 +86,13 @@ class AccessControl:
                 )
         if self.authority.monitor_ok(username, password):
             base = self.topics.base
-            return Identity("monitor", subscribe=(
-                *(f"{base}/clusters/+/nodes/+/{leaf}" for leaf in MONITOR_LEAVES),
-                self.topics.control_presence(),
-            ))
+            return Identity(
+                "monitor",
+                subscribe=(
+                    *(f"{base}/clusters/+/nodes/+/{leaf}" for leaf in MONITOR_LEAVES),
+                    self.topics.control_presence(),
+                ),
+            )
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:
@@ -130,8 +137,9 @@ class GlusterctlTopicPlugin(BaseTopicPlugin):
     class Config:
         access: Any = None
 
-    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
-                              action: Action | None = None) -> bool | None:
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool | None:
         if session is None or topic is None:
             return False
         ok = self.config.access.allowed(session.client_id, topic, action)
@@ -173,7 +181,9 @@ class GlusterctlBroker(Broker):
         super().__init__(*args, **kwargs)
         self._subscriptions = _SnapshotDict()
 
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
         topic_filter, qos = subscription
         holders = self._subscriptions.get(topic_filter, [])
         if not any(held.client_id == session.client_id for held, _ in holders):

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_PAYLOAD_BYTES = 256 * 1024
 
 NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a letter or digit"
-NODE_NAME_RULE = "a host name: 1-253 characters, letters, digits, '-' and '.', starting and ending with a letter or digit"
+NODE_NAME_RULE = (
+    "a host name: 1-253 characters, letters, digits, '-' and '.', starting and ending with a letter or digit"
+)
 CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 USER_NAME_RE = CLUSTER_NAME_RE
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -169,6 +171,7 @@ class TaskStatus(_Msg):
 
 
 # ---- join tokens -------------------------------------------------------------------------
+
 
 def make_join_token(cluster: str, secret: str) -> str:
     return f"{cluster}.{secret}"

@@ -25,9 +25,7 @@ class Topics:
 
     def __post_init__(self) -> None:
         if not ROOT_RE.match(self.root):
-            raise ValueError(
-                f"invalid MQTT topic root {self.root!r}: use 1-64 letters, digits, '-' or '_'"
-            )
+            raise ValueError(f"invalid MQTT topic root {self.root!r}: use 1-64 letters, digits, '-' or '_'")
 
     @property
     def base(self) -> str:
@@ -71,7 +69,7 @@ class Topics:
         prefix = f"{self.base}/clusters/"
         if not topic.startswith(prefix):
             return None
-        parts = topic[len(prefix):].split("/")
+        parts = topic[len(prefix) :].split("/")
         if len(parts) < 4 or parts[1] != "nodes":
             return None
         return parts[0], parts[2], "/".join(parts[3:])

@@ -167,8 +167,14 @@ class Bridge:
         if not payload:
             return  # a cleared retained message
         if len(payload) > MAX_PAYLOAD_BYTES:
-            log.warning("cluster %s node %s: dropped %d-byte payload on %s (limit %d)",
-                        cluster, node, len(payload), leaf, MAX_PAYLOAD_BYTES)
+            log.warning(
+                "cluster %s node %s: dropped %d-byte payload on %s (limit %d)",
+                cluster,
+                node,
+                len(payload),
+                leaf,
+                MAX_PAYLOAD_BYTES,
+            )
             return
         model = {"hello": Hello, "presence": Presence, "heartbeat": Heartbeat, "task-status": TaskStatus}.get(leaf)
         if model is None:
@@ -176,8 +182,14 @@ class Bridge:
         try:
             message = model.model_validate_json(payload)
         except ValidationError as exc:
-            log.warning("cluster %s node %s: dropped malformed %s payload: %s (payload %r)",
-                        cluster, node, leaf, _short(str(exc)), payload[:200])
+            log.warning(
+                "cluster %s node %s: dropped malformed %s payload: %s (payload %r)",
+                cluster,
+                node,
+                leaf,
+                _short(str(exc)),
+                payload[:200],
+            )
             return
         if leaf == "hello":
             answer = nodes.handle_hello(cluster, node, message)

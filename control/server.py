@@ -89,7 +89,9 @@ async def serve(settings: ServerSettings, ready=None) -> None:
     try:
         check_port_free(http_host, http_port)
     except BrokerError:
-        raise StartupError(f"HTTP port {http_port} on {http_host} is already in use: choose another with --http HOST:PORT") from None
+        raise StartupError(
+            f"HTTP port {http_port} on {http_host} is already in use: choose another with --http HOST:PORT"
+        ) from None
 
     embedded = None
     if settings.mqtt_url:
@@ -116,8 +118,15 @@ async def serve(settings: ServerSettings, ready=None) -> None:
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
 
         app = create_app(engine, bridge, volumes, devices)
-        config = uvicorn.Config(app, host=http_host, port=http_port, log_config=None, access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=3)
+        config = uvicorn.Config(
+            app,
+            host=http_host,
+            port=http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+        )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # we own the signals
         loop = asyncio.get_running_loop()
@@ -129,8 +138,13 @@ async def serve(settings: ServerSettings, ready=None) -> None:
                 serving.result()
                 raise StartupError(f"the HTTP server could not start on {http_host}:{http_port}")
             await asyncio.sleep(0.05)
-        log.info("glusterctl server ready: http://%s:%d, MQTT %s, database %s", http_host, http_port,
-                 url.redacted(), settings.db or os.path.join(settings.data_dir, "glusterctl.db"))
+        log.info(
+            "glusterctl server ready: http://%s:%d, MQTT %s, database %s",
+            http_host,
+            http_port,
+            url.redacted(),
+            settings.db or os.path.join(settings.data_dir, "glusterctl.db"),
+        )
         if ready:
             ready(bridge)
         await serving

@@ -47,7 +47,9 @@ def wait_until(cond: Callable[[], Any], timeout: float = 15.0, interval: float =
         except Exception as exc:  # the condition may fail while things start
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
 
 
 class Proc:
@@ -61,8 +63,14 @@ class Proc:
     def start(self) -> Proc:
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start {' '.join(self.argv)}\n".encode())
-            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -99,16 +107,30 @@ class Proc:
 
 
 class Server(Proc):
-    def __init__(self, tmp: Path, broker: str = "embedded", db: str | None = None, mqtt_root: str | None = None,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        broker: str = "embedded",
+        db: str | None = None,
+        mqtt_root: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.http_port = free_port()
         self.mqtt_port = free_port() if broker == "embedded" else MOSQUITTO[1]
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.broker = broker
         self.mqtt_root = mqtt_root or "glusterctl"
         self.data_dir = tmp / "server"
-        argv = [BIN, "server", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.http_port}",
-                "--mqtt-root", self.mqtt_root]
+        argv = [
+            BIN,
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--mqtt-root",
+            self.mqtt_root,
+        ]
         if broker == "embedded":
             argv += ["--mqtt", f"127.0.0.1:{self.mqtt_port}"]
         else:
@@ -132,17 +154,36 @@ class Server(Proc):
             if not self.alive():
                 raise AssertionError(f"server exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
             return httpx.get(f"{self.url}/healthz", timeout=2).json()["status"] == "ok"
+
         wait_until(healthy, timeout, what="server /healthz ok")
 
 
 class Agent(Proc):
-    def __init__(self, tmp: Path, server: Server, token: str, node: str, keepalive: int = 2,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, server: Server, token: str, node: str, keepalive: int = 2, extra: list[str] | None = None
+    ) -> None:
         self.node = node
         self.state_dir = tmp / f"agent-{node}"
-        argv = [BIN, "agent", "--mqtt-url", server.mqtt_url, "--token", token, "--node", node,
-                "--state-dir", str(self.state_dir), "--keepalive", str(keepalive), "--heartbeat", "1",
-                "--mqtt-root", server.mqtt_root, "--address", "127.0.0.1"]
+        argv = [
+            BIN,
+            "agent",
+            "--mqtt-url",
+            server.mqtt_url,
+            "--token",
+            token,
+            "--node",
+            node,
+            "--state-dir",
+            str(self.state_dir),
+            "--keepalive",
+            str(keepalive),
+            "--heartbeat",
+            "1",
+            "--mqtt-root",
+            server.mqtt_root,
+            "--address",
+            "127.0.0.1",
+        ]
         super().__init__(f"agent-{node}", argv + (extra or []), tmp / f"agent-{node}.log")
 
 
@@ -154,10 +195,12 @@ class Cli:
         self.env = {**os.environ, "GLUSTERCTL_CONFIG_DIR": str(tmp / "cli-config"), "GLUSTERCTL_URL": server.url}
         self.env.pop("GLUSTERCTL_PASSWORD", None)
 
-    def run(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-        proc = subprocess.run([BIN, *args], input=input, capture_output=True, text=True,
-                              env={**self.env, **(env or {})}, timeout=timeout)
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [BIN, *args], input=input, capture_output=True, text=True, env={**self.env, **(env or {})}, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"glusterctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

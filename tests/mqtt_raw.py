@@ -11,8 +11,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 class RawClient:
-    def __init__(self, port: int, username: str | None = None, password: str | None = None,
-                 client_id: str = "", will: tuple[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str = "",
+        will: tuple[str, bytes] | None = None,
+    ) -> None:
         self.messages: queue.Queue = queue.Queue()
         self.connack = threading.Event()
         self.reason = None

@@ -31,15 +31,23 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # the target's interpreter: the apt module n
 # What systemd gives a service besides its unit's environment.
 SYSTEMD_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
-pytestmark = pytest.mark.skipif(ANSIBLE_PLAYBOOK is None or ANSIBLE_LINT is None,
-                                reason="ansible-core and ansible-lint come with the test extras: pip install -e '.[test]'")
+pytestmark = pytest.mark.skipif(
+    ANSIBLE_PLAYBOOK is None or ANSIBLE_LINT is None,
+    reason="ansible-core and ansible-lint come with the test extras: pip install -e '.[test]'",
+)
 
 
 def ansible_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "GLUSTERCTL_"))}
-    env.update(ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_REMOTE_TEMP=str(tmp / "ansible-tmp"),
-               ANSIBLE_HOME=str(tmp / "ansible-home"), ANSIBLE_RETRY_FILES_ENABLED="0")
+    env.update(
+        ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"),
+        ANSIBLE_REMOTE_TEMP=str(tmp / "ansible-tmp"),
+        ANSIBLE_HOME=str(tmp / "ansible-home"),
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+    )
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
     return env
 
@@ -47,15 +55,33 @@ def ansible_env(tmp: Path) -> dict[str, str]:
 def run_role(tmp: Path, role: str, variables: dict, name: str) -> str:
     """Apply one role to localhost; return ansible-playbook's output."""
     playbook = tmp / f"{name}.yml"
-    playbook.write_text(f"- name: {role} into a temporary root\n  hosts: all\n  gather_facts: false\n"
-                        f"  roles:\n    - role: {role}\n")
+    playbook.write_text(
+        f"- name: {role} into a temporary root\n  hosts: all\n  gather_facts: false\n  roles:\n    - role: {role}\n"
+    )
     extra = tmp / f"{name}-vars.json"
     extra.write_text(json.dumps(variables))
     extra.chmod(0o600)
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local",
-                           "-e", f"ansible_python_interpreter={SYSTEM_PYTHON}", "-e", f"@{extra}", str(playbook)],
-                          capture_output=True, text=True, env=ansible_env(tmp), timeout=300)
-    assert proc.returncode == 0, f"ansible-playbook {name} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        [
+            ANSIBLE_PLAYBOOK,
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={SYSTEM_PYTHON}",
+            "-e",
+            f"@{extra}",
+            str(playbook),
+        ],
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp),
+        timeout=300,
+    )
+    assert proc.returncode == 0, (
+        f"ansible-playbook {name} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout
 
 
@@ -124,22 +150,38 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(path, src / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist"), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     wheels = list((tmp / "dist").glob("glusterctl-*.whl"))
     assert proc.returncode == 0 and len(wheels) == 1, f"pip wheel failed:\n{proc.stdout}\n{proc.stderr}"
     return wheels[0]
 
 
 def test_ansible_lint_production_profile(tmp_path):
-    proc = subprocess.run([ANSIBLE_LINT, "--offline", "--profile", "production", "--nocolor"], cwd=ANSIBLE_DIR,
-                          capture_output=True, text=True, env=ansible_env(tmp_path), timeout=300)
+    proc = subprocess.run(
+        [ANSIBLE_LINT, "--offline", "--profile", "production", "--nocolor"],
+        cwd=ANSIBLE_DIR,
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 0, f"ansible-lint:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
 
 
 def test_site_syntax(tmp_path):
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, "--syntax-check", "-i", "inventory/example.yml", "site.yml"],
-                          cwd=ANSIBLE_DIR, capture_output=True, text=True, env=ansible_env(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "--syntax-check", "-i", "inventory/example.yml", "site.yml"],
+        cwd=ANSIBLE_DIR,
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 0, f"syntax check:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -185,13 +227,23 @@ def test_agent_role_applied_twice_then_the_written_agent_goes_online(stack, tmp_
     agent.env = env  # exactly the unit's environment, nothing inherited from the test
     stack.procs.append(agent)
     agent.start()
-    wait_until(lambda: agent.alive() and stack.node_state(node) == "Online", 30,
-               what=f"node {node} Online (agent log: {agent.log_path})")
+    wait_until(
+        lambda: agent.alive() and stack.node_state(node) == "Online",
+        30,
+        what=f"node {node} Online (agent log: {agent.log_path})",
+    )
 
-    third = run_role(tmp_path, "glusterctl_agent", {
-        **variables, "glusterctl_agent_wait_online_url": stack.server.url,
-        "glusterctl_agent_wait_online_token": stack.cli.token, "glusterctl_agent_wait_online_timeout": 20,
-    }, "agent-3")
+    third = run_role(
+        tmp_path,
+        "glusterctl_agent",
+        {
+            **variables,
+            "glusterctl_agent_wait_online_url": stack.server.url,
+            "glusterctl_agent_wait_online_token": stack.cli.token,
+            "glusterctl_agent_wait_online_timeout": 20,
+        },
+        "agent-3",
+    )
     assert recap(third)["changed"] == 0
     assert task_result(third, "Wait until the control service reports the node Online") == "ok"
     assert stack.cli.token not in third
@@ -230,8 +282,11 @@ def test_server_role_applied_twice_then_the_written_server_serves(tmp_path):
     server.start()
     try:
         url = f"http://127.0.0.1:{http}"
-        wait_until(lambda: server.alive() and httpx.get(f"{url}/healthz", timeout=2).json()["status"] == "ok", 30,
-                   what=f"server from the role's unit healthy (log: {server.log_path})")
+        wait_until(
+            lambda: server.alive() and httpx.get(f"{url}/healthz", timeout=2).json()["status"] == "ok",
+            30,
+            what=f"server from the role's unit healthy (log: {server.log_path})",
+        )
         assert port_open("127.0.0.1", mqtt)
         assert (root / "var/lib/glusterctl/glusterctl.db").exists()
     finally:

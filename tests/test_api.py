@@ -29,7 +29,9 @@ def test_first_user_login_logout(make_stack):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     saved = json.load(open(path))
     assert saved["url"] == url and saved["token"]
-    assert st.cli.json("user", "list") == [{"name": "admin", "admin": True, "created_at": st.cli.json("user", "list")[0]["created_at"]}]
+    assert st.cli.json("user", "list") == [
+        {"name": "admin", "admin": True, "created_at": st.cli.json("user", "list")[0]["created_at"]}
+    ]
 
     # after the first user, creating users needs an admin token
     anon = httpx.post(f"{url}/api/v1/users", json={"name": "eve", "password": "longenough"})
@@ -38,7 +40,10 @@ def test_first_user_login_logout(make_stack):
     bob = httpx.post(f"{url}/api/v1/login", json={"username": "bob", "password": "bobs-password"}).json()
     assert bob["admin"] is False
     as_bob = {"Authorization": f"Bearer {bob['token']}"}
-    assert httpx.post(f"{url}/api/v1/users", json={"name": "carol", "password": "longenough"}, headers=as_bob).status_code == 403
+    assert (
+        httpx.post(f"{url}/api/v1/users", json={"name": "carol", "password": "longenough"}, headers=as_bob).status_code
+        == 403
+    )
     assert httpx.post(f"{url}/api/v1/clusters/default/token/rotate", headers=as_bob).status_code == 403
     assert httpx.get(f"{url}/api/v1/clusters", headers=as_bob).status_code == 200
     wrong = httpx.post(f"{url}/api/v1/login", json={"username": "bob", "password": "nope-nope"})

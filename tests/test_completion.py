@@ -10,8 +10,10 @@ from tests.helpers import BIN
 
 
 def complete(*words: str) -> list[str]:
-    script = (f'source <("{BIN}" completion bash); COMP_WORDS=(glusterctl {" ".join(repr(w) for w in words)}); '
-              f'COMP_CWORD={len(words)}; _glusterctl; printf "%s\\n" "${{COMPREPLY[@]}}"')
+    script = (
+        f'source <("{BIN}" completion bash); COMP_WORDS=(glusterctl {" ".join(repr(w) for w in words)}); '
+        f'COMP_CWORD={len(words)}; _glusterctl; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    )
     env = {**os.environ, "PATH": f"{Path(BIN).parent}:{os.environ['PATH']}"}
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0, out.stderr

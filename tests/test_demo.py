@@ -9,7 +9,9 @@ from tests.helpers import BIN, cleanup_gluster, gluster_pids_under, mounts_under
 
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     try:
-        out = subprocess.run([BIN, "demo", "--dir", str(tmp_path), "--exit"], capture_output=True, text=True, timeout=240)
+        out = subprocess.run(
+            [BIN, "demo", "--dir", str(tmp_path), "--exit"], capture_output=True, text=True, timeout=240
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "Volume demo started." in out.stdout
         assert out.stdout.count("'hello from glusterctl'") == 3

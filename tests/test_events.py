@@ -25,8 +25,10 @@ def insert_events(path: Path, rows: list[tuple[str, str, str, dict]]) -> None:
     """Write Event rows straight into the server's SQLite (another process: the stream polls them)."""
     con = sqlite3.connect(path, timeout=30)
     with con:
-        con.executemany("INSERT INTO event (at, cluster, kind, subject, data) VALUES (?, ?, ?, ?, ?)",
-                        [(time.time(), c, k, s, json.dumps(d)) for c, k, s, d in rows])
+        con.executemany(
+            "INSERT INTO event (at, cluster, kind, subject, data) VALUES (?, ?, ?, ?, ?)",
+            [(time.time(), c, k, s, json.dumps(d)) for c, k, s, d in rows],
+        )
     con.close()
 
 
@@ -85,13 +87,17 @@ def test_filters_and_auth(stack):
     clusters_a = Reader(url, token, {"after": 0, "cluster": "alpha"})
     users_only = Reader(url, token, {"after": 0, "kind": "user."})
     try:
-        wait_until(lambda: everything.kinds("hello") and clusters_a.kinds("hello") and users_only.kinds("hello"),
-                   what="three streams connected")
+        wait_until(
+            lambda: everything.kinds("hello") and clusters_a.kinds("hello") and users_only.kinds("hello"),
+            what="three streams connected",
+        )
         stack.cli.run("cluster", "add", "alpha")
         stack.cli.run("cluster", "add", "beta")
         stack.cli.run("user", "create", "carol", "--password-stdin", input="carols-password\n")
-        wait_until(lambda: any(e["kind"] == "user.created" and e["subject"] == "carol" for e in everything.events()),
-                   what="the unfiltered stream to see carol")
+        wait_until(
+            lambda: any(e["kind"] == "user.created" and e["subject"] == "carol" for e in everything.events()),
+            what="the unfiltered stream to see carol",
+        )
         wait_until(lambda: len(users_only.events()) >= 2, what="user events")
         ids = [e["id"] for e in everything.events()]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -100,12 +106,17 @@ def test_filters_and_auth(stack):
         wait_until(lambda: clusters_a.events(), what="alpha's event")
         assert [(e["kind"], e["subject"]) for e in clusters_a.events()] == [("cluster.created", "alpha")]
         # heartbeats carry the id of events a filter dropped, so a resume does not fall behind
-        wait_until(lambda: any(eid and int(eid) >= ids[-1] for ev, _, eid in clusters_a.messages if ev == ""),
-                   timeout=5, what="a heartbeat with the newest id")
+        wait_until(
+            lambda: any(eid and int(eid) >= ids[-1] for ev, _, eid in clusters_a.messages if ev == ""),
+            timeout=5,
+            what="a heartbeat with the newest id",
+        )
     finally:
         for reader in (everything, clusters_a, users_only):
             reader.close()
-    bad = httpx.get(f"{url}/api/v1/events", headers={"Authorization": f"Bearer {token}", "Last-Event-ID": "x"}, timeout=5)
+    bad = httpx.get(
+        f"{url}/api/v1/events", headers={"Authorization": f"Bearer {token}", "Last-Event-ID": "x"}, timeout=5
+    )
     assert bad.status_code == 422
     doc = httpx.get(f"{url}/openapi.json", timeout=5).json()["paths"]["/api/v1/events"]["get"]
     assert "Last-Event-ID" in doc["description"] and "reset" in doc["description"]
@@ -132,7 +143,7 @@ def test_resume_after_server_restart_loses_nothing(stack):
     try:
         wait_until(lambda: any(e["subject"] == "after" for e in resumed.events()), what="the resumed stream")
         got = [e["id"] for e in resumed.events()]
-        assert got[:len(expected)] == expected, (got, expected)
+        assert got[: len(expected)] == expected, (got, expected)
         assert not resumed.kinds("reset")
         subjects = [e["subject"] for e in resumed.events()]
         assert subjects.index("away1") < subjects.index("node1") < subjects.index("after")
@@ -140,7 +151,7 @@ def test_resume_after_server_restart_loses_nothing(stack):
         again = Reader(url, stack.cli.token, {"after": seen})
         try:
             wait_until(lambda: len(again.events()) >= len(expected), what="?after= resume")
-            assert [e["id"] for e in again.events()][:len(expected)] == expected
+            assert [e["id"] for e in again.events()][: len(expected)] == expected
         finally:
             again.close()
     finally:
@@ -160,7 +171,7 @@ def test_reset_when_the_backlog_was_pruned(make_stack):
         first = reader.messages[0]
         assert first[0] == "reset" and first[1]["after"] == 1 and first[1]["oldest_id"] > 2
         kept = stored_ids(db_path(st))
-        wait_until(lambda: [e["id"] for e in reader.events()][:len(kept)] == kept, what="the whole kept backlog")
+        wait_until(lambda: [e["id"] for e in reader.events()][: len(kept)] == kept, what="the whole kept backlog")
     finally:
         reader.close()
 
@@ -174,7 +185,9 @@ def test_slow_client_does_not_slow_others(make_stack):
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", st.server.http_port))
-    stalled.sendall(f"GET /api/v1/events?heartbeat=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    stalled.sendall(
+        f"GET /api/v1/events?heartbeat=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
     fast = Reader(url, token)
     try:
         wait_until(lambda: fast.kinds("hello"), what="fast reader connected")
@@ -191,8 +204,12 @@ def test_slow_client_does_not_slow_others(make_stack):
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
             worst = max(worst, time.monotonic() - t0)
             time.sleep(0.05)
-        wait_until(lambda: len(fast.events()) >= SLOW_CLIENT_EVENTS, timeout=60, interval=0.2,
-                   what=f"{SLOW_CLIENT_EVENTS} events at the fast reader")
+        wait_until(
+            lambda: len(fast.events()) >= SLOW_CLIENT_EVENTS,
+            timeout=60,
+            interval=0.2,
+            what=f"{SLOW_CLIENT_EVENTS} events at the fast reader",
+        )
         elapsed = time.monotonic() - started
         ids = [e["id"] for e in fast.events()]
         assert ids == list(range(start_id + 1, start_id + 1 + SLOW_CLIENT_EVENTS))

@@ -95,7 +95,9 @@ def test_embedded_broker_acl(stack):
         n1.close()
 
     # a last-will on another node's topic, wrong token, anonymous: refused at CONNECT
-    assert not RawClient(port, "n1", token, client_id="raw-will", will=(topics.presence("default", "n2"), b"x")).wait_connack()
+    assert not RawClient(
+        port, "n1", token, client_id="raw-will", will=(topics.presence("default", "n2"), b"x")
+    ).wait_connack()
     assert not RawClient(port, "n1", "default.wrongwrongwrongwrong", client_id="raw-wrong").wait_connack()
     assert not RawClient(port, None, None, client_id="raw-anon").wait_connack()
     assert st.node_state("n2") == "Online"
@@ -117,7 +119,10 @@ def test_malformed_and_oversized_payloads_are_dropped(make_stack, broker):
         raw.publish(topic, b'{"epoch": "many"}')
         raw.publish(topic, b"x" * (300 * 1024))
     raw.close()
-    log = lambda: st.server.log()
+
+    def log():
+        return st.server.log()
+
     wait_until(lambda: log().count("node evil: dropped") >= 12, what="12 drops logged with the node name")
     assert "dropped 307200-byte payload" in log()
     assert st.server.alive()
@@ -169,8 +174,9 @@ def test_server_killed_with_queued_and_running_tasks(stack):
     st.server.start()
     away.start()
     for task_id in (queued, running):
-        wait_until(lambda: st.cli.json("task", "show", task_id)["state"] == "DONE", timeout=30,
-                   what=f"task {task_id} DONE")
+        wait_until(
+            lambda: st.cli.json("task", "show", task_id)["state"] == "DONE", timeout=30, what=f"task {task_id} DONE"
+        )
     for agent, task_id in ((busy, running), (away, queued)):
         assert agent.log().count(f"executing task {task_id}") == 1, agent.log()
     assert st.cli.json("task", "show", running)["result"]["write_mib_per_second"] > 0

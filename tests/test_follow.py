@@ -28,15 +28,28 @@ def probe(client: Client, node: str, path: str, io_seconds: float = 0) -> str:
 
 
 def test_parse_sse():
-    lines = ["event: hello", 'data: {"a": 1}', "", ": keepalive", "", "id: 7", "data: x", "data: y", "",
-             "id: 9", ": keepalive", ""]
+    lines = [
+        "event: hello",
+        'data: {"a": 1}',
+        "",
+        ": keepalive",
+        "",
+        "id: 7",
+        "data: x",
+        "data: y",
+        "",
+        "id: 9",
+        ": keepalive",
+        "",
+    ]
     assert list(parse_sse(lines)) == [("hello", '{"a": 1}', None), ("message", "x\ny", "7"), ("", "", "9")]
 
 
 def test_follow_tasks(stack):
     agents = {n: stack.agent(n) for n in ("node1", "node2")}
-    wait_until(lambda: stack.node_state("node1") == "Online" and stack.node_state("node2") == "Online",
-               what="two nodes Online")
+    wait_until(
+        lambda: stack.node_state("node1") == "Online" and stack.node_state("node2") == "Online", what="two nodes Online"
+    )
     client = client_for(stack)
 
     # success on two nodes at once, plain lines when not a terminal
@@ -99,19 +112,27 @@ def test_follow_volume_from_events(stack, monkeypatch):
     monkeypatch.setattr(follow, "EventStream", WatchedStream)
     box: dict[str, FollowResult] = {}
     out = io.StringIO()
-    follower = threading.Thread(target=lambda: box.setdefault(
-        "r", follow_volume(client, "default", "vol1", {"Started"}, timeout=30, out=out)))
+    follower = threading.Thread(
+        target=lambda: box.setdefault("r", follow_volume(client, "default", "vol1", {"Started"}, timeout=30, out=out))
+    )
     follower.start()
     wait_until(lambda: streams and streams[0].connected.is_set(), what="the follower's event stream connected")
-    insert_events(db_path(stack), [("default", "volume.state", "vol1", {"state": "Starting"}),
-                                   ("default", "brick.state", "vol1:node1:/b1", {"state": "Online"}),
-                                   ("other", "volume.state", "vol1", {"state": "StartFailed"}),
-                                   ("default", "volume.state", "vol1", {"state": "Started"})])
+    insert_events(
+        db_path(stack),
+        [
+            ("default", "volume.state", "vol1", {"state": "Starting"}),
+            ("default", "brick.state", "vol1:node1:/b1", {"state": "Online"}),
+            ("other", "volume.state", "vol1", {"state": "StartFailed"}),
+            ("default", "volume.state", "vol1", {"state": "Started"}),
+        ],
+    )
     follower.join(timeout=30)
     assert box["r"].ok and box["r"].volume_state == "Started", out.getvalue()
     assert "volume vol1: Starting" in out.getvalue() and "brick node1:/b1: Online" in out.getvalue()
 
     out = io.StringIO()
-    threading.Timer(0.5, insert_events, args=(db_path(stack), [("default", "volume.state", "vol2", {"state": "StopFailed"})])).start()
+    threading.Timer(
+        0.5, insert_events, args=(db_path(stack), [("default", "volume.state", "vol2", {"state": "StopFailed"})])
+    ).start()
     result = follow_volume(client, "default", "vol2", {"Stopped"}, timeout=30, out=out)
     assert not result.ok and result.exit_code == 1 and result.volume_state == "StopFailed"

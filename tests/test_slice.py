@@ -11,8 +11,10 @@ from tests.helpers import wait_until
 KEEPALIVE = 2
 
 
-@pytest.fixture(params=[("embedded", "sqlite"), ("embedded", "postgres"), ("mosquitto", "sqlite"), ("mosquitto", "postgres")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    params=[("embedded", "sqlite"), ("embedded", "postgres"), ("mosquitto", "sqlite"), ("mosquitto", "postgres")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def backend(request):
     """(broker, database URL); set up before the stack, so the database outlives the server."""
     broker, dbkind = request.param
@@ -32,8 +34,10 @@ def test_slice(backend, make_stack):
     assert cli.run("cluster", "token", "prod").stdout.strip().splitlines()[-1] == token
 
     agents = [st.agent(f"node{i}.example.com", token=token, keepalive=KEEPALIVE) for i in (1, 2, 3)]
-    wait_until(lambda: [n["state"] for n in cli.json("cluster", "status", "prod")["nodes"]] == ["Online"] * 3,
-               what="three nodes Online")
+    wait_until(
+        lambda: [n["state"] for n in cli.json("cluster", "status", "prod")["nodes"]] == ["Online"] * 3,
+        what="three nodes Online",
+    )
     status = cli.json("cluster", "status", "-c", "prod")
     assert {n["address"] for n in status["nodes"]} == {"127.0.0.1"}
     assert all(n["agent_version"] and n["glusterfs_version"] for n in status["nodes"])
@@ -43,8 +47,12 @@ def test_slice(backend, make_stack):
     # kill -9 an agent: Unreachable within 1.5 x keepalive + 1 s
     killed_at = time.monotonic()
     agents[1].kill9()
-    wait_until(lambda: st.node_state("node2.example.com", "prod") == "Unreachable",
-               timeout=1.5 * KEEPALIVE + 1, interval=0.05, what="node2 Unreachable")
+    wait_until(
+        lambda: st.node_state("node2.example.com", "prod") == "Unreachable",
+        timeout=1.5 * KEEPALIVE + 1,
+        interval=0.05,
+        what="node2 Unreachable",
+    )
     assert time.monotonic() - killed_at <= 1.5 * KEEPALIVE + 1
     assert st.node_state("node1.example.com", "prod") == "Online"
 
@@ -62,8 +70,10 @@ def test_slice(backend, make_stack):
     # every state survives a restart of the server
     st.server.stop()
     st.server.start()
-    wait_until(lambda: [n["state"] for n in cli.json("node", "list", "-c", "prod")] == ["Online"] * 3,
-               what="nodes Online after server restart")
+    wait_until(
+        lambda: [n["state"] for n in cli.json("node", "list", "-c", "prod")] == ["Online"] * 3,
+        what="nodes Online after server restart",
+    )
     assert cli.json("task", "show", probe["id"])["state"] == "DONE"
     assert cli.run("cluster", "token", "prod").stdout.strip().splitlines()[-1] == token
     agents[2].stop()

@@ -41,7 +41,8 @@ MAX_EXPOSURE = {"glusterctl-server.service": 2.0, "glusterctl-agent.service": 6.
 
 needs_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None or not HOST_UNIT_DIR.is_dir(),
-    reason="systemd-analyze and the systemd unit directory come with Debian's systemd package (.ci/setup installs it)")
+    reason="systemd-analyze and the systemd unit directory come with Debian's systemd package (.ci/setup installs it)",
+)
 
 
 # ---- offline verification -------------------------------------------------------------------
@@ -68,15 +69,17 @@ def offline_root(tmp: Path, units: dict[str, str]) -> Path:
 
 def analyze_verify(tmp: Path, units: dict[str, str]) -> subprocess.CompletedProcess:
     root = offline_root(tmp, units)
-    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", f"--root={root}", *units],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", f"--root={root}", *units], capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_verifies(tmp: Path, units: dict[str, str]) -> None:
     """Exit 0 and no output: systemd-analyze only warns (exit 0) about unknown keys."""
     proc = analyze_verify(tmp, units)
-    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), \
+    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (
         f"systemd-analyze verify {' '.join(units)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+    )
 
 
 @needs_analyze
@@ -96,9 +99,20 @@ def test_verify_catches_a_misspelt_key(tmp_path):
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_exposure(tmp_path, unit):
     root = offline_root(tmp_path, {unit: (UNIT_DIR / unit).read_text()})
-    proc = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", f"--root={root}",
-                           f"--threshold={int(MAX_EXPOSURE[unit] * 10)}", "--no-pager", unit],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            SYSTEMD_ANALYZE,
+            "security",
+            "--offline=true",
+            f"--root={root}",
+            f"--threshold={int(MAX_EXPOSURE[unit] * 10)}",
+            "--no-pager",
+            unit,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, f"{unit} exposure above {MAX_EXPOSURE[unit]}:\n{proc.stdout[-3000:]}{proc.stderr}"
 
 
@@ -119,9 +133,21 @@ def test_unit_contract(unit):
         assert service["KillMode"] == "process"  # bricks survive an agent restart
         assert service["RestartPreventExitStatus"] == "2"  # refused token: retrying cannot help
         assert "CAP_SYS_ADMIN" in service["CapabilityBoundingSet"].split()
-        namespaced = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "ReadOnlyPaths",
-                      "ReadWritePaths", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
-                      "ProtectControlGroups", "ProtectProc", "TemporaryFileSystem", "MountFlags"}
+        namespaced = {
+            "ProtectSystem",
+            "ProtectHome",
+            "PrivateTmp",
+            "PrivateDevices",
+            "ReadOnlyPaths",
+            "ReadWritePaths",
+            "ProtectKernelTunables",
+            "ProtectKernelModules",
+            "ProtectKernelLogs",
+            "ProtectControlGroups",
+            "ProtectProc",
+            "TemporaryFileSystem",
+            "MountFlags",
+        }
         assert not namespaced & set(service), "a private mount namespace would hide the agent's mounts"
 
 
@@ -176,8 +202,12 @@ class NotifySocket:
             return [n for n in self.received if n.fields.get(key) == value]
 
     def wait_for(self, key: str, timeout: float, after: float = 0.0) -> Notification:
-        return wait_until(lambda: next((n for n in self.messages(key) if n.at > after), None), timeout,
-                          interval=0.05, what=f"{key}=1 on NOTIFY_SOCKET")
+        return wait_until(
+            lambda: next((n for n in self.messages(key) if n.at > after), None),
+            timeout,
+            interval=0.05,
+            what=f"{key}=1 on NOTIFY_SOCKET",
+        )
 
     def close(self) -> None:
         self._closed.set()
@@ -254,7 +284,7 @@ def test_env_of_agent_process_has_no_token_when_token_file_is_used(stack, tmp_pa
     agent = stack.agent("tokenfile-node", token="unused", start=False)
     argv = agent.argv
     i = argv.index("--token")
-    del argv[i:i + 2]
+    del argv[i : i + 2]
     agent.env.update(GLUSTERCTL_TOKEN_FILE=str(token_file))
     agent.env.pop("GLUSTERCTL_TOKEN", None)
     agent.start()

@@ -66,14 +66,19 @@ def test_nodes_live_kill_restart_and_banner(stack):
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: row_states(app) == {f"default/{n}": "Online" for n in agents}, 10,
-                        "three nodes Online in the nodes view")
+            await until(
+                pilot,
+                lambda: row_states(app) == {f"default/{n}": "Online" for n in agents},
+                10,
+                "three nodes Online in the nodes view",
+            )
             text = screen_text(app)
             assert all(f"node{i}" in text for i in (1, 2, 3)) and text.count("Online") == 3, text
 
             agents["node2"].kill9()
-            took = await until(pilot, lambda: row_states(app)["default/node2"] == "Unreachable", 10,
-                               "node2 Unreachable in the view")
+            took = await until(
+                pilot, lambda: row_states(app)["default/node2"] == "Unreachable", 10, "node2 Unreachable in the view"
+            )
             await pilot.pause(0.1)
             assert "Unreachable" in screen_text(app)
             assert took < 6  # the last-will comes within 1.5 x keepalive; the view follows within a second
@@ -87,8 +92,12 @@ def test_nodes_live_kill_restart_and_banner(stack):
             stack.server.start()
             await until(pilot, lambda: not banner.display, 20, "reconnect")
             agents["node3"].kill9()
-            await until(pilot, lambda: row_states(app)["default/node3"] == "Unreachable", 10,
-                        "node3 Unreachable after the reconnect")
+            await until(
+                pilot,
+                lambda: row_states(app)["default/node3"] == "Unreachable",
+                10,
+                "node3 Unreachable after the reconnect",
+            )
 
     run(scenario)
 
@@ -101,9 +110,20 @@ def test_burst_of_events_does_not_freeze(stack):
             await until(pilot, lambda: app.connected, 10, "connected")
             await pilot.press("4")
             base = app.model.last_event_id or 0
-            rows = [("default", "task.state", f"burst{i:04d}",
-                     {"node": f"node{i % 50}", "kind": "node.probe", "state": "FAILED" if i % 10 == 0 else "DONE",
-                      "reason": "ENOENT: simulated" if i % 10 == 0 else ""}) for i in range(BURST)]
+            rows = [
+                (
+                    "default",
+                    "task.state",
+                    f"burst{i:04d}",
+                    {
+                        "node": f"node{i % 50}",
+                        "kind": "node.probe",
+                        "state": "FAILED" if i % 10 == 0 else "DONE",
+                        "reason": "ENOENT: simulated" if i % 10 == 0 else "",
+                    },
+                )
+                for i in range(BURST)
+            ]
             start = time.monotonic()
             await asyncio.to_thread(insert_events, db_path(stack), rows)
             # the UI keeps answering keys during the burst
@@ -112,8 +132,14 @@ def test_burst_of_events_does_not_freeze(stack):
                 t0 = time.monotonic()
                 await pilot.press(key)
                 worst = max(worst, time.monotonic() - t0)
-            drained = await until(pilot, lambda: (app.model.last_event_id or 0) >= base + BURST
-                                  and app.query_one("#tasks-table").row_count >= BURST, 20, "the burst drained")
+            drained = await until(
+                pilot,
+                lambda: (
+                    (app.model.last_event_id or 0) >= base + BURST and app.query_one("#tasks-table").row_count >= BURST
+                ),
+                20,
+                "the burst drained",
+            )
             elapsed = time.monotonic() - start
             assert elapsed < 15, f"draining {BURST} events took {elapsed:.1f}s"
             assert worst < 2.0, f"a key press took {worst:.2f}s during the burst"
@@ -121,7 +147,9 @@ def test_burst_of_events_does_not_freeze(stack):
             await pilot.press("5")
             await pilot.pause(0.2)
             assert "simulated" in screen_text(app)
-            print(f"burst of {BURST} events drained in {elapsed:.2f}s ({drained:.2f}s after the key presses), {app.batches} batches")
+            print(
+                f"burst of {BURST} events drained in {elapsed:.2f}s ({drained:.2f}s after the key presses), {app.batches} batches"
+            )
 
     run(scenario)
 
@@ -136,35 +164,101 @@ def test_not_logged_in_screen_until_login(stack, tmp_path):
             assert isinstance(app.screen, NotLoggedInScreen)
             assert "glusterctl login --url " + stack.server.url in screen_text(app)
             holder["token"] = stack.cli.token
-            await until(pilot, lambda: not isinstance(app.screen, NotLoggedInScreen) and app.connected, 10,
-                        "the dashboard after login")
+            await until(
+                pilot,
+                lambda: not isinstance(app.screen, NotLoggedInScreen) and app.connected,
+                10,
+                "the dashboard after login",
+            )
 
     run(scenario)
 
 
 # ---- views from a fixed data set --------------------------------------------------------------
 def sample() -> Snapshot:
-    node = {"agent_version": "0.1.0", "glusterfs_version": "10.3", "address": "10.0.0.1", "hostname": "",
-            "facts": {}, "devices": [{"path": "/exports", "device": "", "state": "Ready",
-                                       "total_bytes": 1024**4, "free_bytes": 512 * 1024**3}], "last_seen_at": NOW - 2, "state_changed_at": NOW - 3600}
+    node = {
+        "agent_version": "0.1.0",
+        "glusterfs_version": "10.3",
+        "address": "10.0.0.1",
+        "hostname": "",
+        "facts": {},
+        "devices": [
+            {"path": "/exports", "device": "", "state": "Ready", "total_bytes": 1024**4, "free_bytes": 512 * 1024**3}
+        ],
+        "last_seen_at": NOW - 2,
+        "state_changed_at": NOW - 3600,
+    }
     nodes = [{**node, "cluster": "prod", "name": f"node{i}", "state": "Online"} for i in (1, 2)]
     nodes.append({**node, "cluster": "prod", "name": "node3", "state": "Unreachable", "state_changed_at": NOW - 90})
-    bricks = [{"index": i, "node": f"node{i + 1}", "path": f"/bricks/b{i}", "port": 49152 + i, "pid": 1000 + i,
-               "state": "Online" if i < 2 else "Offline"} for i in range(3)]
+    bricks = [
+        {
+            "index": i,
+            "node": f"node{i + 1}",
+            "path": f"/bricks/b{i}",
+            "port": 49152 + i,
+            "pid": 1000 + i,
+            "state": "Online" if i < 2 else "Offline",
+        }
+        for i in range(3)
+    ]
     volumes = [
-        {"cluster": "prod", "name": "vol1", "id": "v1", "type": "Replicate", "state": "Started", "replica": 3,
-         "arbiter": 0, "disperse": 0, "redundancy": 0, "size_bytes": 100 * 1024**3, "created_at": NOW - 7200,
-         "bricks_online": 2, "bricks_total": 3, "options": {"performance.cache-size": "64MB"}, "bricks": bricks},
-        {"cluster": "prod", "name": "vol2", "id": "v2", "type": "Distribute", "state": "Stopped", "replica": 0,
-         "arbiter": 0, "disperse": 0, "redundancy": 0, "size_bytes": 10 * 1024**3, "created_at": NOW - 3600,
-         "bricks_online": 0, "bricks_total": 0, "options": {}, "bricks": []},
+        {
+            "cluster": "prod",
+            "name": "vol1",
+            "id": "v1",
+            "type": "Replicate",
+            "state": "Started",
+            "replica": 3,
+            "arbiter": 0,
+            "disperse": 0,
+            "redundancy": 0,
+            "size_bytes": 100 * 1024**3,
+            "created_at": NOW - 7200,
+            "bricks_online": 2,
+            "bricks_total": 3,
+            "options": {"performance.cache-size": "64MB"},
+            "bricks": bricks,
+        },
+        {
+            "cluster": "prod",
+            "name": "vol2",
+            "id": "v2",
+            "type": "Distribute",
+            "state": "Stopped",
+            "replica": 0,
+            "arbiter": 0,
+            "disperse": 0,
+            "redundancy": 0,
+            "size_bytes": 10 * 1024**3,
+            "created_at": NOW - 3600,
+            "bricks_online": 0,
+            "bricks_total": 0,
+            "options": {},
+            "bricks": [],
+        },
     ]
     task = {"cluster": "prod", "kind": "node.probe", "params": {}, "result": None, "created_at": NOW - 60}
-    tasks = [{**task, "id": "a" * 32, "node": "node1", "state": "DONE", "reason": "", "updated_at": NOW - 50,
-              "finished_at": NOW - 50},
-             {**task, "id": "b" * 32, "node": "node2", "state": "FAILED", "updated_at": NOW - 40, "finished_at": NOW - 40,
-              "reason": "ENOENT: directory /data does not exist on node node2",
-              "fix": "Log in to node node2 and create the parent directory (/), or choose a brick path whose parent exists."}]
+    tasks = [
+        {
+            **task,
+            "id": "a" * 32,
+            "node": "node1",
+            "state": "DONE",
+            "reason": "",
+            "updated_at": NOW - 50,
+            "finished_at": NOW - 50,
+        },
+        {
+            **task,
+            "id": "b" * 32,
+            "node": "node2",
+            "state": "FAILED",
+            "updated_at": NOW - 40,
+            "finished_at": NOW - 40,
+            "reason": "ENOENT: directory /data does not exist on node node2",
+            "fix": "Log in to node node2 and create the parent directory (/), or choose a brick path whose parent exists.",
+        },
+    ]
     clusters = [{"name": "prod", "created_at": NOW - 86400, "nodes": 3, "nodes_online": 2}]
     return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes)
 
@@ -205,7 +299,9 @@ def check_snapshot(name: str, text: str) -> None:
             pytest.fail(f"snapshot {path} is missing (make it with GLUSTERCTL_UPDATE_SNAPSHOTS=1)")
         path.parent.mkdir(exist_ok=True)
         path.write_text(text + "\n")
-    assert text + "\n" == path.read_text(), f"{name} view differs from {path} (GLUSTERCTL_UPDATE_SNAPSHOTS=1 rewrites it)"
+    assert text + "\n" == path.read_text(), (
+        f"{name} view differs from {path} (GLUSTERCTL_UPDATE_SNAPSHOTS=1 rewrites it)"
+    )
 
 
 def test_view_snapshots():
@@ -252,18 +348,44 @@ def test_filter_sort_palette_and_volume_start_with_the_keyboard():
             await pilot.press("y")
             await until(pilot, lambda: isinstance(app.screen, ProgressScreen) and app.screen.task_ids, 5, "progress")
             assert api.requests[-1] == ("POST", "/api/v1/clusters/prod/volumes/vol2/start")
-            await api.feed.put({"id": 101, "at": NOW, "cluster": "prod", "kind": "task.state", "subject": "c" * 32,
-                                "data": {"node": "node1", "kind": "volume.start", "state": "RUNNING", "reason": ""}})
+            await api.feed.put(
+                {
+                    "id": 101,
+                    "at": NOW,
+                    "cluster": "prod",
+                    "kind": "task.state",
+                    "subject": "c" * 32,
+                    "data": {"node": "node1", "kind": "volume.start", "state": "RUNNING", "reason": ""},
+                }
+            )
             await until(pilot, lambda: "RUNNING" in screen_text(app), 5, "the task RUNNING")
-            await api.feed.put({"id": 102, "at": NOW, "cluster": "prod", "kind": "task.state", "subject": "c" * 32,
-                                "data": {"node": "node1", "kind": "volume.start", "state": "DONE", "reason": ""}})
-            await api.feed.put({"id": 103, "at": NOW, "cluster": "prod", "kind": "volume.state", "subject": "vol2",
-                                "data": {"state": "Started"}})
+            await api.feed.put(
+                {
+                    "id": 102,
+                    "at": NOW,
+                    "cluster": "prod",
+                    "kind": "task.state",
+                    "subject": "c" * 32,
+                    "data": {"node": "node1", "kind": "volume.start", "state": "DONE", "reason": ""},
+                }
+            )
+            await api.feed.put(
+                {
+                    "id": 103,
+                    "at": NOW,
+                    "cluster": "prod",
+                    "kind": "volume.state",
+                    "subject": "vol2",
+                    "data": {"state": "Started"},
+                }
+            )
             await until(pilot, lambda: "finished" in screen_text(app), 5, "the action finished")
             assert "Started" in screen_text(app)
             await pilot.press("escape")
             await pilot.pause(0.1)
-            assert "vol2" in table_text(app, "volumes-table") and app.model.volumes[("prod", "vol2")]["state"] == "Started"
+            assert (
+                "vol2" in table_text(app, "volumes-table") and app.model.volumes[("prod", "vol2")]["state"] == "Started"
+            )
             # stop asks first; "n" cancels without a request
             count = len(api.requests)
             await pilot.press("x", "n")

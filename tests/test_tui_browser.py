@@ -84,25 +84,48 @@ def test_served_dashboard_shows_nodes_in_chromium(stack, chromium_bin, tmp_path)
     stack.agent("webnode1")
     wait_until(lambda: stack.node_state("webnode1") == "Online", what="webnode1 Online")
     port = free_port()
-    served = Proc("tui-serve", [BIN, "tui", "--serve", f"127.0.0.1:{port}", "--url", stack.server.url],
-                  tmp_path / "tui-serve.log", env={"GLUSTERCTL_CONFIG_DIR": stack.cli.env["GLUSTERCTL_CONFIG_DIR"]})
+    served = Proc(
+        "tui-serve",
+        [BIN, "tui", "--serve", f"127.0.0.1:{port}", "--url", stack.server.url],
+        tmp_path / "tui-serve.log",
+        env={"GLUSTERCTL_CONFIG_DIR": stack.cli.env["GLUSTERCTL_CONFIG_DIR"]},
+    )
     stack.procs.append(served)
     served.start()
     wait_until(lambda: port_open("127.0.0.1", port), timeout=20, what="textual-serve listening")
 
     profile = tmp_path / "chromium-profile"
-    browser = Proc("chromium", [chromium_bin, "--headless", "--no-sandbox", "--disable-gpu",
-                                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                                "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                                "--remote-debugging-port=0", "--window-size=1400,900", "about:blank"],
-                   tmp_path / "chromium.log")
+    browser = Proc(
+        "chromium",
+        [
+            chromium_bin,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1400,900",
+            "about:blank",
+        ],
+        tmp_path / "chromium.log",
+    )
     stack.procs.append(browser)
     browser.start()
     active = profile / "DevToolsActivePort"
     wait_until(lambda: active.exists() and active.read_text().strip(), timeout=30, what="Chromium's DevTools port")
     devtools_port = int(active.read_text().split()[0])
-    pages = wait_until(lambda: [t for t in httpx.get(f"http://127.0.0.1:{devtools_port}/json", timeout=5).json()
-                                if t["type"] == "page"], timeout=15, what="a page target")
+    pages = wait_until(
+        lambda: [
+            t for t in httpx.get(f"http://127.0.0.1:{devtools_port}/json", timeout=5).json() if t["type"] == "page"
+        ],
+        timeout=15,
+        what="a page target",
+    )
     cdp = Cdp(pages[0]["webSocketDebuggerUrl"])
     try:
         cdp.call("Network.enable")

@@ -18,15 +18,35 @@ from broker.topics import Topics, filter_matches
 from control.services.tasks import IllegalTransition, check_transition
 
 
-@pytest.mark.parametrize("kind,value", [("cluster", "prod"), ("cluster", "backup_cluster-2"), ("node", "node1.example.com"),
-                                        ("node", "n1"), ("user", "alice")])
+@pytest.mark.parametrize(
+    "kind,value",
+    [
+        ("cluster", "prod"),
+        ("cluster", "backup_cluster-2"),
+        ("node", "node1.example.com"),
+        ("node", "n1"),
+        ("user", "alice"),
+    ],
+)
 def test_valid_names(kind, value):
     assert check_name(kind, value) == value
 
 
-@pytest.mark.parametrize("kind,value", [("cluster", ""), ("cluster", "a b"), ("cluster", "x" * 65), ("cluster", "a.b"),
-                                        ("node", "-n1"), ("node", "n1."), ("node", "a..b"), ("node", "a_b"),
-                                        ("node", "a/b"), ("user", "+")])
+@pytest.mark.parametrize(
+    "kind,value",
+    [
+        ("cluster", ""),
+        ("cluster", "a b"),
+        ("cluster", "x" * 65),
+        ("cluster", "a.b"),
+        ("node", "-n1"),
+        ("node", "n1."),
+        ("node", "a..b"),
+        ("node", "a_b"),
+        ("node", "a/b"),
+        ("user", "+"),
+    ],
+)
 def test_invalid_names_say_what_is_allowed(kind, value):
     with pytest.raises(ValueError, match="use "):
         check_name(kind, value)
@@ -137,7 +157,11 @@ def test_task_engine_persists_transitions_and_clears_retained(database):
     assert engine.apply_status("default", "n1", TaskStatus(task_id=task.id, state=TaskState.RUNNING, epoch=1)) is None
     stored = tasks.get(task.id)
     assert stored.state == "DONE" and stored.result == {"ok": 1} and stored.finished_at
-    assert [e.state for e in TaskEvent.select().where(TaskEvent.task == task.id).order_by(TaskEvent.id)] == ["QUEUED", "RUNNING", "DONE"]
+    assert [e.state for e in TaskEvent.select().where(TaskEvent.task == task.id).order_by(TaskEvent.id)] == [
+        "QUEUED",
+        "RUNNING",
+        "DONE",
+    ]
     assert published[-1] == (published[0][0], b"", True)  # cleared once final
     assert engine.republish_open() == 0
 
@@ -151,7 +175,9 @@ def test_failure_knowledge_base_explains_every_code():
         text = explain(f"{code}: something about /exports/b1 on node n1", "n1", {"path": "/exports/b1", "port": 49152})
         assert text["code"] == code and text["reason"] and text["fix"]
         assert "<" not in text["reason"] + text["fix"], text  # every placeholder was filled
-    enoent = explain("ENOENT: the parent directory /exports of brick /exports/b1 does not exist", "n1", {"path": "/exports/b1"})
+    enoent = explain(
+        "ENOENT: the parent directory /exports of brick /exports/b1 does not exist", "n1", {"path": "/exports/b1"}
+    )
     assert "create the parent directory (/exports)" in enoent["fix"]
     unknown = explain("something odd", "n2")
     assert unknown["code"] == "UNKNOWN" and "agent log on node n2" in unknown["fix"]
@@ -203,7 +229,7 @@ def test_concurrent_read_then_write_transactions_wait_instead_of_failing(databas
                     node = locked(Node.select().where(Node.name == "n1")).get()
                     _time.sleep(0.001)
                     Node.update(epoch=node.epoch + 1).where(Node.id == node.id).execute()
-        except Exception as exc:  # noqa: BLE001 - the test reports whatever broke
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

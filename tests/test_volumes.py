@@ -36,8 +36,11 @@ def volume(st, name: str) -> dict:
 
 
 def wait_bricks(st, name: str, state: str, timeout: float = 20) -> dict:
-    return wait_until(lambda: (v := volume(st, name)) and all(b["state"] == state for b in v["bricks"]) and v,
-                      timeout=timeout, what=f"all bricks of {name} {state}")
+    return wait_until(
+        lambda: (v := volume(st, name)) and all(b["state"] == state for b in v["bricks"]) and v,
+        timeout=timeout,
+        what=f"all bricks of {name} {state}",
+    )
 
 
 def mount(st, name: str) -> str:
@@ -120,8 +123,14 @@ def test_volume_types(trio, layout):
             fh.write(data)
     assert all(open(os.path.join(mnt, f"file{i}"), "rb").read() == data for i in range(6))
     umount(mnt)
-    sizes = {spec: {f: os.path.getsize(os.path.join(brick_dir(st, spec), f))
-                    for f in os.listdir(brick_dir(st, spec)) if f.startswith("file")} for spec in bricks}
+    sizes = {
+        spec: {
+            f: os.path.getsize(os.path.join(brick_dir(st, spec), f))
+            for f in os.listdir(brick_dir(st, spec))
+            if f.startswith("file")
+        }
+        for spec in bricks
+    }
     if layout == "distribute":
         assert sum(len(files) for files in sizes.values()) == 6  # each file on exactly one brick
     elif layout == "arbiter":
@@ -166,7 +175,10 @@ def test_layout_rules(trio):
     cases = [
         (["--replica", "3", brick(st, "n1", "a"), brick(st, "n2", "a")], "multiple of 3"),
         (["--replica", "3", brick(st, "n1", "a"), brick(st, "n1", "b"), brick(st, "n2", "a")], "same node"),
-        (["--disperse", "4", "--redundancy", "2", *[brick(st, n, "d") for n in NODES], brick(st, "n1", "e")], "redundancy"),
+        (
+            ["--disperse", "4", "--redundancy", "2", *[brick(st, n, "d") for n in NODES], brick(st, "n1", "e")],
+            "redundancy",
+        ),
         (["--replica", "4", *[brick(st, n, "r") for n in NODES], brick(st, "n1", "s")], "replica 4 is not supported"),
         (["--replica", "3", "--disperse", "3", *[brick(st, n, "x") for n in NODES]], "not both"),
         ([brick(st, "n1", "a"), brick(st, "n1", "a")], "more than once"),
@@ -177,8 +189,19 @@ def test_layout_rules(trio):
     for args, message in cases:
         out = st.cli.run("volume", "create", "bad", *args, check=False)
         assert out.returncode == 1 and message in out.stderr, (args, out.stderr)
-    forced = st.cli.run("volume", "create", "forced", "--replica", "3", "--force", "--no-start",
-                        brick(st, "n1", "f1"), brick(st, "n1", "f2"), brick(st, "n2", "f3"), "--wait")
+    forced = st.cli.run(
+        "volume",
+        "create",
+        "forced",
+        "--replica",
+        "3",
+        "--force",
+        "--no-start",
+        brick(st, "n1", "f1"),
+        brick(st, "n1", "f2"),
+        brick(st, "n2", "f3"),
+        "--wait",
+    )
     assert "created" in forced.stdout
     assert volume(st, "forced")["state"] == "Created"
     assert st.cli.json("volume", "list")[0]["name"] == "forced"
@@ -222,8 +245,13 @@ def test_agent_down_during_create_then_returns(trio):
     wait_until(lambda: st.node_state("n3") == "Unreachable", what="n3 Unreachable")
     bricks = [brick(st, n, "late") for n in NODES]
     st.cli.run("volume", "create", "late", "--replica", "3", *bricks)
-    wait_until(lambda: volume(st, "late")["state"] == "Creating"
-               and st.cli.json("task", "list", "--node", "n3", "--state", "QUEUED"), what="n3 task QUEUED")
+    wait_until(
+        lambda: (
+            volume(st, "late")["state"] == "Creating"
+            and st.cli.json("task", "list", "--node", "n3", "--state", "QUEUED")
+        ),
+        what="n3 task QUEUED",
+    )
     assert any(b["state"] == "Unreachable" for b in volume(st, "late")["bricks"])
     wait_until(lambda: len(st.cli.json("task", "list", "--state", "DONE")) == 2, what="the two online nodes done")
     assert volume(st, "late")["state"] == "Creating"
@@ -239,11 +267,20 @@ def test_killed_brick_goes_offline_and_restarts(trio):
     victim = v["bricks"][1]
     os.kill(victim["pid"], 9)
     # Offline within one heartbeat (1 s here) of the agent noticing, then restarted with a new pid
-    wait_until(lambda: volume(st, "heal")["bricks"][1]["state"] == "Offline" or
-               volume(st, "heal")["bricks"][1]["pid"] not in (None, victim["pid"]), timeout=5, interval=0.05,
-               what="killed brick reported")
-    after = wait_until(lambda: (b := volume(st, "heal")["bricks"][1])["state"] == "Online"
-                       and b["pid"] != victim["pid"] and b, timeout=20, what="brick restarted")
+    wait_until(
+        lambda: (
+            volume(st, "heal")["bricks"][1]["state"] == "Offline"
+            or volume(st, "heal")["bricks"][1]["pid"] not in (None, victim["pid"])
+        ),
+        timeout=5,
+        interval=0.05,
+        what="killed brick reported",
+    )
+    after = wait_until(
+        lambda: (b := volume(st, "heal")["bricks"][1])["state"] == "Online" and b["pid"] != victim["pid"] and b,
+        timeout=20,
+        what="brick restarted",
+    )
     assert after["port"] == victim["port"]
     assert "brick-1 is not running: restarting" in next(p for p in st.procs if getattr(p, "node", None) == "n2").log()
 

@@ -49,8 +49,10 @@ class Api:
 
     async def snapshot(self) -> Snapshot:
         clusters, nodes, tasks = await asyncio.gather(
-            self.request("GET", "/api/v1/clusters"), self.request("GET", "/api/v1/nodes"),
-            self.request("GET", "/api/v1/tasks", params={"limit": 500}))
+            self.request("GET", "/api/v1/clusters"),
+            self.request("GET", "/api/v1/nodes"),
+            self.request("GET", "/api/v1/tasks", params={"limit": 500}),
+        )
         volumes: list[dict] | None = []
         for cluster in clusters:
             try:
@@ -72,7 +74,9 @@ class Api:
         timeout = httpx.Timeout(self.timeout, read=heartbeat * 3 + 5)
         try:
             async with httpx.AsyncClient(base_url=self.url, timeout=timeout) as http:
-                async with http.stream("GET", "/api/v1/events", params={"heartbeat": heartbeat}, headers=headers) as resp:
+                async with http.stream(
+                    "GET", "/api/v1/events", params={"heartbeat": heartbeat}, headers=headers
+                ) as resp:
                     if resp.status_code == 401:
                         await resp.aread()
                         raise NotLoggedIn(_detail(resp), 401)
@@ -84,7 +88,7 @@ class Api:
                         if line == "":
                             if data:
                                 payload = json.loads("\n".join(data))
-                                yield ("event" if not event else event), payload
+                                yield (event if event else "event"), payload
                             event, data = "", []
                         elif line.startswith("event:"):
                             event = line[6:].strip()

@@ -66,9 +66,15 @@ class GlusterApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, url: str, token: str | None = None, api: Api | None = None,
-                 clock: Callable[[], float] = time.time, login_loader: Callable[[], str | None] | None = None,
-                 live: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        api: Api | None = None,
+        clock: Callable[[], float] = time.time,
+        login_loader: Callable[[], str | None] | None = None,
+        live: bool = True,
+    ) -> None:
         super().__init__()
         self.url = url.rstrip("/")
         self.api = api or Api(self.url, token)
@@ -365,8 +371,10 @@ class GlusterApp(App[None]):
             if yes:
                 self._run_rotate(cluster)
 
-        self.push_screen(ConfirmScreen(f"Rotate the join token of cluster {cluster}? Agents that connect "
-                                       "later need the new token."), confirmed)
+        self.push_screen(
+            ConfirmScreen(f"Rotate the join token of cluster {cluster}? Agents that connect later need the new token."),
+            confirmed,
+        )
 
     @work(group="actions")
     async def _run_rotate(self, cluster: str) -> None:

@@ -106,11 +106,20 @@ class Dashboard:
         elif kind == "task.state":
             task = self.tasks.get(subject)
             if task is None:
-                task = self.tasks[subject] = {"id": subject, "cluster": cluster, "node": data.get("node", ""),
-                                              "kind": data.get("kind", ""), "params": {}, "created_at": at,
-                                              "result": None, "finished_at": None}
+                task = self.tasks[subject] = {
+                    "id": subject,
+                    "cluster": cluster,
+                    "node": data.get("node", ""),
+                    "kind": data.get("kind", ""),
+                    "params": {},
+                    "created_at": at,
+                    "result": None,
+                    "finished_at": None,
+                }
                 if len(self.tasks) > TASK_LIMIT:
-                    for old in sorted(self.tasks, key=lambda k: self.tasks[k]["updated_at"] if "updated_at" in self.tasks[k] else 0)[: len(self.tasks) - TASK_LIMIT]:
+                    for old in sorted(self.tasks, key=lambda k: self.tasks[k].get("updated_at", 0))[
+                        : len(self.tasks) - TASK_LIMIT
+                    ]:
                         del self.tasks[old]
             task["state"] = data.get("state", task.get("state", ""))
             task["reason"] = data.get("reason", "")
@@ -161,16 +170,23 @@ class Dashboard:
             by_state: dict[str, int] = {}
             for v in vols:
                 by_state[v["state"]] = by_state.get(v["state"], 0) + 1
-            failed = [t for t in self.tasks.values() if t["cluster"] == name and t.get("state") == "FAILED"
-                      and now - (t.get("updated_at") or 0) < RECENT_FAILURE_SECONDS]
-            rows.append({
-                "name": name,
-                "nodes": len(nodes),
-                "online": sum(1 for n in nodes if n["state"] == "Online"),
-                "unreachable": sum(1 for n in nodes if n["state"] != "Online"),
-                "volumes": ", ".join(f"{count} {state}" for state, count in sorted(by_state.items())) or "-",
-                "failures": len(failed),
-            })
+            failed = [
+                t
+                for t in self.tasks.values()
+                if t["cluster"] == name
+                and t.get("state") == "FAILED"
+                and now - (t.get("updated_at") or 0) < RECENT_FAILURE_SECONDS
+            ]
+            rows.append(
+                {
+                    "name": name,
+                    "nodes": len(nodes),
+                    "online": sum(1 for n in nodes if n["state"] == "Online"),
+                    "unreachable": sum(1 for n in nodes if n["state"] != "Online"),
+                    "volumes": ", ".join(f"{count} {state}" for state, count in sorted(by_state.items())) or "-",
+                    "failures": len(failed),
+                }
+            )
         return rows
 
     def node_rows(self) -> list[dict[str, Any]]:
@@ -186,21 +202,51 @@ class Dashboard:
         out: list[Failure] = []
         for t in self.tasks.values():
             if t.get("state") == "FAILED":
-                out.append(Failure(t.get("updated_at") or 0, t["cluster"], f"task {t['kind']} on {t['node']} ({t['id'][:8]})",
-                                   t.get("reason") or "", t.get("fix") or ""))
+                out.append(
+                    Failure(
+                        t.get("updated_at") or 0,
+                        t["cluster"],
+                        f"task {t['kind']} on {t['node']} ({t['id'][:8]})",
+                        t.get("reason") or "",
+                        t.get("fix") or "",
+                    )
+                )
         for n in self.nodes.values():
             if n["state"] != "Online":
-                out.append(Failure(n.get("state_changed_at") or 0, n["cluster"], f"node {n['name']} {n['state']}",
-                                   "no heartbeat or last-will from its agent", UNREACHABLE_FIX))
+                out.append(
+                    Failure(
+                        n.get("state_changed_at") or 0,
+                        n["cluster"],
+                        f"node {n['name']} {n['state']}",
+                        "no heartbeat or last-will from its agent",
+                        UNREACHABLE_FIX,
+                    )
+                )
         for v in self.volumes.values():
             if v["state"] in VOLUME_FAILED_STATES:
-                out.append(Failure(v.get("state_changed_at") or v.get("created_at") or 0, v["cluster"],
-                                   f"volume {v['name']} {v['state']}", "see its tasks", ""))
+                out.append(
+                    Failure(
+                        v.get("state_changed_at") or v.get("created_at") or 0,
+                        v["cluster"],
+                        f"volume {v['name']} {v['state']}",
+                        "see its tasks",
+                        "",
+                    )
+                )
             elif v.get("bricks_total") and v.get("bricks_online", 0) < v["bricks_total"] and v["state"] == "Started":
-                out.append(Failure(v.get("state_changed_at") or 0, v["cluster"], f"volume {v['name']} degraded",
-                                   f"{v['bricks_online']}/{v['bricks_total']} bricks online", "check the Offline bricks' nodes"))
+                out.append(
+                    Failure(
+                        v.get("state_changed_at") or 0,
+                        v["cluster"],
+                        f"volume {v['name']} degraded",
+                        f"{v['bricks_online']}/{v['bricks_total']} bricks online",
+                        "check the Offline bricks' nodes",
+                    )
+                )
         return sorted(out, key=lambda f: f.at, reverse=True)
 
     def task_progress(self, task_ids: Iterable[str]) -> list[dict[str, Any]]:
-        return [self.tasks.get(tid, {"id": tid, "node": "?", "kind": "", "state": "QUEUED", "reason": ""})
-                for tid in task_ids]
+        return [
+            self.tasks.get(tid, {"id": tid, "node": "?", "kind": "", "state": "QUEUED", "reason": ""})
+            for tid in task_ids
+        ]

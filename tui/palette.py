@@ -11,20 +11,32 @@ class DashboardCommands(Provider):
     def _commands(self):
         app = self.app
         model = app.model  # type: ignore[attr-defined]
-        for tab, label in (("overview", "Clusters overview"), ("nodes", "Nodes"), ("volumes", "Volumes"),
-                           ("tasks", "Tasks"), ("failures", "Failure report")):
+        for tab, label in (
+            ("overview", "Clusters overview"),
+            ("nodes", "Nodes"),
+            ("volumes", "Volumes"),
+            ("tasks", "Tasks"),
+            ("failures", "Failure report"),
+        ):
             yield f"Show {label}", partial(app.action_show_tab, tab), f"switch to the {label.lower()} view"
         yield "Refresh", app.action_reload, "reload everything from the server"
         for cluster in sorted(model.clusters):
-            yield (f"Rotate join token of cluster {cluster}", partial(app.rotate_token, cluster),
-                   "new agent connections need the new token")
-        for (cluster, name) in sorted(model.nodes):
+            yield (
+                f"Rotate join token of cluster {cluster}",
+                partial(app.rotate_token, cluster),
+                "new agent connections need the new token",
+            )
+        for cluster, name in sorted(model.nodes):
             yield f"Remove node {name} ({cluster})", partial(app.remove_node, (cluster, name)), "forget the node"
-        for (cluster, name) in sorted(model.volumes):
+        for cluster, name in sorted(model.volumes):
             key = (cluster, name)
             yield f"Open volume {name} ({cluster})", partial(app.open_volume, key), "bricks, self-heal daemons, options"
             for op in ("start", "stop", "delete"):
-                yield f"{op.capitalize()} volume {name} ({cluster})", partial(app.volume_op, op, key), f"{op} the volume"
+                yield (
+                    f"{op.capitalize()} volume {name} ({cluster})",
+                    partial(app.volume_op, op, key),
+                    f"{op} the volume",
+                )
 
     async def discover(self) -> Hits:
         for name, callback, help_text in self._commands():

@@ -45,8 +45,12 @@ def create_app(engine, bridge=None, volumes=None, devices=None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(status_code=500, content={
-            "detail": f"internal error ({type(exc).__name__}) in {request.method} {request.url.path}: see the server log"})
+        return JSONResponse(
+            status_code=500,
+            content={
+                "detail": f"internal error ({type(exc).__name__}) in {request.method} {request.url.path}: see the server log"
+            },
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):

@@ -50,6 +50,7 @@ def configure(backlog: int) -> None:
     BACKLOG = max(10, backlog)
     PRUNE_EVERY = max(1, BACKLOG // 10)
 
+
 DESCRIPTION = f"""
 Server-sent events (`text/event-stream`): every state change the control service persists
 (node Online/Unreachable, task transitions, volume and brick state, ...), in order.
@@ -114,7 +115,7 @@ class _Hub:
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 
@@ -202,8 +203,12 @@ def _bounds() -> tuple[int, int]:
 
 
 def _read_after(cursor: int, limit: int) -> list[tuple[int, float, str, str, str, str]]:
-    query = (Event.select(Event.id, Event.at, Event.cluster, Event.kind, Event.subject, Event.data)
-             .where(Event.id > cursor).order_by(Event.id).limit(limit))
+    query = (
+        Event.select(Event.id, Event.at, Event.cluster, Event.kind, Event.subject, Event.data)
+        .where(Event.id > cursor)
+        .order_by(Event.id)
+        .limit(limit)
+    )
     return [(r.id, r.at, r.cluster, r.kind, r.subject, r.data) for r in query]
 
 
@@ -214,10 +219,7 @@ def parse_filters(value: str | None) -> list[str]:
 def kind_matches(kind: str, filters: list[str]) -> bool:
     if not filters:
         return True
-    for f in filters:
-        if kind == f or kind.startswith(f if f.endswith(".") else f + "."):
-            return True
-    return False
+    return any(kind == f or kind.startswith(f if f.endswith(".") else f + ".") for f in filters)
 
 
 def _message(kind: str | None, data: dict, event_id: int | None = None) -> bytes:
@@ -253,8 +255,9 @@ async def _abort_on_shutdown(request: Request) -> None:
     transport.abort()
 
 
-async def stream(request: Request, after: int | None, clusters: list[str], kinds: list[str],
-                 heartbeat: float) -> AsyncIterator[bytes]:
+async def stream(
+    request: Request, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
+) -> AsyncIterator[bytes]:
     watcher = asyncio.create_task(_abort_on_shutdown(request))
     try:
         async for chunk in _stream(request, after, clusters, kinds, heartbeat):
@@ -263,8 +266,9 @@ async def stream(request: Request, after: int | None, clusters: list[str], kinds
         watcher.cancel()
 
 
-async def _stream(request: Request, after: int | None, clusters: list[str], kinds: list[str],
-                  heartbeat: float) -> AsyncIterator[bytes]:
+async def _stream(
+    request: Request, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
+) -> AsyncIterator[bytes]:
     hub = _hub()
     oldest, newest = await run_in_threadpool(_bounds)
     watch_shutdown = not _shutting_down(request)  # a client that asked for Connection: close
@@ -302,8 +306,13 @@ async def _stream(request: Request, after: int | None, clusters: list[str], kind
                 continue
             if not kind_matches(kind, kinds):
                 continue
-            chunks.append(_message(None, {"id": event_id, "at": at, "cluster": cluster, "kind": kind,
-                                          "subject": subject, "data": data}, event_id))
+            chunks.append(
+                _message(
+                    None,
+                    {"id": event_id, "at": at, "cluster": cluster, "kind": kind, "subject": subject, "data": data},
+                    event_id,
+                )
+            )
             last_sent = event_id
         now = time.monotonic()
         if chunks:
@@ -325,9 +334,14 @@ async def _stream(request: Request, after: int | None, clusters: list[str], kind
             hot_until = time.monotonic() + HOT_SECONDS
 
 
-@router.get("/events", tags=["events"], summary="Live event stream (server-sent events)", description=DESCRIPTION,
-            response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}})
+@router.get(
+    "/events",
+    tags=["events"],
+    summary="Live event stream (server-sent events)",
+    description=DESCRIPTION,
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}},
+)
 async def event_stream(
     request: Request,
     actor: CurrentUser,
@@ -345,5 +359,6 @@ async def event_stream(
     if after is not None and after < 0:
         raise InvalidInput("after must be 0 or more")
     body = stream(request, after, parse_filters(cluster), parse_filters(kind), heartbeat)
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

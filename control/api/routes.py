@@ -19,24 +19,52 @@ def nodes_public(rows: list[Node]) -> list[s.NodePublic]:
     if rows:
         query = Device.select().where(Device.cluster.in_({n.cluster_id for n in rows})).order_by(Device.path)
         for dev in query:
-            devices.setdefault((dev.cluster_id, dev.node_name), []).append(s.NodeDevice(
-                path=dev.path, device=dev.device, state=dev.state, total_bytes=dev.total_bytes,
-                free_bytes=dev.free_bytes))
-    return [s.NodePublic(
-        cluster=node.cluster.name, name=node.name, state=node.state, state_changed_at=node.state_changed_at,
-        last_seen_at=node.last_seen_at, address=node.address, hostname=node.hostname,
-        agent_version=node.agent_version, glusterfs_version=node.glusterfs_version, facts=node.facts or {},
-        devices=devices.get((node.cluster_id, node.name), []),
-    ) for node in rows]
+            devices.setdefault((dev.cluster_id, dev.node_name), []).append(
+                s.NodeDevice(
+                    path=dev.path,
+                    device=dev.device,
+                    state=dev.state,
+                    total_bytes=dev.total_bytes,
+                    free_bytes=dev.free_bytes,
+                )
+            )
+    return [
+        s.NodePublic(
+            cluster=node.cluster.name,
+            name=node.name,
+            state=node.state,
+            state_changed_at=node.state_changed_at,
+            last_seen_at=node.last_seen_at,
+            address=node.address,
+            hostname=node.hostname,
+            agent_version=node.agent_version,
+            glusterfs_version=node.glusterfs_version,
+            facts=node.facts or {},
+            devices=devices.get((node.cluster_id, node.name), []),
+        )
+        for node in rows
+    ]
 
 
 def task_public(task: Task, with_events: bool = False) -> s.TaskPublic:
     return s.TaskPublic(
-        id=task.id, cluster=task.cluster.name, node=task.node_name, kind=task.kind, params=task.params or {},
-        state=task.state, reason=task.reason, result=task.result, created_at=task.created_at,
-        updated_at=task.updated_at, finished_at=task.finished_at, fix=tasks.failure_fix(task),
-        events=[s.TaskEventPublic(state=e.state, at=e.at, reason=e.reason)
-                for e in task.events.order_by(tasks.TaskEvent.id)] if with_events else None,
+        id=task.id,
+        cluster=task.cluster.name,
+        node=task.node_name,
+        kind=task.kind,
+        params=task.params or {},
+        state=task.state,
+        reason=task.reason,
+        result=task.result,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        finished_at=task.finished_at,
+        fix=tasks.failure_fix(task),
+        events=[
+            s.TaskEventPublic(state=e.state, at=e.at, reason=e.reason) for e in task.events.order_by(tasks.TaskEvent.id)
+        ]
+        if with_events
+        else None,
     )
 
 
@@ -54,8 +82,13 @@ def logout(user: CurrentUser, token: Token):
     return Response(status_code=204)
 
 
-@router.post("/users", response_model=s.UserPublic, status_code=201, tags=["users"],
-             description="Create a user. Needs no token while the server has no users: the first user is admin.")
+@router.post(
+    "/users",
+    response_model=s.UserPublic,
+    status_code=201,
+    tags=["users"],
+    description="Create a user. Needs no token while the server has no users: the first user is admin.",
+)
 def create_user(body: s.UserCreate, actor: OptionalUser):
     user = users.create_user(body.name, body.password, body.admin, actor)
     return s.UserPublic(name=user.name, admin=user.is_admin, created_at=user.created_at)
@@ -75,8 +108,12 @@ def delete_user(name: str, actor: CurrentUser):
 # ---- clusters -----------------------------------------------------------------------------
 def cluster_public(cluster) -> s.ClusterPublic:
     members = list(cluster.nodes)
-    return s.ClusterPublic(name=cluster.name, created_at=cluster.created_at, nodes=len(members),
-                           nodes_online=sum(1 for n in members if n.state == NodeState.ONLINE.value))
+    return s.ClusterPublic(
+        name=cluster.name,
+        created_at=cluster.created_at,
+        nodes=len(members),
+        nodes_online=sum(1 for n in members if n.state == NodeState.ONLINE.value),
+    )
 
 
 @router.get("/clusters", response_model=list[s.ClusterPublic], tags=["clusters"])
@@ -93,8 +130,9 @@ def add_cluster(body: s.ClusterCreate, actor: CurrentUser):
 @router.get("/clusters/{name}", response_model=s.ClusterStatus, tags=["clusters"])
 def cluster_status(name: str, actor: CurrentUser):
     cluster = clusters.get(name)
-    return s.ClusterStatus(name=cluster.name, created_at=cluster.created_at,
-                           nodes=nodes_public(nodes.list_nodes(cluster)))
+    return s.ClusterStatus(
+        name=cluster.name, created_at=cluster.created_at, nodes=nodes_public(nodes.list_nodes(cluster))
+    )
 
 
 @router.delete("/clusters/{name}", status_code=204, tags=["clusters"])
@@ -109,8 +147,12 @@ def cluster_token(name: str, actor: CurrentUser):
     return s.JoinTokenPublic(cluster=cluster.name, token=clusters.join_token(cluster))
 
 
-@router.post("/clusters/{name}/token/rotate", response_model=s.JoinTokenPublic, tags=["clusters"],
-             description="Issue a new join token. Connected agents stay connected; new connections need the new token.")
+@router.post(
+    "/clusters/{name}/token/rotate",
+    response_model=s.JoinTokenPublic,
+    tags=["clusters"],
+    description="Issue a new join token. Connected agents stay connected; new connections need the new token.",
+)
 def rotate_token(name: str, actor: CurrentUser):
     cluster = clusters.rotate_token(name, actor)
     return s.JoinTokenPublic(cluster=cluster.name, token=clusters.join_token(cluster))
@@ -138,9 +180,14 @@ def remove_node(name: str, node: str, actor: CurrentUser, force: bool = False):
     return Response(status_code=204)
 
 
-@router.post("/clusters/{name}/nodes/{node}/probe", response_model=s.TaskPublic, status_code=202, tags=["nodes"],
-             description="Queue a probe task: the agent reports glusterfs version, kernel, free space of PATH "
-                         "and whether trusted xattrs work there.")
+@router.post(
+    "/clusters/{name}/nodes/{node}/probe",
+    response_model=s.TaskPublic,
+    status_code=202,
+    tags=["nodes"],
+    description="Queue a probe task: the agent reports glusterfs version, kernel, free space of PATH "
+    "and whether trusted xattrs work there.",
+)
 def probe_node(name: str, node: str, body: s.ProbeRequest, actor: CurrentUser, engine: Engine):
     cluster = clusters.get(name)
     nodes.get(cluster, node)
@@ -150,8 +197,13 @@ def probe_node(name: str, node: str, body: s.ProbeRequest, actor: CurrentUser, e
 
 # ---- tasks --------------------------------------------------------------------------------
 @router.get("/tasks", response_model=list[s.TaskPublic], tags=["tasks"])
-def list_tasks(actor: CurrentUser, cluster: str | None = None, node: str | None = None,
-               state: str | None = None, limit: int = Query(100, ge=1, le=1000)):
+def list_tasks(
+    actor: CurrentUser,
+    cluster: str | None = None,
+    node: str | None = None,
+    state: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+):
     c = clusters.get(cluster) if cluster else None
     return [task_public(t) for t in tasks.list_tasks(c, node, state, limit)]
 

@@ -75,8 +75,13 @@ class ClusterStatus(BaseModel):
 
 
 class ProbeRequest(BaseModel):
-    path: str | None = Field(default=None, description="Absolute path on the node: report its free space and whether trusted xattrs work there")
-    io_seconds: float = Field(default=0, ge=0, le=60, description="Also measure write throughput in PATH for this many seconds")
+    path: str | None = Field(
+        default=None,
+        description="Absolute path on the node: report its free space and whether trusted xattrs work there",
+    )
+    io_seconds: float = Field(
+        default=0, ge=0, le=60, description="Also measure write throughput in PATH for this many seconds"
+    )
 
 
 class TaskEventPublic(BaseModel):

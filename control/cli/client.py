@@ -59,14 +59,17 @@ class Client:
         self.token = token if token is not None else (saved.get("token") if same_server else None)
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, params: dict | None = None, auth: bool = True,
-                raw: bool = False) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, params: dict | None = None, auth: bool = True, raw: bool = False
+    ) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
         try:
             resp = self._http.request(method, path, json=body, params=params, headers=headers)
         except httpx.ConnectError:
-            raise CliError(f"cannot reach the control server at {self.url}: is it running? "
-                           "(start it with 'glusterctl server'; pick another with --url)") from None
+            raise CliError(
+                f"cannot reach the control server at {self.url}: is it running? "
+                "(start it with 'glusterctl server'; pick another with --url)"
+            ) from None
         except httpx.TimeoutException:
             raise CliError(f"the control server at {self.url} did not answer in time") from None
         if resp.status_code >= 400:

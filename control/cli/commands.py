@@ -26,8 +26,11 @@ def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("amqtt", "transitions", "uvicorn.error", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -49,10 +52,26 @@ def server(args: argparse.Namespace) -> int:
     from control.settings import ServerSettings
 
     try:
-        settings = ServerSettings(**_settings_kwargs(args, ["data_dir", "http", "mqtt", "mqtt_url", "mqtt_root", "db", "brick_ports", "event_backlog", "log_level"]))
+        settings = ServerSettings(
+            **_settings_kwargs(
+                args,
+                [
+                    "data_dir",
+                    "http",
+                    "mqtt",
+                    "mqtt_url",
+                    "mqtt_root",
+                    "db",
+                    "brick_ports",
+                    "event_backlog",
+                    "log_level",
+                ],
+            )
+        )
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
+
     def on_ready(bridge) -> None:
         sdnotify.ready("serving", bridge.alive)
 
@@ -70,9 +89,23 @@ def agent(args: argparse.Namespace) -> int:
     from agent.settings import AgentSettings
 
     try:
-        settings = AgentSettings(**_settings_kwargs(
-            args, ["mqtt_url", "token", "token_file", "node", "address", "state_dir", "keepalive", "heartbeat",
-                   "mqtt_root", "log_level"]))
+        settings = AgentSettings(
+            **_settings_kwargs(
+                args,
+                [
+                    "mqtt_url",
+                    "token",
+                    "token_file",
+                    "node",
+                    "address",
+                    "state_dir",
+                    "keepalive",
+                    "heartbeat",
+                    "mqtt_root",
+                    "log_level",
+                ],
+            )
+        )
     except ValidationError as exc:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
@@ -127,16 +160,25 @@ def logout(args: argparse.Namespace) -> int:
 
 def user_create(args: argparse.Namespace) -> int:
     client = _client(args)
-    user = client.post("/api/v1/users", {"name": args.name, "password": _read_password(args, confirm=True),
-                                         "admin": args.admin})
+    user = client.post(
+        "/api/v1/users", {"name": args.name, "password": _read_password(args, confirm=True), "admin": args.admin}
+    )
     print(f"User {user['name']} created{' (admin)' if user['admin'] else ''}.")
     return 0
 
 
 def user_list(args: argparse.Namespace) -> int:
     data = _client(args).get("/api/v1/users")
-    emit(data, args.output, [("NAME", "name"), ("ADMIN", lambda u: "yes" if u["admin"] else "no"),
-                             ("CREATED", lambda u: ago(u["created_at"]))], "users")
+    emit(
+        data,
+        args.output,
+        [
+            ("NAME", "name"),
+            ("ADMIN", lambda u: "yes" if u["admin"] else "no"),
+            ("CREATED", lambda u: ago(u["created_at"])),
+        ],
+        "users",
+    )
     return 0
 
 
@@ -149,23 +191,33 @@ def user_delete(args: argparse.Namespace) -> int:
 # ---- clusters ------------------------------------------------------------------------------
 def cluster_add(args: argparse.Namespace) -> int:
     answer = _client(args).post("/api/v1/clusters", {"name": args.name})
-    print(f"Cluster {answer['cluster']} added. Start its node agents with this join token "
-          "(--token or GLUSTERCTL_TOKEN):")
+    print(
+        f"Cluster {answer['cluster']} added. Start its node agents with this join token (--token or GLUSTERCTL_TOKEN):"
+    )
     print(answer["token"])
     return 0
 
 
 def cluster_list(args: argparse.Namespace) -> int:
     data = _client(args).get("/api/v1/clusters")
-    emit(data, args.output, [("NAME", "name"), ("NODES", "nodes"), ("ONLINE", "nodes_online"),
-                             ("CREATED", lambda c: ago(c["created_at"]))], "clusters")
+    emit(
+        data,
+        args.output,
+        [("NAME", "name"), ("NODES", "nodes"), ("ONLINE", "nodes_online"), ("CREATED", lambda c: ago(c["created_at"]))],
+        "clusters",
+    )
     return 0
 
 
 NODE_COLUMNS = [
-    ("NODE", "name"), ("STATE", lambda n: styled(n["state"])), ("ADDRESS", "address"),
-    ("LAST SEEN", lambda n: ago(n["last_seen_at"])), ("SINCE", lambda n: ago(n["state_changed_at"])),
-    ("AGENT", "agent_version"), ("GLUSTERFS", lambda n: n["glusterfs_version"] or "-"), ("FREE", node_free),
+    ("NODE", "name"),
+    ("STATE", lambda n: styled(n["state"])),
+    ("ADDRESS", "address"),
+    ("LAST SEEN", lambda n: ago(n["last_seen_at"])),
+    ("SINCE", lambda n: ago(n["state_changed_at"])),
+    ("AGENT", "agent_version"),
+    ("GLUSTERFS", lambda n: n["glusterfs_version"] or "-"),
+    ("FREE", node_free),
 ]
 
 
@@ -184,7 +236,11 @@ def cluster_status(args: argparse.Namespace) -> int:
 def cluster_token(args: argparse.Namespace) -> int:
     name = args.name or args.cluster
     client = _client(args)
-    answer = client.post(f"/api/v1/clusters/{name}/token/rotate") if args.rotate else client.get(f"/api/v1/clusters/{name}/token")
+    answer = (
+        client.post(f"/api/v1/clusters/{name}/token/rotate")
+        if args.rotate
+        else client.get(f"/api/v1/clusters/{name}/token")
+    )
     if args.rotate:
         print(f"Join token of cluster {name} rotated; agents that reconnect need the new token:")
     print(answer["token"])
@@ -244,8 +300,12 @@ def node_probe(args: argparse.Namespace) -> int:
 
 # ---- tasks --------------------------------------------------------------------------------
 TASK_COLUMNS = [
-    ("ID", lambda t: t["id"][:12]), ("NODE", "node"), ("KIND", "kind"), ("STATE", lambda t: styled(t["state"])),
-    ("UPDATED", lambda t: ago(t["updated_at"])), ("REASON", "reason"),
+    ("ID", lambda t: t["id"][:12]),
+    ("NODE", "node"),
+    ("KIND", "kind"),
+    ("STATE", lambda t: styled(t["state"])),
+    ("UPDATED", lambda t: ago(t["updated_at"])),
+    ("REASON", "reason"),
 ]
 
 
@@ -267,4 +327,3 @@ def task_show(args: argparse.Namespace) -> int:
     for ev in task["events"] or []:
         print(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['at']))}  {ev['state']}  {ev['reason']}")
     return 0
-

@@ -14,9 +14,12 @@ _glusterctl() {
 complete -o default -F _glusterctl glusterctl
 """
 
-ZSH = """# glusterctl completion for zsh; load with: source <(glusterctl completion zsh)
+ZSH = (
+    """# glusterctl completion for zsh; load with: source <(glusterctl completion zsh)
 autoload -U +X bashcompinit && bashcompinit
-""" + BASH
+"""
+    + BASH
+)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -51,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
-                       description="Print a completion script. bash: source <(glusterctl completion bash); "
-                                   "zsh: source <(glusterctl completion zsh). Add the line to ~/.bashrc or ~/.zshrc.")
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script. bash: source <(glusterctl completion bash); "
+        "zsh: source <(glusterctl completion zsh). Add the line to ~/.bashrc or ~/.zshrc.",
+    )
     p.add_argument("shell", choices=["bash", "zsh"])
     p.set_defaults(func=run)

@@ -49,10 +49,15 @@ def _until(what: str, cond, timeout: float = 60.0):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="start a server, three local agents and a mounted replica-3 volume (needs root)",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = sub.add_parser(
+        "demo",
+        help="start a server, three local agents and a mounted replica-3 volume (needs root)",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
     p.add_argument("--dir", help="where everything lives (default: a new temporary folder)")
-    p.add_argument("--exit", action="store_true", help="tear everything down right after the tour instead of waiting for Ctrl-C")
+    p.add_argument(
+        "--exit", action="store_true", help="tear everything down right after the tour instead of waiting for Ctrl-C"
+    )
     p.set_defaults(func=run)
 
 
@@ -72,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
 
     def spawn(name: str, *argv: str) -> subprocess.Popen:
         log = open(base / f"{name}.log", "ab")
-        proc = subprocess.Popen([*exe, *argv], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [*exe, *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         procs.append(proc)
         return proc
 
@@ -85,8 +96,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _step(f"control server on http://127.0.0.1:{http} (MQTT 127.0.0.1:{mqtt}), files in {base}")
-        spawn("server", "server", "--data-dir", str(base / "server"), "--http", f"127.0.0.1:{http}",
-              "--mqtt", f"127.0.0.1:{mqtt}")
+        spawn(
+            "server",
+            "server",
+            "--data-dir",
+            str(base / "server"),
+            "--http",
+            f"127.0.0.1:{http}",
+            "--mqtt",
+            f"127.0.0.1:{mqtt}",
+        )
         client = Client(env["GLUSTERCTL_URL"], token="")
         _until("the server", lambda: client.request("GET", "/healthz", auth=False)["status"] == "ok")
         password = secrets.token_urlsafe(12)
@@ -96,8 +115,20 @@ def run(args: argparse.Namespace) -> int:
         token = cli("cluster", "token").strip().splitlines()[-1]
         for node in NODES:
             (base / "bricks" / node).mkdir(parents=True, exist_ok=True)
-            spawn(f"agent-{node}", "agent", "--mqtt-url", f"mqtt://127.0.0.1:{mqtt}", "--token", token, "--node", node,
-                  "--address", "127.0.0.1", "--state-dir", str(base / f"agent-{node}"))
+            spawn(
+                f"agent-{node}",
+                "agent",
+                "--mqtt-url",
+                f"mqtt://127.0.0.1:{mqtt}",
+                "--token",
+                token,
+                "--node",
+                node,
+                "--address",
+                "127.0.0.1",
+                "--state-dir",
+                str(base / f"agent-{node}"),
+            )
         _step("three agents started; waiting for them to come Online")
         _until("three nodes Online", lambda: cli("node", "list").count("Online") == 3)
         print(cli("cluster", "status"), end="")

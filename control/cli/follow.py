@@ -27,6 +27,7 @@ POLL_SECONDS = 1.0  # REST polling interval while the stream is down
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 HELLO_TIMEOUT = 5.0
 
+
 @dataclass
 class FollowResult:
     """What a follow saw: ``ok`` when everything reached a wanted final state in time."""
@@ -74,8 +75,9 @@ class EventStream:
     ``("down", error text)`` when a connection ends.
     """
 
-    def __init__(self, url: str, token: str | None, cluster: str | None = None, kinds: str | None = None,
-                 heartbeat: float = 5.0) -> None:
+    def __init__(
+        self, url: str, token: str | None, cluster: str | None = None, kinds: str | None = None, heartbeat: float = 5.0
+    ) -> None:
         self.url, self.token = url.rstrip("/"), token
         self.params: dict[str, Any] = {"heartbeat": heartbeat}
         if cluster:
@@ -168,9 +170,15 @@ class Progress:
         table.add_row(f"[bold]{self.title}[/bold]")
         for what, state, reason in self.rows.values():
             final = state in FINAL_TASK_STATES or state in VOLUME_FAILED_STATES or state.endswith(("ed",))
-            mark = ("[green]✓[/green]" if state in ("DONE", "Started", "Stopped", "Created", "Deleted", "Online")
-                    else "[red]✗[/red]" if state in ("FAILED", "Offline") or state in VOLUME_FAILED_STATES
-                    else Spinner("dots") if not final else "•")
+            mark = (
+                "[green]✓[/green]"
+                if state in ("DONE", "Started", "Stopped", "Created", "Deleted", "Online")
+                else "[red]✗[/red]"
+                if state in ("FAILED", "Offline") or state in VOLUME_FAILED_STATES
+                else Spinner("dots")
+                if not final
+                else "•"
+            )
             table.add_row(mark, what, state, reason)
         return table
 
@@ -199,8 +207,15 @@ class Progress:
 
 # ---- following ------------------------------------------------------------------------------
 class _Follower:
-    def __init__(self, client: Client, cluster: str | None, timeout: float, out: IO[str] | None, title: str,
-                 use_stream: bool = True) -> None:
+    def __init__(
+        self,
+        client: Client,
+        cluster: str | None,
+        timeout: float,
+        out: IO[str] | None,
+        title: str,
+        use_stream: bool = True,
+    ) -> None:
         self.client, self.cluster, self.timeout = client, cluster, timeout
         self.deadline = time.monotonic() + timeout
         self.progress = Progress(out or sys.stderr, title)
@@ -208,7 +223,9 @@ class _Follower:
         self.volume: tuple[str, set[str]] | None = None
         self.volume_state: str | None = None
         self.volume_gone = False
-        self.stream = EventStream(client.url, client.token, cluster=cluster, kinds="task.,volume.,brick.") if use_stream else None
+        self.stream = (
+            EventStream(client.url, client.token, cluster=cluster, kinds="task.,volume.,brick.") if use_stream else None
+        )
 
     # state changes
     def set_task(self, task_id: str, node: str, kind: str, state: str, reason: str, fix: str | None = None) -> None:
@@ -223,14 +240,28 @@ class _Follower:
     def apply(self, event: dict[str, Any]) -> None:
         data = event.get("data") or {}
         if event["kind"] == "task.state" and event["subject"] in self.tasks:
-            self.set_task(event["subject"], data.get("node", ""), data.get("kind", ""), data.get("state", ""),
-                          data.get("reason", ""), data.get("fix"))
-        elif event["kind"] == "volume.state" and self.volume and event["subject"] == self.volume[0] \
-                and event["cluster"] == self.cluster:
+            self.set_task(
+                event["subject"],
+                data.get("node", ""),
+                data.get("kind", ""),
+                data.get("state", ""),
+                data.get("reason", ""),
+                data.get("fix"),
+            )
+        elif (
+            event["kind"] == "volume.state"
+            and self.volume
+            and event["subject"] == self.volume[0]
+            and event["cluster"] == self.cluster
+        ):
             self.set_volume(data.get("state", ""))
-        elif event["kind"] == "brick.state" and self.volume and event["subject"].startswith(self.volume[0] + ":") \
-                and event["cluster"] == self.cluster:
-            _, node, path = (event["subject"].split(":", 2) + ["", ""])[:3]
+        elif (
+            event["kind"] == "brick.state"
+            and self.volume
+            and event["subject"].startswith(self.volume[0] + ":")
+            and event["cluster"] == self.cluster
+        ):
+            _, node, path = ([*event["subject"].split(":", 2), "", ""])[:3]
             self.progress.update(f"brick:{event['subject']}", f"brick {node}:{path}", data.get("state", ""))
 
     def reload(self) -> None:
@@ -283,8 +314,11 @@ class _Follower:
                     if self.finished():
                         break
                 try:
-                    item, payload = (self.stream.queue.get(timeout=min(0.25, remaining)) if self.stream
-                                     else (None, time.sleep(min(0.25, remaining))))
+                    item, payload = (
+                        self.stream.queue.get(timeout=min(0.25, remaining))
+                        if self.stream
+                        else (None, time.sleep(min(0.25, remaining)))
+                    )
                 except queue.Empty:
                     continue
                 if item == "event":
@@ -316,18 +350,36 @@ class _Follower:
         if self.volume_state in VOLUME_FAILED_STATES and not failures:
             failures.append(f"volume {self.volume[0]}: {self.volume_state}")
         if timed_out:
-            waiting = [f"{t['node']} {t['kind']} {t['state']}" for t in self.tasks.values()
-                       if t["state"] not in FINAL_TASK_STATES]
+            waiting = [
+                f"{t['node']} {t['kind']} {t['state']}"
+                for t in self.tasks.values()
+                if t["state"] not in FINAL_TASK_STATES
+            ]
             what = ", ".join(waiting) or f"volume {self.volume[0] if self.volume else ''} {self.volume_state}"
-            failures.append(f"timed out after {self.timeout:.0f}s: still {what} "
-                            "(a task for an Unreachable node waits QUEUED until it returns)")
+            failures.append(
+                f"timed out after {self.timeout:.0f}s: still {what} "
+                "(a task for an Unreachable node waits QUEUED until it returns)"
+            )
         ok = not timed_out and not failures and self.finished()
-        return FollowResult(ok=ok, timed_out=timed_out, tasks=dict(self.tasks), volume_state=self.volume_state,
-                            failures=failures, used_stream=used_stream)
+        return FollowResult(
+            ok=ok,
+            timed_out=timed_out,
+            tasks=dict(self.tasks),
+            volume_state=self.volume_state,
+            failures=failures,
+            used_stream=used_stream,
+        )
 
 
-def follow_tasks(client: Client, task_ids: Iterable[str], timeout: float = 120.0, out: IO[str] | None = None,
-                 cluster: str | None = None, title: str = "Waiting for tasks", use_stream: bool = True) -> FollowResult:
+def follow_tasks(
+    client: Client,
+    task_ids: Iterable[str],
+    timeout: float = 120.0,
+    out: IO[str] | None = None,
+    cluster: str | None = None,
+    title: str = "Waiting for tasks",
+    use_stream: bool = True,
+) -> FollowResult:
     """Wait until every task is DONE or FAILED (or ``timeout`` seconds passed), showing per-node progress."""
     follower = _Follower(client, cluster, timeout, out, title, use_stream)
     for task_id in task_ids:
@@ -335,8 +387,16 @@ def follow_tasks(client: Client, task_ids: Iterable[str], timeout: float = 120.0
     return follower.run()
 
 
-def follow_volume(client: Client, cluster: str, name: str, target_states: Iterable[str], timeout: float = 300.0,
-                  out: IO[str] | None = None, task_ids: Iterable[str] = (), use_stream: bool = True) -> FollowResult:
+def follow_volume(
+    client: Client,
+    cluster: str,
+    name: str,
+    target_states: Iterable[str],
+    timeout: float = 300.0,
+    out: IO[str] | None = None,
+    task_ids: Iterable[str] = (),
+    use_stream: bool = True,
+) -> FollowResult:
     """Wait until volume ``name`` is in one of ``target_states`` (failing on ``*Failed``) and its tasks are final.
 
     ``target_states`` containing ``Deleted`` also accepts the volume being gone (HTTP 404).

@@ -22,7 +22,9 @@ def _cluster(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)")
+    common.add_argument(
+        "--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)"
+    )
 
     parser = argparse.ArgumentParser(
         prog="glusterctl",
@@ -32,29 +34,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # ---- processes ------------------------------------------------------------------------
-    p = sub.add_parser("server", help="run the control service (REST API, embedded MQTT broker, store)",
-                       description="Run the control service. Every flag can also be set as GLUSTERCTL_<FLAG> "
-                                   "(e.g. GLUSTERCTL_DATA_DIR).")
+    p = sub.add_parser(
+        "server",
+        help="run the control service (REST API, embedded MQTT broker, store)",
+        description="Run the control service. Every flag can also be set as GLUSTERCTL_<FLAG> "
+        "(e.g. GLUSTERCTL_DATA_DIR).",
+    )
     p.add_argument("--data-dir", help="state directory: SQLite database, broker secret (default: /var/lib/glusterctl)")
     p.add_argument("--http", help="REST API listen address HOST:PORT (default: 127.0.0.1:8080)")
     p.add_argument("--mqtt", help="embedded MQTT broker listen address HOST:PORT (default: 0.0.0.0:1883)")
-    p.add_argument("--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT")
+    p.add_argument(
+        "--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT"
+    )
     p.add_argument("--mqtt-root", help="topic root, to share a broker between control planes (default: glusterctl)")
-    p.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB")
+    p.add_argument(
+        "--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB"
+    )
     p.add_argument("--brick-ports", help="port range for bricks on each node, LOW-HIGH (default: 49152-60999)")
-    p.add_argument("--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)")
+    p.add_argument(
+        "--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.server)
 
-    p = sub.add_parser("agent", help="run the node agent on a storage node",
-                       description="Run the node agent. Every flag can also be set as GLUSTERCTL_<FLAG> "
-                                   "(e.g. GLUSTERCTL_TOKEN). Exits 2 when the join token or node name is refused; "
-                                   "retries forever while the broker is unreachable.")
+    p = sub.add_parser(
+        "agent",
+        help="run the node agent on a storage node",
+        description="Run the node agent. Every flag can also be set as GLUSTERCTL_<FLAG> "
+        "(e.g. GLUSTERCTL_TOKEN). Exits 2 when the join token or node name is refused; "
+        "retries forever while the broker is unreachable.",
+    )
     p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
     p.add_argument("--token", help="the cluster's join token (glusterctl cluster token CLUSTER)")
     p.add_argument("--token-file", help="read the join token from this file")
     p.add_argument("--node", help="node name (default: this host's FQDN)")
-    p.add_argument("--address", help="address clients use to reach this node's bricks (default: the address that reaches the broker)")
+    p.add_argument(
+        "--address",
+        help="address clients use to reach this node's bricks (default: the address that reaches the broker)",
+    )
     p.add_argument("--state-dir", help="agent state: id, epoch, task journal (default: /var/lib/glusterctl-agent)")
     p.add_argument("--keepalive", type=int, help="MQTT keepalive in seconds (default: 10)")
     p.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (default: the keepalive)")
@@ -76,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.logout)
 
     users = sub.add_parser("user", help="manage users").add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = users.add_parser("create", parents=[common], help="create a user (the first user needs no login and becomes admin)")
+    p = users.add_parser(
+        "create", parents=[common], help="create a user (the first user needs no login and becomes admin)"
+    )
     p.add_argument("name")
     p.add_argument("--admin", action="store_true", help="make the user an admin")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -89,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.user_delete)
 
     # ---- clusters ---------------------------------------------------------------------------
-    clusters = sub.add_parser("cluster", help="manage clusters").add_subparsers(dest="action", metavar="ACTION", required=True)
+    clusters = sub.add_parser("cluster", help="manage clusters").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
     p = clusters.add_parser("add", parents=[common], help="register a cluster and print its join token")
     p.add_argument("name")
     p.set_defaults(func=commands.cluster_add)
@@ -104,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = clusters.add_parser("token", parents=[common], help="print a cluster's join token (last line: the token alone)")
     p.add_argument("name", nargs="?", help="cluster (default: -c or 'default')")
     _cluster(p)
-    p.add_argument("--rotate", action="store_true", help="issue a new token (admins only); new agent connections need it")
+    p.add_argument(
+        "--rotate", action="store_true", help="issue a new token (admins only); new agent connections need it"
+    )
     p.set_defaults(func=commands.cluster_token)
     p = clusters.add_parser("delete", parents=[common], help="delete a cluster that has no nodes (admins only)")
     p.add_argument("name")
@@ -122,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("--force", action="store_true", help="remove even while the node is Online")
     p.set_defaults(func=commands.node_remove)
-    p = nodes.add_parser("probe", parents=[common], help="ask a node's agent for glusterfs version, kernel, free space, xattr support")
+    p = nodes.add_parser(
+        "probe", parents=[common], help="ask a node's agent for glusterfs version, kernel, free space, xattr support"
+    )
     _cluster(p)
     p.add_argument("node")
     p.add_argument("--path", help="absolute path on the node to check (free space, trusted xattrs)")
@@ -160,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args, extra = parser.parse_known_args(argv)
     # bricks (NODE:/path) may come after options: volume create NAME --replica 3 n1:/b n2:/b n3:/b
-    if extra and isinstance(getattr(args, "bricks", None), list) and all(":" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and isinstance(getattr(args, "bricks", None), list)
+        and all(":" in e and not e.startswith("-") for e in extra)
+    ):
         args.bricks += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

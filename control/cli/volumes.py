@@ -13,8 +13,13 @@ from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import ago, console, emit, size, styled
 
 # the state each operation waits for; the follower fails on any *Failed state
-FINAL = {"create": {"Started"}, "create-only": {"Created"}, "start": {"Started"}, "stop": {"Stopped"},
-         "delete": {"Deleted"}}
+FINAL = {
+    "create": {"Started"},
+    "create-only": {"Created"},
+    "start": {"Started"},
+    "stop": {"Stopped"},
+    "delete": {"Deleted"},
+}
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -27,8 +32,11 @@ def _vpath(args: argparse.Namespace, suffix: str = "") -> str:
 
 def add_parsers(sub, common, cluster, output) -> None:
     devices = sub.add_parser("device", help="register brick homes: directories or block devices").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
-    p = devices.add_parser("add", parents=[common], help="register a directory (--path) or an empty block device (--device) on a node")
+        dest="action", metavar="ACTION", required=True
+    )
+    p = devices.add_parser(
+        "add", parents=[common], help="register a directory (--path) or an empty block device (--device) on a node"
+    )
     cluster(p)
     p.add_argument("node")
     what = p.add_mutually_exclusive_group(required=True)
@@ -47,15 +55,23 @@ def add_parsers(sub, common, cluster, output) -> None:
     p.add_argument("path", help="the registered path, or the block device")
     p.set_defaults(func=device_remove)
 
-    volumes = sub.add_parser("volume", help="manage volumes").add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = volumes.add_parser("create", parents=[common], help="create (and start) a volume",
-                           description="Create a volume from NODE:/path bricks (consecutive bricks form the replica or "
-                                       "disperse sets), or with --size on registered devices. It starts unless --no-start.")
+    volumes = sub.add_parser("volume", help="manage volumes").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = volumes.add_parser(
+        "create",
+        parents=[common],
+        help="create (and start) a volume",
+        description="Create a volume from NODE:/path bricks (consecutive bricks form the replica or "
+        "disperse sets), or with --size on registered devices. It starts unless --no-start.",
+    )
     cluster(p)
     p.add_argument("name")
     p.add_argument("bricks", nargs="*", metavar="NODE:/path")
     p.add_argument("--replica", type=int, default=0, help="replica count: 2 or 3")
-    p.add_argument("--arbiter", type=int, default=0, help="1: the last brick of each set is an arbiter (with --replica 2 or 3)")
+    p.add_argument(
+        "--arbiter", type=int, default=0, help="1: the last brick of each set is an arbiter (with --replica 2 or 3)"
+    )
     p.add_argument("--disperse", type=int, default=0, help="bricks per disperse set (at least 3)")
     p.add_argument("--redundancy", type=int, default=0, help="bricks per disperse set that may fail (default 1)")
     p.add_argument("--size", help="dynamic provisioning: e.g. 100GiB, bricks placed on registered devices")
@@ -64,31 +80,44 @@ def add_parsers(sub, common, cluster, output) -> None:
     p.add_argument("--no-start", action="store_true", help="only create; start later with 'volume start'")
     _wait(p)
     p.set_defaults(func=volume_create)
-    for verb, helptext in (("start", "start a volume's bricks (and self-heal daemons)"),
-                           ("stop", "stop a volume's bricks"), ("delete", "delete a stopped volume")):
+    for verb, helptext in (
+        ("start", "start a volume's bricks (and self-heal daemons)"),
+        ("stop", "stop a volume's bricks"),
+        ("delete", "delete a stopped volume"),
+    ):
         p = volumes.add_parser(verb, parents=[common], help=helptext)
         cluster(p)
         p.add_argument("name")
         if verb == "delete":
-            p.add_argument("--purge", action="store_true", help="also remove GlusterFS metadata (volume-id xattr, "
-                                                               ".glusterfs) from the brick directories; data files stay")
+            p.add_argument(
+                "--purge",
+                action="store_true",
+                help="also remove GlusterFS metadata (volume-id xattr, "
+                ".glusterfs) from the brick directories; data files stay",
+            )
         _wait(p)
         p.set_defaults(func=volume_op, verb=verb)
     p = volumes.add_parser("list", parents=[common], help="list volumes")
     cluster(p)
     output(p)
     p.set_defaults(func=volume_list)
-    for verb, helptext in (("info", "show a volume's layout and options"),
-                           ("status", "show each brick (node, path, port, pid, Online) and the self-heal daemons")):
+    for verb, helptext in (
+        ("info", "show a volume's layout and options"),
+        ("status", "show each brick (node, path, port, pid, Online) and the self-heal daemons"),
+    ):
         p = volumes.add_parser(verb, parents=[common], help=helptext)
         cluster(p)
         p.add_argument("name")
         output(p)
         p.set_defaults(func=volume_info if verb == "info" else volume_status)
 
-    p = sub.add_parser("mount", parents=[common], help="FUSE-mount a volume here (needs root and glusterfs)",
-                       description="Fetch the volume's client volfile from the control server and mount it with "
-                                   "'glusterfs -f VOLFILE MOUNTPOINT'. Unmount with 'umount MOUNTPOINT'.")
+    p = sub.add_parser(
+        "mount",
+        parents=[common],
+        help="FUSE-mount a volume here (needs root and glusterfs)",
+        description="Fetch the volume's client volfile from the control server and mount it with "
+        "'glusterfs -f VOLFILE MOUNTPOINT'. Unmount with 'umount MOUNTPOINT'.",
+    )
     cluster(p)
     p.add_argument("name")
     p.add_argument("mountpoint")
@@ -110,7 +139,9 @@ def _wait(p: argparse.ArgumentParser) -> None:
 # ---- waiting ---------------------------------------------------------------------------------
 def wait_volume(client: Client, args: argparse.Namespace, verb: str, task_ids: list[str]) -> int:
     """Follow the event stream until the operation's final state: 0 done, 1 failed, 2 timed out."""
-    result = follow_volume(client, args.cluster, args.name, FINAL[verb], args.timeout, out=sys.stdout, task_ids=task_ids)
+    result = follow_volume(
+        client, args.cluster, args.name, FINAL[verb], args.timeout, out=sys.stdout, task_ids=task_ids
+    )
     if result.ok:
         print(f"Volume {args.name} {(result.volume_state or 'Deleted').lower()}.")
         return 0
@@ -137,7 +168,9 @@ def device_add(args: argparse.Namespace) -> int:
     task = client.get(f"/api/v1/tasks/{answer['task']['id']}")
     if task["state"] == "DONE":
         result = task["result"] or {}
-        print(f"Registered {target} on {args.node}: {size(result.get('free_bytes'))} free of {size(result.get('total_bytes'))}.")
+        print(
+            f"Registered {target} on {args.node}: {size(result.get('free_bytes'))} free of {size(result.get('total_bytes'))}."
+        )
         return 0
     print(f"Registering {target} on {args.node} failed: {task['reason']}\nHow to fix: {task['fix']}", file=sys.stderr)
     return 1
@@ -145,9 +178,20 @@ def device_add(args: argparse.Namespace) -> int:
 
 def device_list(args: argparse.Namespace) -> int:
     data = _client(args).get(f"/api/v1/clusters/{args.cluster}/devices", node=args.node)
-    emit(data, args.output, [("NODE", "node"), ("PATH", "path"), ("DEVICE", lambda d: d["device"] or "-"),
-                             ("STATE", lambda d: styled(d["state"])), ("FREE", lambda d: size(d["free_bytes"])),
-                             ("TOTAL", lambda d: size(d["total_bytes"])), ("REASON", "reason")], "devices")
+    emit(
+        data,
+        args.output,
+        [
+            ("NODE", "node"),
+            ("PATH", "path"),
+            ("DEVICE", lambda d: d["device"] or "-"),
+            ("STATE", lambda d: styled(d["state"])),
+            ("FREE", lambda d: size(d["free_bytes"])),
+            ("TOTAL", lambda d: size(d["total_bytes"])),
+            ("REASON", "reason"),
+        ],
+        "devices",
+    )
     return 0
 
 
@@ -166,10 +210,21 @@ def volume_create(args: argparse.Namespace) -> int:
             raise CliError(f"invalid --option {item!r}: use KEY=VALUE")
         options[key] = value
     client = _client(args)
-    answer = client.post(f"/api/v1/clusters/{args.cluster}/volumes", {
-        "name": args.name, "bricks": args.bricks, "replica": args.replica, "arbiter": args.arbiter,
-        "disperse": args.disperse, "redundancy": args.redundancy, "size": args.size, "force": args.force,
-        "start": not args.no_start, "options": options})
+    answer = client.post(
+        f"/api/v1/clusters/{args.cluster}/volumes",
+        {
+            "name": args.name,
+            "bricks": args.bricks,
+            "replica": args.replica,
+            "arbiter": args.arbiter,
+            "disperse": args.disperse,
+            "redundancy": args.redundancy,
+            "size": args.size,
+            "force": args.force,
+            "start": not args.no_start,
+            "options": options,
+        },
+    )
     print("Volume creation request sent.")
     if args.wait:
         return wait_volume(client, args, "create-only" if args.no_start else "create", answer["tasks"])
@@ -198,9 +253,18 @@ def _type_text(v: dict) -> str:
 
 def volume_list(args: argparse.Namespace) -> int:
     data = _client(args).get(f"/api/v1/clusters/{args.cluster}/volumes")
-    emit(data, args.output, [("NAME", "name"), ("TYPE", _type_text), ("STATE", lambda v: styled(v["state"])),
-                             ("BRICKS", lambda v: f"{v['bricks_online']}/{v['bricks_total']} online"),
-                             ("CREATED", lambda v: ago(v["created_at"]))], "volumes")
+    emit(
+        data,
+        args.output,
+        [
+            ("NAME", "name"),
+            ("TYPE", _type_text),
+            ("STATE", lambda v: styled(v["state"])),
+            ("BRICKS", lambda v: f"{v['bricks_online']}/{v['bricks_total']} online"),
+            ("CREATED", lambda v: ago(v["created_at"])),
+        ],
+        "volumes",
+    )
     return 0
 
 
@@ -210,8 +274,10 @@ def volume_info(args: argparse.Namespace) -> int:
         emit(v, "json", [])
         return 0
     sets = v["bricks_total"] // max(1, {"disperse": v["disperse"], "distribute": 1}.get(v["type"], v["replica"]))
-    print(f"Volume: {v['name']}\nCluster: {v['cluster']}\nID: {v['id']}\nType: {_type_text(v)}\n"
-          f"State: {v['state']}\nBricks: {v['bricks_total']} ({sets} x {v['bricks_total'] // max(sets, 1)})")
+    print(
+        f"Volume: {v['name']}\nCluster: {v['cluster']}\nID: {v['id']}\nType: {_type_text(v)}\n"
+        f"State: {v['state']}\nBricks: {v['bricks_total']} ({sets} x {v['bricks_total'] // max(sets, 1)})"
+    )
     for b in v["bricks"]:
         arbiter = " (arbiter)" if v["type"] == "arbiter" and b["index"] % 3 == 2 else ""
         print(f"  Brick{b['index'] + 1}: {b['node']}:{b['path']}{arbiter}")
@@ -227,13 +293,32 @@ def volume_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         emit(v, "json", [])
         return 0
-    console.print(f"Volume {v['name']} ({_type_text(v)}): {styled(v['state'])}, "
-                  f"{v['bricks_online']}/{v['bricks_total']} bricks online")
-    emit(v["bricks"], "table", [("BRICK", lambda b: f"{b['node']}:{b['path']}"), ("PORT", "port"),
-                                ("PID", lambda b: b["pid"] or "-"), ("STATE", lambda b: styled(b["state"]))], "bricks")
+    console.print(
+        f"Volume {v['name']} ({_type_text(v)}): {styled(v['state'])}, "
+        f"{v['bricks_online']}/{v['bricks_total']} bricks online"
+    )
+    emit(
+        v["bricks"],
+        "table",
+        [
+            ("BRICK", lambda b: f"{b['node']}:{b['path']}"),
+            ("PORT", "port"),
+            ("PID", lambda b: b["pid"] or "-"),
+            ("STATE", lambda b: styled(b["state"])),
+        ],
+        "bricks",
+    )
     if v["self_heal"]:
-        emit(v["self_heal"], "table", [("SELF-HEAL DAEMON ON", "node"), ("PID", lambda s: s["pid"] or "-"),
-                                       ("STATE", lambda s: styled(s["state"]))], "self-heal daemons")
+        emit(
+            v["self_heal"],
+            "table",
+            [
+                ("SELF-HEAL DAEMON ON", "node"),
+                ("PID", lambda s: s["pid"] or "-"),
+                ("STATE", lambda s: styled(s["state"])),
+            ],
+            "self-heal daemons",
+        )
     return 0
 
 
@@ -250,8 +335,18 @@ def mount(args: argparse.Namespace) -> int:
         fh.write(volfile)
     log_file = args.log_file or os.path.join(config_dir(), "logs", f"{args.cluster}-{args.name}.log")
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    argv = ["glusterfs", "-f", path, "--volfile-id", args.name, "-l", log_file, "--process-name", "fuse",
-            os.path.abspath(args.mountpoint)]
+    argv = [
+        "glusterfs",
+        "-f",
+        path,
+        "--volfile-id",
+        args.name,
+        "-l",
+        log_file,
+        "--process-name",
+        "fuse",
+        os.path.abspath(args.mountpoint),
+    ]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
@@ -274,7 +369,9 @@ def _mounted(path: str) -> bool:
 
 
 # ---- failure report ---------------------------------------------------------------------------
-def _print_failures(client: Client, cluster: str | None, target: str | None = None, out=sys.stdout, limit: int = 10) -> list:
+def _print_failures(
+    client: Client, cluster: str | None, target: str | None = None, out=sys.stdout, limit: int = 10
+) -> list:
     data = client.get("/api/v1/failures", cluster=cluster, limit=limit)
     if target:
         data = [f for f in data if f["target"] == target]

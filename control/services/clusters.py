@@ -81,6 +81,8 @@ def delete(name: str, actor: User) -> None:
     with db.atomic():
         cluster = get(name)
         if cluster.nodes.count():
-            raise Conflict(f"cluster {name!r} still has nodes: remove them first ('glusterctl node remove -c {name} NODE')")
+            raise Conflict(
+                f"cluster {name!r} still has nodes: remove them first ('glusterctl node remove -c {name} NODE')"
+            )
         cluster.delete_instance(recursive=True)
         events.record("cluster.deleted", cluster=name, subject=name)

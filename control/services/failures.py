@@ -32,14 +32,26 @@ def explain(reason: str, node: str, details: dict[str, Any] | None = None) -> di
     code = match.group(1) if match else "UNKNOWN"
     details = dict(details or {})
     path = details.get("path") or _first_path(reason) or ""
-    values = _Blank(node=node, path=path or "<path>", parent=posixpath.dirname(path.rstrip("/")) or "/",
-                    port=details.get("port", "<port>"))
+    values = _Blank(
+        node=node,
+        path=path or "<path>",
+        parent=posixpath.dirname(path.rstrip("/")) or "/",
+        port=details.get("port", "<port>"),
+    )
     entry = knowledge_base().get(code)
     if entry is None:
-        return {"code": code, "title": "unexpected failure", "reason": reason,
-                "fix": f"Read the agent log on node {node}; the message above is what it reported."}
-    return {"code": code, "title": entry["title"], "reason": entry["reason"].format_map(values),
-            "fix": entry["fix"].format_map(values)}
+        return {
+            "code": code,
+            "title": "unexpected failure",
+            "reason": reason,
+            "fix": f"Read the agent log on node {node}; the message above is what it reported.",
+        }
+    return {
+        "code": code,
+        "title": entry["title"],
+        "reason": entry["reason"].format_map(values),
+        "fix": entry["fix"].format_map(values),
+    }
 
 
 def _first_path(text: str) -> str | None:
@@ -54,12 +66,20 @@ def recent(cluster: Cluster | None = None, limit: int = 20) -> list[dict[str, An
     out = []
     for task in query.order_by(Task.updated_at.desc()).limit(limit):
         details = (task.result or {}).get("failure") or {}
-        out.append({
-            "task": task.id, "cluster": task.cluster.name, "node": task.node_name, "kind": task.kind,
-            "target": task.target, "operation": task.operation, "at": task.updated_at, "error": task.reason,
-            **explain(task.reason, task.node_name, details),
-        })
+        out.append(
+            {
+                "task": task.id,
+                "cluster": task.cluster.name,
+                "node": task.node_name,
+                "kind": task.kind,
+                "target": task.target,
+                "operation": task.operation,
+                "at": task.updated_at,
+                "error": task.reason,
+                **explain(task.reason, task.node_name, details),
+            }
+        )
     return out
 
 
-__all__ = ["explain", "recent", "knowledge_base"]
+__all__ = ["explain", "knowledge_base", "recent"]

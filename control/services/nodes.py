@@ -66,29 +66,45 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
     with db.atomic():
         cluster = Cluster.get_or_none(Cluster.name == cluster_name)
         if cluster is None:
-            return refuse(f"unknown cluster {cluster_name!r}: the join token names a cluster this control service does not have")
+            return refuse(
+                f"unknown cluster {cluster_name!r}: the join token names a cluster this control service does not have"
+            )
         token = make_join_token(cluster.name, cluster.join_secret)
         if not check_proof(token, node_name, hello.agent_id, hello.epoch, hello.proof):
             return refuse(
                 f"wrong join token for cluster {cluster_name!r}: get the current one with 'glusterctl cluster token {cluster_name}'"
             )
         node = locked(Node.select().where((Node.cluster == cluster) & (Node.name == node_name))).first()
-        if node is not None and node.agent_id != hello.agent_id and node.state == NodeState.ONLINE.value:
-            if now - node.last_seen_at < silence_limit(node):
-                return refuse(
-                    f"node name {node_name!r} is already connected from another agent "
-                    f"(agent {node.agent_id[:8]}, address {node.address or '?'}); stop that agent or use another --node"
-                )
+        if (
+            node is not None
+            and node.agent_id != hello.agent_id
+            and node.state == NodeState.ONLINE.value
+            and now - node.last_seen_at < silence_limit(node)
+        ):
+            return refuse(
+                f"node name {node_name!r} is already connected from another agent "
+                f"(agent {node.agent_id[:8]}, address {node.address or '?'}); stop that agent or use another --node"
+            )
         if node is not None and hello.epoch < node.epoch and node.agent_id == hello.agent_id:
             return refuse(f"stale connection (epoch {hello.epoch} < {node.epoch})")
         facts = hello.facts.model_dump()
         if node is None:
-            node = Node(cluster=cluster, name=node_name, state=NodeState.ONLINE.value, state_changed_at=now,
-                        last_seen_at=now, agent_id=hello.agent_id, epoch=hello.epoch, facts={})
+            node = Node(
+                cluster=cluster,
+                name=node_name,
+                state=NodeState.ONLINE.value,
+                state_changed_at=now,
+                last_seen_at=now,
+                agent_id=hello.agent_id,
+                epoch=hello.epoch,
+                facts={},
+            )
             _apply_facts(node, facts)
             node.save(force_insert=True)
             events.record("node.registered", cluster=cluster_name, subject=node_name, address=node.address)
-            events.record("node.state", cluster=cluster_name, subject=node_name, state=NodeState.ONLINE.value, reason="registered")
+            events.record(
+                "node.state", cluster=cluster_name, subject=node_name, state=NodeState.ONLINE.value, reason="registered"
+            )
             log.info("cluster %s node %s: registered (epoch %d)", cluster_name, node_name, hello.epoch)
         else:
             node.agent_id = hello.agent_id
@@ -109,8 +125,10 @@ def _apply_facts(node: Node, facts: dict) -> None:
 
 
 def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
-    node = locked(Node.select(Node, Cluster).join(Cluster)
-                  .where((Cluster.name == cluster_name) & (Node.name == node_name)), of=Node).first()
+    node = locked(
+        Node.select(Node, Cluster).join(Cluster).where((Cluster.name == cluster_name) & (Node.name == node_name)),
+        of=Node,
+    ).first()
     if node is None or node.epoch != epoch:
         return None
     return node
@@ -121,8 +139,13 @@ def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: 
     with db.atomic():
         node = _trusted(cluster_name, node_name, presence.epoch)
         if node is None:
-            log.info("cluster %s node %s: ignoring %s presence of epoch %d (not the current connection)",
-                     cluster_name, node_name, presence.state, presence.epoch)
+            log.info(
+                "cluster %s node %s: ignoring %s presence of epoch %d (not the current connection)",
+                cluster_name,
+                node_name,
+                presence.state,
+                presence.epoch,
+            )
             return
         if presence.state == "offline":
             _set_state(node, NodeState.UNREACHABLE, "agent connection lost (last-will)", now)

@@ -49,21 +49,42 @@ class TaskEngine:
         self.on_final: list[Callable[[Task], None]] = []
 
     # ---- create -------------------------------------------------------------------------
-    def submit(self, cluster: Cluster, node_name: str, kind: str, params: dict[str, Any] | None = None,
-               operation: str = "", target: str = "") -> Task:
+    def submit(
+        self,
+        cluster: Cluster,
+        node_name: str,
+        kind: str,
+        params: dict[str, Any] | None = None,
+        operation: str = "",
+        target: str = "",
+    ) -> Task:
         """Store a QUEUED task and publish it. Inside a caller's transaction, publish after commit."""
         if not Node.select().where((Node.cluster == cluster) & (Node.name == node_name)).exists():
             raise NotFound(f"no node {node_name!r} in cluster {cluster.name!r}")
         now = time.time()
         with db.atomic():
             task = Task.create(
-                id=uuid.uuid4().hex, cluster=cluster, node_name=node_name, kind=kind,
-                params=params or {}, state=TaskState.QUEUED.value, created_at=now, updated_at=now,
-                operation=operation, target=target,
+                id=uuid.uuid4().hex,
+                cluster=cluster,
+                node_name=node_name,
+                kind=kind,
+                params=params or {},
+                state=TaskState.QUEUED.value,
+                created_at=now,
+                updated_at=now,
+                operation=operation,
+                target=target,
             )
             TaskEvent.create(task=task, state=TaskState.QUEUED.value, at=now)
-            events.record("task.state", cluster=cluster.name, subject=task.id, node=node_name,
-                          kind=kind, state=TaskState.QUEUED.value, reason="")
+            events.record(
+                "task.state",
+                cluster=cluster.name,
+                subject=task.id,
+                node=node_name,
+                kind=kind,
+                state=TaskState.QUEUED.value,
+                reason="",
+            )
         log.info("cluster %s node %s task %s (%s): QUEUED", cluster.name, node_name, task.id, kind)
         if not db.in_transaction():
             self._publish(task, cluster.name)
@@ -78,8 +99,9 @@ class TaskEngine:
         if self.publisher is None:
             return
         msg = TaskMessage(id=task.id, kind=task.kind, params=task.params, created_at=task.created_at)
-        self.publisher.publish(self.topics.task(cluster_name, task.node_name, task.id),
-                               msg.model_dump_json().encode(), qos=1, retain=True)
+        self.publisher.publish(
+            self.topics.task(cluster_name, task.node_name, task.id), msg.model_dump_json().encode(), qos=1, retain=True
+        )
 
     def _clear(self, task: Task, cluster_name: str) -> None:
         if self.publisher is not None:
@@ -87,8 +109,9 @@ class TaskEngine:
 
     def republish_open(self) -> int:
         count = 0
-        for task in (Task.select(Task, Cluster).join(Cluster)
-                     .where(Task.state.in_(OPEN_STATES)).order_by(Task.created_at)):
+        for task in (
+            Task.select(Task, Cluster).join(Cluster).where(Task.state.in_(OPEN_STATES)).order_by(Task.created_at)
+        ):
             self._publish(task, task.cluster.name)
             count += 1
         if count:
@@ -99,10 +122,16 @@ class TaskEngine:
     def apply_status(self, cluster_name: str, node_name: str, status: TaskStatus) -> Task | None:
         """Persist a transition reported by ``node_name``; returns the task, or None if ignored."""
         with db.atomic():
-            task = locked(Task.select(Task, Cluster).join(Cluster)
-                          .where((Task.id == status.task_id) & (Cluster.name == cluster_name)), of=Task).first()
+            task = locked(
+                Task.select(Task, Cluster)
+                .join(Cluster)
+                .where((Task.id == status.task_id) & (Cluster.name == cluster_name)),
+                of=Task,
+            ).first()
             if task is None or task.node_name != node_name:
-                log.warning("cluster %s node %s: status for unknown task %s dropped", cluster_name, node_name, status.task_id)
+                log.warning(
+                    "cluster %s node %s: status for unknown task %s dropped", cluster_name, node_name, status.task_id
+                )
                 return None
             old = TaskState(task.state)
             if old == status.state:
@@ -127,11 +156,28 @@ class TaskEngine:
             task.save()
             TaskEvent.create(task=task, state=status.state.value, at=now, reason=status.reason or "")
             extra = {"fix": failure_fix(task)} if status.state == TaskState.FAILED else {}
-            events.record("task.state", cluster=cluster_name, subject=task.id, node=node_name,
-                          kind=task.kind, state=status.state.value, reason=status.reason or "", **extra)
+            events.record(
+                "task.state",
+                cluster=cluster_name,
+                subject=task.id,
+                node=node_name,
+                kind=task.kind,
+                state=status.state.value,
+                reason=status.reason or "",
+                **extra,
+            )
         level = logging.WARNING if status.state == TaskState.FAILED else logging.INFO
-        log.log(level, "cluster %s node %s task %s (%s): %s -> %s%s", cluster_name, node_name, task.id,
-                task.kind, old.value, status.state.value, f" ({status.reason})" if status.reason else "")
+        log.log(
+            level,
+            "cluster %s node %s task %s (%s): %s -> %s%s",
+            cluster_name,
+            node_name,
+            task.id,
+            task.kind,
+            old.value,
+            status.state.value,
+            f" ({status.reason})" if status.reason else "",
+        )
         if status.state.final:
             self._clear(task, cluster_name)
             for hook in self.on_final:
@@ -157,8 +203,9 @@ def get(task_id: str) -> Task:
     return task
 
 
-def list_tasks(cluster: Cluster | None = None, node: str | None = None, state: str | None = None,
-               limit: int = 100) -> list[Task]:
+def list_tasks(
+    cluster: Cluster | None = None, node: str | None = None, state: str | None = None, limit: int = 100
+) -> list[Task]:
     query = Task.select(Task, Cluster).join(Cluster)
     if cluster is not None:
         query = query.where(Task.cluster == cluster)
@@ -168,6 +215,8 @@ def list_tasks(cluster: Cluster | None = None, node: str | None = None, state: s
         try:
             TaskState(state.upper())
         except ValueError:
-            raise InvalidInput(f"unknown task state {state!r}: use one of {', '.join(s.value for s in TaskState)}") from None
+            raise InvalidInput(
+                f"unknown task state {state!r}: use one of {', '.join(s.value for s in TaskState)}"
+            ) from None
         query = query.where(Task.state == state.upper())
     return list(query.order_by(Task.created_at.desc()).limit(limit))

@@ -100,8 +100,14 @@ def _move(volume: Volume, new: VolumeState, why: str = "") -> None:
     volume.state = new.value
     volume.updated_at = time.time()
     volume.save()
-    log.info("cluster %s volume %s: %s -> %s%s", volume.cluster.name, volume.name, old.value, new.value,
-             f" ({why})" if why else "")
+    log.info(
+        "cluster %s volume %s: %s -> %s%s",
+        volume.cluster.name,
+        volume.name,
+        old.value,
+        new.value,
+        f" ({why})" if why else "",
+    )
     events.record("volume.state", cluster=volume.cluster.name, subject=volume.name, state=new.value, reason=why)
 
 
@@ -110,17 +116,23 @@ def volume_type(req: VolumeRequest) -> tuple[str, int, int, int, int]:
     """(type, replica, arbiter, disperse, redundancy) from the request, with glusterd's rules."""
     if req.disperse or req.redundancy:
         if req.replica or req.arbiter:
-            raise InvalidInput("choose either --replica (with optional --arbiter 1) or --disperse/--redundancy, not both")
+            raise InvalidInput(
+                "choose either --replica (with optional --arbiter 1) or --disperse/--redundancy, not both"
+            )
         disperse, redundancy = req.disperse, req.redundancy or (1 if req.disperse else 0)
         if disperse < 3 or redundancy < 1 or disperse <= 2 * redundancy:
-            raise InvalidInput(f"disperse {disperse} redundancy {redundancy} is not allowed: use at least 3 bricks "
-                               "per set and 1 <= redundancy < disperse/2 (e.g. --disperse 3 --redundancy 1)")
+            raise InvalidInput(
+                f"disperse {disperse} redundancy {redundancy} is not allowed: use at least 3 bricks "
+                "per set and 1 <= redundancy < disperse/2 (e.g. --disperse 3 --redundancy 1)"
+            )
         return "disperse", 1, 0, disperse, redundancy
     if req.arbiter:
         if req.arbiter != 1:
             raise InvalidInput("--arbiter must be 1 (one arbiter brick per replica set)")
         if req.replica not in (2, 3):
-            raise InvalidInput("an arbiter volume is --replica 2 --arbiter 1 or --replica 3 --arbiter 1 (2 data bricks + 1 arbiter)")
+            raise InvalidInput(
+                "an arbiter volume is --replica 2 --arbiter 1 or --replica 3 --arbiter 1 (2 data bricks + 1 arbiter)"
+            )
         return "arbiter", 3, 1, 0, 0
     if req.replica:
         if req.replica not in (2, 3):
@@ -137,10 +149,14 @@ def parse_bricks(cluster: Cluster, items: list[str]) -> list[tuple[str, str]]:
             raise InvalidInput(f"invalid brick {item!r}: use NODE:/absolute/path")
         path = posixpath.normpath(path)
         if not path.startswith("/") or path == "/" or len(path) > MAX_PATH:
-            raise InvalidInput(f"invalid brick path {path[:80]!r} on {node}: use an absolute path other than /, "
-                               f"at most {MAX_PATH} characters")
+            raise InvalidInput(
+                f"invalid brick path {path[:80]!r} on {node}: use an absolute path other than /, "
+                f"at most {MAX_PATH} characters"
+            )
         if not Node.select().where((Node.cluster == cluster) & (Node.name == node)).exists():
-            raise NotFound(f"no node {node!r} in cluster {cluster.name!r}: start its agent with the cluster's join token first")
+            raise NotFound(
+                f"no node {node!r} in cluster {cluster.name!r}: start its agent with the cluster's join token first"
+            )
         out.append((node, path))
     return out
 
@@ -155,15 +171,17 @@ def check_layout(kind: str, set_size: int, bricks: list[tuple[str, str]], force:
         seen.add((node, path))
     if len(bricks) % set_size:
         what = {"replicate": "replica", "arbiter": "replica", "disperse": "disperse"}.get(kind, "set")
-        raise InvalidInput(f"{len(bricks)} bricks do not make whole {what} sets of {set_size}: "
-                           f"give a multiple of {set_size} bricks")
+        raise InvalidInput(
+            f"{len(bricks)} bricks do not make whole {what} sets of {set_size}: give a multiple of {set_size} bricks"
+        )
     if set_size > 1 and not force:
         for start in range(0, len(bricks), set_size):
-            nodes = [n for n, _ in bricks[start:start + set_size]]
+            nodes = [n for n, _ in bricks[start : start + set_size]]
             if len(set(nodes)) < len(nodes):
                 raise InvalidInput(
                     f"multiple bricks of a {kind} set are on the same node ({', '.join(nodes)}): this is not "
-                    "fault tolerant; put each brick of a set on a different node, or pass --force to override")
+                    "fault tolerant; put each brick of a set on a different node, or pass --force to override"
+                )
 
 
 def check_paths_free(cluster: Cluster, bricks: list[tuple[str, str]], exclude_volume: str | None = None) -> None:
@@ -199,13 +217,17 @@ def allocate_ports(cluster: Cluster, nodes: list[str], port_range: tuple[int, in
     return ports
 
 
-def place_by_size(cluster: Cluster, name: str, kind: str, set_size: int, redundancy: int,
-                  size: int) -> list[tuple[str, str, Device]]:
+def place_by_size(
+    cluster: Cluster, name: str, kind: str, set_size: int, redundancy: int, size: int
+) -> list[tuple[str, str, Device]]:
     """Dynamic provisioning: one set of bricks on Ready devices with room, each on a distinct node."""
     per_brick = size if kind != "disperse" else -(-size // (set_size - redundancy))
     candidates: dict[str, Device] = {}
-    for dev in (Device.select().where((Device.cluster == cluster) & (Device.state == "Ready"))
-                .order_by(Device.free_bytes.desc())):
+    for dev in (
+        Device.select()
+        .where((Device.cluster == cluster) & (Device.state == "Ready"))
+        .order_by(Device.free_bytes.desc())
+    ):
         if dev.free_bytes >= per_brick and dev.node_name not in candidates:
             candidates[dev.node_name] = dev
     online = {n.name for n in Node.select().where((Node.cluster == cluster) & (Node.state == NodeState.ONLINE.value))}
@@ -213,7 +235,8 @@ def place_by_size(cluster: Cluster, name: str, kind: str, set_size: int, redunda
     if len(ranked) < set_size:
         raise InvalidInput(
             f"--size {size} needs {set_size} nodes with a registered device or path with {per_brick} bytes free; "
-            f"found {len(ranked)}: register more with 'glusterctl device add -c {cluster.name} NODE --path /exports/...'")
+            f"found {len(ranked)}: register more with 'glusterctl device add -c {cluster.name} NODE --path /exports/...'"
+        )
     return [(d.node_name, posixpath.join(d.path, name), d) for d in ranked[:set_size]]
 
 
@@ -226,11 +249,25 @@ def spec_of(volume: Volume, bricks: list[Brick] | None = None) -> VolumeSpec:
     bricks = bricks if bricks is not None else bricks_of(volume)
     addresses = {n.name: n.address or n.name for n in Node.select().where(Node.cluster == volume.cluster_id)}
     return VolumeSpec(
-        name=volume.name, id=volume.id, type=volume.type, replica=volume.replica, disperse=volume.disperse,
-        redundancy=volume.redundancy, options=volume.options or {}, auth_username=volume.auth_username,
+        name=volume.name,
+        id=volume.id,
+        type=volume.type,
+        replica=volume.replica,
+        disperse=volume.disperse,
+        redundancy=volume.redundancy,
+        options=volume.options or {},
+        auth_username=volume.auth_username,
         auth_password=volume.auth_password,
-        bricks=tuple(BrickSpec(node=b.node_name, address=addresses.get(b.node_name, b.node_name), path=b.path,
-                               port=b.port, device=str(b.device_id or "")) for b in bricks),
+        bricks=tuple(
+            BrickSpec(
+                node=b.node_name,
+                address=addresses.get(b.node_name, b.node_name),
+                path=b.path,
+                port=b.port,
+                device=str(b.device_id or ""),
+            )
+            for b in bricks
+        ),
     )
 
 
@@ -249,7 +286,9 @@ class VolumeService:
     def get(cluster: Cluster, name: str) -> Volume:
         volume = Volume.get_or_none((Volume.cluster == cluster) & (Volume.name == name))
         if volume is None:
-            raise NotFound(f"no volume {name!r} in cluster {cluster.name!r}; see 'glusterctl volume list -c {cluster.name}'")
+            raise NotFound(
+                f"no volume {name!r} in cluster {cluster.name!r}; see 'glusterctl volume list -c {cluster.name}'"
+            )
         return volume
 
     @staticmethod
@@ -281,25 +320,48 @@ class VolumeService:
             check_paths_free(cluster, bricks)
             ports = allocate_ports(cluster, [n for n, _ in bricks], self.port_range)
             volume = Volume.create(
-                id=str(uuid.uuid4()), cluster=cluster, name=req.name, type=kind, replica=replica, arbiter=arbiter,
-                disperse=disperse, redundancy=redundancy, state=S.CREATING.value, options=req.options,
-                auth_username=str(uuid.uuid4()), auth_password=secrets.token_hex(16), size_bytes=req.size_bytes,
+                id=str(uuid.uuid4()),
+                cluster=cluster,
+                name=req.name,
+                type=kind,
+                replica=replica,
+                arbiter=arbiter,
+                disperse=disperse,
+                redundancy=redundancy,
+                state=S.CREATING.value,
+                options=req.options,
+                auth_username=str(uuid.uuid4()),
+                auth_password=secrets.token_hex(16),
+                size_bytes=req.size_bytes,
                 start_after_create=req.start,
             )
-            rows = [Brick.create(volume=volume, index=i, node_name=n, path=p, port=port, device=dev)
-                    for i, ((n, p), port, dev) in enumerate(zip(bricks, ports, devices))]
+            rows = [
+                Brick.create(volume=volume, index=i, node_name=n, path=p, port=port, device=dev)
+                for i, ((n, p), port, dev) in enumerate(zip(bricks, ports, devices))
+            ]
             try:
                 spec_of(volume, rows)  # volgen's own validation (options, layout)
             except VolgenError as exc:
                 raise InvalidInput(str(exc)) from None
-            events.record("volume.state", cluster=cluster.name, subject=volume.name, state=S.CREATING.value, reason="created")
-            tasks = self._submit(volume, "volume.create", rows, lambda node_bricks: {
-                "bricks": [{"index": b.index, "path": b.path} for b in node_bricks], "force": req.force})
+            events.record(
+                "volume.state", cluster=cluster.name, subject=volume.name, state=S.CREATING.value, reason="created"
+            )
+            tasks = self._submit(
+                volume,
+                "volume.create",
+                rows,
+                lambda node_bricks: {
+                    "bricks": [{"index": b.index, "path": b.path} for b in node_bricks],
+                    "force": req.force,
+                },
+            )
         log.info("cluster %s volume %s: create requested (%s, %d bricks)", cluster.name, req.name, kind, len(rows))
         self.engine.publish(tasks)
         return volume, tasks
 
-    def _submit(self, volume: Volume, kind: str, rows: list[Brick], params_for, operation: str | None = None) -> list[Task]:
+    def _submit(
+        self, volume: Volume, kind: str, rows: list[Brick], params_for, operation: str | None = None
+    ) -> list[Task]:
         """One task per node holding bricks, in a new operation (or, for a retry, the given one)."""
         if operation is None:
             operation = uuid.uuid4().hex
@@ -309,10 +371,14 @@ class VolumeService:
         for brick in rows:
             by_node[brick.node_name].append(brick)
         return [
-            self.engine.submit(volume.cluster, node, kind,
-                               {"volume": {"id": volume.id, "name": volume.name, "type": volume.type},
-                                **params_for(node_bricks)},
-                               operation=operation, target=f"volume:{volume.name}")
+            self.engine.submit(
+                volume.cluster,
+                node,
+                kind,
+                {"volume": {"id": volume.id, "name": volume.name, "type": volume.type}, **params_for(node_bricks)},
+                operation=operation,
+                target=f"volume:{volume.name}",
+            )
             for node, node_bricks in sorted(by_node.items())
         ]
 
@@ -323,11 +389,19 @@ class VolumeService:
 
         def params(node_bricks: list[Brick]) -> dict:
             return {
-                "bricks": [{"index": b.index, "path": b.path, "port": b.port,
-                            "volfile": brick_volfile(spec, b.index), "volfile_id": brick_volfile_name(spec, b.index)[:-4]}
-                           for b in node_bricks],
+                "bricks": [
+                    {
+                        "index": b.index,
+                        "path": b.path,
+                        "port": b.port,
+                        "volfile": brick_volfile(spec, b.index),
+                        "volfile_id": brick_volfile_name(spec, b.index)[:-4],
+                    }
+                    for b in node_bricks
+                ],
                 "shd_volfile": shd_volfile(spec, node_bricks[0].node_name) if shd else None,
             }
+
         return params
 
     def start(self, cluster: Cluster, name: str) -> tuple[Volume, list[Task]]:
@@ -347,8 +421,12 @@ class VolumeService:
             if volume.state in (S.STOPPED.value, S.CREATED.value):
                 raise Conflict(f"volume {name!r} is not started ({volume.state})")
             _move(volume, S.STOPPING, "stop requested")
-            tasks = self._submit(volume, "volume.stop", bricks_of(volume),
-                                 lambda bs: {"bricks": [{"index": b.index, "path": b.path} for b in bs]})
+            tasks = self._submit(
+                volume,
+                "volume.stop",
+                bricks_of(volume),
+                lambda bs: {"bricks": [{"index": b.index, "path": b.path} for b in bs]},
+            )
         self.engine.publish(tasks)
         return volume, tasks
 
@@ -356,10 +434,16 @@ class VolumeService:
         with db.atomic():
             volume = self.get(cluster, name)
             if volume.state in (S.STARTED.value, S.STARTING.value, S.START_FAILED.value, S.STOP_FAILED.value):
-                raise Conflict(f"volume {name!r} is {volume.state}: stop it first (glusterctl volume stop -c {cluster.name} {name})")
+                raise Conflict(
+                    f"volume {name!r} is {volume.state}: stop it first (glusterctl volume stop -c {cluster.name} {name})"
+                )
             _move(volume, S.DELETING, "delete requested" + (" with purge" if purge else ""))
-            tasks = self._submit(volume, "volume.delete", bricks_of(volume),
-                                 lambda bs: {"bricks": [{"index": b.index, "path": b.path} for b in bs], "purge": purge})
+            tasks = self._submit(
+                volume,
+                "volume.delete",
+                bricks_of(volume),
+                lambda bs: {"bricks": [{"index": b.index, "path": b.path} for b in bs], "purge": purge},
+            )
         self.engine.publish(tasks)
         return volume, tasks
 
@@ -375,8 +459,11 @@ class VolumeService:
             if task.kind == "volume.start" and task.state == "FAILED" and task.reason.startswith("EADDRINUSE"):
                 publish = self._retry_on_new_ports(volume, task)
             latest: dict[str, str] = {}  # a retried node counts with its newest task
-            for t in (Task.select(Task.node_name, Task.state).where(Task.operation == task.operation)
-                      .order_by(Task.created_at)):
+            for t in (
+                Task.select(Task.node_name, Task.state)
+                .where(Task.operation == task.operation)
+                .order_by(Task.created_at)
+            ):
                 latest[t.node_name] = t.state
             states = latest
             if publish or any(s not in ("DONE", "FAILED") for s in states.values()):
@@ -406,8 +493,16 @@ class VolumeService:
         return []
 
     def _retry_on_new_ports(self, volume: Volume, task: Task) -> list[Task]:
-        attempts = Task.select().where((Task.target == task.target) & (Task.kind == "volume.start")
-                                       & (Task.node_name == task.node_name) & (Task.operation == task.operation)).count()
+        attempts = (
+            Task.select()
+            .where(
+                (Task.target == task.target)
+                & (Task.kind == "volume.start")
+                & (Task.node_name == task.node_name)
+                & (Task.operation == task.operation)
+            )
+            .count()
+        )
         conflicts = set(((task.result or {}).get("failure") or {}).get("port_conflicts") or [])
         if attempts >= MAX_START_ATTEMPTS or not conflicts:
             return []
@@ -421,8 +516,15 @@ class VolumeService:
         for brick, port in zip(moving, allocate_ports(volume.cluster, [b.node_name for b in moving], taken_range)):
             brick.port = port
             brick.save()
-            log.warning("cluster %s volume %s: brick %d on %s moves from port %d to %d (EADDRINUSE)",
-                        volume.cluster.name, volume.name, brick.index, brick.node_name, old[brick.index], port)
+            log.warning(
+                "cluster %s volume %s: brick %d on %s moves from port %d to %d (EADDRINUSE)",
+                volume.cluster.name,
+                volume.name,
+                brick.index,
+                brick.node_name,
+                old[brick.index],
+                port,
+            )
         rows = bricks_of(volume)
         # every node gets the new volfiles (its shd must reach the moved brick); running bricks stay
         return self._submit(volume, "volume.start", rows, self._start_params(volume, rows), operation=volume.operation)
@@ -433,26 +535,44 @@ class VolumeService:
         """Brick Online/Offline, self-heal daemons and device space, from one node's heartbeat."""
         reported = {(b.volume_id, b.index): b for b in bricks}
         now = time.time()
-        rows = (Brick.select(Brick, Volume).join(Volume)
-                .where((Volume.cluster == node.cluster_id) & (Brick.node_name == node.name)))
+        rows = (
+            Brick.select(Brick, Volume)
+            .join(Volume)
+            .where((Volume.cluster == node.cluster_id) & (Brick.node_name == node.name))
+        )
         for brick in rows:
             rep = reported.get((brick.volume.id, brick.index))
             state = "Online" if rep is not None and rep.online else "Offline"
             pid = rep.pid if rep is not None else None
             if state != brick.state or pid != brick.pid:
                 if state != brick.state:
-                    log.info("cluster %s volume %s brick %s:%s: %s -> %s", cluster_name, brick.volume.name,
-                             node.name, brick.path, brick.state, state)
-                    events.record("brick.state", cluster=cluster_name,
-                                  subject=f"{brick.volume.name}:{node.name}:{brick.path}", state=state, pid=pid)
+                    log.info(
+                        "cluster %s volume %s brick %s:%s: %s -> %s",
+                        cluster_name,
+                        brick.volume.name,
+                        node.name,
+                        brick.path,
+                        brick.state,
+                        state,
+                    )
+                    events.record(
+                        "brick.state",
+                        cluster=cluster_name,
+                        subject=f"{brick.volume.name}:{node.name}:{brick.path}",
+                        state=state,
+                        pid=pid,
+                    )
                     brick.state_changed_at = now
                 brick.state, brick.pid = state, pid
                 brick.save()
         node.facts = {**(node.facts or {}), "shds": {s.volume_id: {"pid": s.pid, "online": s.online} for s in shds}}
         for dev in devices:
             Device.update(total_bytes=dev.total_bytes, free_bytes=dev.free_bytes).where(
-                (Device.cluster == node.cluster_id) & (Device.node_name == node.name) & (Device.path == dev.path)
-                & ((Device.free_bytes != dev.free_bytes) | (Device.total_bytes != dev.total_bytes))).execute()
+                (Device.cluster == node.cluster_id)
+                & (Device.node_name == node.name)
+                & (Device.path == dev.path)
+                & ((Device.free_bytes != dev.free_bytes) | (Device.total_bytes != dev.total_bytes))
+            ).execute()
 
 
 # ---- devices -------------------------------------------------------------------------------
@@ -466,22 +586,36 @@ class DeviceService:
             raise InvalidInput("give exactly one of --path DIR or --device /dev/DISK")
         target = posixpath.normpath(path or device)
         if not target.startswith("/") or target == "/" or len(target) > MAX_PATH:
-            raise InvalidInput(f"{target[:80]!r} is not allowed: use an absolute path other than /, "
-                               f"at most {MAX_PATH} characters")
+            raise InvalidInput(
+                f"{target[:80]!r} is not allowed: use an absolute path other than /, at most {MAX_PATH} characters"
+            )
         if device and not target.startswith("/dev/"):
             raise InvalidInput(f"--device {target!r} must be a block device under /dev")
         with db.atomic():
             if not Node.select().where((Node.cluster == cluster) & (Node.name == node)).exists():
                 raise NotFound(f"no node {node!r} in cluster {cluster.name!r}")
-            if Device.select().where((Device.cluster == cluster) & (Device.node_name == node)
-                                     & ((Device.path == target) | ((Device.device == target) & (Device.device != "")))).exists():
+            if (
+                Device.select()
+                .where(
+                    (Device.cluster == cluster)
+                    & (Device.node_name == node)
+                    & ((Device.path == target) | ((Device.device == target) & (Device.device != "")))
+                )
+                .exists()
+            ):
                 raise Conflict(f"{target} is already registered on node {node}")
             # a block device's path becomes its mount point once the agent mounted it
-            dev = Device.create(cluster=cluster, node_name=node, path=target, device=target if device else "",
-                                state="Pending")
-            task = self.engine.submit(cluster, node, TaskKind.DEVICE_ADD.value,
-                                      {"path": None if device else target, "device": target if device else None},
-                                      operation=uuid.uuid4().hex, target=f"device:{target}")
+            dev = Device.create(
+                cluster=cluster, node_name=node, path=target, device=target if device else "", state="Pending"
+            )
+            task = self.engine.submit(
+                cluster,
+                node,
+                TaskKind.DEVICE_ADD.value,
+                {"path": None if device else target, "device": target if device else None},
+                operation=uuid.uuid4().hex,
+                target=f"device:{target}",
+            )
             dev.task_id = task.id
             dev.save()
             events.record("device.state", cluster=cluster.name, subject=f"{node}:{target}", state="Pending")
@@ -503,8 +637,13 @@ class DeviceService:
             else:
                 dev.state, dev.reason = "Failed", task.reason
             dev.save()
-            events.record("device.state", cluster=task.cluster.name, subject=f"{dev.node_name}:{dev.device or dev.path}",
-                          state=dev.state, reason=dev.reason)
+            events.record(
+                "device.state",
+                cluster=task.cluster.name,
+                subject=f"{dev.node_name}:{dev.device or dev.path}",
+                state=dev.state,
+                reason=dev.reason,
+            )
 
     @staticmethod
     def list(cluster: Cluster, node: str | None = None) -> list[Device]:
@@ -517,12 +656,18 @@ class DeviceService:
     def remove(cluster: Cluster, node: str, target: str) -> None:
         target = posixpath.normpath(target)
         with db.atomic():
-            dev = Device.get_or_none((Device.cluster == cluster) & (Device.node_name == node)
-                                     & ((Device.path == target) | (Device.device == target)))
+            dev = Device.get_or_none(
+                (Device.cluster == cluster)
+                & (Device.node_name == node)
+                & ((Device.path == target) | (Device.device == target))
+            )
             if dev is None:
                 raise NotFound(f"no device or path {target} registered on node {node}")
-            users = (Brick.select(Brick, Volume).join(Volume)
-                     .where((Brick.device == dev) | ((Brick.node_name == node) & (Brick.path.startswith(dev.path + "/")))))
+            users = (
+                Brick.select(Brick, Volume)
+                .join(Volume)
+                .where((Brick.device == dev) | ((Brick.node_name == node) & (Brick.path.startswith(dev.path + "/"))))
+            )
             names = sorted({b.volume.name for b in users})
             if names:
                 raise Conflict(f"{target} on {node} holds bricks of volume(s) {', '.join(names)}: delete them first")

@@ -47,8 +47,9 @@ def _migration_3(db: pw.Database) -> None:
     for model in m.ALL_MODELS:
         for field in model._meta.sorted_fields:
             if isinstance(field, pw.DoubleField):
-                db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" '
-                               "TYPE double precision")
+                db.execute_sql(
+                    f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" TYPE double precision'
+                )
     db.execute_sql('ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
     db.execute_sql('ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
 
@@ -83,7 +84,7 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
     if not url or url.startswith("sqlite"):
         path = os.path.join(data_dir, "glusterctl.db")
         if url and url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):] or path
+            path = url[len("sqlite:///") :] or path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # BEGIN IMMEDIATE: a handler reads, then writes, in one transaction; a deferred transaction
         # whose snapshot went stale cannot upgrade and fails at once with "database is locked",
@@ -96,7 +97,9 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
         )
     parsed = urlparse(url)
     if parsed.scheme not in ("postgresql", "postgres"):
-        raise DatabaseError(f"unsupported database URL scheme {parsed.scheme!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        raise DatabaseError(
+            f"unsupported database URL scheme {parsed.scheme!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+        )
     return pw.PostgresqlDatabase(
         (parsed.path or "/").lstrip("/") or "postgres",
         user=unquote(parsed.username) if parsed.username else None,

@@ -83,16 +83,12 @@ def _shared_brick_count(vol: VolumeSpec, brick_index: int) -> int:
     return sum(1 for b in vol.bricks if b.node == brick.node and b.device == brick.device)
 
 
-def brick_volfile(
-    vol: VolumeSpec, brick_index: int, *, workdir: str = DEFAULT_WORKDIR
-) -> str:
+def brick_volfile(vol: VolumeSpec, brick_index: int, *, workdir: str = DEFAULT_WORKDIR) -> str:
     """The graph one glusterfsd serves for brick `brick_index` of `vol`."""
     return build_brick_graph(vol, brick_index, workdir=workdir).render()
 
 
-def build_brick_graph(
-    vol: VolumeSpec, brick_index: int, *, workdir: str = DEFAULT_WORKDIR
-) -> Graph:
+def build_brick_graph(vol: VolumeSpec, brick_index: int, *, workdir: str = DEFAULT_WORKDIR) -> Graph:
     if not 0 <= brick_index < len(vol.bricks):
         raise VolgenError(
             f"brick index {brick_index} is out of range: volume {vol.name} has "
@@ -286,9 +282,7 @@ def client_volfile(vol: VolumeSpec, *, trusted: bool = False) -> str:
 
 def build_client_graph(vol: VolumeSpec, *, trusted: bool = False) -> Graph:
     if trusted and not vol.auth_username:
-        raise VolgenError(
-            f"a trusted client volfile for {vol.name} needs auth_username and auth_password"
-        )
+        raise VolgenError(f"a trusted client volfile for {vol.name} needs auth_username and auth_password")
     opts = effective_options(vol)
     name = vol.name
     g = Graph()
@@ -326,15 +320,11 @@ def shd_volfile(vol: VolumeSpec, node: str) -> str:
 def build_shd_graph(vol: VolumeSpec, node: str) -> Graph:
     if vol.type == "distribute":
         raise VolgenError(
-            f"volume {vol.name} is distribute: a self-heal daemon runs only for replicate, "
-            "arbiter and disperse volumes"
+            f"volume {vol.name} is distribute: a self-heal daemon runs only for replicate, arbiter and disperse volumes"
         )
     if not any(b.node == node for b in vol.bricks):
         nodes = sorted({b.node for b in vol.bricks})
-        raise VolgenError(
-            f"node {node!r} holds no brick of volume {vol.name}; its bricks are on "
-            f"{', '.join(nodes)}"
-        )
+        raise VolgenError(f"node {node!r} holds no brick of volume {vol.name}; its bricks are on {', '.join(nodes)}")
     opts = effective_options(vol)
     g = Graph()
     clients = _add_clients(g, vol, credentials=True, send_gids=False)

@@ -107,10 +107,7 @@ def parse_volfile(text: str) -> Graph:
         elif word == "subvolumes":
             for sub in rest.split():
                 if sub not in defined:
-                    raise VolgenError(
-                        f"line {lineno}: subvolume {sub!r} of {current.name!r} is not defined "
-                        "before it"
-                    )
+                    raise VolgenError(f"line {lineno}: subvolume {sub!r} of {current.name!r} is not defined before it")
                 current.subvolumes.append(sub)
         elif word == "end-volume":
             if not current.type:

@@ -70,9 +70,7 @@ _DEFS += [
     OptionDef("nfs.disable", "noop"),  # no gNFS in 10.3; glusterd records it, nothing reads it
     OptionDef("cluster.self-heal-daemon", "bool"),
     OptionDef("cluster.heal-timeout", "int", minimum=5),
-    OptionDef(
-        "diagnostics.brick-log-level", "loglevel", (_t("debug/io-stats", "log-level", BRICK),)
-    ),
+    OptionDef("diagnostics.brick-log-level", "loglevel", (_t("debug/io-stats", "log-level", BRICK),)),
     OptionDef(
         "diagnostics.client-log-level",
         "loglevel",
@@ -173,15 +171,9 @@ _DEFS += [
         choices=("inet", "inet6"),
     ),
     # DHT.
-    OptionDef(
-        "cluster.lookup-optimize", "bool", (_t("cluster/distribute", "lookup-optimize", CLIENT),)
-    ),
-    OptionDef(
-        "cluster.readdir-optimize", "bool", (_t("cluster/distribute", "readdir-optimize", CLIENT),)
-    ),
-    OptionDef(
-        "cluster.min-free-disk", "size", (_t("cluster/distribute", "min-free-disk", CLIENT),)
-    ),
+    OptionDef("cluster.lookup-optimize", "bool", (_t("cluster/distribute", "lookup-optimize", CLIENT),)),
+    OptionDef("cluster.readdir-optimize", "bool", (_t("cluster/distribute", "readdir-optimize", CLIENT),)),
+    OptionDef("cluster.min-free-disk", "size", (_t("cluster/distribute", "min-free-disk", CLIENT),)),
     # AFR.
     OptionDef(
         "cluster.quorum-type",
@@ -340,8 +332,7 @@ def _validate_value(d: OptionDef, value: str) -> None:
         patterns = v.split(",")
         if not all(p and _ADDR_PATTERN_RE.match(p) for p in patterns):
             raise VolgenError(
-                f"option {d.key}: {value!r} must be a comma-separated list of addresses or "
-                "patterns such as 10.0.0.*"
+                f"option {d.key}: {value!r} must be a comma-separated list of addresses or patterns such as 10.0.0.*"
             )
 
 

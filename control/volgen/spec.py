@@ -113,17 +113,13 @@ def _validate_identity(vol: VolumeSpec) -> None:
     except (ValueError, TypeError, AttributeError):
         raise VolgenError(f"volume id {vol.id!r} is not a UUID string") from None
     if vol.transport not in TRANSPORTS:
-        raise VolgenError(
-            f"transport {vol.transport!r} is not supported; allowed: {', '.join(TRANSPORTS)}"
-        )
+        raise VolgenError(f"transport {vol.transport!r} is not supported; allowed: {', '.join(TRANSPORTS)}")
 
 
 def _validate_layout(vol: VolumeSpec) -> None:
     n = len(vol.bricks)
     if vol.type not in VOLUME_TYPES:
-        raise VolgenError(
-            f"volume type {vol.type!r} is unknown; allowed: {', '.join(VOLUME_TYPES)}"
-        )
+        raise VolgenError(f"volume type {vol.type!r} is unknown; allowed: {', '.join(VOLUME_TYPES)}")
     if n == 0:
         raise VolgenError("a volume needs at least one brick")
     if vol.type == "distribute":
@@ -138,18 +134,12 @@ def _validate_layout(vol: VolumeSpec) -> None:
         if vol.replica < 2:
             raise VolgenError(f"replica count must be at least 2, got {vol.replica}")
         if n % vol.replica:
-            raise VolgenError(
-                f"a replica {vol.replica} volume needs a multiple of {vol.replica} bricks, "
-                f"got {n}"
-            )
+            raise VolgenError(f"a replica {vol.replica} volume needs a multiple of {vol.replica} bricks, got {n}")
     elif vol.type == "arbiter":
         if vol.disperse or vol.redundancy:
             raise VolgenError("an arbiter volume takes no disperse or redundancy count")
         if vol.replica != 3:
-            raise VolgenError(
-                f"arbiter volumes are replica 3 (2 data bricks + 1 arbiter), got replica "
-                f"{vol.replica}"
-            )
+            raise VolgenError(f"arbiter volumes are replica 3 (2 data bricks + 1 arbiter), got replica {vol.replica}")
         if n % 3:
             raise VolgenError(f"an arbiter volume needs a multiple of 3 bricks, got {n}")
     else:  # disperse
@@ -166,10 +156,7 @@ def _validate_layout(vol: VolumeSpec) -> None:
                 f"(at most {(vol.disperse - 1) // 2} for disperse {vol.disperse})"
             )
         if n % vol.disperse:
-            raise VolgenError(
-                f"a disperse {vol.disperse} volume needs a multiple of {vol.disperse} bricks, "
-                f"got {n}"
-            )
+            raise VolgenError(f"a disperse {vol.disperse} volume needs a multiple of {vol.disperse} bricks, got {n}")
 
 
 def _validate_bricks(vol: VolumeSpec) -> None:
@@ -184,9 +171,7 @@ def _validate_bricks(vol: VolumeSpec) -> None:
         if not brick.address or _SPACE_RE.search(brick.address):
             raise VolgenError(f"{where}: address must be a host name or IP without whitespace")
         if not brick.path.startswith("/") or brick.path == "/" or _SPACE_RE.search(brick.path):
-            raise VolgenError(
-                f"{where}: path must be an absolute directory other than '/', without whitespace"
-            )
+            raise VolgenError(f"{where}: path must be an absolute directory other than '/', without whitespace")
         if brick.path != brick.path.rstrip("/") or "//" in brick.path:
             raise VolgenError(f"{where}: path must be normalised (no trailing or double '/')")
         if isinstance(brick.port, bool) or not isinstance(brick.port, int):

@@ -15,13 +15,14 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from tests.helpers import free_port, wait_until  # noqa: E402
-from volgen_testlib import (  # noqa: E402
+from volgen_testlib import (
     GLUSTERD_START_TIMEOUT,
     PROCESS_STOP_TIMEOUT,
     PrivateGlusterd,
     local_non_loopback_ip,
 )
+
+from tests.helpers import free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,7 @@ def private_glusterd(tmp_path_factory) -> Iterator[PrivateGlusterd]:
         "end-volume\n"
     )
     proc = subprocess.Popen(
-        ["glusterd", "-N", "-f", str(volfile), "-p", str(pidfile)]
-        + ["-l", str(logdir / "glusterd.log")],
+        ["glusterd", "-N", "-f", str(volfile), "-p", str(pidfile), "-l", str(logdir / "glusterd.log")],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

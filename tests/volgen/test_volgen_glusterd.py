@@ -50,15 +50,10 @@ def created(private_glusterd):
         name = _volume_name(case)
         (gd.root / "bricks" / name).mkdir(parents=True)  # glusterd makes only the last level
         paths = [str(gd.root / "bricks" / name / f"b{i}") for i in range(count)]
-        result = gd.cli(
-            "volume", "create", name, *layout, *(f"{gd.host}:{p}" for p in paths), "force"
-        )
+        result = gd.cli("volume", "create", name, *layout, *(f"{gd.host}:{p}" for p in paths), "force")
         assert result.returncode == 0, f"volume create {name}: {result.stdout}{result.stderr}"
         info = gd.volume_info(name)
-        bricks = tuple(
-            BrickSpec(node="local", address=gd.host, path=p, port=49152 + i)
-            for i, p in enumerate(paths)
-        )
+        bricks = tuple(BrickSpec(node="local", address=gd.host, path=p, port=49152 + i) for i, p in enumerate(paths))
         specs[case] = VolumeSpec(
             name=name,
             id=info["volume-id"],

@@ -259,9 +259,7 @@ def test_bad_bricks_and_identity_are_refused() -> None:
     with pytest.raises(VolgenError, match="absolute"):
         VolumeSpec("v", "00000000-0000-4000-8000-000000000001", "distribute", relative)
     with pytest.raises(VolgenError, match="together"):
-        VolumeSpec(
-            "v", "00000000-0000-4000-8000-000000000001", "distribute", good, auth_username="u"
-        )
+        VolumeSpec("v", "00000000-0000-4000-8000-000000000001", "distribute", good, auth_username="u")
 
 
 def test_shd_refused_for_distribute_and_foreign_node() -> None:

@@ -14,14 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import port_open, wait_until
 from volgen_testlib import (
     free_ports,
     pid_alive,
     read_pidfile,
     stop_pid,
 )
+
 from control.volgen import (
     BrickSpec,
     VolumeSpec,
@@ -30,6 +29,7 @@ from control.volgen import (
     client_volfile,
     shd_volfile,
 )
+from tests.helpers import port_open, wait_until
 
 BRICK_START_TIMEOUT = 20.0
 MOUNT_TIMEOUT = 20.0
@@ -52,9 +52,7 @@ def prepare_brick(path: Path, volume_id: str) -> None:
     os.setxattr(path, "trusted.glusterfs.volume-id", uuid.UUID(volume_id).bytes)
 
 
-def glusterfsd_command(
-    vol: VolumeSpec, index: int, volfile: Path, run: Path, sockdir: Path
-) -> list[str]:
+def glusterfsd_command(vol: VolumeSpec, index: int, volfile: Path, run: Path, sockdir: Path) -> list[str]:
     """The brick command line; `-S` must stay under 108 bytes (a unix socket path)."""
     brick = vol.bricks[index]
     stem = brick_volfile_name(vol, index).removesuffix(".vol")
@@ -153,9 +151,8 @@ class Cluster:
 
     def close(self) -> None:
         for mountpoint in self.mountpoints:
-            if mounted(mountpoint):
-                if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
-                    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+            if mounted(mountpoint) and subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
         for pidfile in self.pidfiles:
             pid = read_pidfile(pidfile)
             if pid is not None:
@@ -204,9 +201,7 @@ def test_replica3_three_bricks_fuse_mount_and_shd(cluster, tmp_path) -> None:
         id=str(uuid.uuid4()),
         type="replicate",
         replica=3,
-        bricks=tuple(
-            BrickSpec("local", "127.0.0.1", str(tmp_path / f"brick{i}"), ports[i]) for i in range(3)
-        ),
+        bricks=tuple(BrickSpec("local", "127.0.0.1", str(tmp_path / f"brick{i}"), ports[i]) for i in range(3)),
         auth_username=str(uuid.uuid4()),
         auth_password=str(uuid.uuid4()),
     )

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-
 GLUSTERD_START_TIMEOUT = 30.0
 PROCESS_STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 30.0
@@ -81,9 +79,7 @@ def local_non_loopback_ip() -> str | None:
         except OSError:
             pass
     try:
-        out = subprocess.run(
-            ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=5
-        ).stdout
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     for line in out.splitlines():

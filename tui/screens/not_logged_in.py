@@ -19,8 +19,12 @@ class NotLoggedInScreen(Screen[None]):
         with Center():
             with Vertical(id="login-box"):
                 yield Static("[b]Not logged in[/b]", id="login-title")
-                yield Static(f"The dashboard needs a login for {self.url}."
-                             + (f"\nThe server said: {self.detail}" if self.detail else ""))
-                yield Static(f"In a shell, run:\n\n    glusterctl login --url {self.url}\n\n"
-                             "This screen goes away by itself once the login is saved.")
+                yield Static(
+                    f"The dashboard needs a login for {self.url}."
+                    + (f"\nThe server said: {self.detail}" if self.detail else "")
+                )
+                yield Static(
+                    f"In a shell, run:\n\n    glusterctl login --url {self.url}\n\n"
+                    "This screen goes away by itself once the login is saved."
+                )
         yield Footer()

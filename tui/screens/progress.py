@@ -50,8 +50,12 @@ class ProgressScreen(ModalScreen[None]):
             done &= state in FINAL_TASK_STATES
             reason = task.get("reason") or ""
             fix = task.get("fix")
-            table.add_row(task.get("node", "?"), task.get("kind", ""), state_text(state),
-                          reason + (f" (fix: {fix})" if fix else ""))
+            table.add_row(
+                task.get("node", "?"),
+                task.get("kind", ""),
+                state_text(state),
+                reason + (f" (fix: {fix})" if fix else ""),
+            )
         if self.error:
             table.add_row("[bold red]error[/]", "", "", self.error)
         elif done and self.task_ids:

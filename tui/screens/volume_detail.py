@@ -13,8 +13,12 @@ from tui.widgets.volumes_table import volume_type
 
 
 class VolumeDetailScreen(Screen[None]):
-    BINDINGS = [("escape", "app.pop_screen", "Back"), ("s", "app.volume_action('start')", "Start"),
-                ("x", "app.volume_action('stop')", "Stop"), ("D", "app.volume_action('delete')", "Delete")]
+    BINDINGS = [
+        ("escape", "app.pop_screen", "Back"),
+        ("s", "app.volume_action('start')", "Start"),
+        ("x", "app.volume_action('stop')", "Stop"),
+        ("D", "app.volume_action('delete')", "Delete"),
+    ]
 
     def __init__(self, key: tuple[str, str]) -> None:
         super().__init__()
@@ -49,14 +53,22 @@ class VolumeDetailScreen(Screen[None]):
         if vol is None:
             summary.update(f"Volume {self.key[1]} of cluster {self.key[0]} is gone")
             return
-        summary.update(f"Volume [b]{vol['name']}[/b]  cluster {vol['cluster']}  type {volume_type(vol)}  "
-                       f"state {vol['state']}  bricks {vol.get('bricks_online', 0)}/{vol.get('bricks_total', 0)}  "
-                       f"size {size(vol.get('size_bytes'))}")
+        summary.update(
+            f"Volume [b]{vol['name']}[/b]  cluster {vol['cluster']}  type {volume_type(vol)}  "
+            f"state {vol['state']}  bricks {vol.get('bricks_online', 0)}/{vol.get('bricks_total', 0)}  "
+            f"size {size(vol.get('size_bytes'))}"
+        )
         bricks = self.query_one("#bricks", DataTable)
         bricks.clear()
         for b in vol.get("bricks") or []:
-            bricks.add_row(str(b.get("index", "")), b.get("node", ""), b.get("path", ""), str(b.get("port") or "-"),
-                           str(b.get("pid") or "-"), state_text(b.get("state") or "-"))
+            bricks.add_row(
+                str(b.get("index", "")),
+                b.get("node", ""),
+                b.get("path", ""),
+                str(b.get("port") or "-"),
+                str(b.get("pid") or "-"),
+                state_text(b.get("state") or "-"),
+            )
         shds = self.query_one("#shds", DataTable)
         shds.clear()
         for s in vol.get("shds") or vol.get("self_heal_daemons") or []:

@@ -33,5 +33,7 @@ class ConnectionBanner(Static):
             return
         stamp = time.strftime("%H:%M:%S", time.localtime(since))
         seconds = max(0, int(self.clock() - since))
-        self.update(f"Disconnected from {self.url} since {stamp} ({seconds}s): {self.error or 'connecting'}"
-                    " - reconnecting automatically")
+        self.update(
+            f"Disconnected from {self.url} since {stamp} ({seconds}s): {self.error or 'connecting'}"
+            " - reconnecting automatically"
+        )

@@ -9,17 +9,28 @@ from tui.widgets.model_table import ModelTable
 
 
 class ClustersTable(ModelTable):
-    COLUMNS = [("name", "CLUSTER"), ("nodes", "NODES"), ("online", "ONLINE"), ("unreachable", "UNREACHABLE"),
-               ("volumes", "VOLUMES"), ("failures", "FAILED TASKS (24h)")]
+    COLUMNS = [
+        ("name", "CLUSTER"),
+        ("nodes", "NODES"),
+        ("online", "ONLINE"),
+        ("unreachable", "UNREACHABLE"),
+        ("volumes", "VOLUMES"),
+        ("failures", "FAILED TASKS (24h)"),
+    ]
 
     def model_rows(self, model: Dashboard):
         out = []
         for r in model.cluster_rows():
-            out.append((r["name"], {
-                **r,
-                "online": Text(str(r["online"]), style="green" if r["online"] else ""),
-                "unreachable": Text(str(r["unreachable"]), style="bold red" if r["unreachable"] else ""),
-                "failures": Text(str(r["failures"]), style="bold red" if r["failures"] else ""),
-                "volumes": r["volumes"] if model.volumes_supported else "n/a",
-            }))
+            out.append(
+                (
+                    r["name"],
+                    {
+                        **r,
+                        "online": Text(str(r["online"]), style="green" if r["online"] else ""),
+                        "unreachable": Text(str(r["unreachable"]), style="bold red" if r["unreachable"] else ""),
+                        "failures": Text(str(r["failures"]), style="bold red" if r["failures"] else ""),
+                        "volumes": r["volumes"] if model.volumes_supported else "n/a",
+                    },
+                )
+            )
         return out

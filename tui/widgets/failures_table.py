@@ -12,6 +12,10 @@ class FailuresTable(ModelTable):
 
     def model_rows(self, model: Dashboard):
         now = model.clock()
-        return [(f"{i}:{f.what}", {"when": ago(f.at, now), "cluster": f.cluster, "what": f.what,
-                                    "reason": f.reason, "fix": f.fix})
-                for i, f in enumerate(model.failures())]
+        return [
+            (
+                f"{i}:{f.what}",
+                {"when": ago(f.at, now), "cluster": f.cluster, "what": f.what, "reason": f.reason, "fix": f.fix},
+            )
+            for i, f in enumerate(model.failures())
+        ]

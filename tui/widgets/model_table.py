@@ -10,13 +10,23 @@ from textual.widgets import DataTable
 from tui.model import Dashboard
 
 STATE_STYLES = {
-    "Online": "green", "Unreachable": "bold red", "Offline": "red", "DONE": "green", "FAILED": "bold red",
-    "QUEUED": "yellow", "RUNNING": "cyan", "Started": "green", "Created": "cyan", "Stopped": "yellow",
+    "Online": "green",
+    "Unreachable": "bold red",
+    "Offline": "red",
+    "DONE": "green",
+    "FAILED": "bold red",
+    "QUEUED": "yellow",
+    "RUNNING": "cyan",
+    "Started": "green",
+    "Created": "cyan",
+    "Stopped": "yellow",
 }
 
 
 def state_text(state: str) -> Text:
-    style = STATE_STYLES.get(state) or ("bold red" if state.endswith("Failed") else "cyan" if state.endswith("ing") else "")
+    style = STATE_STYLES.get(state) or (
+        "bold red" if state.endswith("Failed") else "cyan" if state.endswith("ing") else ""
+    )
     return Text(state, style=style)
 
 

@@ -19,16 +19,30 @@ def volume_type(v: dict) -> str:
 
 
 class VolumesTable(ModelTable):
-    COLUMNS = [("cluster", "CLUSTER"), ("name", "VOLUME"), ("type", "TYPE"), ("state", "STATE"),
-               ("bricks", "BRICKS ONLINE"), ("size", "SIZE")]
+    COLUMNS = [
+        ("cluster", "CLUSTER"),
+        ("name", "VOLUME"),
+        ("type", "TYPE"),
+        ("state", "STATE"),
+        ("bricks", "BRICKS ONLINE"),
+        ("size", "SIZE"),
+    ]
 
     def model_rows(self, model: Dashboard):
         out = []
         for v in model.volume_rows():
             online, total = v.get("bricks_online", 0), v.get("bricks_total", 0)
-            out.append((f"{v['cluster']}/{v['name']}", {
-                "cluster": v["cluster"], "name": v["name"], "type": volume_type(v), "state": state_text(v["state"]),
-                "bricks": Text(f"{online}/{total}", style="green" if online == total else "bold red"),
-                "size": size(v.get("size_bytes")),
-            }))
+            out.append(
+                (
+                    f"{v['cluster']}/{v['name']}",
+                    {
+                        "cluster": v["cluster"],
+                        "name": v["name"],
+                        "type": volume_type(v),
+                        "state": state_text(v["state"]),
+                        "bricks": Text(f"{online}/{total}", style="green" if online == total else "bold red"),
+                        "size": size(v.get("size_bytes")),
+                    },
+                )
+            )
         return out
