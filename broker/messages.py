@@ -66,6 +66,30 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 }
 
 
+class VolumeState(str, enum.Enum):
+    """A volume's state: the intermediate and final states of each operation (seen on the event stream)."""
+
+    CREATING = "Creating"
+    CREATED = "Created"
+    CREATE_FAILED = "CreateFailed"
+    STARTING = "Starting"
+    STARTED = "Started"
+    START_FAILED = "StartFailed"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    STOP_FAILED = "StopFailed"
+    DELETING = "Deleting"
+    DELETE_FAILED = "DeleteFailed"
+
+    @property
+    def failed(self) -> bool:
+        return self.value.endswith("Failed")
+
+
+# Task states after which nothing more happens to a task.
+FINAL_TASK_STATES = frozenset({TaskState.DONE, TaskState.FAILED})
+
+
 class TaskKind(str, enum.Enum):
     NODE_PROBE = "node.probe"
     DEVICE_ADD = "device.add"

@@ -7,7 +7,6 @@ transition table, one log line and one event per transition).
 
 from __future__ import annotations
 
-import enum
 import logging
 import posixpath
 import secrets
@@ -16,7 +15,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from broker.messages import NodeState, TaskKind, check_name
+from broker.messages import NodeState, TaskKind, VolumeState, check_name
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.services.tasks import TaskEngine
@@ -38,20 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT_RANGE = (49152, 60999)
 MAX_PATH = 1024  # brick and device paths (the store's column size)
 MAX_START_ATTEMPTS = 3  # a brick whose port is taken moves to a new port this many times
-
-
-class VolumeState(str, enum.Enum):
-    CREATING = "Creating"
-    CREATED = "Created"
-    CREATE_FAILED = "CreateFailed"
-    STARTING = "Starting"
-    STARTED = "Started"
-    START_FAILED = "StartFailed"
-    STOPPING = "Stopping"
-    STOPPED = "Stopped"
-    STOP_FAILED = "StopFailed"
-    DELETING = "Deleting"
-    DELETE_FAILED = "DeleteFailed"
 
 
 S = VolumeState
