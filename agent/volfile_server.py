@@ -28,7 +28,9 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import stat
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -147,7 +149,8 @@ class VolfileServer:
 
     def notify(self, keys: Iterable[str] | None = None) -> int:
         """Push FETCHSPEC to every connection that fetched one of `keys` (all connections if
-        None); returns how many were sent. The processes then refetch their volfile."""
+        None); returns how many were sent. The processes then refetch their volfile.
+        Call it from any thread but the server's own (it waits for the server's loop)."""
         wanted = None if keys is None else {normalise_key(k) for k in keys}
         loop = self._loop
         if loop is None:
@@ -245,12 +248,18 @@ class VolfileServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
+        # connection handlers end on the EOF of their closed transport; cancel any that linger
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=STOP_TIMEOUT / 2)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- connections --------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else f"unix:{self.unix_path}"
+        peer = self._peer_name(writer)
         conn = _Connection(peer, writer)
         with self._lock:
             full = len(self._connections) >= MAX_CONNECTIONS
@@ -289,6 +298,18 @@ class VolfileServer:
                 self._connections.discard(conn)
             writer.close()
             log.debug("connection from %s closed", peer)
+
+    def _peer_name(self, writer: asyncio.StreamWriter) -> str:
+        """host:port, or the unix socket with the peer's pid (glfsheal and friends)."""
+        peername = writer.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            return f"{peername[0]}:{peername[1]}"
+        sock = writer.get_extra_info("socket")
+        try:
+            pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        except (OSError, AttributeError, struct.error):
+            return f"unix:{self.unix_path}"
+        return f"unix:{self.unix_path}[pid {pid}]"
 
     def _handle(self, conn: _Connection, record: bytes) -> None:
         try:
