@@ -374,3 +374,27 @@ def test_monitor_reads_its_cluster_and_publishes_nothing(world: World) -> None:
     assert control.drain(QUIET) == []
     assert n1.subscribe(t.tasks_filter(C1, N1)) is True
     assert n1.drain(QUIET) == []
+
+
+def test_users_survive_a_broker_restart(tmp_path: Path) -> None:
+    """The plugin writes its file on every change: what glusterctl set up is still there after a restart."""
+    _need_mosquitto()
+    broker = start_mosquitto(tmp_path)
+    try:
+        t, password = Topics(unique("t")), secrets.token_hex(16)
+        with DynsecClient(broker.admin_url()) as admin:
+            dynsec.ensure_node(admin, t, C1, N1, password)
+            admin.ensure_default_acl_access()
+        broker.proc.stop()
+        broker.proc.start()
+        wait_until(lambda: port_open("127.0.0.1", broker.port), 15, what="mosquitto listening again")
+        with DynsecClient(broker.admin_url()) as admin:
+            assert admin.default_acl_access() == dynsec.DEFAULT_ACL_ACCESS
+            assert set(admin.get_role(dynsec.node_username(t, C1, N1)) or []) == set(dynsec.node_acls(t, C1, N1))
+        node = Peer(broker.port, dynsec.node_username(t, C1, N1), password)
+        try:
+            assert node.wait_connack(), node.reason
+        finally:
+            node.close()
+    finally:
+        broker.proc.stop()
