@@ -336,7 +336,8 @@ class DynsecClient:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if not self._ready.wait(timeout):
-            raise DynsecTimeout(f"not connected to {self.url.redacted()} as dynsec admin after {timeout:g}s")
+            why = f": {self._refused}" if self._refused else ""
+            raise DynsecTimeout(f"not connected to {self.url.redacted()} as dynsec admin after {timeout:g}s{why}")
         batch_id = uuid.uuid4().hex
         batch = _Batch(len(commands))
         payload = {"commands": [{**c, "correlationData": f"{batch_id}:{i}"} for i, c in enumerate(commands)]}

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,3 +399,13 @@ def test_users_survive_a_broker_restart(tmp_path: Path) -> None:
             node.close()
     finally:
         broker.proc.stop()
+
+
+def test_concurrent_calls_get_their_own_answers(world: World) -> None:
+    """Answers are matched by correlationData, not by arrival order."""
+    admin, t = world.admin, world.topics
+    names = [dynsec.node_username(t, C1, N1), dynsec.node_username(t, C1, N2), dynsec.enrol_username(t, C1)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda i: (i, admin.get_client(names[i % 3])), range(60)))
+    for i, info in results:
+        assert info is not None and info.username == names[i % 3]
