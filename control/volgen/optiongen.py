@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import re
 import sys
@@ -39,6 +40,15 @@ from typing import Any
 
 MAP_FILE = "xlators/mgmt/glusterd/src/glusterd-volume-set.c"
 MAP_START = "struct volopt_map_entry glusterd_volopt_map[] = {"
+ALL_VOL_FILE = "xlators/mgmt/glusterd/src/glusterd-op-sm.c"
+ALL_VOL_START = "const glusterd_all_vol_opts valid_all_vol_opts[] = {"
+# "!" options are applied by volgen handlers instead of being copied into an xlator. Most handlers put the
+# value into an option of an xlator in the graph (heal-timeout into afr/ec, diagnostics.* into io-stats), so
+# glusterd checks it against that declaration when the xlator is there. Two kinds differ (glusterd-volgen.c):
+# perfxl_option_handler fails the graph build on a value gf_string2boolean refuses, whatever the graph; and
+# the SSL handlers only act when SSL is on, so their values go unchecked by `volume set`.
+SPECIAL_HANDLER_TYPES = {"!perf": "bool"}
+UNCHECKED_SPECIALS = frozenset({"!ssl-allow"})
 HEADER_DIRS = ("xlators/mgmt/glusterd/src", "libglusterfs/src/glusterfs", "xlators", "rpc", "glusterfsd", ".")
 DEFAULT_XLATOR_DIR = "/usr/lib/x86_64-linux-gnu/glusterfs/10.3/xlator"
 
@@ -331,6 +341,24 @@ def read_volopt_map(source: Path, macros: MacroEval) -> list[MapEntry]:
     return entries
 
 
+def read_cluster_options(source: Path, macros: MacroEval) -> dict[str, str | None]:
+    """valid_all_vol_opts[] (glusterd-op-sm.c): keys set only with `volume set all`, with their defaults."""
+    text = _strip_comments((source / ALL_VOL_FILE).read_text())
+    start = text.find(ALL_VOL_START)
+    if start < 0:
+        raise GenError(f"{ALL_VOL_FILE}: valid_all_vol_opts not found")
+    body = text[start + len(ALL_VOL_START) : text.index("};", start)]
+    out: dict[str, str | None] = {}
+    for item in _split_top(body, ","):
+        fields = _split_top(item.strip("{} \n"), ",")
+        key = macros.expand(fields[0])
+        if key is None:
+            break
+        default = macros.expand(fields[1]) if len(fields) > 1 else None
+        out[str(key)] = None if default is None or str(default).startswith("BUG_") else str(default)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- xlator .so
 
 
@@ -446,7 +474,10 @@ def load_xlator(xlator_dir: Path, voltype: str) -> XlatorOptions | None:
 # ------------------------------------------------------------------------------------------------ table
 
 
-def _number(x: float) -> int | float:
+def _number(x: float) -> int | float | str:
+    """Integers stay integers; infinities (xlators use INFINITY as "no upper bound") become "inf"."""
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     return int(x) if float(x).is_integer() and abs(x) < 2**63 else x
 
 
@@ -474,6 +505,11 @@ def _target(entry: MapEntry, xlators: dict[str, XlatorOptions | None]) -> dict[s
         "option": name,
         "special": special,
         "declared": opt is not None,
+        # the type glusterd checks values against: the xlator's declaration, or the special handler's
+        "checked_type": SPECIAL_HANDLER_TYPES.get(name)
+        or (opt.type if opt is not None and name not in UNCHECKED_SPECIALS else "any"),
+        # checked whatever xlators the volume's graphs hold (otherwise only when the xlator is in one)
+        "always_checked": name in SPECIAL_HANDLER_TYPES,
     }
     if opt is None:
         target.update(type="any", min=0, max=0, range_check="both", choices=[], xlator_default=None)
@@ -494,7 +530,9 @@ def _target(entry: MapEntry, xlators: dict[str, XlatorOptions | None]) -> dict[s
     return target
 
 
-def build_table(entries: list[MapEntry], xlator_dir: Path) -> list[dict[str, Any]]:
+def build_table(
+    entries: list[MapEntry], xlator_dir: Path, cluster_options: dict[str, str | None]
+) -> list[dict[str, Any]]:
     xlators: dict[str, XlatorOptions | None] = {}
     for entry in entries:
         if entry.voltype not in xlators:
@@ -528,6 +566,8 @@ def build_table(entries: list[MapEntry], xlator_dir: Path) -> list[dict[str, Any
             "graphs": _graphs(entry.voltype),
             "documented": documented,
             "global": is_global,
+            # keys glusterd takes only as `volume set all KEY VALUE` (valid_all_vol_opts)
+            "scope": "cluster" if entry.key in cluster_options else "volume",
             "validate_fn": entry.validate_fn,
             "targets": [target],
         }
@@ -536,6 +576,8 @@ def build_table(entries: list[MapEntry], xlator_dir: Path) -> list[dict[str, Any
         for name in ("type", "min", "max", "range_check", "choices", "xlator_default"):
             row[name] = first[name]
         row["default"] = row["map_default"] if row["map_default"] is not None else first["xlator_default"]
+        if row["key"] in cluster_options and cluster_options[row["key"]] is not None:
+            row["default"] = cluster_options[row["key"]]
         for target in row["targets"]:
             target.pop("description", None)
     return list(by_key.values())
@@ -559,7 +601,7 @@ def generate(source: Path, source_tag: str, xlator_dir: Path) -> dict[str, Any]:
         raise GenError(f"source tag {source_tag} does not match the installed xlators ({version})")
     macros = MacroEval(read_macros(source), source_site_values(xlator_dir))
     entries = read_volopt_map(source, macros)
-    options = build_table(entries, xlator_dir)
+    options = build_table(entries, xlator_dir, read_cluster_options(source, macros))
     return {
         "glusterfs_version": version,
         "source_tag": source_tag,

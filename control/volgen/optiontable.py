@@ -43,7 +43,9 @@ class Target:
     xlator: str
     option: str
     special: bool
-    type: str
+    type: str  # as the xlator declares it
+    checked_type: str  # what glusterd checks values against ("any": nothing)
+    always_checked: bool  # checked even when the volume's graphs do not hold the xlator
     min: float
     max: float
     range_check: str
@@ -69,6 +71,7 @@ class OptionSpec:
     graphs: tuple[str, ...]
     documented: bool
     is_global: bool
+    scope: str  # "volume", or "cluster" for keys set only with `volume set all`
     validate_fn: str | None
     targets: tuple[Target, ...]
 
@@ -83,6 +86,9 @@ class VolumeContext:
     redundancy_count: int = 0
     subvol_count: int = 1
     xlator_names: frozenset[str] = frozenset()
+    # xlator types in the volume's brick, client and self-heal graphs now; glusterd checks a value only
+    # against the xlators its graphs hold (graph_reconf_validateopt). None: check against every target.
+    xlator_types: frozenset[str] | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     brick_multiplex: bool = False
 
@@ -98,7 +104,16 @@ class _Table:
 def _spec(row: dict[str, Any]) -> OptionSpec:
     targets = tuple(
         Target(
-            t["xlator"], t["option"], t["special"], t["type"], t["min"], t["max"], t["range_check"], tuple(t["choices"])
+            t["xlator"],
+            t["option"],
+            t["special"],
+            t["type"],
+            t["checked_type"],
+            t["always_checked"],
+            float(t["min"]),
+            float(t["max"]),
+            t["range_check"],
+            tuple(t["choices"]),
         )
         for t in row["targets"]
     )
@@ -109,8 +124,8 @@ def _spec(row: dict[str, Any]) -> OptionSpec:
         option=row["option"],
         special=row["special"],
         type=row["type"],
-        min=row["min"],
-        max=row["max"],
+        min=float(row["min"]),
+        max=float(row["max"]),
         range_check=row["range_check"],
         choices=tuple(row["choices"]),
         default=row["default"],
@@ -120,6 +135,7 @@ def _spec(row: dict[str, Any]) -> OptionSpec:
         graphs=tuple(row["graphs"]),
         documented=row["documented"],
         is_global=row["global"],
+        scope=row["scope"],
         validate_fn=row["validate_fn"],
         targets=targets,
     )
@@ -199,6 +215,11 @@ def _strtod(text: str) -> tuple[float, str] | None:
 def _negative(text: str) -> bool:
     """The '-' check several libglusterfs parsers make before converting."""
     return text.lstrip()[:1] == "-"
+
+
+def _atoi(text: str) -> int:
+    m = re.match(r"\s*[+-]?[0-9]+", text)
+    return int(m.group(0)) if m else 0
 
 
 def parse_bool(text: str) -> bool | None:
@@ -415,7 +436,7 @@ def _volume_checks(spec: OptionSpec, value: str, ctx: VolumeContext) -> None:
             problem = "is only for dispersed volumes"
         elif not data <= int(parse_int(value) or 0) <= ctx.disperse_count:
             problem = f"must be in [{data} - {ctx.disperse_count}]"
-    elif fn == "validate_subvols_per_directory" and int(parse_int(value) or 0) > ctx.subvol_count:
+    elif fn == "validate_subvols_per_directory" and _atoi(value) > ctx.subvol_count:
         problem = f"cannot exceed the number of subvolumes ({ctx.subvol_count})"
     elif spec.key == "features.trash-dir":
         if parse_bool(ctx.options.get("features.trash", "off")) is not True:
@@ -428,6 +449,8 @@ def _volume_checks(spec: OptionSpec, value: str, ctx: VolumeContext) -> None:
             low, high = (value, ctx.options[other]) if "min" in spec.key else (ctx.options[other], value)
             if (parse_size(low) or 0) > (parse_size(high) or 0):
                 problem = f"cache-min-file-size ({low}) would be greater than cache-max-file-size ({high})"
+    elif spec.scope == "cluster":
+        problem = "is set for the whole cluster, not for one volume"
     if problem:
         raise OptionError(f"{spec.key} {problem}")
 
@@ -458,15 +481,16 @@ def _in_range(t: Target, x: float) -> bool:
 
 
 def describe_type(kind: str) -> str:
-    return describe(Target("", "", False, kind, 0, 0, "both", ()))
+    return describe(Target("", "", False, kind, kind, True, 0, 0, "both", ()))
 
 
 def describe(spec: OptionSpec | Target) -> str:
     """What the option accepts, for error messages and help."""
     t = spec.targets[0] if isinstance(spec, OptionSpec) else spec
-    if t.type == "bool":
+    kind = t.checked_type if t.checked_type != "any" else t.type
+    if kind == "bool":
         return "a boolean (on/off, yes/no, true/false, enable/disable, 1/0)"
-    if t.type == "str" and t.choices:
+    if kind == "str" and t.choices:
         return "one of " + ", ".join(t.choices)
     names = {
         "int": "an integer",
@@ -481,13 +505,13 @@ def describe(spec: OptionSpec | Target) -> str:
         "priority-list": "a list of pattern:priority pairs separated by commas",
         "size-list": "a size that is a multiple of 512, or a list of pattern:size pairs",
     }
-    text = names.get(t.type, "any string")
-    return text + (_range_text(t) if t.type in ("int", "size", "time", "double") else "")
+    text = names.get(kind, "any string")
+    return text + (_range_text(t) if kind in ("int", "size", "time", "double") else "")
 
 
 def _check_target(t: Target, value: str, ctx: VolumeContext | None) -> bool:
     """libglusterfs xlator_option_validate for one declared option."""
-    kind = t.type
+    kind = t.checked_type
     if kind == "bool":
         return parse_bool(value) is not None
     if kind == "int":
@@ -539,6 +563,9 @@ def validate(key: str, value: str, context: VolumeContext | None = None) -> str:
     spec = lookup(key)
     _glusterd_checks(spec, value, context)
     for target in spec.targets:
+        in_graph = context is None or context.xlator_types is None or target.xlator in context.xlator_types
+        if not (in_graph or target.always_checked):
+            continue
         if not _check_target(target, value, context):
             raise OptionError(f"invalid value {value!r} for {spec.key}: expected {describe(target)}")
     return value
