@@ -163,3 +163,65 @@ def test_validation_matches_glusterd(volume) -> None:
             )
     elapsed = time.monotonic() - started
     assert not mismatches, f"{len(mismatches)} of {len(pairs)} pairs differ ({elapsed:.0f}s):\n" + "\n".join(mismatches)
+
+
+# ----------------------------------------------------------------------------- fast unit tests
+
+
+def test_table_records_its_source() -> None:
+    assert optiontable.glusterfs_version() == "10.3"
+    specs = optiontable.all_options()
+    assert len(specs) > 350
+    cache = optiontable.lookup("performance.cache-size")
+    assert {t.xlator for t in cache.targets} == {"performance/io-cache", "performance/quick-read"}
+    assert optiontable.lookup("cache-size") is cache  # glusterd completes a unique short form
+    assert optiontable.defaults()["performance.write-behind"] == "on"
+
+
+def test_unknown_key_suggests_close_matches() -> None:
+    with pytest.raises(OptionError, match=r"performance\.cache-size"):
+        optiontable.lookup("performance.cache-sise")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("performance.readdir-ahead", "maybe", r"boolean \(on/off"),
+        ("cluster.quorum-reads", "x", "boolean"),
+        ("performance.io-thread-count", "0", r"integer in \[1 - 64\]"),
+        ("network.ping-timeout", "abc", "time in seconds"),
+        ("cluster.min-free-disk", "120%", "percentage or a size"),
+        ("cluster.favorite-child-policy", "best", "one of none, size, ctime, mtime, majority"),
+        ("features.read-only", "", "needs a value"),
+        ("cluster.server-quorum-ratio", "x", "percentage"),
+    ],
+)
+def test_rejections_say_what_is_allowed(key: str, value: str, expected: str) -> None:
+    with pytest.raises(OptionError, match=expected):
+        validate(key, value)
+
+
+def test_accepted_values_are_returned_as_glusterd_stores_them() -> None:
+    assert validate("performance.cache-size", " 64 MB ") == "64MB"
+    assert validate("user.note", "keep  spaces") == "keep  spaces"
+
+
+def test_without_a_graph_every_target_is_checked() -> None:
+    # cluster.heal-timeout sets afr's heal-timeout [5 - ...] and ec's [60 - ...]; glusterd checks only the
+    # xlators the volume's graphs hold, so 16 (0x10) is fine for a replicated volume, not in general
+    with pytest.raises(OptionError, match=r"\[60 - "):
+        validate("cluster.heal-timeout", "0x10")
+    replica = VolumeContext(volume_type="replicate", replica_count=3, xlator_types=frozenset({"cluster/replicate"}))
+    assert validate("cluster.heal-timeout", "0x10", replica) == "0x10"
+
+
+def test_volume_context_checks() -> None:
+    plain = VolumeContext(volume_type="distribute", replica_count=1, subvol_count=2)
+    with pytest.raises(OptionError, match="replicated"):
+        validate("cluster.data-self-heal", "on", plain)
+    with pytest.raises(OptionError, match="whole cluster"):
+        validate("cluster.brick-multiplex", "on", plain)
+    replica = VolumeContext(volume_type="replicate", replica_count=3)
+    with pytest.raises(OptionError, match=r"\[1 - 3\]"):
+        validate("cluster.quorum-count", "4", replica)
+    assert validate("cluster.quorum-count", "2", replica) == "2"
