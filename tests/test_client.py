@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -242,3 +244,13 @@ def test_async_stream_resumes_with_last_event_id_across_a_server_restart(stack):
         await items.aclose()  # type: ignore[attr-defined]
 
     asyncio.run(scenario())
+
+
+def test_the_library_and_the_dashboard_stay_out_of_the_server_and_the_cli():
+    code = (
+        "import sys, control.client, tui.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['control', 'api'], ['control', 'services'], ['control', 'store'], ['control', 'server'], ['control', 'cli'])))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
