@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from control.cli.follow import parse_sse
+from control.client import parse_sse
 from tests.helpers import wait_until
 
 SLOW_CLIENT_EVENTS = 20000

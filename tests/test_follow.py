@@ -7,14 +7,13 @@ import threading
 import time
 
 from control.cli import follow
-from control.cli.client import Client
 from control.cli.follow import (
     FollowResult,
     follow_tasks,
     follow_volume,
-    parse_sse,
     report,
 )
+from control.client import Client
 from tests.helpers import wait_until
 from tests.test_events import db_path, insert_events
 
@@ -25,24 +24,6 @@ def client_for(stack) -> Client:
 
 def probe(client: Client, node: str, path: str, io_seconds: float = 0) -> str:
     return client.post(f"/api/v1/clusters/default/nodes/{node}/probe", {"path": path, "io_seconds": io_seconds})["id"]
-
-
-def test_parse_sse():
-    lines = [
-        "event: hello",
-        'data: {"a": 1}',
-        "",
-        ": keepalive",
-        "",
-        "id: 7",
-        "data: x",
-        "data: y",
-        "",
-        "id: 9",
-        ": keepalive",
-        "",
-    ]
-    assert list(parse_sse(lines)) == [("hello", '{"a": 1}', None), ("message", "x\ny", "7"), ("", "", "9")]
 
 
 def test_follow_tasks(stack):
@@ -102,14 +83,14 @@ def test_follow_tasks(stack):
 def test_follow_volume_from_events(stack, monkeypatch):
     """Volume states arrive as events (written straight into the database here)."""
     client = client_for(stack)
-    streams: list[follow.EventStream] = []
+    streams: list[follow.StreamReader] = []
 
-    class WatchedStream(follow.EventStream):
+    class WatchedStream(follow.StreamReader):
         def start(self) -> None:
             streams.append(self)
             super().start()
 
-    monkeypatch.setattr(follow, "EventStream", WatchedStream)
+    monkeypatch.setattr(follow, "StreamReader", WatchedStream)
     box: dict[str, FollowResult] = {}
     out = io.StringIO()
     follower = threading.Thread(

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from textual.widgets import TabbedContent
 
+from control.client import AsyncClient, Event, Hello, Reset, Snapshot
 from tests.helpers import wait_until
 from tests.test_events import db_path, insert_events
-from tui.api import Api
 from tui.app import GlusterApp
-from tui.model import Snapshot
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.not_logged_in import NotLoggedInScreen
 from tui.screens.progress import ProgressScreen
@@ -263,15 +262,16 @@ def sample() -> Snapshot:
     return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes)
 
 
-class StandInApi(Api):
-    """Answers from ``sample()`` and records requests; events come from ``feed``. Not a server."""
+class StandInApi(AsyncClient):
+    """Answers from ``sample()`` and records requests; stream items come from ``feed``. Not a server."""
 
     def __init__(self) -> None:
         super().__init__("http://stand-in.invalid", "token")
         self.requests: list[tuple[str, str]] = []
+        self.snapshots = 0
         self.feed: asyncio.Queue = asyncio.Queue()
 
-    async def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+    async def request(self, method: str, path: str, body: Any = None, params: dict | None = None, raw=False) -> Any:
         self.requests.append((method, path))
         if path.endswith("/start"):
             vol = {**sample().volumes[1], "state": "Starting"}
@@ -279,12 +279,17 @@ class StandInApi(Api):
         return None
 
     async def snapshot(self) -> Snapshot:
+        self.snapshots += 1
         return sample()
 
-    async def events(self, after, heartbeat=5.0):
-        yield "hello", {"last_id": 100, "oldest_id": 1}
-        while True:
-            yield "event", await self.feed.get()
+    def events(self, **_):
+        async def items():
+            yield Hello(last_id=100, oldest_id=1)
+            while True:
+                item = await self.feed.get()
+                yield Event.from_dict(item) if isinstance(item, dict) else item
+
+        return items()
 
 
 def stand_in_app() -> tuple[GlusterApp, StandInApi]:
@@ -422,5 +427,59 @@ def test_stop_and_start_a_real_volume_with_the_keyboard(stack):
                 await pilot.pause(0.2)
                 assert final in table_text(app, "volumes-table")
         assert stack.cli.json("volume", "status", "tv1")["state"] == "Started"
+
+    run(scenario)
+
+
+def test_reset_reloads_the_state():
+    app, api = stand_in_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.loaded and api.snapshots == 1, 5, "the sample loaded")
+            await api.feed.put(
+                {"id": 101, "at": NOW, "cluster": "prod", "kind": "node.removed", "subject": "node1", "data": {}}
+            )
+            await until(pilot, lambda: ("prod", "node1") not in app.model.nodes, 5, "node1 removed by an event")
+            await api.feed.put(Reset(after=101, oldest_id=500))  # the server lost events: reload everything
+            await until(pilot, lambda: api.snapshots == 2, 5, "a reload after the reset")
+            assert api.snapshots == 2
+
+    run(scenario)
+
+
+class CountingClient(AsyncClient):
+    """The real client, counting snapshot reads."""
+
+    snapshots = 0
+
+    async def snapshot(self) -> Snapshot:
+        self.snapshots += 1
+        return await super().snapshot()
+
+
+def test_resumes_from_the_last_event_id_after_a_reconnect(stack):
+    """Events written while the server was down reach the dashboard after it reconnects, without a reload."""
+    api = CountingClient(stack.server.url, stack.cli.token)
+    app = GlusterApp(stack.server.url, api=api)
+
+    def task_rows(prefix: str) -> list[str]:
+        return sorted(t for t in app.model.tasks if t.startswith(prefix))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected and app.model.loaded, 10, "connected")
+            await asyncio.to_thread(
+                insert_events, db_path(stack), [("default", "task.state", "live0", {"state": "DONE"})]
+            )
+            await until(pilot, lambda: task_rows("live") == ["live0"], 10, "a live event")
+            await asyncio.to_thread(stack.server.stop)
+            await until(pilot, lambda: not app.connected, 10, "the stream down")
+            rows = [("default", "task.state", f"gap{i}", {"state": "FAILED", "reason": "r"}) for i in range(3)]
+            await asyncio.to_thread(insert_events, db_path(stack), rows)
+            await asyncio.to_thread(stack.server.start)
+            await until(pilot, lambda: task_rows("gap") == ["gap0", "gap1", "gap2"], 20, "the missed events")
+            assert app.connected and api.snapshots == 1  # replayed by the server, not reloaded
+            assert app.stream is not None and app.stream.last_id == app.model.last_event_id
 
     run(scenario)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterable, Callable
+from contextlib import aclosing
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
-from tui.api import Api, ApiError, NotLoggedIn
+from control.client import ApiError, AsyncClient, Down, Event, Hello, NotLoggedIn, Reset, StreamItem
 from tui.messages import EventsPending, LoggedOut, SnapshotLoaded, StreamDown, StreamUp
 from tui.model import Changes, Dashboard
 from tui.palette import DashboardCommands
@@ -70,23 +71,25 @@ class GlusterApp(App[None]):
         self,
         url: str,
         token: str | None = None,
-        api: Api | None = None,
+        api: AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         login_loader: Callable[[], str | None] | None = None,
         live: bool = True,
     ) -> None:
         super().__init__()
         self.url = url.rstrip("/")
-        self.api = api or Api(self.url, token)
+        self.api = api or AsyncClient(self.url, token or "")
         self.clock = clock
         self.login_loader = login_loader
         self.live = live  # tests of static views turn the stream off
         self.model = Dashboard(clock)
-        self._pending: deque[dict[str, Any]] = deque()
-        self._recent: deque[dict[str, Any]] = deque(maxlen=REPLAY_KEEP)
+        self._pending: deque[Event] = deque()
+        self._recent: deque[Event] = deque(maxlen=REPLAY_KEEP)
+        # one stream for the app's life: every reconnect (and a new login) resumes from its last event id
+        self.stream: AsyncIterable[StreamItem] | None = None
         self.batches = 0  # how many EventsPending were handled (coalescing shows here)
         self.connected = False
-        self._login_timer = None
+        self._login_timer: Timer | None = None
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -132,7 +135,8 @@ class GlusterApp(App[None]):
         token = self.login_loader() if self.login_loader else None
         if token and token != self.api.token:
             self.api.token = token
-            self._login_timer.stop()
+            if self._login_timer is not None:
+                self._login_timer.stop()
             self._login_timer = None
             if isinstance(self.screen, NotLoggedInScreen):
                 self.pop_screen()
@@ -147,27 +151,37 @@ class GlusterApp(App[None]):
 
     @work(exclusive=True, group="stream")
     async def _stream_worker(self) -> None:
+        if self.stream is None:
+            self.stream = self.api.events(heartbeat=STREAM_HEARTBEAT, reconnect=RECONNECT_SECONDS)
         attempt = 0
-        while True:
-            try:
-                async for kind, payload in self.api.events(self.model.last_event_id, heartbeat=STREAM_HEARTBEAT):
-                    if kind == "hello":
-                        attempt = 0
-                        if not self.model.loaded or self.model.last_event_id is None:
-                            await self._load_snapshot(frozenset(AREA_TABLES), since=payload.get("last_id"))
-                        self.post_message(StreamUp())
-                    elif kind == "reset":
-                        await self._load_snapshot(frozenset(AREA_TABLES), since=None)
-                    elif kind == "event":
-                        self._pending.append(payload)
-                        self.post_message(EventsPending())
-            except NotLoggedIn as exc:
-                self.post_message(LoggedOut(str(exc)))
-                return
-            except ApiError as exc:
-                self.post_message(StreamDown(str(exc)))
-            await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
-            attempt += 1
+        try:
+            while not await self._follow_stream(self.stream):
+                await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+                attempt += 1
+        except NotLoggedIn as exc:
+            self.post_message(LoggedOut(str(exc)))
+
+    async def _follow_stream(self, stream: AsyncIterable[StreamItem]) -> bool:
+        """Hand the stream's items to the app; False when the state could not be read (reconnect, try again)."""
+        async with aclosing(aiter(stream)) as items:  # type: ignore[type-var]
+            async for item in items:
+                if isinstance(item, Event):
+                    self._pending.append(item)
+                    self.post_message(EventsPending())
+                elif isinstance(item, Down):
+                    self.post_message(StreamDown(f"event stream from {self.url}: {item.error}"))
+                elif isinstance(item, Reset) or (isinstance(item, Hello) and not self.model.loaded):
+                    # a fresh start or lost events: read the state; a resumed stream replays what it missed
+                    try:
+                        await self._load_snapshot(frozenset(AREA_TABLES), since=getattr(item, "last_id", None))
+                    except NotLoggedIn:
+                        raise
+                    except ApiError as exc:
+                        self.post_message(StreamDown(str(exc)))
+                        return False
+                if isinstance(item, Hello):
+                    self.post_message(StreamUp())
+        return True
 
     async def _load_snapshot(self, areas: frozenset[str], since: int | None) -> None:
         snapshot = await self.api.snapshot()
@@ -243,6 +257,8 @@ class GlusterApp(App[None]):
 
     def active_table(self) -> ModelTable:
         pane = self.query_one(TabbedContent).active_pane
+        if pane is None:
+            return self.query_one(NodesTable)
         return pane.query_one(ModelTable)
 
     def action_filter(self) -> None:
@@ -261,7 +277,7 @@ class GlusterApp(App[None]):
     def filter_done(self, _: Input.Submitted) -> None:
         self.active_table().focus()
 
-    def on_key(self, event) -> None:
+    def on_key(self, event: events.Key) -> None:
         box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_focus:
             box.value = ""
@@ -388,18 +404,15 @@ class GlusterApp(App[None]):
 
 def main(url: str | None, serve: str | None) -> int:
     """``glusterctl tui [--url URL] [--serve HOST:PORT]``."""
-    import os
     import shlex
     import sys
 
-    from control.cli.client import DEFAULT_URL, load_login
+    from control.client import resolve_url, saved_token
 
-    saved = load_login()
-    url = (url or os.environ.get("GLUSTERCTL_URL") or saved.get("url") or DEFAULT_URL).rstrip("/")
+    url = resolve_url(url)
 
     def token_for_url() -> str | None:
-        login = load_login()
-        return login.get("token") if login.get("url", "").rstrip("/") == url else None
+        return saved_token(url)
 
     if serve:
         from textual_serve.server import Server

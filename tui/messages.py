@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from tui.model import Snapshot
+from control.client import Snapshot
 
 
 class EventsPending(Message):

@@ -11,22 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.messages import NodeState, VolumeState
+from control.client import Event, Snapshot
+from control.client.states import VOLUME_DELETED, task_failed, task_final, volume_failed
+
 TASK_LIMIT = 2000  # newest tasks kept in memory
-FINAL_TASK_STATES = ("DONE", "FAILED")
-VOLUME_FAILED_STATES = ("CreateFailed", "StartFailed", "StopFailed", "DeleteFailed")
 RECENT_FAILURE_SECONDS = 24 * 3600
 
 UNREACHABLE_FIX = "start the node's agent again; its tasks wait QUEUED until it returns"
-
-
-@dataclass
-class Snapshot:
-    """Everything the REST API says at one moment."""
-
-    clusters: list[dict[str, Any]]
-    nodes: list[dict[str, Any]]
-    tasks: list[dict[str, Any]]
-    volumes: list[dict[str, Any]] | None  # None: the server has no volume endpoints
 
 
 @dataclass
@@ -65,26 +57,26 @@ class Dashboard:
 
     # ---- loading --------------------------------------------------------------------------
     def load(self, snap: Snapshot, areas: Iterable[str] = ("clusters", "nodes", "tasks", "volumes")) -> Changes:
-        areas = set(areas)
-        if "clusters" in areas:
+        wanted = set(areas)
+        if "clusters" in wanted:
             self.clusters = {c["name"]: dict(c) for c in snap.clusters}
-        if "nodes" in areas:
+        if "nodes" in wanted:
             self.nodes = {(n["cluster"], n["name"]): dict(n) for n in snap.nodes}
-        if "tasks" in areas:
+        if "tasks" in wanted:
             self.tasks = {t["id"]: dict(t) for t in snap.tasks}
-        if "volumes" in areas:
+        if "volumes" in wanted:
             self.volumes_supported = snap.volumes is not None
             self.volumes = {(v["cluster"], v["name"]): dict(v) for v in snap.volumes or []}
         self.loaded = True
-        return Changes(areas={"clusters", "nodes", "tasks", "volumes"} & (areas | {"clusters"}))
+        return Changes(areas={"clusters", "nodes", "tasks", "volumes"} & (wanted | {"clusters"}))
 
     # ---- events -----------------------------------------------------------------------------
-    def apply(self, event: dict[str, Any]) -> Changes:
+    def apply(self, event: Event) -> Changes:
         """Apply one event from the stream; returns what changed."""
-        self.last_event_id = max(self.last_event_id or 0, int(event.get("id") or 0))
+        self.last_event_id = max(self.last_event_id or 0, event.id)
         self.events_applied += 1
-        kind, cluster, subject = event.get("kind", ""), event.get("cluster", ""), event.get("subject", "")
-        data, at = event.get("data") or {}, event.get("at") or self.clock()
+        kind, cluster, subject = event.kind, event.cluster, event.subject
+        data, at = event.data, event.at or self.clock()
         ch = Changes()
         if kind == "node.state":
             node = self.nodes.get((cluster, subject))
@@ -93,7 +85,7 @@ class Dashboard:
             else:
                 node["state"] = data.get("state", node["state"])
                 node["state_changed_at"] = at
-                if node["state"] == "Online":
+                if node["state"] == NodeState.ONLINE:
                     node["last_seen_at"] = at
                 ch.areas.add("nodes")
             ch.areas.add("clusters")
@@ -125,13 +117,13 @@ class Dashboard:
             task["reason"] = data.get("reason", "")
             task["fix"] = data.get("fix")
             task["updated_at"] = at
-            if task["state"] in FINAL_TASK_STATES:
+            if task_final(task["state"]):
                 task["finished_at"] = at
             ch.areas |= {"tasks", "clusters"}
         elif kind == "volume.state":
             vol = self.volumes.get((cluster, subject))
             state = data.get("state", "")
-            if state == "Deleted":
+            if state == VOLUME_DELETED:
                 self.volumes.pop((cluster, subject), None)
                 ch.areas |= {"volumes", "clusters"}
             elif vol is None:
@@ -142,13 +134,13 @@ class Dashboard:
                 ch.areas |= {"volumes", "clusters"}
         elif kind == "brick.state":
             volume, _, rest = subject.partition(":")
-            node, _, path = rest.partition(":")
+            brick_node, _, path = rest.partition(":")
             vol = self.volumes.get((cluster, volume))
             if vol is None:
                 ch.reload.add("volumes")
             else:
                 for brick in vol.get("bricks") or []:
-                    if brick.get("node") == node and brick.get("path") == path:
+                    if brick.get("node") == brick_node and brick.get("path") == path:
                         brick["state"] = data.get("state", brick.get("state"))
                 vol["bricks_online"] = sum(1 for b in vol.get("bricks") or [] if b.get("state") == "Online")
                 ch.areas.add("volumes")
@@ -174,15 +166,15 @@ class Dashboard:
                 t
                 for t in self.tasks.values()
                 if t["cluster"] == name
-                and t.get("state") == "FAILED"
+                and task_failed(t.get("state"))
                 and now - (t.get("updated_at") or 0) < RECENT_FAILURE_SECONDS
             ]
             rows.append(
                 {
                     "name": name,
                     "nodes": len(nodes),
-                    "online": sum(1 for n in nodes if n["state"] == "Online"),
-                    "unreachable": sum(1 for n in nodes if n["state"] != "Online"),
+                    "online": sum(1 for n in nodes if n["state"] == NodeState.ONLINE),
+                    "unreachable": sum(1 for n in nodes if n["state"] != NodeState.ONLINE),
                     "volumes": ", ".join(f"{count} {state}" for state, count in sorted(by_state.items())) or "-",
                     "failures": len(failed),
                 }
@@ -201,7 +193,7 @@ class Dashboard:
     def failures(self) -> list[Failure]:
         out: list[Failure] = []
         for t in self.tasks.values():
-            if t.get("state") == "FAILED":
+            if task_failed(t.get("state")):
                 out.append(
                     Failure(
                         t.get("updated_at") or 0,
@@ -212,7 +204,7 @@ class Dashboard:
                     )
                 )
         for n in self.nodes.values():
-            if n["state"] != "Online":
+            if n["state"] != NodeState.ONLINE:
                 out.append(
                     Failure(
                         n.get("state_changed_at") or 0,
@@ -223,7 +215,7 @@ class Dashboard:
                     )
                 )
         for v in self.volumes.values():
-            if v["state"] in VOLUME_FAILED_STATES:
+            if volume_failed(v["state"]):
                 out.append(
                     Failure(
                         v.get("state_changed_at") or v.get("created_at") or 0,
@@ -233,7 +225,11 @@ class Dashboard:
                         "",
                     )
                 )
-            elif v.get("bricks_total") and v.get("bricks_online", 0) < v["bricks_total"] and v["state"] == "Started":
+            elif (
+                v.get("bricks_total")
+                and v.get("bricks_online", 0) < v["bricks_total"]
+                and v["state"] == VolumeState.STARTED
+            ):
                 out.append(
                     Failure(
                         v.get("state_changed_at") or 0,

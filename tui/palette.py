@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+if TYPE_CHECKING:
+    from tui.app import GlusterApp
+
 
 class DashboardCommands(Provider):
-    def _commands(self):
-        app = self.app
-        model = app.model  # type: ignore[attr-defined]
+    def _commands(self) -> Iterator[tuple[str, Callable[[], Any], str]]:
+        app = cast("GlusterApp", self.app)
+        model = app.model
         for tab, label in (
             ("overview", "Clusters overview"),
             ("nodes", "Nodes"),

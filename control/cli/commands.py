@@ -8,20 +8,24 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 from pydantic import ValidationError
 
+from broker.messages import NodeState, TaskState
 from control.cli import sdnotify
-from control.cli.client import Client, CliError, forget_login, save_login
+from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, report
-from control.cli.output import ago, console, emit, node_free, size, styled
+from control.cli.output import console, emit, styled
+from control.client import ApiError, Client, forget_login, save_login
+from control.client.format import ago, node_free, size
 
 
 def _client(args: argparse.Namespace) -> Client:
     return Client(getattr(args, "url", None))
 
 
-def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
+def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -72,7 +76,7 @@ def server(args: argparse.Namespace) -> int:
         raise _bad_settings(exc) from None
     _setup_logging(settings.log_level)
 
-    def on_ready(bridge) -> None:
+    def on_ready(bridge: Any) -> None:
         sdnotify.ready("serving", bridge.alive)
 
     try:
@@ -151,7 +155,7 @@ def logout(args: argparse.Namespace) -> int:
     if client.token:
         try:
             client.post("/api/v1/logout")
-        except CliError as exc:
+        except ApiError as exc:
             print(f"warning: the server did not revoke the token: {exc}", file=sys.stderr)
     forget_login()
     print("Logged out successfully")
@@ -227,7 +231,7 @@ def cluster_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         emit(data, "json", [])
         return 0
-    online = sum(1 for n in data["nodes"] if n["state"] == "Online")
+    online = sum(1 for n in data["nodes"] if n["state"] == NodeState.ONLINE)
     console.print(f"Cluster: {data['name']}  nodes: {len(data['nodes'])}  online: {online}")
     emit(data["nodes"], "table", NODE_COLUMNS, "nodes")
     return 0
@@ -270,7 +274,7 @@ def node_remove(args: argparse.Namespace) -> int:
 
 def node_probe(args: argparse.Namespace) -> int:
     client = _client(args)
-    body = {"io_seconds": args.io_seconds}
+    body: dict[str, Any] = {"io_seconds": args.io_seconds}
     if args.path:
         body["path"] = args.path
     task = client.post(f"/api/v1/clusters/{args.cluster}/nodes/{args.node}/probe", body)
@@ -280,13 +284,13 @@ def node_probe(args: argparse.Namespace) -> int:
         else:
             print(f"Node probe request sent. Task: {task['id']}")
         return 0
-    result = follow_tasks(client, [task["id"]], args.timeout, out=sys.stderr, cluster=args.cluster)
-    if result.timed_out:
-        return report(result)
+    followed = follow_tasks(client, [task["id"]], args.timeout, out=sys.stderr, cluster=args.cluster)
+    if followed.timed_out:
+        return report(followed)
     task = client.get(f"/api/v1/tasks/{task['id']}")
     if args.output == "json":
         emit(task, "json", [])
-    elif task["state"] == "DONE":
+    elif task["state"] == TaskState.DONE:
         result = task["result"] or {}
         for key in sorted(result):
             value = result[key]
@@ -295,7 +299,7 @@ def node_probe(args: argparse.Namespace) -> int:
             print(f"{key}: {value}")
     else:
         print(f"Probe of node {args.node} failed: {task['reason']}\nHow to fix: {task['fix']}", file=sys.stderr)
-    return 0 if task["state"] == "DONE" else 1
+    return 0 if task["state"] == TaskState.DONE else 1
 
 
 # ---- tasks --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 BASH = """# glusterctl completion for bash; load with: source <(glusterctl completion bash)
 _glusterctl() {
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "completion",
         help="print a shell completion script (bash or zsh)",

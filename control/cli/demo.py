@@ -18,9 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from control.cli.client import Client, CliError
+from control.cli.errors import CliError
+from control.client import ApiError, Client
+
+T = TypeVar("T")
 
 NODES = ("node1", "node2", "node3")
 
@@ -28,27 +33,28 @@ NODES = ("node1", "node2", "node3")
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def _until(what: str, cond, timeout: float = 60.0):
+def _until(what: str, cond: Callable[[], T], timeout: float = 60.0) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             value = cond()
             if value:
                 return value
-        except CliError:
+        except (CliError, ApiError):
             pass
         time.sleep(0.2)
     raise CliError(f"demo: timed out waiting for {what}")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="start a server, three local agents and a mounted replica-3 volume (needs root)",
@@ -72,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
     http, mqtt = _free_port(), _free_port()
     env = {**os.environ, "GLUSTERCTL_CONFIG_DIR": str(base / "config"), "GLUSTERCTL_URL": f"http://127.0.0.1:{http}"}
     env.pop("GLUSTERCTL_TOKEN", None)
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
     mnt = base / "mnt"
 
-    def spawn(name: str, *argv: str) -> subprocess.Popen:
+    def spawn(name: str, *argv: str) -> subprocess.Popen[bytes]:
         log = open(base / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [*exe, *argv],

@@ -8,24 +8,29 @@ otherwise) and enforces the timeout. When the stream drops, the reader reconnect
 
 from __future__ import annotations
 
-import json
 import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import httpx
+from rich.console import RenderableType
 
-from control.cli.client import Client, CliError
+from broker.messages import NodeState, TaskState, VolumeState
+from control.client import ApiError, Client, Down, Event, Hello, Reset, StreamItem
+from control.client.states import VOLUME_DELETED, task_failed, task_final, volume_failed
 
-FINAL_TASK_STATES = frozenset({"DONE", "FAILED"})
-VOLUME_FAILED_STATES = frozenset({"CreateFailed", "StartFailed", "StopFailed", "DeleteFailed"})
 POLL_SECONDS = 1.0  # REST polling interval while the stream is down
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 HELLO_TIMEOUT = 5.0
+STREAM_HEARTBEAT = 5.0
+# states drawn with a check mark or a cross in the live table
+GOOD_STATES = frozenset(
+    {TaskState.DONE, VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED, VOLUME_DELETED, NodeState.ONLINE}
+)
+BAD_STATES = frozenset({TaskState.FAILED, "Offline"})
 
 
 @dataclass
@@ -45,105 +50,36 @@ class FollowResult:
 
 
 # ---- the stream reader --------------------------------------------------------------------
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
-    """Yield ``(event, data, id)`` per message from SSE lines; comments yield ``("", "", id)`` if they carry an id."""
-    event, data, event_id = "", [], None
-    for line in lines:
-        if line == "":
-            if data:
-                yield event or "message", "\n".join(data), event_id
-            elif event_id is not None:
-                yield "", "", event_id
-            event, data, event_id = "", [], None
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-        elif name == "id":
-            event_id = value
+class StreamReader:
+    """Reads the client's event stream in a thread into a queue of ``Hello``/``Reset``/``Event``/``Down``
+    items; the stream reconnects by itself with ``Last-Event-ID``. ``connected`` is set while it is up."""
 
-
-class EventStream:
-    """Reads ``/api/v1/events`` in a thread into a queue of ``(kind, payload)``; reconnects by itself.
-
-    Queue items: ``("hello", {...})``, ``("event", {...})``, ``("reset", {...})``,
-    ``("down", error text)`` when a connection ends.
-    """
-
-    def __init__(
-        self, url: str, token: str | None, cluster: str | None = None, kinds: str | None = None, heartbeat: float = 5.0
-    ) -> None:
-        self.url, self.token = url.rstrip("/"), token
-        self.params: dict[str, Any] = {"heartbeat": heartbeat}
-        if cluster:
-            self.params["cluster"] = cluster
-        if kinds:
-            self.params["kind"] = kinds
-        self.heartbeat = heartbeat
-        self.last_id: int | None = None
+    def __init__(self, client: Client, cluster: str | None = None, kinds: str | None = None) -> None:
+        self.stream = client.events(
+            cluster=cluster, kinds=kinds, heartbeat=STREAM_HEARTBEAT, reconnect=RECONNECT_SECONDS
+        )
         self.connected = threading.Event()
-        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._response: httpx.Response | None = None
+        self.queue: queue.Queue[StreamItem] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="event-stream", daemon=True)
 
-    def start(self) -> EventStream:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
     def close(self) -> None:
-        self._stop.set()
-        resp = self._response
-        if resp is not None:
-            try:
-                resp.close()
-            except Exception:  # closing from another thread may race with the reader
-                pass
+        self.stream.close()
         self._thread.join(timeout=2)
 
     def _run(self) -> None:
-        attempt = 0
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        timeout = httpx.Timeout(10.0, read=self.heartbeat * 3 + 5)
-        with httpx.Client(timeout=timeout) as http:
-            while not self._stop.is_set():
-                if self.last_id is not None:
-                    headers["Last-Event-ID"] = str(self.last_id)
-                try:
-                    with http.stream("GET", f"{self.url}/api/v1/events", params=self.params, headers=headers) as resp:
-                        self._response = resp
-                        if resp.status_code != 200:
-                            resp.read()
-                            raise CliError(f"event stream: HTTP {resp.status_code}: {resp.text[:200]}")
-                        for event, data, event_id in parse_sse(resp.iter_lines()):
-                            if event_id is not None:
-                                self.last_id = int(event_id)
-                            if event == "hello":
-                                attempt = 0
-                                self.connected.set()
-                                self.queue.put(("hello", json.loads(data)))
-                            elif event == "reset":
-                                self.queue.put(("reset", json.loads(data)))
-                            elif event == "message":
-                                self.queue.put(("event", json.loads(data)))
-                            if self._stop.is_set():
-                                return
-                    error = "the server closed the event stream"
-                except (httpx.HTTPError, CliError, ValueError) as exc:
-                    error = str(exc) or type(exc).__name__
-                finally:
-                    self._response = None
-                if self._stop.is_set():
-                    return
-                self.connected.clear()
-                self.queue.put(("down", error))
-                self._stop.wait(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
-                attempt += 1
+        try:
+            for item in self.stream:
+                if isinstance(item, Hello):
+                    self.connected.set()
+                elif isinstance(item, Down):
+                    self.connected.clear()
+                self.queue.put(item)
+        except ApiError as exc:  # the login was refused: REST polling reports it
+            self.connected.clear()
+            self.queue.put(Down(str(exc)))
 
 
 # ---- progress display ---------------------------------------------------------------------
@@ -154,7 +90,7 @@ class Progress:
         self.out, self.title = out, title
         self.tty = bool(getattr(out, "isatty", lambda: False)())
         self.rows: dict[str, tuple[str, str, str]] = {}  # key -> (what, state, reason)
-        self._live = None
+        self._live: Any = None
         if self.tty:
             from rich.console import Console
             from rich.live import Live
@@ -162,19 +98,19 @@ class Progress:
             self._live = Live(self._render(), console=Console(file=out), refresh_per_second=8, transient=False)
             self._live.start()
 
-    def _render(self):
+    def _render(self) -> RenderableType:
         from rich.spinner import Spinner
         from rich.table import Table
 
         table = Table.grid(padding=(0, 2))
         table.add_row(f"[bold]{self.title}[/bold]")
         for what, state, reason in self.rows.values():
-            final = state in FINAL_TASK_STATES or state in VOLUME_FAILED_STATES or state.endswith(("ed",))
-            mark = (
+            final = task_final(state) or volume_failed(state) or state.endswith(("ed",))
+            mark: RenderableType = (
                 "[green]✓[/green]"
-                if state in ("DONE", "Started", "Stopped", "Created", "Deleted", "Online")
+                if state in GOOD_STATES
                 else "[red]✗[/red]"
-                if state in ("FAILED", "Offline") or state in VOLUME_FAILED_STATES
+                if state in BAD_STATES or volume_failed(state)
                 else Spinner("dots")
                 if not final
                 else "•"
@@ -223,9 +159,7 @@ class _Follower:
         self.volume: tuple[str, set[str]] | None = None
         self.volume_state: str | None = None
         self.volume_gone = False
-        self.stream = (
-            EventStream(client.url, client.token, cluster=cluster, kinds="task.,volume.,brick.") if use_stream else None
-        )
+        self.stream = StreamReader(client, cluster=cluster, kinds="task.,volume.,brick.") if use_stream else None
 
     # state changes
     def set_task(self, task_id: str, node: str, kind: str, state: str, reason: str, fix: str | None = None) -> None:
@@ -237,11 +171,11 @@ class _Follower:
         if self.volume:
             self.progress.update("volume", f"volume {self.volume[0]}", state)
 
-    def apply(self, event: dict[str, Any]) -> None:
-        data = event.get("data") or {}
-        if event["kind"] == "task.state" and event["subject"] in self.tasks:
+    def apply(self, event: Event) -> None:
+        data = event.data
+        if event.kind == "task.state" and event.subject in self.tasks:
             self.set_task(
-                event["subject"],
+                event.subject,
                 data.get("node", ""),
                 data.get("kind", ""),
                 data.get("state", ""),
@@ -249,44 +183,46 @@ class _Follower:
                 data.get("fix"),
             )
         elif (
-            event["kind"] == "volume.state"
+            event.kind == "volume.state"
             and self.volume
-            and event["subject"] == self.volume[0]
-            and event["cluster"] == self.cluster
+            and event.subject == self.volume[0]
+            and event.cluster == self.cluster
         ):
             self.set_volume(data.get("state", ""))
         elif (
-            event["kind"] == "brick.state"
+            event.kind == "brick.state"
             and self.volume
-            and event["subject"].startswith(self.volume[0] + ":")
-            and event["cluster"] == self.cluster
+            and event.subject.startswith(self.volume[0] + ":")
+            and event.cluster == self.cluster
         ):
-            _, node, path = ([*event["subject"].split(":", 2), "", ""])[:3]
-            self.progress.update(f"brick:{event['subject']}", f"brick {node}:{path}", data.get("state", ""))
+            _, node, path = ([*event.subject.split(":", 2), "", ""])[:3]
+            self.progress.update(f"brick:{event.subject}", f"brick {node}:{path}", data.get("state", ""))
 
     def reload(self) -> None:
         """Read current state through REST (at start, after a reset, and while the stream is down)."""
         for task_id in list(self.tasks):
-            if self.tasks[task_id]["state"] in FINAL_TASK_STATES:
+            if task_final(self.tasks[task_id]["state"]):
                 continue
             task = self.client.get(f"/api/v1/tasks/{task_id}")
             self.set_task(task_id, task["node"], task["kind"], task["state"], task["reason"], task.get("fix"))
         if self.volume:
             try:
                 vol = self.client.get(f"/api/v1/clusters/{self.cluster}/volumes/{self.volume[0]}")
-            except CliError as exc:
-                if "Deleted" in self.volume[1] and ("no volume" in str(exc).lower() or "not found" in str(exc).lower()):
+            except ApiError as exc:
+                if VOLUME_DELETED in self.volume[1] and (
+                    "no volume" in str(exc).lower() or "not found" in str(exc).lower()
+                ):
                     self.volume_gone = True
-                    self.set_volume("Deleted")
+                    self.set_volume(VOLUME_DELETED)
                 return
             self.set_volume(vol.get("state", ""))
 
     def finished(self) -> bool:
-        tasks_done = all(t["state"] in FINAL_TASK_STATES for t in self.tasks.values())
+        tasks_done = all(task_final(t["state"]) for t in self.tasks.values())
         if self.volume is None:
             return tasks_done
-        if self.volume_state in VOLUME_FAILED_STATES:
-            return tasks_done or any(t["state"] == "FAILED" for t in self.tasks.values())
+        if volume_failed(self.volume_state):
+            return tasks_done or any(task_failed(t["state"]) for t in self.tasks.values())
         return self.volume_state in self.volume[1] and tasks_done
 
     def run(self) -> FollowResult:
@@ -306,34 +242,33 @@ class _Follower:
                 if not streaming and time.monotonic() - last_poll >= POLL_SECONDS:
                     try:
                         self.reload()
-                    except CliError as exc:  # the server is restarting: keep trying until the deadline
+                    except ApiError as exc:  # the server is restarting: keep trying until the deadline
                         if not stream_down_noted:
                             self.progress.note(f"event stream lost ({exc}); polling until it is back")
                             stream_down_noted = True
                     last_poll = time.monotonic()
                     if self.finished():
                         break
+                if self.stream is None:
+                    time.sleep(min(0.25, remaining))
+                    continue
                 try:
-                    item, payload = (
-                        self.stream.queue.get(timeout=min(0.25, remaining))
-                        if self.stream
-                        else (None, time.sleep(min(0.25, remaining)))
-                    )
+                    item = self.stream.queue.get(timeout=min(0.25, remaining))
                 except queue.Empty:
                     continue
-                if item == "event":
-                    self.apply(payload)
-                elif item in ("hello", "reset"):
+                if isinstance(item, Event):
+                    self.apply(item)
+                elif isinstance(item, (Hello, Reset)):
                     if stream_down_noted:
                         self.progress.note("event stream reconnected")
                         stream_down_noted = False
                     try:
                         self.reload()  # after a gap or reset: what happened meanwhile
-                    except CliError:
+                    except ApiError:
                         pass  # the stream is back, so the next events or polls will tell
                     last_poll = time.monotonic()
-                elif item == "down" and not stream_down_noted:
-                    self.progress.note(f"event stream lost ({payload}); polling until it is back")
+                elif isinstance(item, Down) and not stream_down_noted:
+                    self.progress.note(f"event stream lost ({item.error}); polling until it is back")
                     stream_down_noted = True
             return self.result(used_stream=used_stream)
         finally:
@@ -342,18 +277,16 @@ class _Follower:
             self.progress.close()
 
     def result(self, timed_out: bool = False, used_stream: bool = True) -> FollowResult:
-        failures = []
+        failures: list[str] = []
         for task in self.tasks.values():
-            if task["state"] == "FAILED":
+            if task_failed(task["state"]):
                 fix = task.get("fix")
                 failures.append(f"{task['node']}: {task['reason'] or 'failed'}" + (f" (fix: {fix})" if fix else ""))
-        if self.volume_state in VOLUME_FAILED_STATES and not failures:
+        if volume_failed(self.volume_state) and not failures and self.volume:
             failures.append(f"volume {self.volume[0]}: {self.volume_state}")
         if timed_out:
             waiting = [
-                f"{t['node']} {t['kind']} {t['state']}"
-                for t in self.tasks.values()
-                if t["state"] not in FINAL_TASK_STATES
+                f"{t['node']} {t['kind']} {t['state']}" for t in self.tasks.values() if not task_final(t["state"])
             ]
             what = ", ".join(waiting) or f"volume {self.volume[0] if self.volume else ''} {self.volume_state}"
             failures.append(
@@ -383,7 +316,7 @@ def follow_tasks(
     """Wait until every task is DONE or FAILED (or ``timeout`` seconds passed), showing per-node progress."""
     follower = _Follower(client, cluster, timeout, out, title, use_stream)
     for task_id in task_ids:
-        follower.tasks[task_id] = {"node": "?", "kind": "", "state": "QUEUED", "reason": ""}
+        follower.tasks[task_id] = {"node": "?", "kind": "", "state": TaskState.QUEUED.value, "reason": ""}
     return follower.run()
 
 
@@ -404,7 +337,7 @@ def follow_volume(
     follower = _Follower(client, cluster, timeout, out, f"Waiting for volume {name}", use_stream)
     follower.volume = (name, set(target_states))
     for task_id in task_ids:
-        follower.tasks[task_id] = {"node": "?", "kind": "", "state": "QUEUED", "reason": ""}
+        follower.tasks[task_id] = {"node": "?", "kind": "", "state": TaskState.QUEUED.value, "reason": ""}
     return follower.run()
 
 

@@ -7,7 +7,8 @@ import sys
 
 from broker import __version__
 from control.cli import commands, completion, demo, volumes
-from control.cli.client import CliError
+from control.cli.errors import CliError
+from control.client import ApiError
 
 DEFAULT_CLUSTER = "default"
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except (CliError, ApiError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,18 +7,24 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import IO, Any
 
-from control.cli.client import Client, CliError, config_dir
+from broker.messages import TaskState, VolumeState
+from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
-from control.cli.output import ago, console, emit, size, styled
+from control.cli.output import console, emit, styled
+from control.client import Client, config_dir
+from control.client.format import ago, size
+from control.client.states import VOLUME_DELETED
 
 # the state each operation waits for; the follower fails on any *Failed state
-FINAL = {
-    "create": {"Started"},
-    "create-only": {"Created"},
-    "start": {"Started"},
-    "stop": {"Stopped"},
-    "delete": {"Deleted"},
+FINAL: dict[str, set[str]] = {
+    "create": {VolumeState.STARTED},
+    "create-only": {VolumeState.CREATED},
+    "start": {VolumeState.STARTED},
+    "stop": {VolumeState.STOPPED},
+    "delete": {VOLUME_DELETED},
 }
 
 
@@ -30,7 +36,12 @@ def _vpath(args: argparse.Namespace, suffix: str = "") -> str:
     return f"/api/v1/clusters/{args.cluster}/volumes/{args.name}{suffix}"
 
 
-def add_parsers(sub, common, cluster, output) -> None:
+def add_parsers(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    cluster: Callable[[argparse.ArgumentParser], None],
+    output: Callable[[argparse.ArgumentParser], None],
+) -> None:
     devices = sub.add_parser("device", help="register brick homes: directories or block devices").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
@@ -162,11 +173,11 @@ def device_add(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(f"Device add request sent. Task: {answer['task']['id']}")
         return 0
-    result = follow_tasks(client, [answer["task"]["id"]], 120, out=sys.stderr, cluster=args.cluster)
-    if result.timed_out:
-        return report(result)
+    followed = follow_tasks(client, [answer["task"]["id"]], 120, out=sys.stderr, cluster=args.cluster)
+    if followed.timed_out:
+        return report(followed)
     task = client.get(f"/api/v1/tasks/{answer['task']['id']}")
-    if task["state"] == "DONE":
+    if task["state"] == TaskState.DONE:
         result = task["result"] or {}
         print(
             f"Registered {target} on {args.node}: {size(result.get('free_bytes'))} free of {size(result.get('total_bytes'))}."
@@ -203,7 +214,7 @@ def device_remove(args: argparse.Namespace) -> int:
 
 # ---- volumes -----------------------------------------------------------------------------------
 def volume_create(args: argparse.Namespace) -> int:
-    options = {}
+    options: dict[str, str] = {}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
@@ -241,7 +252,7 @@ def volume_op(args: argparse.Namespace) -> int:
     return wait_volume(client, args, args.verb, answer["tasks"]) if args.wait else 0
 
 
-def _type_text(v: dict) -> str:
+def _type_text(v: dict[str, Any]) -> str:
     if v["type"] == "disperse":
         return f"disperse {v['disperse']} (redundancy {v['redundancy']})"
     if v["type"] == "arbiter":
@@ -370,9 +381,9 @@ def _mounted(path: str) -> bool:
 
 # ---- failure report ---------------------------------------------------------------------------
 def _print_failures(
-    client: Client, cluster: str | None, target: str | None = None, out=sys.stdout, limit: int = 10
-) -> list:
-    data = client.get("/api/v1/failures", cluster=cluster, limit=limit)
+    client: Client, cluster: str | None, target: str | None = None, out: IO[str] = sys.stdout, limit: int = 10
+) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = client.get("/api/v1/failures", cluster=cluster, limit=limit)
     if target:
         data = [f for f in data if f["target"] == target]
     for f in data:

@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from tui.model import FINAL_TASK_STATES
+from control.client.states import task_final
 from tui.widgets.model_table import state_text
 
 
@@ -47,7 +47,7 @@ class ProgressScreen(ModalScreen[None]):
         done = True
         for task in model.task_progress(self.task_ids):
             state = task.get("state", "QUEUED")
-            done &= state in FINAL_TASK_STATES
+            done &= task_final(state)
             reason = task.get("reason") or ""
             fix = task.get("fix")
             table.add_row(

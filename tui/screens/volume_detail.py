@@ -7,7 +7,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
 
-from control.cli.output import size
+from control.client.format import size
 from tui.widgets.model_table import state_text
 from tui.widgets.volumes_table import volume_type
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from textual.reactive import reactive
 from textual.widgets import Static
@@ -12,7 +14,7 @@ class ConnectionBanner(Static):
     disconnected_since: reactive[float | None] = reactive(None)
     error: reactive[str] = reactive("")
 
-    def __init__(self, url: str, clock=time.time, **kw) -> None:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time, **kw: Any) -> None:
         super().__init__("", **kw)
         self.url, self.clock = url, clock
 

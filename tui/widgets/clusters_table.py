@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 
 from tui.model import Dashboard
@@ -18,7 +20,7 @@ class ClustersTable(ModelTable):
         ("failures", "FAILED TASKS (24h)"),
     ]
 
-    def model_rows(self, model: Dashboard):
+    def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
         out = []
         for r in model.cluster_rows():
             out.append(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from control.cli.output import ago
+from typing import Any
+
+from control.client.format import ago
 from tui.model import Dashboard
 from tui.widgets.model_table import ModelTable
 
@@ -10,7 +12,7 @@ from tui.widgets.model_table import ModelTable
 class FailuresTable(ModelTable):
     COLUMNS = [("when", "WHEN"), ("cluster", "CLUSTER"), ("what", "WHAT"), ("reason", "REASON"), ("fix", "FIX")]
 
-    def model_rows(self, model: Dashboard):
+    def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
         now = model.clock()
         return [
             (

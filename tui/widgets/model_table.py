@@ -5,32 +5,33 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
+from broker.messages import NodeState, TaskState, VolumeState
+from control.client.states import volume_failed
 from tui.model import Dashboard
 
-STATE_STYLES = {
-    "Online": "green",
-    "Unreachable": "bold red",
-    "Offline": "red",
-    "DONE": "green",
-    "FAILED": "bold red",
-    "QUEUED": "yellow",
-    "RUNNING": "cyan",
-    "Started": "green",
-    "Created": "cyan",
-    "Stopped": "yellow",
+STATE_STYLES: dict[str, str] = {
+    NodeState.ONLINE: "green",
+    NodeState.UNREACHABLE: "bold red",
+    "Offline": "red",  # a brick or self-heal daemon
+    TaskState.DONE: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.QUEUED: "yellow",
+    TaskState.RUNNING: "cyan",
+    VolumeState.STARTED: "green",
+    VolumeState.CREATED: "cyan",
+    VolumeState.STOPPED: "yellow",
 }
 
 
 def state_text(state: str) -> Text:
-    style = STATE_STYLES.get(state) or (
-        "bold red" if state.endswith("Failed") else "cyan" if state.endswith("ing") else ""
-    )
+    style = STATE_STYLES.get(state) or ("bold red" if volume_failed(state) else "cyan" if state.endswith("ing") else "")
     return Text(state, style=style)
 
 
-class ModelTable(DataTable):
+class ModelTable(DataTable[Any]):
     """Subclasses give ``COLUMNS`` (key, label) and ``model_rows(model)`` -> [(row key, {column key: cell})]."""
 
     COLUMNS: ClassVar[list[tuple[str, str]]] = []
@@ -39,7 +40,7 @@ class ModelTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
         self.filter_text = ""
         self._keys: list[str] = []
-        self._cells: dict[str, tuple] = {}
+        self._cells: dict[str, tuple[Any, ...]] = {}
         self._sort: tuple[str, bool] | None = None
 
     def on_mount(self) -> None:
@@ -53,11 +54,11 @@ class ModelTable(DataTable):
         if not self._keys or self.cursor_row < 0 or self.cursor_row >= self.row_count:
             return None
         try:
-            return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
+            return self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key.value
         except Exception:  # the table is being rebuilt
             return None
 
-    def _matches(self, cells: tuple) -> bool:
+    def _matches(self, cells: tuple[Any, ...]) -> bool:
         if not self.filter_text:
             return True
         needle = self.filter_text.lower()
@@ -65,7 +66,7 @@ class ModelTable(DataTable):
 
     def sync(self, model: Dashboard) -> None:
         """Bring the table in line with the model: cheap when only cells changed."""
-        wanted: list[tuple[str, tuple]] = []
+        wanted: list[tuple[str, tuple[Any, ...]]] = []
         for key, row in self.model_rows(model):
             cells = tuple(row.get(col, "") for col, _ in self.COLUMNS)
             if self._matches(cells):
@@ -93,7 +94,7 @@ class ModelTable(DataTable):
             self.move_cursor(row=self._keys.index(selected), animate=False)
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        col = event.column_key.value
+        col = str(event.column_key.value)
         reverse = bool(self._sort and self._sort[0] == col and not self._sort[1])
         self._sort = (col, reverse)
         self._keys = []  # force a rebuild in the new order

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from control.cli.output import ago, node_free
+from typing import Any
+
+from control.client.format import ago, node_free
 from tui.model import Dashboard
 from tui.widgets.model_table import ModelTable, state_text
 
@@ -20,7 +22,7 @@ class NodesTable(ModelTable):
         ("free", "FREE"),
     ]
 
-    def model_rows(self, model: Dashboard):
+    def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
         now = model.clock()
         return [
             (

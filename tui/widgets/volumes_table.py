@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 
-from control.cli.output import size
+from control.client.format import size
 from tui.model import Dashboard
 from tui.widgets.model_table import ModelTable, state_text
 
 
-def volume_type(v: dict) -> str:
+def volume_type(v: dict[str, Any]) -> str:
     kind = v.get("type") or "-"
     if v.get("replica"):
         kind += f" ({v['replica']}{' + arbiter' if v.get('arbiter') else ''})"
@@ -28,7 +30,7 @@ class VolumesTable(ModelTable):
         ("size", "SIZE"),
     ]
 
-    def model_rows(self, model: Dashboard):
+    def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
         out = []
         for v in model.volume_rows():
             online, total = v.get("bricks_online", 0), v.get("bricks_total", 0)

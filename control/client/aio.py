@@ -1,0 +1,110 @@
+"""The asyncio client (the dashboard): REST calls, a snapshot of everything, and the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from control.client.base import RECONNECT_SECONDS, ApiError, BaseClient, NotLoggedIn, StreamState, transport_error
+from control.client.models import Down, Snapshot, StreamItem
+from control.client.sse import SseDecoder, aparse_sse
+
+SNAPSHOT_TASK_LIMIT = 500
+
+
+class AsyncClient(BaseClient):
+    """REST calls that return the decoded JSON answer or raise ``ApiError``.
+
+    Without a token every call raises ``NotLoggedIn`` at once: the dashboard has nothing to show
+    before a login. Each call opens its own connection, so one client serves any event loop.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
+        super().__init__(url, token, timeout)
+
+    def require_login(self) -> None:
+        if not self.token:
+            raise NotLoggedIn("not logged in", 401)
+
+    async def request(
+        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None, raw: bool = False
+    ) -> Any:
+        self.require_login()
+        try:
+            async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout) as http:
+                response = await http.request(**self.request_args(method, path, body, params, True))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.url) from None
+        return self.answer(response, path, raw)
+
+    async def snapshot(self) -> Snapshot:
+        """Clusters, nodes, the newest tasks and every cluster's volumes."""
+        clusters, nodes, tasks = await asyncio.gather(
+            self.request("GET", "/api/v1/clusters"),
+            self.request("GET", "/api/v1/nodes"),
+            self.request("GET", "/api/v1/tasks", params={"limit": SNAPSHOT_TASK_LIMIT}),
+        )
+        volumes: list[dict[str, Any]] = []
+        for cluster in clusters:
+            try:
+                volumes.extend(await self.request("GET", f"/api/v1/clusters/{cluster['name']}/volumes"))
+            except ApiError as exc:
+                if exc.status == 404 and "Not Found" in str(exc):  # a server without volume endpoints
+                    return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=None)
+                raise
+        return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes)
+
+    def events(
+        self,
+        cluster: str | None = None,
+        kinds: str | None = None,
+        heartbeat: float = 5.0,
+        after: int | None = None,
+        reconnect: Sequence[float] = RECONNECT_SECONDS,
+    ) -> AsyncEventStream:
+        """The event stream (``kinds``: comma-separated kinds or prefixes such as ``task.``)."""
+        return AsyncEventStream(StreamState(self, cluster, kinds, heartbeat, after, reconnect))
+
+
+class AsyncEventStream:
+    """``async for`` yields ``Hello``/``Reset``/``Event``/``Down`` items, reconnecting with ``Last-Event-ID``
+    after each ``Down``; it ends only by cancellation. A 401 (or no token) raises ``NotLoggedIn``.
+    Iterating again later resumes from the last id seen."""
+
+    def __init__(self, state: StreamState) -> None:
+        self.state = state
+
+    @property
+    def last_id(self) -> int | None:
+        return self.state.last_id
+
+    def __aiter__(self) -> AsyncIterator[StreamItem]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[StreamItem]:
+        state = self.state
+        client = state.client
+        while True:
+            if isinstance(client, AsyncClient):
+                client.require_login()
+            try:
+                async with httpx.AsyncClient(timeout=state.timeout()) as http:
+                    async with http.stream("GET", state.url, params=state.params, headers=state.headers()) as response:
+                        if response.status_code != 200:
+                            await response.aread()
+                            raise state.refused(response)
+                        decoder = SseDecoder()
+                        async for message in aparse_sse(response.aiter_lines(), decoder):
+                            item = state.item(message, decoder)
+                            if item is not None:
+                                yield item
+                error = "the server closed the event stream"
+            except NotLoggedIn:
+                raise
+            except (httpx.HTTPError, ApiError, ValueError) as exc:
+                error = str(exc) or type(exc).__name__
+            yield Down(error)
+            await asyncio.sleep(state.next_delay())

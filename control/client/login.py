@@ -1,0 +1,56 @@
+"""The saved login (``~/.glusterctl/token.json``, or ``$GLUSTERCTL_CONFIG_DIR``) and base URL resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def config_dir() -> str:
+    return os.environ.get("GLUSTERCTL_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".glusterctl")
+
+
+def token_path() -> str:
+    return os.path.join(config_dir(), "token.json")
+
+
+def load_login() -> dict[str, str]:
+    try:
+        with open(token_path()) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_login(url: str, token: str) -> str:
+    """Write the login readable by its owner only; returns the file's path."""
+    path = token_path()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "token": token}, fh)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def forget_login() -> None:
+    try:
+        os.unlink(token_path())
+    except FileNotFoundError:
+        pass
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The server to talk to: ``url``, else ``$GLUSTERCTL_URL``, else the saved login's, else the default."""
+    return (url or os.environ.get("GLUSTERCTL_URL") or load_login().get("url") or DEFAULT_URL).rstrip("/")
+
+
+def saved_token(url: str) -> str | None:
+    """The saved token when it was saved for ``url`` (a token is never sent to another server)."""
+    login = load_login()
+    return login.get("token") if login.get("url", "").rstrip("/") == url.rstrip("/") else None
