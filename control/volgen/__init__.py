@@ -2,7 +2,7 @@ r"""Volfile generation for GlusterFS 10.3 without glusterd.
 
 Pure functions (stdlib only) that turn a `VolumeSpec` into the volfiles glusterd 10.3 would
 write for it: the brick graph each glusterfsd serves, the FUSE client graph and the self-heal
-daemon graph; plus a volfile parser and a structural comparison of graphs.
+daemon graph; plus a volfile parser.
 
 Authentication
 --------------
@@ -79,14 +79,7 @@ from control.volgen.generate import (
     shd_volfile,
     shd_volfile_name,
 )
-from control.volgen.graph import (
-    Graph,
-    Xlator,
-    compare_graphs,
-    graph_shape,
-    parse_volfile,
-    same_structure,
-)
+from control.volgen.graph import Graph, Xlator, parse_volfile
 from control.volgen.options import SUPPORTED_OPTIONS, create_defaults, validate_options
 from control.volgen.spec import BrickSpec, VolgenError, VolumeSpec
 
@@ -105,12 +98,9 @@ __all__ = [
     "build_shd_graph",
     "client_volfile",
     "client_volfile_name",
-    "compare_graphs",
     "create_defaults",
     "effective_options",
-    "graph_shape",
     "parse_volfile",
-    "same_structure",
     "shd_volfile",
     "shd_volfile_name",
     "validate_options",
