@@ -66,6 +66,7 @@ It logs "Connected, attached to remote volume" once per brick it reaches.
 In 10.3, SIGHUP reloads nothing for `-f` processes: an option change means a restart.
 """
 
+from control.volgen.errors import VolgenError
 from control.volgen.generate import (
     DEFAULT_WORKDIR,
     brick_volfile,
@@ -80,8 +81,9 @@ from control.volgen.generate import (
     shd_volfile_name,
 )
 from control.volgen.graph import Graph, Xlator, parse_volfile
-from control.volgen.options import SUPPORTED_OPTIONS, create_defaults, validate_options
-from control.volgen.spec import BrickSpec, VolgenError, VolumeSpec
+from control.volgen.option_table import SUPPORTED_OPTIONS
+from control.volgen.options import create_defaults, validate_options
+from control.volgen.spec import BrickSpec, VolumeSpec
 
 __all__ = [
     "DEFAULT_WORKDIR",

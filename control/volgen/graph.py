@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from control.volgen.spec import VolgenError
+from control.volgen.errors import VolgenError
 
 
 @dataclass
