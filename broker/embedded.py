@@ -25,12 +25,11 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.messages import NODE_NAME_RE
-from broker.topics import AGENT_PUBLISHES, AGENT_SUBSCRIBES, Topics, filter_matches
+from broker.topics import Topics, filter_matches
 
 log = logging.getLogger(__name__)
 
 CONTROL_USER = "glusterctl-control"
-MONITOR_LEAVES = ("presence", "heartbeat", "task-status")
 
 
 class BrokerError(Exception):
@@ -70,7 +69,6 @@ class AccessControl:
             cluster = self.authority.agent_cluster(username, password)
             if cluster is not None:
                 t = self.topics
-                prefix = t.node_prefix(cluster, username)
                 if will_topic is not None and will_topic != t.presence(cluster, username):
                     log.warning(
                         "agent %s (cluster %s) refused: last-will topic %s is not its presence topic",
@@ -81,18 +79,11 @@ class AccessControl:
                     return None
                 return Identity(
                     "agent",
-                    publish=tuple(f"{prefix}/{leaf}" for leaf in AGENT_PUBLISHES),
-                    subscribe=(*(f"{prefix}/{leaf}" for leaf in AGENT_SUBSCRIBES), t.control_presence()),
+                    publish=t.agent_publish_topics(cluster, username),
+                    subscribe=t.agent_subscribe_filters(cluster, username),
                 )
         if self.authority.monitor_ok(username, password):
-            base = self.topics.base
-            return Identity(
-                "monitor",
-                subscribe=(
-                    *(f"{base}/clusters/+/nodes/+/{leaf}" for leaf in MONITOR_LEAVES),
-                    self.topics.control_presence(),
-                ),
-            )
+            return Identity("monitor", subscribe=self.topics.monitor_filters())
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:
