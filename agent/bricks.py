@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from broker.messages import BrickReport, ShdReport
 
@@ -40,7 +41,7 @@ SOCKET_DIR = "/run/glusterctl"
 class BrickError(Exception):
     """A brick operation failed; ``reason`` starts with a code (ENOENT, EADDRINUSE, ...)."""
 
-    def __init__(self, reason: str, **details) -> None:
+    def __init__(self, reason: str, **details: Any) -> None:
         super().__init__(reason)
         self.details = details
 
@@ -86,7 +87,7 @@ def log_tail(path: str, lines: int = 8) -> str:
         return ""
 
 
-def oserror(exc: OSError, what: str, **details) -> BrickError:
+def oserror(exc: OSError, what: str, **details: Any) -> BrickError:
     code = errno.errorcode.get(exc.errno or 0, "EIO")
     if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
         code = "ENOTSUP"
@@ -120,14 +121,15 @@ class BrickManager:
     def _desired_path(self, volume_id: str) -> str:
         return os.path.join(self._vdir(volume_id), "desired.json")
 
-    def desired(self, volume_id: str) -> dict | None:
+    def desired(self, volume_id: str) -> dict[str, Any] | None:
         try:
             with open(self._desired_path(volume_id)) as fh:
-                return json.load(fh)
+                desired: dict[str, Any] = json.load(fh)
+                return desired
         except (OSError, ValueError):
             return None
 
-    def _save_desired(self, volume_id: str, desired: dict) -> None:
+    def _save_desired(self, volume_id: str, desired: dict[str, Any]) -> None:
         os.makedirs(self._vdir(volume_id), exist_ok=True)
         tmp = self._desired_path(volume_id) + ".tmp"
         with open(tmp, "w") as fh:
@@ -154,7 +156,7 @@ class BrickManager:
             return []
 
     # ---- prepare (volume create) -----------------------------------------------------------
-    def prepare(self, volume_id: str, name: str, bricks: list[dict]) -> dict:
+    def prepare(self, volume_id: str, name: str, bricks: list[dict[str, Any]]) -> dict[str, Any]:
         want = uuid.UUID(volume_id).bytes
         for brick in bricks:
             path = brick["path"]
@@ -193,7 +195,7 @@ class BrickManager:
         return {"bricks": [b["path"] for b in bricks]}
 
     # ---- start ------------------------------------------------------------------------------
-    def start(self, volume_id: str, name: str, bricks: list[dict], shd_volfile: str | None) -> dict:
+    def start(self, volume_id: str, name: str, bricks: list[dict[str, Any]], shd_volfile: str | None) -> dict[str, Any]:
         exe = find_exe("glusterfsd")
         if exe is None:
             raise BrickError(f"NOGLUSTERFSD: glusterfsd is not installed on node {self.node}")
@@ -248,7 +250,7 @@ class BrickManager:
                 log.info("volfile %s changed: restarting pid %d", path, pid)
                 self._kill(pid)
 
-    def _ensure_brick(self, volume_id: str, name: str, index: int, brick: dict) -> int:
+    def _ensure_brick(self, volume_id: str, name: str, index: int, brick: dict[str, Any]) -> int:
         vol, pid_file, log_file, sock = self._files(volume_id, name, f"brick-{index}")
         pid = pid_running(pid_file, vol)
         if pid:
@@ -397,7 +399,7 @@ class BrickManager:
                 os.unlink(os.path.join(vdir, entry))
         return stopped
 
-    def stop(self, volume_id: str, name: str) -> dict:
+    def stop(self, volume_id: str, name: str) -> dict[str, Any]:
         with self._lock:
             desired = self.desired(volume_id)
             if desired is not None:
@@ -407,7 +409,7 @@ class BrickManager:
         log.info("volume %s stopped on this node (pids %s)", name, stopped)
         return {"stopped_pids": stopped}
 
-    def delete(self, volume_id: str, name: str, bricks: list[dict], purge: bool) -> dict:
+    def delete(self, volume_id: str, name: str, bricks: list[dict[str, Any]], purge: bool) -> dict[str, Any]:
         with self._lock:
             self._stop_processes(volume_id, name)
             purged = []

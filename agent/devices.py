@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from typing import Any
 
 from agent.bricks import BrickError, oserror
 from broker.messages import DeviceReport
@@ -46,20 +47,21 @@ class DeviceManager:
         self.mount_root = os.path.join(state_dir, "devices")
         self._lock = threading.Lock()
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[dict[str, Any]]:
         try:
             with open(self.path) as fh:
-                return json.load(fh)
+                entries: list[dict[str, Any]] = json.load(fh)
+                return entries
         except (OSError, ValueError):
             return []
 
-    def _save(self, entries: list[dict]) -> None:
+    def _save(self, entries: list[dict[str, Any]]) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(entries, fh)
         os.replace(tmp, self.path)
 
-    def add_path(self, path: str) -> dict:
+    def add_path(self, path: str) -> dict[str, Any]:
         parent = os.path.dirname(path.rstrip("/")) or "/"
         if not os.path.isdir(parent):
             raise BrickError(
@@ -72,7 +74,7 @@ class DeviceManager:
         check_xattrs(path, self.node)
         return self._register({"path": path, "device": ""})
 
-    def add_device(self, device: str) -> dict:
+    def add_device(self, device: str) -> dict[str, Any]:
         if not os.path.exists(device):
             raise BrickError(f"ENOENT: block device {device} does not exist on node {self.node}", path=device)
         probe = subprocess.run(["blkid", "-p", device], capture_output=True, text=True)
@@ -104,7 +106,7 @@ class DeviceManager:
                 f"EIO: mounting {device} on {mountpoint} failed on node {self.node}: {out.stderr.strip()}", path=device
             )
 
-    def _register(self, entry: dict) -> dict:
+    def _register(self, entry: dict[str, Any]) -> dict[str, Any]:
         st = os.statvfs(entry["path"])
         with self._lock:
             entries = [e for e in self.entries() if e["path"] != entry["path"]]

@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+from typing import Any
 
 from broker import __version__
 
@@ -31,7 +32,8 @@ def address_towards(host: str, port: int) -> str:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.connect((host, port))
-            return sock.getsockname()[0]
+            local: str = sock.getsockname()[0]
+            return local
     except OSError:
         return socket.gethostbyname(socket.gethostname())
 
@@ -44,7 +46,7 @@ def uptime() -> float | None:
         return None
 
 
-def node_facts(address: str, heartbeat_interval: float) -> dict:
+def node_facts(address: str, heartbeat_interval: float) -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
         "address": address,

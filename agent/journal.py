@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 KEEP = 2000  # finished tasks remembered; a task older than that is long cleared from the broker
 
@@ -18,7 +19,7 @@ class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._entries: dict[str, dict] = {}
+        self._entries: dict[str, dict[str, Any]] = {}
         self._lines = 0
         if os.path.exists(path):
             with open(path) as fh:
@@ -31,11 +32,11 @@ class Journal:
                         continue  # a torn last line after a crash
         self._fh = open(path, "a")
 
-    def get(self, task_id: str) -> dict | None:
+    def get(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
             return self._entries.get(task_id)
 
-    def record(self, task_id: str, state: str, reason: str = "", result: dict | None = None) -> None:
+    def record(self, task_id: str, state: str, reason: str = "", result: dict[str, Any] | None = None) -> None:
         entry = {"id": task_id, "state": state, "reason": reason, "result": result, "at": time.time()}
         with self._lock:
             self._entries[task_id] = entry

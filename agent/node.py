@@ -14,9 +14,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent import facts
@@ -153,7 +156,7 @@ class Agent:
         self.client.disconnect()
 
     # ---- paho callbacks -------------------------------------------------------------------
-    def _on_pre_connect(self, client, userdata) -> None:
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._network_thread = threading.get_ident()
         self.epoch = self._next_epoch()
         self.registered.clear()
@@ -161,7 +164,14 @@ class Agent:
         will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json()
         client.will_set(self.topics.presence(self.cluster, self.node), will, qos=1, retain=True)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             if reason_code.value in (4, 5, 134, 135):  # bad credentials / not authorized
                 log.error(
@@ -181,7 +191,14 @@ class Agent:
         client.subscribe([(self.topics.registration(self.cluster, self.node), 1), (self.topics.control_presence(), 1)])
         self._send_hello()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self.registered.clear()
         if not self._stop.is_set():
             log.warning("lost the MQTT broker (%s); reconnecting with backoff", reason_code)
@@ -196,7 +213,7 @@ class Agent:
         )
         self.client.publish(self.topics.hello(self.cluster, self.node), hello.model_dump_json(), qos=1)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             if len(msg.payload) > MAX_PAYLOAD_BYTES:
                 log.warning("dropped %d-byte message on %s", len(msg.payload), msg.topic)
@@ -276,7 +293,7 @@ class Agent:
         self.client.publish(self.topics.heartbeat(self.cluster, self.node), beat.model_dump_json(), qos=0)
 
     # ---- tasks ----------------------------------------------------------------------------------
-    def _status(self, task_id: str, state: TaskState, reason: str = "", result: dict | None = None) -> None:
+    def _status(self, task_id: str, state: TaskState, reason: str = "", result: dict[str, Any] | None = None) -> None:
         status = TaskStatus(task_id=task_id, state=state, epoch=self.epoch, reason=reason, result=result)
         self.client.publish(self.topics.task_status(self.cluster, self.node), status.model_dump_json(), qos=1)
 
@@ -295,6 +312,7 @@ class Agent:
         self._pool.submit(self._execute, task)
 
     def _execute(self, task: TaskMessage) -> None:
+        result: dict[str, Any] | None
         try:
             handler = HANDLERS.get(task.kind)
             log.info("executing task %s (%s)", task.id, task.kind)

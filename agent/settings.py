@@ -16,7 +16,7 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLUSTERCTL_", extra="ignore")
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
-    token: str | None = None
+    token: str = ""
     token_file: str | None = None
     node: str = ""
     address: str = ""

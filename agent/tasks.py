@@ -30,8 +30,8 @@ class TaskContext:
     node: str
     task_id: str
     report: Callable[[str], None]  # report(step_state), e.g. "STARTING"
-    bricks: BrickManager | None = None
-    devices: DeviceManager | None = None
+    bricks: BrickManager
+    devices: DeviceManager
 
 
 def _fs_type(path: str) -> str:
@@ -101,7 +101,10 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _brick_errors(fn):
+Handler = Callable[[TaskContext, dict[str, Any]], dict[str, Any]]
+
+
+def _brick_errors(fn: Handler) -> Handler:
     def wrapped(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
         try:
             return fn(ctx, params)
@@ -144,7 +147,7 @@ def volume_delete(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return ctx.bricks.delete(vol["id"], vol["name"], params["bricks"], bool(params.get("purge")))
 
 
-HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], dict[str, Any]]] = {
+HANDLERS: dict[str, Handler] = {
     TaskKind.NODE_PROBE.value: probe,
     TaskKind.DEVICE_ADD.value: device_add,
     TaskKind.VOLUME_CREATE.value: volume_create,

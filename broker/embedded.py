@@ -16,8 +16,9 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
@@ -25,12 +26,14 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.messages import NODE_NAME_RE
-from broker.topics import AGENT_PUBLISHES, AGENT_SUBSCRIBES, Topics, filter_matches
+from broker.topics import Topics, filter_matches
+
+if TYPE_CHECKING:
+    from _collections_abc import dict_items, dict_keys, dict_values
 
 log = logging.getLogger(__name__)
 
 CONTROL_USER = "glusterctl-control"
-MONITOR_LEAVES = ("presence", "heartbeat", "task-status")
 
 
 class BrokerError(Exception):
@@ -70,7 +73,6 @@ class AccessControl:
             cluster = self.authority.agent_cluster(username, password)
             if cluster is not None:
                 t = self.topics
-                prefix = t.node_prefix(cluster, username)
                 if will_topic is not None and will_topic != t.presence(cluster, username):
                     log.warning(
                         "agent %s (cluster %s) refused: last-will topic %s is not its presence topic",
@@ -81,18 +83,11 @@ class AccessControl:
                     return None
                 return Identity(
                     "agent",
-                    publish=tuple(f"{prefix}/{leaf}" for leaf in AGENT_PUBLISHES),
-                    subscribe=(*(f"{prefix}/{leaf}" for leaf in AGENT_SUBSCRIBES), t.control_presence()),
+                    publish=t.agent_publish_topics(cluster, username),
+                    subscribe=t.agent_subscribe_filters(cluster, username),
                 )
         if self.authority.monitor_ok(username, password):
-            base = self.topics.base
-            return Identity(
-                "monitor",
-                subscribe=(
-                    *(f"{base}/clusters/+/nodes/+/{leaf}" for leaf in MONITOR_LEAVES),
-                    self.topics.control_presence(),
-                ),
-            )
+            return Identity("monitor", subscribe=self.topics.monitor_filters())
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:
@@ -111,7 +106,8 @@ class AccessControl:
         return any(filter_matches(f, topic) for f in ident.subscribe)
 
 
-class GlusterctlAuthPlugin(BaseAuthPlugin):
+# amqtt ships no type information: its classes are Any to mypy, hence the ignores on the subclasses.
+class GlusterctlAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
     @dataclass
     class Config:
         access: Any = None
@@ -132,7 +128,7 @@ class GlusterctlAuthPlugin(BaseAuthPlugin):
         return True
 
 
-class GlusterctlTopicPlugin(BaseTopicPlugin):
+class GlusterctlTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt is untyped
     @dataclass
     class Config:
         access: Any = None
@@ -142,31 +138,40 @@ class GlusterctlTopicPlugin(BaseTopicPlugin):
     ) -> bool | None:
         if session is None or topic is None:
             return False
-        ok = self.config.access.allowed(session.client_id, topic, action)
+        access: AccessControl = self.config.access
+        ok = access.allowed(session.client_id, topic, action)
         if not ok and action != Action.RECEIVE:
             log.warning("MQTT client %s (user %r) may not %s %s", session.client_id, session.username, action, topic)
         return ok
 
 
-class _SnapshotDict(dict):
+# amqtt's subscription table: topic filter -> [(session, qos)]
+_Holders = list[tuple[Session, int]]
+
+
+class _SnapshotDict(dict[str, _Holders]):
     """A dict whose iteration works on a copy: amqtt 0.12 awaits while iterating its subscription
     table, and a client (un)subscribing meanwhile made the broadcast fail with 'dictionary changed
     size during iteration', losing the message."""
 
-    def __iter__(self):
-        return iter(list(super().keys()))
+    def _snapshot(self) -> dict[str, _Holders]:
+        # not self.copy(): copying a dict whose __iter__ is overridden calls keys(), which is ours
+        return dict(super().items())
 
-    def items(self):
-        return list(super().items())
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._snapshot())
 
-    def keys(self):
-        return list(super().keys())
+    def items(self) -> dict_items[str, _Holders]:
+        return self._snapshot().items()
 
-    def values(self):
-        return list(super().values())
+    def keys(self) -> dict_keys[str, _Holders]:
+        return self._snapshot().keys()
+
+    def values(self) -> dict_values[str, _Holders]:
+        return self._snapshot().values()
 
 
-class GlusterctlBroker(Broker):
+class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's Broker with retained-message delivery held to each client's own subscriptions and ACL.
 
     amqtt 0.12 sends a newly connected client the retained messages matching *any* client's

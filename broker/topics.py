@@ -12,9 +12,8 @@ from dataclasses import dataclass
 VERSION = "v1"
 DEFAULT_ROOT = "glusterctl"
 
-# What an agent publishes under its node prefix, and what it may subscribe to.
-AGENT_PUBLISHES = ("hello", "presence", "heartbeat", "task-status")
-AGENT_SUBSCRIBES = ("registration", "tasks/+")
+# A topic level that any cluster or node name matches, in a filter.
+ANY = "+"
 
 ROOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -60,9 +59,32 @@ class Topics:
     def task_status(self, cluster: str, node: str) -> str:
         return f"{self.node_prefix(cluster, node)}/task-status"
 
-    # what the control service subscribes to
+    # what each client may publish and subscribe to (the embedded broker's ACL)
+    def agent_publish_topics(self, cluster: str, node: str) -> tuple[str, ...]:
+        """An agent publishes only its own hello, presence, heartbeat and task status."""
+        return (
+            self.hello(cluster, node),
+            self.presence(cluster, node),
+            self.heartbeat(cluster, node),
+            self.task_status(cluster, node),
+        )
+
+    def agent_subscribe_filters(self, cluster: str, node: str) -> tuple[str, ...]:
+        """An agent reads only its own registration and tasks, and the control presence."""
+        return (self.registration(cluster, node), self.tasks_filter(cluster, node), self.control_presence())
+
+    def monitor_filters(self) -> tuple[str, ...]:
+        """Read-only monitoring users see every node's presence, heartbeat and task status."""
+        return (
+            self.presence(ANY, ANY),
+            self.heartbeat(ANY, ANY),
+            self.task_status(ANY, ANY),
+            self.control_presence(),
+        )
+
+    # what the control service subscribes to: everything every agent publishes
     def agent_filters(self) -> list[str]:
-        return [f"{self.base}/clusters/+/nodes/+/{leaf}" for leaf in AGENT_PUBLISHES]
+        return list(self.agent_publish_topics(ANY, ANY))
 
     def parse_node_topic(self, topic: str) -> tuple[str, str, str] | None:
         """Split ``{base}/clusters/C/nodes/N/LEAF...`` into (C, N, LEAF); None if not such a topic."""

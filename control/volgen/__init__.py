@@ -2,7 +2,7 @@ r"""Volfile generation for GlusterFS 10.3 without glusterd.
 
 Pure functions (stdlib only) that turn a `VolumeSpec` into the volfiles glusterd 10.3 would
 write for it: the brick graph each glusterfsd serves, the FUSE client graph and the self-heal
-daemon graph; plus a volfile parser and a structural comparison of graphs.
+daemon graph; plus a volfile parser.
 
 Authentication
 --------------
@@ -66,6 +66,7 @@ It logs "Connected, attached to remote volume" once per brick it reaches.
 In 10.3, SIGHUP reloads nothing for `-f` processes: an option change means a restart.
 """
 
+from control.volgen.errors import VolgenError
 from control.volgen.generate import (
     DEFAULT_WORKDIR,
     brick_volfile,
@@ -79,16 +80,10 @@ from control.volgen.generate import (
     shd_volfile,
     shd_volfile_name,
 )
-from control.volgen.graph import (
-    Graph,
-    Xlator,
-    compare_graphs,
-    graph_shape,
-    parse_volfile,
-    same_structure,
-)
-from control.volgen.options import SUPPORTED_OPTIONS, create_defaults, validate_options
-from control.volgen.spec import BrickSpec, VolgenError, VolumeSpec
+from control.volgen.graph import Graph, Xlator, parse_volfile
+from control.volgen.option_table import SUPPORTED_OPTIONS
+from control.volgen.options import create_defaults, validate_options
+from control.volgen.spec import BrickSpec, VolumeSpec
 
 __all__ = [
     "DEFAULT_WORKDIR",
@@ -105,12 +100,9 @@ __all__ = [
     "build_shd_graph",
     "client_volfile",
     "client_volfile_name",
-    "compare_graphs",
     "create_defaults",
     "effective_options",
-    "graph_shape",
     "parse_volfile",
-    "same_structure",
     "shd_volfile",
     "shd_volfile_name",
     "validate_options",

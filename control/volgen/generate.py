@@ -14,17 +14,11 @@ the two in step. Differences from glusterd, all deliberate:
 
 from __future__ import annotations
 
+from control.volgen.errors import VolgenError
 from control.volgen.graph import Graph
-from control.volgen.options import (
-    BRICK,
-    CLIENT,
-    OPTIONS,
-    PERF_XLATORS,
-    SHD,
-    create_defaults,
-    is_true,
-)
-from control.volgen.spec import VolgenError, VolumeSpec
+from control.volgen.option_table import BRICK, CLIENT, OPTIONS, PERF_XLATORS, SHD
+from control.volgen.options import create_defaults, is_true
+from control.volgen.spec import VolumeSpec
 
 DEFAULT_WORKDIR = "/var/lib/glusterd"
 

@@ -13,6 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+# Re-exported for callers that still import VolgenError from here; control.volgen exports it too.
+from control.volgen.errors import VolgenError as VolgenError
+from control.volgen.options import validate_options
+
 VOLUME_TYPES = ("distribute", "replicate", "arbiter", "disperse")
 TRANSPORTS = ("tcp",)
 
@@ -21,10 +25,6 @@ TRANSPORTS = ("tcp",)
 VOLUME_NAME_MAX = 64
 _VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _SPACE_RE = re.compile(r"\s")
-
-
-class VolgenError(ValueError):
-    """A volume description volgen cannot turn into volfiles; the message says what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,6 @@ def _validate(vol: VolumeSpec) -> None:
     _validate_layout(vol)
     _validate_bricks(vol)
     _validate_auth(vol)
-    # Imported here: options.py needs VolgenError from this module.
-    from control.volgen.options import validate_options
-
     validate_options(vol.options)
 
 

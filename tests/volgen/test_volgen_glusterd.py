@@ -10,6 +10,7 @@ listen-port, which glusterd leaves to its portmapper and command line).
 from __future__ import annotations
 
 import pytest
+from graph_compare import compare_graphs
 
 from control.volgen import (
     BrickSpec,
@@ -18,7 +19,6 @@ from control.volgen import (
     build_brick_graph,
     build_client_graph,
     build_shd_graph,
-    compare_graphs,
     parse_volfile,
 )
 
