@@ -31,6 +31,8 @@ def _execute_sql(db: pw.Database, sql: str) -> None:
 
 
 V1_MODELS = [m.User, m.ApiToken, m.Cluster, m.Node, m.Task, m.TaskEvent, m.Event]
+# the tables migration 3 retyped: those that existed at schema version 3 (later ones are created right)
+V3_MODELS = [m.SchemaVersion, *V1_MODELS, m.Device, m.Volume, m.Brick]
 
 
 def _migration_1(db: pw.Database) -> None:
@@ -56,7 +58,7 @@ def _migration_3(db: pw.Database) -> None:
     about 2 minutes), and task targets and event subjects as text (they hold brick paths)."""
     if not isinstance(db, pw.PostgresqlDatabase):
         return  # SQLite's REAL is already 8 bytes and it does not enforce varchar lengths
-    for model in m.ALL_MODELS:
+    for model in V3_MODELS:
         for field in model._meta.sorted_fields:
             if isinstance(field, pw.DoubleField):
                 _execute_sql(
