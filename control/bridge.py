@@ -12,10 +12,13 @@ import queue
 import threading
 import time
 import uuid
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import ValidationError
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ValidationError
 
 from broker.messages import (
     MAX_PAYLOAD_BYTES,
@@ -36,6 +39,16 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 1.0
 KEEPALIVE = 15
 
+# the leaf of an agent topic -> the payload published there
+AGENT_MESSAGES: dict[str, type[BaseModel]] = {
+    "hello": Hello,
+    "presence": Presence,
+    "heartbeat": Heartbeat,
+    "task-status": TaskStatus,
+}
+# ("republish", None) after a (re)connect, ("message", (topic, payload)) per message; None stops the worker
+InboxItem = tuple[str, tuple[str, bytes] | None] | None
+
 
 class Bridge:
     def __init__(self, url: MqttUrl, topics: Topics, engine: TaskEngine) -> None:
@@ -45,7 +58,7 @@ class Bridge:
         self.instance = uuid.uuid4().hex
         self.connected = threading.Event()
         self.refused: str | None = None
-        self._inbox: queue.Queue = queue.Queue(maxsize=100_000)
+        self._inbox: queue.Queue[InboxItem] = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.client = mqtt.Client(
@@ -110,7 +123,14 @@ class Bridge:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     # ---- paho callbacks (network thread) --------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             self.refused = str(reason_code)
             log.error("MQTT broker %s refused the control service: %s", self.url.redacted(), reason_code)
@@ -122,14 +142,21 @@ class Bridge:
         self._inbox.put(("republish", None))
         self.connected.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self.connected.clear()
         if not self._stop.is_set():
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.url.redacted(), reason_code)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._inbox.put_nowait(("message", (msg.topic, msg.payload)))
+            self._inbox.put_nowait(("message", (msg.topic, bytes(msg.payload))))
         except queue.Full:
             log.error("inbox full: dropped message on %s", msg.topic)
 
@@ -141,7 +168,7 @@ class Bridge:
                 break
             kind, data = item
             try:
-                if kind == "republish":
+                if data is None:  # "republish"
                     self.engine.republish_open()
                 else:
                     self.handle(*data)
@@ -176,7 +203,7 @@ class Bridge:
                 MAX_PAYLOAD_BYTES,
             )
             return
-        model = {"hello": Hello, "presence": Presence, "heartbeat": Heartbeat, "task-status": TaskStatus}.get(leaf)
+        model = AGENT_MESSAGES.get(leaf)
         if model is None:
             return
         try:
@@ -191,14 +218,14 @@ class Bridge:
                 payload[:200],
             )
             return
-        if leaf == "hello":
+        if isinstance(message, Hello):
             answer = nodes.handle_hello(cluster, node, message)
             self.publish(self.topics.registration(cluster, node), answer.model_dump_json().encode(), qos=1)
-        elif leaf == "presence":
+        elif isinstance(message, Presence):
             nodes.handle_presence(cluster, node, message)
-        elif leaf == "heartbeat":
+        elif isinstance(message, Heartbeat):
             nodes.handle_heartbeat(cluster, node, message)
-        else:
+        elif isinstance(message, TaskStatus):
             self.engine.apply_status(cluster, node, message)
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Callable
 
 import uvicorn
 
@@ -15,16 +16,16 @@ from broker.embedded import CONTROL_USER, BrokerError, check_port_free, start_br
 from broker.messages import parse_join_token
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
-from control.api import events as events_api
 from control.api.app import create_app
 from control.bridge import Bridge
 from control.errors import Unauthorized
 from control.services import clusters, users
+from control.services.devices import DeviceService
+from control.services.eventfeed import EventFeed
 from control.services.tasks import TaskEngine
-from control.services.volumes import DeviceService, VolumeService
+from control.services.volumes import VolumeService
 from control.settings import ServerSettings
-from control.store import open_database
-from control.store.db import DatabaseError
+from control.store.db import DatabaseError, open_database
 from control.store.models import Cluster
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class StoreAuthority:
         return True
 
 
-async def serve(settings: ServerSettings, ready=None) -> None:
+async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
     try:
@@ -106,7 +107,8 @@ async def serve(settings: ServerSettings, ready=None) -> None:
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         url = MqttUrl(connect_host, port, CONTROL_USER, secret)
 
-    events_api.configure(settings.event_backlog)
+    feed = EventFeed(settings.event_backlog)
+    feed.start()
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
@@ -117,7 +119,7 @@ async def serve(settings: ServerSettings, ready=None) -> None:
             why = bridge.refused or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
 
-        app = create_app(engine, bridge, volumes, devices)
+        app = create_app(engine, bridge, volumes, devices, feed.hub)
         config = uvicorn.Config(
             app,
             host=http_host,
@@ -128,7 +130,6 @@ async def serve(settings: ServerSettings, ready=None) -> None:
             timeout_graceful_shutdown=3,
         )
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # we own the signals
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
@@ -151,5 +152,6 @@ async def serve(settings: ServerSettings, ready=None) -> None:
     finally:
         log.info("shutting down")
         await asyncio.to_thread(bridge.stop)
+        await asyncio.to_thread(feed.stop)
         if embedded is not None:
             await embedded.shutdown()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from threading import Event
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +16,10 @@ from control.api.events import router as events_router
 from control.api.routes import router
 from control.api.volumes import router as volumes_router
 from control.errors import GlusterctlError
-from control.services.volumes import DeviceService, VolumeService
+from control.services.devices import DeviceService
+from control.services.eventfeed import WakeHub
+from control.services.tasks import TaskEngine
+from control.services.volumes import VolumeService
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +32,36 @@ Errors are JSON objects `{"detail": "what went wrong and what to do"}`.
 """
 
 
-def create_app(engine, bridge=None, volumes=None, devices=None) -> FastAPI:
+class BrokerLink(Protocol):
+    @property
+    def connected(self) -> Event: ...
+
+
+def create_app(
+    engine: TaskEngine,
+    bridge: BrokerLink | None = None,
+    volumes: VolumeService | None = None,
+    devices: DeviceService | None = None,
+    hub: WakeHub | None = None,
+) -> FastAPI:
+    """The application over the server's services; without a wired ``hub`` event streams only poll."""
     app = FastAPI(title="glusterctl", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.bridge = bridge
     app.state.volumes = volumes or VolumeService(engine)
     app.state.devices = devices or DeviceService(engine)
+    app.state.hub = hub or WakeHub()
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)
 
     @app.exception_handler(GlusterctlError)
-    async def domain_error(request: Request, exc: GlusterctlError):
+    async def domain_error(request: Request, exc: GlusterctlError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=headers)
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse(
             status_code=500,
@@ -53,7 +71,7 @@ def create_app(engine, bridge=None, volumes=None, devices=None) -> FastAPI:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError):
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -61,7 +79,7 @@ def create_app(engine, bridge=None, volumes=None, devices=None) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": "; ".join(parts)})
 
     @app.get("/healthz", response_model=s.Health, tags=["health"])
-    def healthz():
+    def healthz() -> s.Health:
         connected = bool(bridge and bridge.connected.is_set())
         return s.Health(status="ok" if connected else "degraded", version=__version__, mqtt_connected=connected)
 

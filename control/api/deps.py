@@ -1,15 +1,18 @@
-"""FastAPI dependencies: the current user from the bearer token, the task engine."""
+"""FastAPI dependencies: the current user from the bearer token, and the services the server built."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from control.errors import Unauthorized
 from control.services import users
+from control.services.devices import DeviceService
+from control.services.eventfeed import WakeHub
 from control.services.tasks import TaskEngine
+from control.services.volumes import VolumeService
 from control.store.models import User
 
 _bearer = HTTPBearer(auto_error=False)
@@ -30,10 +33,25 @@ def optional_user(token: Annotated[str | None, Depends(bearer_token)]) -> User |
 
 
 def task_engine(request: Request) -> TaskEngine:
-    return request.app.state.engine
+    return cast(TaskEngine, request.app.state.engine)
+
+
+def volume_service(request: Request) -> VolumeService:
+    return cast(VolumeService, request.app.state.volumes)
+
+
+def device_service(request: Request) -> DeviceService:
+    return cast(DeviceService, request.app.state.devices)
+
+
+def wake_hub(request: Request) -> WakeHub:
+    return cast(WakeHub, request.app.state.hub)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
 OptionalUser = Annotated[User | None, Depends(optional_user)]
 Token = Annotated[str | None, Depends(bearer_token)]
 Engine = Annotated[TaskEngine, Depends(task_engine)]
+Volumes = Annotated[VolumeService, Depends(volume_service)]
+Devices = Annotated[DeviceService, Depends(device_service)]
+Hub = Annotated[WakeHub, Depends(wake_hub)]

@@ -1,11 +1,10 @@
 """GET /api/v1/events: the live event stream (server-sent events).
 
-Every client re-reads the Event table by id at its own pace, so a slow client only ever slows
-itself: nothing is queued for it in memory, and the thread that records events only schedules
-one wake-up on the event loop (coalesced), never waits for a client. The in-process listener
-runs before the recording transaction commits, so a wake-up is followed by a few quick
-re-reads, and every stream also re-reads on a timer as a fallback (events written by another
-process, a missed wake-up).
+Every client re-reads the Event table by id at its own pace (``control.services.eventfeed``),
+so a slow client only ever slows itself. The recorder's in-process listener runs before the
+recording transaction commits, so a wake-up is followed by a few quick re-reads, and every
+stream also re-reads on a timer as a fallback (events written by another process, a missed
+wake-up).
 """
 
 from __future__ import annotations
@@ -13,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-import peewee as pw
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from control.api.deps import CurrentUser
+from control.api.deps import CurrentUser, Hub
 from control.errors import InvalidInput
-from control.services import events as event_service
-from control.store.models import Event
+from control.services import eventfeed
+from control.services.eventfeed import LoopWaker
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +37,6 @@ HOT_SECONDS = 1.0
 GAP_WAIT_SECONDS = 3.0  # an id gap above the oldest row is a transaction still in flight; wait this long
 BATCH = 500  # rows per read
 SHUTDOWN_CHECK_SECONDS = 0.25
-# Event rows kept: older ones are pruned (a client that asks for them gets a `reset` first).
-BACKLOG = 10000  # set from ServerSettings.event_backlog by configure()
-PRUNE_EVERY = max(1, BACKLOG // 10)  # recorded events between two prunes
-
-
-def configure(backlog: int) -> None:
-    """How many events the server keeps for clients that resume (--event-backlog)."""
-    global BACKLOG, PRUNE_EVERY
-    BACKLOG = max(10, backlog)
-    PRUNE_EVERY = max(1, BACKLOG // 10)
 
 
 DESCRIPTION = f"""
@@ -87,142 +75,12 @@ data: {{"id": 1234, "at": 1717171717.5, "cluster": "default", "kind": "node.stat
 """
 
 
-# ---- wake-ups from the recording thread ---------------------------------------------------
-class _Hub:
-    """Wakes the streams of one event loop when an event is recorded (from any thread)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._wake = asyncio.Event()
-        self._pending = False
-
-    def notify_threadsafe(self) -> None:
-        if self._pending:  # one scheduled wake-up covers a burst
-            return
-        self._pending = True
-        try:
-            self.loop.call_soon_threadsafe(self._fire)
-        except RuntimeError:  # the loop is closed: the server is stopping
-            self._pending = False
-
-    def _fire(self) -> None:
-        self._pending = False
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait for the next wake-up; False after ``timeout`` seconds without one."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-
-_hubs: dict[asyncio.AbstractEventLoop, _Hub] = {}
-_hubs_lock = threading.Lock()
-
-
-def _hub() -> _Hub:
-    loop = asyncio.get_running_loop()
-    with _hubs_lock:
-        for old in [lp for lp in _hubs if lp.is_closed()]:
-            del _hubs[old]
-        hub = _hubs.get(loop)
-        if hub is None:
-            hub = _hubs[loop] = _Hub(loop)
-        return hub
-
-
-# ---- pruning: keep the newest BACKLOG rows --------------------------------------------------
-def prune(keep: int | None = None) -> int:
-    """Delete all but the newest ``keep`` Event rows; returns how many were deleted.
-
-    The newest row is never deleted, so SQLite's rowid-based ids keep increasing.
-    """
-    keep = BACKLOG if keep is None else max(1, keep)
-    newest = Event.select(pw.fn.MAX(Event.id)).scalar()
-    if not newest or newest <= keep:
-        return 0
-    deleted = Event.delete().where(Event.id <= newest - keep).execute()
-    if deleted:
-        log.info("pruned %d events (kept ids above %d)", deleted, newest - keep)
-    return deleted
-
-
-class _Pruner:
-    """Counts recorded events and prunes in its own thread, never in the recording one."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._due = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def on_event(self) -> None:
-        with self._lock:
-            self._count += 1
-            if self._count < PRUNE_EVERY:
-                return
-            self._count = 0
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="event-pruner", daemon=True)
-                self._thread.start()
-        self._due.set()
-
-    def _run(self) -> None:
-        while True:
-            self._due.wait()
-            self._due.clear()
-            time.sleep(0.5)  # let the recording transaction commit first
-            try:
-                prune()
-            except Exception:  # the database may be briefly locked or gone at shutdown
-                log.exception("pruning events failed")
-
-
-_pruner = _Pruner()
-
-
-def _on_event(event: Event) -> None:
-    # Runs in the recording thread inside its transaction: schedule, never wait.
-    with _hubs_lock:
-        hubs = list(_hubs.values())
-    for hub in hubs:
-        hub.notify_threadsafe()
-    _pruner.on_event()
-
-
-event_service.subscribe(_on_event)
-
-
 # ---- reading ------------------------------------------------------------------------------
-def _bounds() -> tuple[int, int]:
-    row = Event.select(pw.fn.MIN(Event.id), pw.fn.MAX(Event.id)).tuples().first()
-    return (row[0] or 0, row[1] or 0) if row else (0, 0)
-
-
-def _read_after(cursor: int, limit: int) -> list[tuple[int, float, str, str, str, str]]:
-    query = (
-        Event.select(Event.id, Event.at, Event.cluster, Event.kind, Event.subject, Event.data)
-        .where(Event.id > cursor)
-        .order_by(Event.id)
-        .limit(limit)
-    )
-    return [(r.id, r.at, r.cluster, r.kind, r.subject, r.data) for r in query]
-
-
 def parse_filters(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def kind_matches(kind: str, filters: list[str]) -> bool:
-    if not filters:
-        return True
-    return any(kind == f or kind.startswith(f if f.endswith(".") else f + ".") for f in filters)
-
-
-def _message(kind: str | None, data: dict, event_id: int | None = None) -> bytes:
+def _message(kind: str | None, data: dict[str, Any], event_id: int | None = None) -> bytes:
     lines = []
     if event_id is not None:
         lines.append(f"id: {event_id}")
@@ -256,21 +114,20 @@ async def _abort_on_shutdown(request: Request) -> None:
 
 
 async def stream(
-    request: Request, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
+    request: Request, waker: LoopWaker, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
 ) -> AsyncIterator[bytes]:
     watcher = asyncio.create_task(_abort_on_shutdown(request))
     try:
-        async for chunk in _stream(request, after, clusters, kinds, heartbeat):
+        async for chunk in _stream(request, waker, after, clusters, kinds, heartbeat):
             yield chunk
     finally:
         watcher.cancel()
 
 
 async def _stream(
-    request: Request, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
+    request: Request, waker: LoopWaker, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
 ) -> AsyncIterator[bytes]:
-    hub = _hub()
-    oldest, newest = await run_in_threadpool(_bounds)
+    oldest, newest = await run_in_threadpool(eventfeed.bounds)
     watch_shutdown = not _shutting_down(request)  # a client that asked for Connection: close
     if after is None:
         cursor = newest
@@ -286,12 +143,12 @@ async def _stream(
     hot_until = 0.0
     gap_seen: dict[int, float] = {}
     while True:
-        rows = await run_in_threadpool(_read_after, cursor, BATCH)
+        rows = await run_in_threadpool(eventfeed.read_after, cursor, BATCH)
         chunks: list[bytes] = []
         for event_id, at, cluster, kind, subject, data in rows:
             if event_id != cursor + 1:
                 first_missing = cursor + 1
-                oldest, _ = await run_in_threadpool(_bounds)
+                oldest, _ = await run_in_threadpool(eventfeed.bounds)
                 if first_missing < oldest:
                     chunks.append(_message("reset", {"after": cursor, "oldest_id": oldest}))
                 else:
@@ -304,7 +161,7 @@ async def _stream(
             cursor = event_id
             if clusters and cluster not in clusters:
                 continue
-            if not kind_matches(kind, kinds):
+            if not eventfeed.kind_matches(kind, kinds):
                 continue
             chunks.append(
                 _message(
@@ -329,7 +186,7 @@ async def _stream(
         if len(rows) == BATCH and not gap_seen:
             continue
         timeout = HOT_POLL_SECONDS if now < hot_until else min(POLL_SECONDS, heartbeat)
-        if await hub.wait(timeout):
+        if await waker.wait(timeout):
             await asyncio.sleep(0.01)  # the writer commits right after its listeners ran
             hot_until = time.monotonic() + HOT_SECONDS
 
@@ -345,12 +202,13 @@ async def _stream(
 async def event_stream(
     request: Request,
     actor: CurrentUser,
+    hub: Hub,
     cluster: str | None = Query(None, description="only events of these clusters (comma-separated)"),
     kind: str | None = Query(None, description="only these kinds or kind prefixes (comma-separated), e.g. `task.`"),
     after: int | None = Query(None, ge=0, description="resume after this id (like Last-Event-ID); 0: whole backlog"),
     heartbeat: float = Query(HEARTBEAT_SECONDS, ge=0.2, le=300, description="seconds between keepalive comments"),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-):
+) -> StreamingResponse:
     if after is None and last_event_id:
         try:
             after = int(last_event_id)
@@ -358,7 +216,7 @@ async def event_stream(
             raise InvalidInput(f"Last-Event-ID must be an event id (a number), not {last_event_id!r}") from None
     if after is not None and after < 0:
         raise InvalidInput("after must be 0 or more")
-    body = stream(request, after, parse_filters(cluster), parse_filters(kind), heartbeat)
+    body = stream(request, hub.waker(), after, parse_filters(cluster), parse_filters(kind), heartbeat)
     return StreamingResponse(
         body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )

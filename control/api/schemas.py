@@ -1,10 +1,20 @@
-"""REST request and response bodies."""
+"""REST request and response bodies, all of them.
+
+Response bodies are filled from the services' read models (``control.services.views``) by
+attribute: ``VolumePublic.model_validate(view)``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Public(BaseModel):
+    """A response body, read from a read model's attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
 class LoginRequest(BaseModel):
@@ -12,7 +22,7 @@ class LoginRequest(BaseModel):
     password: str
 
 
-class LoginPublic(BaseModel):
+class LoginPublic(Public):
     token: str
     user: str
     admin: bool
@@ -24,7 +34,7 @@ class UserCreate(BaseModel):
     admin: bool = False
 
 
-class UserPublic(BaseModel):
+class UserPublic(Public):
     name: str
     admin: bool
     created_at: float
@@ -34,19 +44,19 @@ class ClusterCreate(BaseModel):
     name: str
 
 
-class ClusterPublic(BaseModel):
+class ClusterPublic(Public):
     name: str
     created_at: float
     nodes: int
     nodes_online: int
 
 
-class JoinTokenPublic(BaseModel):
+class JoinTokenPublic(Public):
     cluster: str
     token: str
 
 
-class NodeDevice(BaseModel):
+class NodeDevice(Public):
     path: str
     device: str
     state: str
@@ -54,7 +64,7 @@ class NodeDevice(BaseModel):
     free_bytes: int
 
 
-class NodePublic(BaseModel):
+class NodePublic(Public):
     cluster: str
     name: str
     state: str
@@ -68,7 +78,7 @@ class NodePublic(BaseModel):
     devices: list[NodeDevice] = []  # registered brick homes with their space, from the heartbeats
 
 
-class ClusterStatus(BaseModel):
+class ClusterStatus(Public):
     name: str
     created_at: float
     nodes: list[NodePublic]
@@ -84,13 +94,13 @@ class ProbeRequest(BaseModel):
     )
 
 
-class TaskEventPublic(BaseModel):
+class TaskEventPublic(Public):
     state: str
     at: float
     reason: str
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(Public):
     id: str
     cluster: str
     node: str
@@ -106,7 +116,86 @@ class TaskPublic(BaseModel):
     events: list[TaskEventPublic] | None = None
 
 
-class Health(BaseModel):
+class Health(Public):
     status: str
     version: str
     mqtt_connected: bool
+
+
+# ---- devices ------------------------------------------------------------------------------
+class DeviceCreate(BaseModel):
+    node: str
+    path: str | None = Field(default=None, description="a directory whose parent exists on the node")
+    device: str | None = Field(default=None, description="an empty block device: the agent makes XFS and mounts it")
+
+
+class DevicePublic(Public):
+    node: str
+    path: str
+    device: str
+    state: str
+    reason: str
+    total_bytes: int
+    free_bytes: int
+
+
+class DeviceAdded(Public):
+    device: DevicePublic
+    task: TaskPublic
+
+
+# ---- volumes ------------------------------------------------------------------------------
+class VolumeCreate(BaseModel):
+    name: str
+    bricks: list[str] = Field(
+        default=[], description="NODE:/path, in order; consecutive bricks form replica/disperse sets"
+    )
+    replica: int = Field(default=0, ge=0)
+    arbiter: int = Field(default=0, ge=0)
+    disperse: int = Field(default=0, ge=0)
+    redundancy: int = Field(default=0, ge=0)
+    size: str | None = Field(
+        default=None, description="dynamic provisioning: place bricks on registered devices, e.g. 100GiB"
+    )
+    force: bool = False
+    start: bool = True
+    options: dict[str, str] = {}
+
+
+class BrickPublic(Public):
+    index: int
+    node: str
+    path: str
+    port: int
+    pid: int | None
+    state: str
+
+
+class ShdPublic(Public):
+    node: str
+    pid: int | None
+    state: str
+
+
+class VolumePublic(Public):
+    name: str
+    cluster: str
+    id: str
+    type: str
+    state: str
+    replica: int
+    arbiter: int
+    disperse: int
+    redundancy: int
+    size_bytes: int
+    created_at: float
+    options: dict[str, str]
+    bricks_online: int
+    bricks_total: int
+    bricks: list[BrickPublic]
+    self_heal: list[ShdPublic]
+
+
+class VolumeOperation(Public):
+    volume: VolumePublic | None
+    tasks: list[str]

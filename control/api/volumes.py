@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
 
-from broker.messages import NodeState
-from control.api.deps import CurrentUser
-from control.api.routes import task_public
-from control.api.schemas import TaskPublic
+from control.api import schemas as s
+from control.api.deps import CurrentUser, Devices, Volumes
 from control.errors import InvalidInput
-from control.services import clusters, failures
-from control.services.volumes import (
-    DeviceService,
-    VolumeRequest,
-    VolumeService,
-    bricks_of,
-    client_volfile_text,
-)
-from control.store.models import Device, Node, Volume
+from control.services import clusters, failures, views
+from control.services.layout import VolumeRequest
+from control.services.volfiles import client_volfile_text
+from control.store.models import Task, Volume
 
 router = APIRouter(prefix="/api/v1")
-
-
-def volume_service(request: Request) -> VolumeService:
-    return request.app.state.volumes
-
-
-def device_service(request: Request) -> DeviceService:
-    return request.app.state.devices
-
-
-Volumes = Annotated[VolumeService, Depends(volume_service)]
-Devices = Annotated[DeviceService, Depends(device_service)]
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
 UNITS = {
@@ -63,164 +43,34 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * UNITS[unit])
 
 
-# ---- schemas ------------------------------------------------------------------------------
-class DeviceCreate(BaseModel):
-    node: str
-    path: str | None = Field(default=None, description="a directory whose parent exists on the node")
-    device: str | None = Field(default=None, description="an empty block device: the agent makes XFS and mounts it")
+def operation(volume: Volume | None, tasks: list[Task]) -> s.VolumeOperation:
+    return s.VolumeOperation.model_validate(views.operation_view(volume, tasks))
 
 
-class DevicePublic(BaseModel):
-    node: str
-    path: str
-    device: str
-    state: str
-    reason: str
-    total_bytes: int
-    free_bytes: int
-
-
-class DeviceAdded(BaseModel):
-    device: DevicePublic
-    task: TaskPublic
-
-
-class VolumeCreate(BaseModel):
-    name: str
-    bricks: list[str] = Field(
-        default=[], description="NODE:/path, in order; consecutive bricks form replica/disperse sets"
-    )
-    replica: int = Field(default=0, ge=0)
-    arbiter: int = Field(default=0, ge=0)
-    disperse: int = Field(default=0, ge=0)
-    redundancy: int = Field(default=0, ge=0)
-    size: str | None = Field(
-        default=None, description="dynamic provisioning: place bricks on registered devices, e.g. 100GiB"
-    )
-    force: bool = False
-    start: bool = True
-    options: dict[str, str] = {}
-
-
-class BrickPublic(BaseModel):
-    index: int
-    node: str
-    path: str
-    port: int
-    pid: int | None
-    state: str
-
-
-class ShdPublic(BaseModel):
-    node: str
-    pid: int | None
-    state: str
-
-
-class VolumePublic(BaseModel):
-    name: str
-    cluster: str
-    id: str
-    type: str
-    state: str
-    replica: int
-    arbiter: int
-    disperse: int
-    redundancy: int
-    size_bytes: int
-    created_at: float
-    options: dict[str, str]
-    bricks_online: int
-    bricks_total: int
-    bricks: list[BrickPublic]
-    self_heal: list[ShdPublic]
-
-
-class VolumeOperation(BaseModel):
-    volume: VolumePublic | None
-    tasks: list[str]
-
-
-def device_public(dev: Device) -> DevicePublic:
-    return DevicePublic(
-        node=dev.node_name,
-        path=dev.path,
-        device=dev.device,
-        state=dev.state,
-        reason=dev.reason,
-        total_bytes=dev.total_bytes,
-        free_bytes=dev.free_bytes,
-    )
-
-
-def volume_public(volume: Volume) -> VolumePublic:
-    nodes = {n.name: n for n in Node.select().where(Node.cluster == volume.cluster_id)}
-    bricks = []
-    for b in bricks_of(volume):
-        node = nodes.get(b.node_name)
-        reachable = node is not None and node.state == NodeState.ONLINE.value
-        bricks.append(
-            BrickPublic(
-                index=b.index,
-                node=b.node_name,
-                path=b.path,
-                port=b.port,
-                pid=b.pid if reachable else None,
-                state=b.state if reachable else "Unreachable",
-            )
-        )
-    shds = []
-    if volume.type != "distribute":
-        for name in sorted({b.node for b in bricks}):
-            node = nodes.get(name)
-            info = ((node.facts or {}).get("shds") or {}).get(volume.id, {}) if node else {}
-            if node is None or node.state != NodeState.ONLINE.value:
-                shds.append(ShdPublic(node=name, pid=None, state="Unreachable"))
-            else:
-                shds.append(
-                    ShdPublic(node=name, pid=info.get("pid"), state="Online" if info.get("online") else "Offline")
-                )
-    return VolumePublic(
-        name=volume.name,
-        cluster=volume.cluster.name,
-        id=volume.id,
-        type=volume.type,
-        state=volume.state,
-        replica=volume.replica,
-        arbiter=volume.arbiter,
-        disperse=volume.disperse,
-        redundancy=volume.redundancy,
-        size_bytes=volume.size_bytes,
-        created_at=volume.created_at,
-        options=volume.options or {},
-        bricks_online=sum(1 for b in bricks if b.state == "Online"),
-        bricks_total=len(bricks),
-        bricks=bricks,
-        self_heal=shds,
-    )
-
-
-def operation(volume: Volume | None, tasks: list) -> VolumeOperation:
-    return VolumeOperation(volume=volume_public(volume) if volume is not None else None, tasks=[t.id for t in tasks])
+def volume_public(volume: Volume) -> s.VolumePublic:
+    return s.VolumePublic.model_validate(views.volume_view(volume))
 
 
 # ---- devices ------------------------------------------------------------------------------
 @router.post(
     "/clusters/{name}/devices",
-    response_model=DeviceAdded,
+    response_model=s.DeviceAdded,
     status_code=202,
     tags=["devices"],
     description="Register a brick home on a node: a directory (`path`) or an empty block device (`device`), "
     "which the agent formats with XFS and mounts. Runs as a task on the node.",
 )
-def add_device(name: str, body: DeviceCreate, actor: CurrentUser, service: Devices):
+def add_device(name: str, body: s.DeviceCreate, actor: CurrentUser, service: Devices) -> s.DeviceAdded:
     dev, task = service.add(clusters.get(name), body.node, body.path, body.device)
-    return DeviceAdded(device=device_public(dev), task=task_public(task))
+    return s.DeviceAdded(
+        device=s.DevicePublic.model_validate(views.device_view(dev)),
+        task=s.TaskPublic.model_validate(views.task_view(task)),
+    )
 
 
-@router.get("/clusters/{name}/devices", response_model=list[DevicePublic], tags=["devices"])
-def list_devices(name: str, actor: CurrentUser, service: Devices, node: str | None = None):
-    return [device_public(d) for d in service.list(clusters.get(name), node)]
+@router.get("/clusters/{name}/devices", response_model=list[s.DevicePublic], tags=["devices"])
+def list_devices(name: str, actor: CurrentUser, service: Devices, node: str | None = None) -> list[s.DevicePublic]:
+    return [s.DevicePublic.model_validate(views.device_view(d)) for d in service.list_devices(clusters.get(name), node)]
 
 
 @router.delete(
@@ -229,7 +79,7 @@ def list_devices(name: str, actor: CurrentUser, service: Devices, node: str | No
     tags=["devices"],
     description="Forget a registered path or device; refused while a brick uses it.",
 )
-def remove_device(name: str, node: str, actor: CurrentUser, service: Devices, path: str = Query(...)):
+def remove_device(name: str, node: str, actor: CurrentUser, service: Devices, path: str = Query(...)) -> Response:
     service.remove(clusters.get(name), node, path)
     return Response(status_code=204)
 
@@ -237,13 +87,13 @@ def remove_device(name: str, node: str, actor: CurrentUser, service: Devices, pa
 # ---- volumes ------------------------------------------------------------------------------
 @router.post(
     "/clusters/{name}/volumes",
-    response_model=VolumeOperation,
+    response_model=s.VolumeOperation,
     status_code=202,
     tags=["volumes"],
     description="Create a volume (and start it unless `start` is false). Bricks are NODE:/path in order; "
     "or give `size` to place them on registered devices.",
 )
-def create_volume(name: str, body: VolumeCreate, actor: CurrentUser, service: Volumes):
+def create_volume(name: str, body: s.VolumeCreate, actor: CurrentUser, service: Volumes) -> s.VolumeOperation:
     req = VolumeRequest(
         name=body.name,
         bricks=body.bricks,
@@ -260,45 +110,47 @@ def create_volume(name: str, body: VolumeCreate, actor: CurrentUser, service: Vo
     return operation(volume, tasks)
 
 
-@router.get("/clusters/{name}/volumes", response_model=list[VolumePublic], tags=["volumes"])
-def list_volumes(name: str, actor: CurrentUser, service: Volumes):
-    return [volume_public(v) for v in service.list(clusters.get(name))]
+@router.get("/clusters/{name}/volumes", response_model=list[s.VolumePublic], tags=["volumes"])
+def list_volumes(name: str, actor: CurrentUser, service: Volumes) -> list[s.VolumePublic]:
+    return [volume_public(v) for v in service.list_volumes(clusters.get(name))]
 
 
 @router.get(
     "/clusters/{name}/volumes/{volume}",
-    response_model=VolumePublic,
+    response_model=s.VolumePublic,
     tags=["volumes"],
     description="The volume with each brick's node, path, port, pid and Online/Offline/Unreachable "
     "(from the agents' heartbeats) and the self-heal daemon per node.",
 )
-def get_volume(name: str, volume: str, actor: CurrentUser, service: Volumes):
+def get_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) -> s.VolumePublic:
     return volume_public(service.get(clusters.get(name), volume))
 
 
 @router.post(
-    "/clusters/{name}/volumes/{volume}/start", response_model=VolumeOperation, status_code=202, tags=["volumes"]
+    "/clusters/{name}/volumes/{volume}/start", response_model=s.VolumeOperation, status_code=202, tags=["volumes"]
 )
-def start_volume(name: str, volume: str, actor: CurrentUser, service: Volumes):
+def start_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) -> s.VolumeOperation:
     return operation(*service.start(clusters.get(name), volume))
 
 
 @router.post(
-    "/clusters/{name}/volumes/{volume}/stop", response_model=VolumeOperation, status_code=202, tags=["volumes"]
+    "/clusters/{name}/volumes/{volume}/stop", response_model=s.VolumeOperation, status_code=202, tags=["volumes"]
 )
-def stop_volume(name: str, volume: str, actor: CurrentUser, service: Volumes):
+def stop_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) -> s.VolumeOperation:
     return operation(*service.stop(clusters.get(name), volume))
 
 
 @router.delete(
     "/clusters/{name}/volumes/{volume}",
-    response_model=VolumeOperation,
+    response_model=s.VolumeOperation,
     status_code=202,
     tags=["volumes"],
     description="Delete a stopped volume. With purge=true the agents also remove GlusterFS metadata "
     "(volume-id xattr, .glusterfs) from the brick directories; data files stay.",
 )
-def delete_volume(name: str, volume: str, actor: CurrentUser, service: Volumes, purge: bool = False):
+def delete_volume(
+    name: str, volume: str, actor: CurrentUser, service: Volumes, purge: bool = False
+) -> s.VolumeOperation:
     return operation(*service.delete(clusters.get(name), volume, purge))
 
 
@@ -308,7 +160,7 @@ def delete_volume(name: str, volume: str, actor: CurrentUser, service: Volumes, 
     tags=["volumes"],
     description="The FUSE client volfile: mount with `glusterfs -f FILE --volfile-id NAME MOUNTPOINT`.",
 )
-def client_volfile(name: str, volume: str, actor: CurrentUser, service: Volumes):
+def client_volfile(name: str, volume: str, actor: CurrentUser, service: Volumes) -> PlainTextResponse:
     return PlainTextResponse(client_volfile_text(service.get(clusters.get(name), volume)))
 
 
@@ -319,5 +171,7 @@ def client_volfile(name: str, volume: str, actor: CurrentUser, service: Volumes)
     tags=["failures"],
     description="The last failed tasks with node, error, the reason and how to fix it.",
 )
-def failure_report(actor: CurrentUser, cluster: str | None = None, limit: int = Query(20, ge=1, le=500)):
+def failure_report(
+    actor: CurrentUser, cluster: str | None = None, limit: int = Query(20, ge=1, le=500)
+) -> list[dict[str, Any]]:
     return failures.recent(clusters.get(cluster) if cluster else None, limit)

@@ -9,7 +9,7 @@ import time
 from broker.messages import check_name, make_join_token
 from control.errors import Conflict, Forbidden, InvalidInput, NotFound
 from control.services import events
-from control.store.models import Cluster, User
+from control.store.models import Cluster, Node, User
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def delete(name: str, actor: User) -> None:
         raise Conflict("the default cluster cannot be deleted")
     with db.atomic():
         cluster = get(name)
-        if cluster.nodes.count():
+        if Node.select().where(Node.cluster == cluster).exists():
             raise Conflict(
                 f"cluster {name!r} still has nodes: remove them first ('glusterctl node remove -c {name} NODE')"
             )

@@ -7,7 +7,7 @@ import json
 import posixpath
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from control.store.models import Cluster, Task
 
@@ -18,10 +18,10 @@ CODE_RE = re.compile(r"^([A-Z][A-Z0-9_]{2,}):\s*")
 @functools.lru_cache(maxsize=1)
 def knowledge_base() -> dict[str, dict[str, str]]:
     with open(KB_PATH) as fh:
-        return json.load(fh)
+        return cast(dict[str, dict[str, str]], json.load(fh))
 
 
-class _Blank(dict):
+class _Blank(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return f"<{key}>"
 

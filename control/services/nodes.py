@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from broker.messages import (
     Heartbeat,
@@ -16,15 +17,16 @@ from broker.messages import (
     NodeState,
     Presence,
     Registration,
+    TaskKind,
     check_name,
     check_proof,
     make_join_token,
 )
 from control.errors import Conflict, NotFound
-from control.services import events
-from control.services.volumes import VolumeService
-from control.store.db import locked
-from control.store.models import Cluster, Node
+from control.services import events, heartbeats
+from control.services.tasks import TaskEngine
+from control.store.db import first, locked
+from control.store.models import Cluster, Node, Task
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             return refuse(
                 f"wrong join token for cluster {cluster_name!r}: get the current one with 'glusterctl cluster token {cluster_name}'"
             )
-        node = locked(Node.select().where((Node.cluster == cluster) & (Node.name == node_name))).first()
+        node = first(locked(Node.select().where((Node.cluster == cluster) & (Node.name == node_name))))
         if (
             node is not None
             and node.agent_id != hello.agent_id
@@ -116,7 +118,7 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
     return Registration(accepted=True, epoch=hello.epoch)
 
 
-def _apply_facts(node: Node, facts: dict) -> None:
+def _apply_facts(node: Node, facts: dict[str, Any]) -> None:
     node.address = facts.get("address") or node.address
     node.hostname = facts.get("hostname") or node.hostname
     node.agent_version = facts.get("agent_version") or node.agent_version
@@ -125,10 +127,12 @@ def _apply_facts(node: Node, facts: dict) -> None:
 
 
 def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
-    node = locked(
-        Node.select(Node, Cluster).join(Cluster).where((Cluster.name == cluster_name) & (Node.name == node_name)),
-        of=Node,
-    ).first()
+    node = first(
+        locked(
+            Node.select(Node, Cluster).join(Cluster).where((Cluster.name == cluster_name) & (Node.name == node_name)),
+            of=Node,
+        )
+    )
     if node is None or node.epoch != epoch:
         return None
     return node
@@ -164,7 +168,7 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
             return False
         node.last_seen_at = now
         _apply_facts(node, beat.facts.model_dump())
-        VolumeService.apply_heartbeat(cluster_name, node, beat.bricks, beat.shds, beat.devices)
+        heartbeats.apply_heartbeat(cluster_name, node, beat.bricks, beat.shds, beat.devices, now)
         _set_state(node, NodeState.ONLINE, "heartbeat", now)
         node.save()
     return True
@@ -178,7 +182,7 @@ def sweep_silent(now: float | None = None) -> int:
         if now - candidate.last_seen_at <= silence_limit(candidate):
             continue
         with db.atomic():  # look again under the lock: a heartbeat may have come meanwhile
-            node = locked(Node.select(Node, Cluster).join(Cluster).where(Node.id == candidate.id), of=Node).first()
+            node = first(locked(Node.select(Node, Cluster).join(Cluster).where(Node.id == candidate.id), of=Node))
             if node is None or node.state != NodeState.ONLINE.value or now - node.last_seen_at <= silence_limit(node):
                 continue
             _set_state(node, NodeState.UNREACHABLE, f"no heartbeat for {now - node.last_seen_at:.0f}s", now)
@@ -191,7 +195,7 @@ def list_nodes(cluster: Cluster | None = None) -> list[Node]:
     query = Node.select(Node, Cluster).join(Cluster)
     if cluster is not None:
         query = query.where(Node.cluster == cluster)
-    return list(query.order_by(Cluster.name, Node.name))
+    return [*query.order_by(Cluster.name, Node.name)]
 
 
 def get(cluster: Cluster, name: str) -> Node:
@@ -208,6 +212,13 @@ def remove(cluster: Cluster, name: str, force: bool = False) -> None:
             raise Conflict(
                 f"node {name!r} is Online: stop its agent first, or pass --force (a running agent registers again)"
             )
+        heartbeats.forget_node(node)
         node.delete_instance()
         events.record("node.removed", cluster=cluster.name, subject=name)
     log.info("cluster %s node %s: removed", cluster.name, name)
+
+
+def probe(engine: TaskEngine, cluster: Cluster, name: str, params: dict[str, Any]) -> Task:
+    """Queue a probe task on a registered node."""
+    get(cluster, name)
+    return engine.submit(cluster, name, TaskKind.NODE_PROBE.value, params)

@@ -19,7 +19,7 @@ from broker.messages import TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
 from broker.topics import Topics
 from control.errors import InvalidInput, NotFound
 from control.services import events, failures
-from control.store.db import locked
+from control.store.db import first, locked
 from control.store.models import Cluster, Node, Task, TaskEvent
 from control.store.models import database_proxy as db
 
@@ -122,12 +122,14 @@ class TaskEngine:
     def apply_status(self, cluster_name: str, node_name: str, status: TaskStatus) -> Task | None:
         """Persist a transition reported by ``node_name``; returns the task, or None if ignored."""
         with db.atomic():
-            task = locked(
-                Task.select(Task, Cluster)
-                .join(Cluster)
-                .where((Task.id == status.task_id) & (Cluster.name == cluster_name)),
-                of=Task,
-            ).first()
+            task = first(
+                locked(
+                    Task.select(Task, Cluster)
+                    .join(Cluster)
+                    .where((Task.id == status.task_id) & (Cluster.name == cluster_name)),
+                    of=Task,
+                )
+            )
             if task is None or task.node_name != node_name:
                 log.warning(
                     "cluster %s node %s: status for unknown task %s dropped", cluster_name, node_name, status.task_id
@@ -197,7 +199,7 @@ def failure_fix(task: Task) -> str | None:
 
 # ---- queries ----------------------------------------------------------------------------
 def get(task_id: str) -> Task:
-    task = Task.select(Task, Cluster).join(Cluster).where(Task.id == task_id).first()
+    task = first(Task.select(Task, Cluster).join(Cluster).where(Task.id == task_id))
     if task is None:
         raise NotFound(f"no task {task_id!r}")
     return task

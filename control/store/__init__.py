@@ -1,3 +1,5 @@
 """Persistence: peewee models, database opening and schema migrations."""
 
-from control.store.db import open_database  # noqa: F401
+from control.store.db import open_database
+
+__all__ = ["open_database"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import peewee as pw
@@ -20,7 +22,17 @@ class DatabaseError(Exception):
     """The database cannot be opened or migrated."""
 
 
+M = TypeVar("M", bound=pw.Model)
+
+
+def _execute_sql(db: pw.Database, sql: str) -> None:
+    execute: Callable[[str], object] = db.execute_sql  # untyped in peewee's stubs
+    execute(sql)
+
+
 V1_MODELS = [m.User, m.ApiToken, m.Cluster, m.Node, m.Task, m.TaskEvent, m.Event]
+# the tables migration 3 retyped: those that existed at schema version 3 (later ones are created right)
+V3_MODELS = [m.SchemaVersion, *V1_MODELS, m.Device, m.Volume, m.Brick]
 
 
 def _migration_1(db: pw.Database) -> None:
@@ -31,8 +43,10 @@ def _migration_1(db: pw.Database) -> None:
 
 def _migration_2(db: pw.Database) -> None:
     """Volumes: devices, volumes, bricks; tasks remember their operation and target."""
-    migrator = SchemaMigrator.from_database(db)
-    run_migrations(
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    migrator = from_database(db)
+    apply(
         migrator.add_column("task", "operation", m.Task.operation),
         migrator.add_column("task", "target", m.Task.target),
     )
@@ -44,21 +58,45 @@ def _migration_3(db: pw.Database) -> None:
     about 2 minutes), and task targets and event subjects as text (they hold brick paths)."""
     if not isinstance(db, pw.PostgresqlDatabase):
         return  # SQLite's REAL is already 8 bytes and it does not enforce varchar lengths
-    for model in m.ALL_MODELS:
+    for model in V3_MODELS:
         for field in model._meta.sorted_fields:
             if isinstance(field, pw.DoubleField):
-                db.execute_sql(
-                    f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" TYPE double precision'
+                _execute_sql(
+                    db,
+                    f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" TYPE double precision',
                 )
-    db.execute_sql('ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
-    db.execute_sql('ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
+    _execute_sql(db, 'ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
+    _execute_sql(db, 'ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
+
+
+def _migration_4(db: pw.Database) -> None:
+    """Self-heal daemons get their own table; until now they lived in each node's facts ("shds")."""
+    db.create_tables([m.SelfHealDaemon])
+    volumes = {v.id: v for v in m.Volume.select(m.Volume.id, m.Volume.cluster)}
+    for node in m.Node.select(m.Node.id, m.Node.cluster, m.Node.name, m.Node.facts):
+        facts = dict(node.facts or {})
+        shds = facts.pop("shds", None)
+        if shds is None:
+            continue
+        for volume_id, info in shds.items():
+            volume = volumes.get(volume_id)
+            if volume is None or volume.cluster_id != node.cluster_id:
+                continue
+            m.SelfHealDaemon.create(
+                volume=volume_id,
+                node_name=node.name,
+                pid=info.get("pid"),
+                state="Online" if info.get("online") else "Offline",
+            )
+        m.Node.update(facts=facts).where(m.Node.id == node.id).execute()
 
 
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
     def __init__(self, model: type[pw.Model], names: tuple[str, ...]) -> None:
-        self.model, self.names, self.saved = model, names, []
+        self.model, self.names = model, names
+        self.saved: list[pw.Field[Any]] = []
 
     def __enter__(self) -> None:
         for name in self.names:
@@ -66,7 +104,9 @@ class _without_columns:
             self.saved.append(field)
             self.model._meta.remove_field(name)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
+    ) -> None:
         for field in self.saved:
             self.model._meta.add_field(field.name, field)
 
@@ -76,6 +116,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -109,18 +150,25 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
     )
 
 
-def locked(query: pw.Select, of: type[pw.Model] | None = None) -> pw.Select:
+def locked(query: pw.ModelSelect[M], of: type[pw.Model] | None = None) -> pw.ModelSelect[M]:
     """``query`` with row locks (SELECT ... FOR UPDATE) where the database has them.
 
     For rows read and then written in one transaction: on PostgreSQL a concurrent writer waits
     instead of one update being lost (``of``: lock only that table's rows of a join). SQLite
     needs none: its transactions start IMMEDIATE.
     """
-    database = query.model._meta.database
+    database: Any = query.model._meta.database
     database = getattr(database, "obj", database)  # through the proxy
     if not database.for_update:
         return query
     return query.for_update(of=of) if of is not None else query.for_update()
+
+
+def first(query: pw.ModelSelect[M]) -> M | None:
+    """The first row of ``query``, or None (``Select.first`` is untyped in peewee's stubs)."""
+    for row in query.limit(1):
+        return row
+    return None
 
 
 def migrate(db: pw.Database) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import peewee as pw
 
@@ -15,10 +16,10 @@ def now() -> float:
 
 
 class JSONField(pw.TextField):
-    def db_value(self, value):
+    def db_value(self, value: Any) -> str | None:
         return None if value is None else json.dumps(value, sort_keys=True)
 
-    def python_value(self, value):
+    def python_value(self, value: str | None) -> Any:
         return None if value is None else json.loads(value)
 
 
@@ -29,11 +30,13 @@ class BaseModel(pw.Model):
 
 
 class SchemaVersion(BaseModel):
+    id = pw.AutoField()
     version = pw.IntegerField()
     applied_at = pw.DoubleField(default=now)
 
 
 class User(BaseModel):
+    id = pw.AutoField()
     name = pw.CharField(max_length=64, unique=True)
     password_hash = pw.CharField(max_length=255)
     is_admin = pw.BooleanField(default=False)
@@ -41,13 +44,16 @@ class User(BaseModel):
 
 
 class ApiToken(BaseModel):
+    id = pw.AutoField()
     user = pw.ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    user_id: int
     token_hash = pw.CharField(max_length=64, unique=True)
     created_at = pw.DoubleField(default=now)
     last_used_at = pw.DoubleField(null=True)
 
 
 class Cluster(BaseModel):
+    id = pw.AutoField()
     name = pw.CharField(max_length=64, unique=True)
     join_secret = pw.CharField(max_length=128)
     created_at = pw.DoubleField(default=now)
@@ -55,7 +61,9 @@ class Cluster(BaseModel):
 
 
 class Node(BaseModel):
+    id = pw.AutoField()
     cluster = pw.ForeignKeyField(Cluster, backref="nodes", on_delete="CASCADE")
+    cluster_id: int
     name = pw.CharField(max_length=253)
     state = pw.CharField(max_length=16)
     state_changed_at = pw.DoubleField(default=now)
@@ -76,6 +84,7 @@ class Node(BaseModel):
 class Task(BaseModel):
     id = pw.CharField(max_length=64, primary_key=True)
     cluster = pw.ForeignKeyField(Cluster, backref="tasks", on_delete="CASCADE")
+    cluster_id: int
     node_name = pw.CharField(max_length=253)
     kind = pw.CharField(max_length=64)
     # which user-visible operation this task is part of (e.g. one "volume start"), and on what
@@ -91,7 +100,9 @@ class Task(BaseModel):
 
 
 class TaskEvent(BaseModel):
+    id = pw.AutoField()
     task = pw.ForeignKeyField(Task, backref="events", on_delete="CASCADE")
+    task_id: str
     state = pw.CharField(max_length=16)
     at = pw.DoubleField(default=now)
     reason = pw.TextField(default="")
@@ -100,6 +111,7 @@ class TaskEvent(BaseModel):
 class Event(BaseModel):
     """Every persisted state change, in order; the feed behind /api/v1/events."""
 
+    id = pw.AutoField()
     at = pw.DoubleField(default=now)
     cluster = pw.CharField(max_length=64, default="")
     kind = pw.CharField(max_length=32)
@@ -110,7 +122,9 @@ class Event(BaseModel):
 class Device(BaseModel):
     """A brick home registered on a node: a directory (path) or a block device mounted by the agent."""
 
+    id = pw.AutoField()
     cluster = pw.ForeignKeyField(Cluster, backref="devices", on_delete="CASCADE")
+    cluster_id: int
     node_name = pw.CharField(max_length=253)
     path = pw.CharField(max_length=1024)
     device = pw.CharField(max_length=1024, default="")
@@ -128,6 +142,7 @@ class Device(BaseModel):
 class Volume(BaseModel):
     id = pw.CharField(max_length=36, primary_key=True)
     cluster = pw.ForeignKeyField(Cluster, backref="volumes", on_delete="CASCADE")
+    cluster_id: int
     name = pw.CharField(max_length=64)
     type = pw.CharField(max_length=16)
     replica = pw.IntegerField(default=1)
@@ -149,12 +164,15 @@ class Volume(BaseModel):
 
 
 class Brick(BaseModel):
+    id = pw.AutoField()
     volume = pw.ForeignKeyField(Volume, backref="bricks", on_delete="CASCADE")
-    index = pw.IntegerField()
+    volume_id: str
+    index = pw.IntegerField()  # type: ignore[assignment]  # the column shadows Model.index(), unused here
     node_name = pw.CharField(max_length=253)
     path = pw.CharField(max_length=1024)
     port = pw.IntegerField()
     device = pw.ForeignKeyField(Device, backref="bricks", null=True, on_delete="SET NULL")
+    device_id: int | None
     state = pw.CharField(max_length=16, default="Offline")
     pid = pw.IntegerField(null=True)
     state_changed_at = pw.DoubleField(default=now)
@@ -163,4 +181,32 @@ class Brick(BaseModel):
         indexes = ((("volume", "index"), True),)
 
 
-ALL_MODELS = [SchemaVersion, User, ApiToken, Cluster, Node, Task, TaskEvent, Event, Device, Volume, Brick]
+class SelfHealDaemon(BaseModel):
+    """A volume's self-heal daemon on one node, as that node's heartbeats last reported it."""
+
+    id = pw.AutoField()
+    volume = pw.ForeignKeyField(Volume, backref="self_heal_daemons", on_delete="CASCADE")
+    volume_id: str
+    node_name = pw.CharField(max_length=253)
+    pid = pw.IntegerField(null=True)
+    state = pw.CharField(max_length=16, default="Offline")  # Online, Offline
+    state_changed_at = pw.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("volume", "node_name"), True),)
+
+
+ALL_MODELS = [
+    SchemaVersion,
+    User,
+    ApiToken,
+    Cluster,
+    Node,
+    Task,
+    TaskEvent,
+    Event,
+    Device,
+    Volume,
+    Brick,
+    SelfHealDaemon,
+]

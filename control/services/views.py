@@ -1,0 +1,268 @@
+"""Read models: what the control service shows of users, clusters, nodes, tasks, devices and volumes.
+
+Plain dataclasses built from the store, with the rules of presentation (a brick on a node that is
+not Online is Unreachable) decided here, so that the REST layer only copies fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.messages import NodeState
+from control.services import tasks as task_service
+from control.services.volfiles import bricks_of
+from control.store.models import Cluster, Device, Node, SelfHealDaemon, Task, TaskEvent, User, Volume
+
+ONLINE = NodeState.ONLINE.value
+
+
+@dataclass
+class UserView:
+    name: str
+    admin: bool
+    created_at: float
+
+
+@dataclass
+class DeviceView:
+    node: str
+    path: str
+    device: str
+    state: str
+    reason: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass
+class NodeView:
+    cluster: str
+    name: str
+    state: str
+    state_changed_at: float
+    last_seen_at: float
+    address: str
+    hostname: str
+    agent_version: str
+    glusterfs_version: str | None
+    facts: dict[str, Any]
+    devices: list[DeviceView] = field(default_factory=list)
+
+
+@dataclass
+class ClusterSummary:
+    name: str
+    created_at: float
+    nodes: int
+    nodes_online: int
+
+
+@dataclass
+class ClusterView:
+    name: str
+    created_at: float
+    nodes: list[NodeView]
+
+
+@dataclass
+class TaskEventView:
+    state: str
+    at: float
+    reason: str
+
+
+@dataclass
+class TaskView:
+    id: str
+    cluster: str
+    node: str
+    kind: str
+    params: dict[str, Any]
+    state: str
+    reason: str
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    fix: str | None = None
+    events: list[TaskEventView] | None = None
+
+
+@dataclass
+class BrickView:
+    index: int
+    node: str
+    path: str
+    port: int
+    pid: int | None
+    state: str  # Online, Offline, or Unreachable when its node is not Online
+
+
+@dataclass
+class SelfHealView:
+    node: str
+    pid: int | None
+    state: str  # Online, Offline, or Unreachable when its node is not Online
+
+
+@dataclass
+class VolumeView:
+    name: str
+    cluster: str
+    id: str
+    type: str
+    state: str
+    replica: int
+    arbiter: int
+    disperse: int
+    redundancy: int
+    size_bytes: int
+    created_at: float
+    options: dict[str, str]
+    bricks_online: int
+    bricks_total: int
+    bricks: list[BrickView]
+    self_heal: list[SelfHealView]
+
+
+@dataclass
+class OperationView:
+    """An operation that was requested: the volume as it is now (None once deleted) and its task ids."""
+
+    volume: VolumeView | None
+    tasks: list[str]
+
+
+# ---- users, clusters, nodes, devices --------------------------------------------------------
+def user_view(user: User) -> UserView:
+    return UserView(name=user.name, admin=user.is_admin, created_at=user.created_at)
+
+
+def device_view(dev: Device) -> DeviceView:
+    return DeviceView(
+        node=dev.node_name,
+        path=dev.path,
+        device=dev.device,
+        state=dev.state,
+        reason=dev.reason,
+        total_bytes=dev.total_bytes,
+        free_bytes=dev.free_bytes,
+    )
+
+
+def node_views(rows: list[Node]) -> list[NodeView]:
+    """Nodes with their registered devices (one query for all of them)."""
+    devices: dict[tuple[int, str], list[DeviceView]] = {}
+    if rows:
+        query = Device.select().where(Device.cluster.in_({n.cluster_id for n in rows})).order_by(Device.path)
+        for dev in query:
+            devices.setdefault((dev.cluster_id, dev.node_name), []).append(device_view(dev))
+    return [
+        NodeView(
+            cluster=node.cluster.name,
+            name=node.name,
+            state=node.state,
+            state_changed_at=node.state_changed_at,
+            last_seen_at=node.last_seen_at,
+            address=node.address,
+            hostname=node.hostname,
+            agent_version=node.agent_version,
+            glusterfs_version=node.glusterfs_version,
+            facts=node.facts or {},
+            devices=devices.get((node.cluster_id, node.name), []),
+        )
+        for node in rows
+    ]
+
+
+def cluster_summary(cluster: Cluster) -> ClusterSummary:
+    states = [n.state for n in Node.select(Node.state).where(Node.cluster == cluster)]
+    return ClusterSummary(
+        name=cluster.name,
+        created_at=cluster.created_at,
+        nodes=len(states),
+        nodes_online=sum(1 for state in states if state == ONLINE),
+    )
+
+
+def cluster_view(cluster: Cluster, nodes: list[Node]) -> ClusterView:
+    return ClusterView(name=cluster.name, created_at=cluster.created_at, nodes=node_views(nodes))
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def task_view(task: Task, with_events: bool = False) -> TaskView:
+    history = None
+    if with_events:
+        query = TaskEvent.select().where(TaskEvent.task == task).order_by(TaskEvent.id)
+        history = [TaskEventView(state=e.state, at=e.at, reason=e.reason) for e in query]
+    return TaskView(
+        id=task.id,
+        cluster=task.cluster.name,
+        node=task.node_name,
+        kind=task.kind,
+        params=task.params or {},
+        state=task.state,
+        reason=task.reason,
+        result=task.result,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        finished_at=task.finished_at,
+        fix=task_service.failure_fix(task),
+        events=history,
+    )
+
+
+# ---- volumes ----------------------------------------------------------------------------------
+def volume_view(volume: Volume) -> VolumeView:
+    """The volume with each brick's and self-heal daemon's state; on a node that is not Online: Unreachable."""
+    nodes = {n.name: n for n in Node.select().where(Node.cluster == volume.cluster_id)}
+
+    def reachable(name: str) -> bool:
+        node = nodes.get(name)
+        return node is not None and node.state == ONLINE
+
+    bricks = [
+        BrickView(
+            index=b.index,
+            node=b.node_name,
+            path=b.path,
+            port=b.port,
+            pid=b.pid if reachable(b.node_name) else None,
+            state=b.state if reachable(b.node_name) else "Unreachable",
+        )
+        for b in bricks_of(volume)
+    ]
+    shds = []
+    if volume.type != "distribute":
+        daemons = {d.node_name: d for d in SelfHealDaemon.select().where(SelfHealDaemon.volume == volume)}
+        for name in sorted({b.node for b in bricks}):
+            daemon = daemons.get(name)
+            if not reachable(name):
+                shds.append(SelfHealView(node=name, pid=None, state="Unreachable"))
+            elif daemon is None:
+                shds.append(SelfHealView(node=name, pid=None, state="Offline"))
+            else:
+                shds.append(SelfHealView(node=name, pid=daemon.pid, state=daemon.state))
+    return VolumeView(
+        name=volume.name,
+        cluster=volume.cluster.name,
+        id=volume.id,
+        type=volume.type,
+        state=volume.state,
+        replica=volume.replica,
+        arbiter=volume.arbiter,
+        disperse=volume.disperse,
+        redundancy=volume.redundancy,
+        size_bytes=volume.size_bytes,
+        created_at=volume.created_at,
+        options=volume.options or {},
+        bricks_online=sum(1 for b in bricks if b.state == "Online"),
+        bricks_total=len(bricks),
+        bricks=bricks,
+        self_heal=shds,
+    )
+
+
+def operation_view(volume: Volume | None, tasks: list[Task]) -> OperationView:
+    return OperationView(volume=volume_view(volume) if volume is not None else None, tasks=[t.id for t in tasks])
