@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.messages import check_name
-from broker.topics import AGENT_PUBLISHES, AGENT_SUBSCRIBES, Topics
+from broker.topics import Topics
 from broker.url import MqttUrl
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,6 @@ CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 10.0
 KEEPALIVE = 30
 
-# What a read-only monitor may see of a cluster (the same leaves as on the embedded broker).
-MONITOR_LEAVES = ("presence", "heartbeat", "task-status")
 # The plugin's answer when the object of a get/delete does not exist.
 NOT_FOUND = ("Client not found", "Role not found")
 
@@ -172,11 +170,6 @@ def parse_username(topics: Topics, username: str) -> tuple[str, str | None, str 
     return None
 
 
-def _cluster_filter(topics: Topics, cluster: str, leaf: str) -> str:
-    """``{base}/clusters/C/nodes/+/LEAF``: the same leaf of every node of one cluster."""
-    return f"{topics.node_prefix(cluster, '+')}/{leaf}"
-
-
 def _readable(filters: Sequence[str]) -> list[Acl]:
     """Subscribe to, receive from and unsubscribe from exactly these filters."""
     kinds = (AclType.SUBSCRIBE_PATTERN, AclType.PUBLISH_RECEIVE, AclType.UNSUBSCRIBE_PATTERN)
@@ -192,8 +185,8 @@ def enrol_acls(topics: Topics, cluster: str) -> list[Acl]:
     """Say hello as any node of ``cluster`` and read the answers; nothing else."""
     check_name("cluster", cluster)
     return [
-        Acl(AclType.PUBLISH_SEND, _cluster_filter(topics, cluster, "hello")),
-        *_readable([_cluster_filter(topics, cluster, "registration"), topics.control_presence()]),
+        Acl(AclType.PUBLISH_SEND, topics.cluster_nodes_filter(cluster, "hello")),
+        *_readable([topics.cluster_nodes_filter(cluster, "registration"), topics.control_presence()]),
     ]
 
 
@@ -201,17 +194,16 @@ def node_acls(topics: Topics, cluster: str, node: str) -> list[Acl]:
     """Publish only this node's own topics (its last-will included); read only its own tasks and registration."""
     check_name("cluster", cluster)
     check_name("node", node)
-    prefix = topics.node_prefix(cluster, node)
     return [
-        *(Acl(AclType.PUBLISH_SEND, f"{prefix}/{leaf}") for leaf in AGENT_PUBLISHES),
-        *_readable([*(f"{prefix}/{leaf}" for leaf in AGENT_SUBSCRIBES), topics.control_presence()]),
+        *(Acl(AclType.PUBLISH_SEND, topic) for topic in topics.agent_publish_topics(cluster, node)),
+        *_readable(topics.agent_subscribe_filters(cluster, node)),
     ]
 
 
 def monitor_acls(topics: Topics, cluster: str) -> list[Acl]:
     """Read-only: the presence, heartbeat and task status of ``cluster``'s nodes, and the control presence."""
     check_name("cluster", cluster)
-    return _readable([*(_cluster_filter(topics, cluster, leaf) for leaf in MONITOR_LEAVES), topics.control_presence()])
+    return _readable(topics.monitor_filters(cluster))
 
 
 # ---- the client --------------------------------------------------------------------------------

@@ -73,14 +73,18 @@ class Topics:
         """An agent reads only its own registration and tasks, and the control presence."""
         return (self.registration(cluster, node), self.tasks_filter(cluster, node), self.control_presence())
 
-    def monitor_filters(self) -> tuple[str, ...]:
-        """Read-only monitoring users see every node's presence, heartbeat and task status."""
+    def monitor_filters(self, cluster: str = ANY) -> tuple[str, ...]:
+        """Read-only monitoring users see the nodes' presence, heartbeat and task status (of one cluster or all)."""
         return (
-            self.presence(ANY, ANY),
-            self.heartbeat(ANY, ANY),
-            self.task_status(ANY, ANY),
+            self.presence(cluster, ANY),
+            self.heartbeat(cluster, ANY),
+            self.task_status(cluster, ANY),
             self.control_presence(),
         )
+
+    def cluster_nodes_filter(self, cluster: str, leaf: str) -> str:
+        """One leaf of every node of ``cluster``, e.g. every hello of the cluster (for its enrolment identity)."""
+        return f"{self.node_prefix(cluster, ANY)}/{leaf}"
 
     # what the control service subscribes to: everything every agent publishes
     def agent_filters(self) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import peewee as pw
 
 from control.services import events
+from control.store.db import delete_where
 from control.store.models import Event
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def prune(keep: int = DEFAULT_BACKLOG) -> int:
     newest: int | None = Event.select(pw.fn.MAX(Event.id)).scalar()
     if not newest or newest <= keep:
         return 0
-    deleted = int(Event.delete().where(Event.id <= newest - keep).execute())
+    deleted = delete_where(Event, Event.id <= newest - keep)
     if deleted:
         log.info("pruned %d events (kept ids above %d)", deleted, newest - keep)
     return deleted

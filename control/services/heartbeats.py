@@ -11,6 +11,7 @@ import time
 
 from broker.messages import BrickReport, DeviceReport, ShdReport
 from control.services import events
+from control.store.db import delete_where
 from control.store.models import Brick, Device, Node, SelfHealDaemon, Volume
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,4 @@ def apply_devices(node: Node, reports: list[DeviceReport]) -> None:
 def forget_node(node: Node) -> None:
     """Drop what the node's heartbeats reported that lives outside its own row (when it is removed)."""
     volumes = Volume.select(Volume.id).where(Volume.cluster == node.cluster_id)
-    SelfHealDaemon.delete().where(
-        (SelfHealDaemon.node_name == node.name) & SelfHealDaemon.volume.in_(volumes)
-    ).execute()
+    delete_where(SelfHealDaemon, (SelfHealDaemon.node_name == node.name) & SelfHealDaemon.volume.in_(volumes))

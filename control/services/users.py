@@ -13,6 +13,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from broker.messages import check_name
 from control.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from control.services import events
+from control.store.db import delete_where
 from control.store.models import ApiToken, User
 from control.store.models import database_proxy as db
 
@@ -83,7 +84,7 @@ def resolve_token(token: str) -> User:
 
 
 def revoke_token(token: str) -> None:
-    ApiToken.delete().where(ApiToken.token_hash == _hash_token(token)).execute()
+    delete_where(ApiToken, ApiToken.token_hash == _hash_token(token))
 
 
 def list_users() -> list[User]:

@@ -25,7 +25,7 @@ from control.services.volfiles import ParamsFor, bricks_of, spec_of, start_param
 from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Device, Task, Volume
 from control.store.models import database_proxy as db
-from control.volgen.spec import VolgenError
+from control.volgen import VolgenError
 
 log = logging.getLogger(__name__)
 

@@ -164,6 +164,14 @@ def locked(query: pw.ModelSelect[M], of: type[pw.Model] | None = None) -> pw.Mod
     return query.for_update(of=of) if of is not None else query.for_update()
 
 
+def delete_where(model: type[pw.Model], condition: Any) -> int:
+    """DELETE FROM model WHERE condition; the number of rows deleted.
+
+    (peewee's ``Model.delete`` is typed as a class-only descriptor that mypy cannot resolve on a subclass.)
+    """
+    return int(pw.ModelDelete(model).where(condition).execute())
+
+
 def first(query: pw.ModelSelect[M]) -> M | None:
     """The first row of ``query``, or None (``Select.first`` is untyped in peewee's stubs)."""
     for row in query.limit(1):

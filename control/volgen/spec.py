@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-# Re-exported for callers that still import VolgenError from here; control.volgen exports it too.
-from control.volgen.errors import VolgenError as VolgenError
+from control.volgen.errors import VolgenError
 from control.volgen.options import validate_options
 
 VOLUME_TYPES = ("distribute", "replicate", "arbiter", "disperse")
