@@ -239,3 +239,60 @@ def test_concurrent_read_then_write_transactions_wait_instead_of_failing(databas
         t.join(60)
     assert not errors, errors
     assert Node.get(Node.name == "n1").epoch == 1 + 4 * 30  # and no update was lost
+
+
+def _volume_with_node(cluster_name: str = "default"):
+    import uuid
+
+    from control.services import clusters
+    from control.store.models import Node, Volume
+
+    cluster = clusters.ensure_default() if cluster_name == "default" else clusters.add(cluster_name)
+    node = Node.create(cluster=cluster, name="n1", state="Online", agent_id="a" * 16, epoch=1)
+    volume = Volume.create(
+        id=str(uuid.uuid4()),
+        cluster=cluster,
+        name="gv1",
+        type="replicate",
+        replica=3,
+        state="Started",
+        auth_username="u",
+        auth_password="p",
+    )
+    return cluster, node, volume
+
+
+def test_migration_4_moves_self_heal_daemons_out_of_node_facts(database):
+    from control.store.db import _migration_4
+    from control.store.models import Node, SelfHealDaemon
+
+    _, node, volume = _volume_with_node()
+    database.drop_tables([SelfHealDaemon])
+    foreign = "00000000-0000-0000-0000-000000000000"  # a volume the node's cluster does not have
+    Node.update(facts={"kernel": "6.1", "shds": {volume.id: {"pid": 42, "online": True}, foreign: {"pid": 7}}}).where(
+        Node.id == node.id
+    ).execute()
+    _migration_4(database)
+    rows = list(SelfHealDaemon.select())
+    assert [(r.volume_id, r.node_name, r.pid, r.state) for r in rows] == [(volume.id, "n1", 42, "Online")]
+    assert Node.get_by_id(node.id).facts == {"kernel": "6.1"}
+
+
+def test_self_heal_daemon_rows_follow_heartbeats(database):
+    from broker.messages import ShdReport
+    from control.services.heartbeats import apply_self_heal_daemons, forget_node
+    from control.store.models import SelfHealDaemon
+
+    _, node, volume = _volume_with_node()
+    apply_self_heal_daemons(node, [ShdReport(volume_id=volume.id, pid=10, online=True)], now=100.0)
+    row = SelfHealDaemon.get()
+    assert (row.pid, row.state, row.state_changed_at) == (10, "Online", 100.0)
+    apply_self_heal_daemons(node, [ShdReport(volume_id=volume.id, pid=10, online=True)], now=200.0)
+    assert SelfHealDaemon.get().state_changed_at == 100.0  # nothing changed: nothing written
+    apply_self_heal_daemons(node, [], now=300.0)  # no longer reported: Offline, no pid
+    row = SelfHealDaemon.get()
+    assert (row.pid, row.state, row.state_changed_at) == (None, "Offline", 300.0)
+    apply_self_heal_daemons(node, [ShdReport(volume_id="not-a-volume-of-this-cluster", pid=1, online=True)], now=400.0)
+    assert SelfHealDaemon.select().count() == 1
+    forget_node(node)
+    assert SelfHealDaemon.select().count() == 0
