@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-if TYPE_CHECKING:
-    from tui.app import GlusterApp
+from tui.model import Dashboard
+
+
+class DashboardActions(Protocol):
+    """What the palette needs of the app: its model and the actions it offers."""
+
+    model: Dashboard
+
+    def action_show_tab(self, tab: str) -> Any: ...
+    def action_reload(self) -> Any: ...
+    def rotate_token(self, cluster: str) -> Any: ...
+    def remove_node(self, key: tuple[str, str]) -> Any: ...
+    def open_volume(self, key: tuple[str, str]) -> Any: ...
+    def volume_op(self, op: str, key: tuple[str, str]) -> Any: ...
 
 
 class DashboardCommands(Provider):
     def _commands(self) -> Iterator[tuple[str, Callable[[], Any], str]]:
-        app = cast("GlusterApp", self.app)
+        app = cast(DashboardActions, self.app)
         model = app.model
         for tab, label in (
             ("overview", "Clusters overview"),
