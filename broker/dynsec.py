@@ -185,8 +185,8 @@ def enrol_acls(topics: Topics, cluster: str) -> list[Acl]:
     """Say hello as any node of ``cluster`` and read the answers; nothing else."""
     check_name("cluster", cluster)
     return [
-        Acl(AclType.PUBLISH_SEND, topics.cluster_nodes_filter(cluster, "hello")),
-        *_readable([topics.cluster_nodes_filter(cluster, "registration"), topics.control_presence()]),
+        Acl(AclType.PUBLISH_SEND, topics.cluster_hellos_filter(cluster)),
+        *_readable([topics.cluster_registrations_filter(cluster), topics.control_presence()]),
     ]
 
 

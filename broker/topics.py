@@ -82,9 +82,13 @@ class Topics:
             self.control_presence(),
         )
 
-    def cluster_nodes_filter(self, cluster: str, leaf: str) -> str:
-        """One leaf of every node of ``cluster``, e.g. every hello of the cluster (for its enrolment identity)."""
-        return f"{self.node_prefix(cluster, ANY)}/{leaf}"
+    def cluster_hellos_filter(self, cluster: str) -> str:
+        """Every node's hello in ``cluster``: what the cluster's enrolment identity may publish."""
+        return self.hello(cluster, ANY)
+
+    def cluster_registrations_filter(self, cluster: str) -> str:
+        """Every node's registration answer in ``cluster``: what the enrolment identity may read."""
+        return self.registration(cluster, ANY)
 
     # what the control service subscribes to: everything every agent publishes
     def agent_filters(self) -> list[str]:
