@@ -53,10 +53,31 @@ def client_volfile_text(volume: Volume) -> str:
     return client_volfile(spec_of(volume))
 
 
+# not a key of its own: the local peers' text for the client key NAME ('/' is in no volume name)
+TRUSTED_PREFIX = "trusted/"
+
+
+def shd_key(volume: Volume) -> str:
+    """The self-heal daemon's volfile key (its --volfile-id), as glusterd names it."""
+    return f"shd/{volume.name}"
+
+
+def node_volfiles(volume: Volume, spec: VolumeSpec, node_bricks: list[Brick]) -> dict[str, str]:
+    """A node's complete set of volfiles for `volume`, by key: its bricks, its self-heal daemon
+    (not for distribute) and the client volfile: key NAME holds the plain one (for remote
+    peers), TRUSTED_PREFIX + NAME the trusted one with the volume's credentials, which the
+    agent serves under NAME to local peers only (glfsheal, mounts on the node itself)."""
+    files = {brick_volfile_name(spec, b.index)[:-4]: brick_volfile(spec, b.index) for b in node_bricks}
+    if volume.type != "distribute":
+        files[shd_key(volume)] = shd_volfile(spec, node_bricks[0].node_name)
+    files[volume.name] = client_volfile(spec)
+    files[TRUSTED_PREFIX + volume.name] = client_volfile(spec, trusted=True)
+    return files
+
+
 def start_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
-    """volume.start parameters per node: each brick's volfile and port, and the node's self-heal daemon volfile."""
+    """volume.start parameters per node: each brick's port and volfile key, and the node's volfiles."""
     spec = spec_of(volume, rows)
-    shd = volume.type != "distribute"
 
     def params(node_bricks: list[Brick]) -> dict[str, Any]:
         return {
@@ -65,12 +86,18 @@ def start_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
                     "index": b.index,
                     "path": b.path,
                     "port": b.port,
-                    "volfile": brick_volfile(spec, b.index),
                     "volfile_id": brick_volfile_name(spec, b.index)[:-4],
                 }
                 for b in node_bricks
             ],
-            "shd_volfile": shd_volfile(spec, node_bricks[0].node_name) if shd else None,
+            "volfiles": node_volfiles(volume, spec, node_bricks),
+            "shd": shd_key(volume) if volume.type != "distribute" else None,
         }
 
     return params
+
+
+def volfiles_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
+    """volume.volfiles parameters per node: the node's complete volfile set for the volume."""
+    spec = spec_of(volume, rows)
+    return lambda node_bricks: {"volfiles": node_volfiles(volume, spec, node_bricks)}
