@@ -194,8 +194,17 @@ class VolumePublic(Public):
     bricks_total: int
     bricks: list[BrickPublic]
     self_heal: list[ShdPublic]
+    volfile_servers: list[VolfileServerPublic] = []
 
 
 class VolumeOperation(Public):
     volume: VolumePublic | None
     tasks: list[str]
+
+
+class VolfileServerPublic(Public):
+    """A node whose agent serves the volume's client volfile (`mount -t glusterfs ADDRESS:/VOLUME`)."""
+
+    node: str
+    address: str
+    port: int
