@@ -69,7 +69,7 @@ def parse_glfsheal_xml(text: str, op: str) -> list[dict[str, Any]]:
         raise HealError(f"EIO: cannot parse glfsheal's XML output: {exc}") from None
     bricks = []
     for brick in root.iter("brick"):
-        files = [f.text or f.get("gfid", "") for f in brick.findall("file")]
+        files = [f.text or f.get("gfid") or "" for f in brick.findall("file")]
         entry: dict[str, Any] = {
             "brick": (brick.findtext("name") or "").strip(),
             "status": (brick.findtext("status") or "").strip(),

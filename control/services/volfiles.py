@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from control.store.models import Brick, Node, Volume
+from broker.messages import TaskKind
+from control.services.tasks import TaskEngine
+from control.store.models import Brick, Node, Task, Volume
 from control.volgen import (
     BrickSpec,
     VolumeSpec,
@@ -101,3 +103,27 @@ def volfiles_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
     """volume.volfiles parameters per node: the node's complete volfile set for the volume."""
     spec = spec_of(volume, rows)
     return lambda node_bricks: {"volfiles": node_volfiles(volume, spec, node_bricks)}
+
+
+def push_volfiles(engine: TaskEngine, volume: Volume) -> list[Task]:
+    """Send every node holding bricks of `volume` its complete volfile set (`volume.volfiles`):
+    the agents serve them and tell the running processes whose volfile changed, which pick the
+    change up without a restart. Publishes the tasks and returns them (call after commit)."""
+    rows = bricks_of(volume)
+    params_for = volfiles_params(volume, rows)
+    by_node: dict[str, list[Brick]] = {}
+    for brick in rows:
+        by_node.setdefault(brick.node_name, []).append(brick)
+    ref = {"id": volume.id, "name": volume.name, "type": volume.type}
+    tasks = [
+        engine.submit(
+            volume.cluster,
+            node,
+            TaskKind.VOLUME_VOLFILES.value,
+            {"volume": ref, **params_for(node_bricks)},
+            target=f"volume:{volume.name}",
+        )
+        for node, node_bricks in sorted(by_node.items())
+    ]
+    engine.publish(tasks)
+    return tasks
