@@ -317,8 +317,9 @@ class BrickManager:
             sock,
             "--xlator-option",
             f"*replicate*.node-uuid={self.node_uuid}",
-            "--process-name",
-            "glustershd",
+            # not --process-name glustershd: fetched by -s, that name makes glusterfs a multiplexed
+            # shd, which attaches graphs only with a "pidfile" in the GETSPEC reply's xdata and
+            # otherwise runs with no active graph; a plain client process runs the same shd graph
             "--client-pid=-6",
         ]
         pid = self._spawn(argv, pid_file, marker, log_file, f"self-heal daemon of {name}", "", 0)

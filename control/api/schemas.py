@@ -246,3 +246,7 @@ class HealResult(BaseModel):
     done: bool
     bricks: list[HealBrick]
     nodes: list[HealNode]
+
+
+class VolfilesPushed(BaseModel):
+    tasks: list[str]  # one volume.volfiles task per node holding bricks
