@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 
@@ -16,7 +17,18 @@ from tests.helpers import Agent, mounts_under, wait_until
 from tests.test_volfile_server import RawClient
 from tests.test_volumes import NODES, brick, brick_dir, volume, wait_bricks
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and mounts need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and mounts need root")
+
+
+def test_volfile_port_in_use_is_a_clear_startup_error(stack):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        agent = stack.agent("n9", extra=["--volfile-port", str(port)])
+        assert agent.wait_exit(20) == 3
+    log = agent.log()
+    assert f"127.0.0.1:{port}" in log and "--volfile-port" in log and "address already in use" in log.lower()
 
 
 @pytest.fixture
@@ -86,6 +98,7 @@ def brick_pids(st, name: str) -> list[int]:
     return [b["pid"] for b in wait_bricks(st, name, "Online")["bricks"]]
 
 
+@needs_root
 def test_bricks_fetch_volfiles_stock_mount_live_push_and_agent_restarts(trio):
     st = trio
     st.cli.run("volume", "create", "live", "--replica", "3", *[brick(st, n, "live") for n in NODES], "--wait")
@@ -153,6 +166,7 @@ def heal_json(st, *args: str) -> dict:
     return st.cli.json("volume", "heal", "healme", *args)
 
 
+@needs_root
 def test_heal_info_and_index_heal(trio):
     st = trio
     bricks = [brick(st, n, "healme") for n in NODES]
@@ -198,6 +212,7 @@ def test_heal_info_and_index_heal(trio):
     subprocess.run(["umount", mnt], check=True)
 
 
+@needs_root
 def test_heal_refusals(trio):
     st = trio
     st.cli.run("volume", "create", "plain", brick(st, "n1", "plain"), "--wait")

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the node agent on a storage node",
         description="Run the node agent. Every flag can also be set as GLUSTERCTL_<FLAG> "
         "(e.g. GLUSTERCTL_TOKEN). Exits 2 when the join token or node name is refused; "
-        "retries forever while the broker is unreachable.",
+        "retries forever while the broker is unreachable; exits 3 when its volfile server cannot listen.",
     )
     p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
     p.add_argument("--token", help="the cluster's join token (glusterctl cluster token CLUSTER)")
