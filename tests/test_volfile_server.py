@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import shutil
@@ -70,8 +71,8 @@ def needs_gluster(test):
 class RawClient:
     """Speaks ONC RPC by hand, so tests can send what no real client would."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=SOCKET_TIMEOUT)
         self.xid = 1000
 
     def close(self) -> None:
@@ -168,6 +169,42 @@ def raw(server: VolfileServer) -> Iterator[RawClient]:
 
 
 # -- protocol, with a raw client ----------------------------------------------------------------
+
+
+def test_visibility_local_and_remote_peers() -> None:
+    """Brick/shd keys only for local peers; a client key serves local peers the trusted text."""
+    from agent.facts import address_towards
+
+    ip = address_towards("192.0.2.1", 9)  # this host's non-loopback address (no packet is sent)
+    if ipaddress.ip_address(ip).is_loopback:
+        pytest.skip("this host has no non-loopback address")
+    srv = VolfileServer([ip, "127.0.0.1"], free_port())
+    srv.set_volfile("gv1.10.0.0.1.data-b1", "brick volfile with password")
+    srv.set_volfile("gv1", "trusted client", remote="plain client")
+    srv.start()
+    local, remote = RawClient(srv.port), RawClient(srv.port, host=ip)
+    try:
+        assert local.getspec("gv1.10.0.0.1.data-b1") == (27, 0, "brick volfile with password")
+        assert local.getspec("/gv1") == (14, 0, "trusted client")
+        assert remote.getspec("gv1.10.0.0.1.data-b1") == (-1, errno.ENOENT, "")
+        assert remote.getspec("/gv1") == (12, 0, "plain client")
+        assert remote.getspec("nothing") == (-1, errno.ENOENT, "")
+        # changing only the remote text is a change
+        assert srv.set_volfile("gv1", "trusted client", remote="plain client 2")
+        assert not srv.set_volfile("gv1", "trusted client", remote="plain client 2")
+    finally:
+        local.close()
+        remote.close()
+        srv.stop()
+
+
+def test_is_local_peer() -> None:
+    from agent.volfile_server import is_local_peer
+
+    assert is_local_peer(("127.0.0.1", 5)) and is_local_peer(("127.8.0.1", 5)) and is_local_peer(("::1", 5, 0, 0))
+    assert is_local_peer(("::ffff:127.0.0.1", 5, 0, 0)) and is_local_peer("")  # a unix socket peer
+    assert not is_local_peer(("192.0.2.7", 5)) and not is_local_peer(("::ffff:192.0.2.7", 5, 0, 0))
+    assert not is_local_peer(("fe80::1%eth0", 5, 0, 2))
 
 
 def test_getspec_serves_by_key_and_strips_one_slash(server: VolfileServer, raw: RawClient) -> None:

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the node agent on a storage node",
         description="Run the node agent. Every flag can also be set as GLUSTERCTL_<FLAG> "
         "(e.g. GLUSTERCTL_TOKEN). Exits 2 when the join token or node name is refused; "
-        "retries forever while the broker is unreachable.",
+        "retries forever while the broker is unreachable; exits 3 when its volfile server cannot listen.",
     )
     p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
     p.add_argument("--token", help="the cluster's join token (glusterctl cluster token CLUSTER)")
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keepalive", type=int, help="MQTT keepalive in seconds (default: 10)")
     p.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (default: the keepalive)")
     p.add_argument("--mqtt-root", help="topic root (default: glusterctl)")
+    p.add_argument(
+        "--volfile-port",
+        type=int,
+        help="TCP port of the volfile server that bricks, self-heal daemons and 'mount -t glusterfs' "
+        "fetch volfiles from, on the node's address and loopback (default: 24007, glusterd's port)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.agent)
 
