@@ -32,6 +32,15 @@ _PERF_FIXED_OPTIONS = {
     "performance/nl-cache": {"nl-cache-limit": "10MB"},
 }
 
+# glusterd's shd svc builds the graph with these over the volume's options: the daemon heals everything
+# whatever the client-side heal switches say (glusterd-shd-svc.c)
+_SHD_FIXED_OPTIONS = {
+    "cluster.background-self-heal-count": "0",
+    "cluster.data-self-heal": "on",
+    "cluster.metadata-self-heal": "on",
+    "cluster.entry-self-heal": "on",
+}
+
 _KEEPALIVE = {
     "transport.socket.keepalive-count": "9",
     "transport.socket.keepalive-interval": "2",
@@ -323,9 +332,5 @@ def build_shd_graph(vol: VolumeSpec, node: str) -> Graph:
     clients = _add_clients(g, vol, credentials=True, send_gids=None)
     sets = _add_sets(g, vol, clients, shd=True)
     g.add("debug/io-stats", vol.name, {"threads": "16", "log-level": "INFO"}, sets)
-    apply_options(g, SHD, opts)
-    if "cluster.self-heal-daemon" in opts and vol.type == "disperse":
-        # glusterd stores the key as cluster.disperse-self-heal-daemon for EC volumes
-        for xl in g.of_type("cluster/disperse"):
-            xl.set("self-heal-daemon", opts["cluster.self-heal-daemon"])
+    apply_options(g, SHD, {**opts, **_SHD_FIXED_OPTIONS})
     return g
