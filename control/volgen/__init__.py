@@ -78,8 +78,10 @@ from control.volgen.generate import (
     client_volfile,
     client_volfile_name,
     effective_options,
+    node_volfiles,
     shd_volfile,
     shd_volfile_name,
+    volume_context,
 )
 from control.volgen.graph import Graph, Xlator, parse_volfile
 from control.volgen.options import check_option, create_defaults, unsupported_reason, validate_options
@@ -107,10 +109,12 @@ __all__ = [
     "client_volfile_name",
     "create_defaults",
     "effective_options",
+    "node_volfiles",
     "parse_volfile",
     "shd_volfile",
     "shd_volfile_name",
     "unsupported_reason",
     "validate_options",
+    "volume_context",
     "xlator_types",
 ]

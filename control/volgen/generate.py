@@ -17,7 +17,8 @@ from __future__ import annotations
 from control.volgen.errors import VolgenError
 from control.volgen.graph import Graph
 from control.volgen.options import create_defaults, is_true
-from control.volgen.placement import BRICK, CLIENT, SHD, apply_options, enabled, perf_toggles
+from control.volgen.optiontable import VolumeContext
+from control.volgen.placement import BRICK, CLIENT, SHD, apply_options, enabled, perf_toggles, xlator_types
 from control.volgen.spec import VolumeSpec
 
 DEFAULT_WORKDIR = "/var/lib/glusterd"
@@ -334,3 +335,40 @@ def build_shd_graph(vol: VolumeSpec, node: str) -> Graph:
     g.add("debug/io-stats", vol.name, {"threads": "16", "log-level": "INFO"}, sets)
     apply_options(g, SHD, {**opts, **_SHD_FIXED_OPTIONS})
     return g
+
+
+def node_volfiles(vol: VolumeSpec, node: str) -> dict[str, str]:
+    """Every volfile a node serves for `vol`, by the key processes fetch it with (--volfile-id).
+
+    Bricks: glusterd's brick volfile name without ".vol"; the node's self-heal daemon: "shd/NAME"
+    (replicate, arbiter and disperse volumes); clients: "NAME". The same spec always gives the
+    same texts, so a node told its full set again sees only the keys whose text changed.
+    """
+    volfiles = {
+        brick_volfile_name(vol, i)[: -len(".vol")]: brick_volfile(vol, i)
+        for i, brick in enumerate(vol.bricks)
+        if brick.node == node
+    }
+    if not volfiles:
+        raise VolgenError(f"node {node!r} holds no brick of volume {vol.name}")
+    if vol.type != "distribute":
+        volfiles[f"shd/{vol.name}"] = shd_volfile(vol, node)
+    volfiles[vol.name] = client_volfile(vol)
+    return volfiles
+
+
+def volume_context(vol: VolumeSpec) -> VolumeContext:
+    """What glusterd checks a `volume set` value of this volume against (optiontable.validate)."""
+    graphs = [build_client_graph(vol)] + [build_brick_graph(vol, i) for i in range(len(vol.bricks))]
+    if vol.type != "distribute":
+        graphs.append(build_shd_graph(vol, vol.bricks[0].node))
+    return VolumeContext(
+        volume_type="distribute" if vol.type == "distribute" else "disperse" if vol.type == "disperse" else "replicate",
+        replica_count=vol.replica,
+        disperse_count=vol.disperse,
+        redundancy_count=vol.redundancy,
+        subvol_count=vol.set_count,
+        xlator_names=frozenset(xl.name for g in graphs for xl in g.xlators),
+        xlator_types=xlator_types(graphs),
+        options=dict(effective_options(vol)),
+    )
