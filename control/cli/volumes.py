@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from broker.messages import TaskState, VolumeState
+from control.cli import options as option_commands
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import console, emit, styled
@@ -121,6 +122,7 @@ def add_parsers(
         p.add_argument("name")
         output(p)
         p.set_defaults(func=volume_info if verb == "info" else volume_status)
+    option_commands.add_parsers(volumes, common, cluster, output)
 
     p = sub.add_parser(
         "mount",
