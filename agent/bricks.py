@@ -1,6 +1,9 @@
 """Bricks and self-heal daemons on this node: prepare brick directories, run and supervise
-``glusterfsd`` (and ``glusterfs`` as self-heal daemon) from the volfiles the control service
-generated, and report what runs.
+``glusterfsd`` (and ``glusterfs`` as self-heal daemon), and report what runs.
+
+Each process fetches its volfile from the agent's volfile server by key
+(``-s 127.0.0.1 --volfile-server-port P --volfile-id KEY``, as glusterd starts them), so a
+changed volfile reaches it through FETCHSPEC without a restart (see agent/volfiles.py).
 
 Processes daemonise themselves and keep running when the agent restarts; the agent adopts them
 again from their pid files. What should run is kept in ``STATE_DIR/volumes/VOLUME_ID/``.
@@ -103,6 +106,9 @@ class Restart:
 class BrickManager:
     def __init__(self, state_dir: str, node: str, node_uuid: str, address: str = "127.0.0.1") -> None:
         self.state_dir = state_dir
+        # where processes fetch their volfiles: set by the agent once its volfile server listens
+        self.volfile_host = "::1" if ":" in address and address != "0.0.0.0" else "127.0.0.1"
+        self.volfile_port = 0
         self.node = node
         self.address = address
         self.node_uuid = node_uuid
@@ -139,11 +145,12 @@ class BrickManager:
         os.replace(tmp, self._desired_path(volume_id))
 
     def _files(self, volume_id: str, name: str, what: str) -> tuple[str, str, str, str]:
-        """(volfile, pidfile, logfile, control socket) of one process."""
+        """(marker, pid file, log file, control socket) of one process; the marker (the pid file, which is
+        on the process's command line) is what `pid_running` looks for."""
         vdir = self._vdir(volume_id)
         digest = hashlib.sha1(f"{self.state_dir}/{volume_id}/{what}".encode()).hexdigest()[:20]
         return (
-            os.path.join(vdir, f"{what}.vol"),
+            os.path.join(vdir, f"{what}.pid"),
             os.path.join(vdir, f"{what}.pid"),
             os.path.join(self.logs, f"{name}-{what}.log"),
             os.path.join(SOCKET_DIR, f"{digest}.socket"),
@@ -195,20 +202,23 @@ class BrickManager:
         return {"bricks": [b["path"] for b in bricks]}
 
     # ---- start ------------------------------------------------------------------------------
-    def start(self, volume_id: str, name: str, bricks: list[dict[str, Any]], shd_volfile: str | None) -> dict[str, Any]:
+    def control_socket(self, volume_id: str, name: str, what: str) -> str:
+        """The unix socket a process of this volume listens on for glusterd's brick-op RPCs."""
+        return self._files(volume_id, name, what)[3]
+
+    def start(self, volume_id: str, name: str, bricks: list[dict[str, Any]], shd: str | None) -> dict[str, Any]:
+        """Start the bricks and the self-heal daemon (key `shd`) that do not run; their volfiles
+        must already be served (agent/volfiles.py)."""
         exe = find_exe("glusterfsd")
         if exe is None:
             raise BrickError(f"NOGLUSTERFSD: glusterfsd is not installed on node {self.node}")
+        if not self.volfile_port:
+            raise BrickError(f"ENOTCONN: the volfile server of node {self.node} is not running")
         with self._lock:
             desired = self.desired(volume_id) or {"name": name, "bricks": {}}
-            desired.update(name=name, started=True, shd=bool(shd_volfile))
+            desired.update(name=name, started=True, shd=shd or False)
             for brick in bricks:
                 desired["bricks"][str(brick["index"])] = {k: brick[k] for k in ("path", "port", "volfile_id")}
-                vol, *_ = self._files(volume_id, name, f"brick-{brick['index']}")
-                self._write(vol, brick["volfile"], restart_key=f"{volume_id}/brick-{brick['index']}")
-            if shd_volfile:
-                vol, *_ = self._files(volume_id, name, "shd")
-                self._write(vol, shd_volfile, restart_key=f"{volume_id}/shd")
             self._save_desired(volume_id, desired)
             conflicts, failures, started = [], [], {}
             for brick in bricks:
@@ -225,34 +235,15 @@ class BrickManager:
                 if conflicts:
                     err.details["port_conflicts"] = conflicts
                 raise err
-            shd_pid = self._ensure_shd(volume_id, name) if shd_volfile else None
+            shd_pid = self._ensure_shd(volume_id, name, shd) if shd else None
         return {"bricks": {str(i): pid for i, pid in started.items()}, "shd_pid": shd_pid}
 
-    def _write(self, path: str, text: str, restart_key: str) -> None:
-        """Write a volfile; if it changed while its process runs, stop that process (it restarts with the new one)."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            with open(path) as fh:
-                if fh.read() == text:
-                    return
-            changed = True
-        except OSError:
-            changed = False
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        if changed:
-            volume_id, what = restart_key.split("/")
-            pid_file = os.path.join(self._vdir(volume_id), f"{what}.pid")
-            pid = pid_running(pid_file, path)
-            if pid:
-                log.info("volfile %s changed: restarting pid %d", path, pid)
-                self._kill(pid)
+    def _volfile_args(self, key: str) -> list[str]:
+        return ["-s", self.volfile_host, "--volfile-server-port", str(self.volfile_port), "--volfile-id", key]
 
     def _ensure_brick(self, volume_id: str, name: str, index: int, brick: dict[str, Any]) -> int:
-        vol, pid_file, log_file, sock = self._files(volume_id, name, f"brick-{index}")
-        pid = pid_running(pid_file, vol)
+        marker, pid_file, log_file, sock = self._files(volume_id, name, f"brick-{index}")
+        pid = pid_running(pid_file, marker)
         if pid:
             return pid
         if not os.path.isdir(brick["path"]):
@@ -269,8 +260,7 @@ class BrickManager:
             )
         argv = [
             find_exe("glusterfsd") or "glusterfsd",
-            "-f",
-            vol,
+            *self._volfile_args(brick.get("volfile_id") or f"{name}.{self.node}"),
             "-p",
             pid_file,
             "-l",
@@ -283,15 +273,13 @@ class BrickManager:
             str(port),
             "--process-name",
             "brick",
-            "--volfile-id",
-            brick.get("volfile_id") or f"{name}.{self.node}",
             "--xlator-option",
             f"*-posix.glusterd-uuid={self.node_uuid}",
         ]
-        pid = self._spawn(argv, pid_file, vol, log_file, f"brick {brick['path']}", brick["path"], port)
+        pid = self._spawn(argv, pid_file, marker, log_file, f"brick {brick['path']}", brick["path"], port)
         deadline = time.monotonic() + PORT_TIMEOUT
         while not port_open(port, self.address):
-            if not pid_running(pid_file, vol):
+            if not pid_running(pid_file, marker):
                 tail = log_tail(log_file)
                 code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
                 raise BrickError(
@@ -310,16 +298,17 @@ class BrickManager:
         log.info("volume %s brick %d (%s) running: pid %d, port %d", name, index, brick["path"], pid, port)
         return pid
 
-    def _ensure_shd(self, volume_id: str, name: str) -> int:
-        vol, pid_file, log_file, sock = self._files(volume_id, name, "shd")
-        pid = pid_running(pid_file, vol)
+    def _ensure_shd(self, volume_id: str, name: str, key: str) -> int:
+        marker, pid_file, log_file, sock = self._files(volume_id, name, "shd")
+        pid = pid_running(pid_file, marker)
         if pid:
             return pid
+        if not self.volfile_port:
+            raise BrickError(f"ENOTCONN: the volfile server of node {self.node} is not running")
         exe = find_exe("glusterfs") or "glusterfs"
         argv = [
             exe,
-            "-f",
-            vol,
+            *self._volfile_args(key),
             "-p",
             pid_file,
             "-l",
@@ -332,11 +321,13 @@ class BrickManager:
             "glustershd",
             "--client-pid=-6",
         ]
-        pid = self._spawn(argv, pid_file, vol, log_file, f"self-heal daemon of {name}", "", 0)
+        pid = self._spawn(argv, pid_file, marker, log_file, f"self-heal daemon of {name}", "", 0)
         log.info("volume %s self-heal daemon running: pid %d", name, pid)
         return pid
 
-    def _spawn(self, argv: list[str], pid_file: str, vol: str, log_file: str, what: str, path: str, port: int) -> int:
+    def _spawn(
+        self, argv: list[str], pid_file: str, marker: str, log_file: str, what: str, path: str, port: int
+    ) -> int:
         os.makedirs(SOCKET_DIR, exist_ok=True)
         try:
             proc = subprocess.run(
@@ -360,7 +351,7 @@ class BrickManager:
                 f"{code}: {what} exited at start (status {proc.returncode}); log tail: {tail}", path=path, port=port
             )
         deadline = time.monotonic() + 5
-        while (pid := pid_running(pid_file, vol)) is None:
+        while (pid := pid_running(pid_file, marker)) is None:
             if time.monotonic() > deadline:
                 raise BrickError(
                     f"BRICKEXIT: {what} started but wrote no pid file; log tail: {log_tail(log_file)}",
@@ -391,8 +382,7 @@ class BrickManager:
         vdir = self._vdir(volume_id)
         for entry in sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []:
             if entry.endswith(".pid"):
-                what = entry[:-4]
-                pid = pid_running(os.path.join(vdir, entry), os.path.join(vdir, f"{what}.vol"))
+                pid = pid_running(os.path.join(vdir, entry), os.path.join(vdir, entry))
                 if pid:
                     self._kill(pid)
                     stopped.append(pid)
@@ -450,9 +440,9 @@ class BrickManager:
                 if desired.get("shd"):
                     todo.append(("shd", None))
                 for what, brick in todo:
-                    vol, pid_file, _log_file, _ = self._files(volume_id, name, what)
+                    marker, pid_file, _log_file, _ = self._files(volume_id, name, what)
                     key = f"{volume_id}/{what}"
-                    if pid_running(pid_file, vol):
+                    if pid_running(pid_file, marker):
                         if key in self._restarts and now >= self._restarts[key].not_before + 60:
                             del self._restarts[key]  # ran a minute: forget past failures
                         continue
@@ -466,9 +456,14 @@ class BrickManager:
                         if brick is not None:
                             self._ensure_brick(volume_id, name, int(what.split("-")[1]), brick)
                         else:
-                            self._ensure_shd(volume_id, name)
+                            self._ensure_shd(volume_id, name, self._shd_key(name, desired))
                     except BrickError as exc:
                         log.warning("volume %s %s restart failed: %s", name, what, exc)
+
+    @staticmethod
+    def _shd_key(name: str, desired: dict[str, Any]) -> str:
+        key = desired.get("shd")
+        return key if isinstance(key, str) else f"shd/{name}"
 
     def run_supervisor(self, stop: threading.Event) -> None:
         while not stop.wait(SUPERVISE_INTERVAL):
@@ -484,8 +479,8 @@ class BrickManager:
             if not desired:
                 continue
             for index, brick in desired["bricks"].items():
-                vol, pid_file, _, _ = self._files(volume_id, desired["name"], f"brick-{index}")
-                pid = pid_running(pid_file, vol)
+                marker, pid_file, _, _ = self._files(volume_id, desired["name"], f"brick-{index}")
+                pid = pid_running(pid_file, marker)
                 bricks.append(
                     BrickReport(
                         volume_id=volume_id,
@@ -496,7 +491,7 @@ class BrickManager:
                     )
                 )
             if desired.get("shd"):
-                vol, pid_file, _, _ = self._files(volume_id, desired["name"], "shd")
-                pid = pid_running(pid_file, vol)
+                marker, pid_file, _, _ = self._files(volume_id, desired["name"], "shd")
+                pid = pid_running(pid_file, marker)
                 shds.append(ShdReport(volume_id=volume_id, pid=pid, online=pid is not None))
         return bricks, shds

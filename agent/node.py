@@ -28,6 +28,7 @@ from agent.devices import DeviceManager
 from agent.journal import Journal
 from agent.settings import AgentSettings
 from agent.tasks import HANDLERS, TaskContext, TaskFailed
+from agent.volfiles import Volfiles, VolfileServerError
 from broker.messages import (
     MAX_PAYLOAD_BYTES,
     ControlPresence,
@@ -47,6 +48,7 @@ from broker.url import MqttUrl
 log = logging.getLogger(__name__)
 
 EXIT_AUTH = 2
+EXIT_VOLFILE_SERVER = 3
 HELLO_RETRY_SECONDS = 5.0
 RECONNECT_MIN, RECONNECT_MAX = 1, 30
 TASK_WORKERS = 4
@@ -66,6 +68,7 @@ class Agent:
         self.journal = Journal(os.path.join(settings.state_dir, "journal.jsonl"))
         self.bricks = BrickManager(settings.state_dir, self.node, str(uuid.UUID(self.agent_id)), self.address)
         self.devices = DeviceManager(settings.state_dir, self.node)
+        self.volfiles = Volfiles(settings.state_dir, self.address, settings.volfile_port)
         self.epoch = 0
         self.registered = threading.Event()
         self.exit_code = 0
@@ -126,6 +129,12 @@ class Agent:
             self.url.redacted(),
             self.s.state_dir,
         )
+        try:
+            self.volfiles.start()
+        except VolfileServerError as exc:
+            log.error("%s", exc)
+            return EXIT_VOLFILE_SERVER
+        self.bricks.volfile_port = self.volfiles.port
         self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
         self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -134,6 +143,7 @@ class Agent:
         self.client.loop_forever(retry_first_connection=True)
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.volfiles.stop()
         self.journal.close()
         return self.exit_code
 
@@ -209,7 +219,7 @@ class Agent:
             agent_id=self.agent_id,
             epoch=self.epoch,
             proof=join_proof(self.s.token, self.node, self.agent_id, self.epoch),
-            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)),
+            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat), volfile_port=self.volfiles.port),
         )
         self.client.publish(self.topics.hello(self.cluster, self.node), hello.model_dump_json(), qos=1)
 
@@ -285,7 +295,7 @@ class Agent:
             epoch=self.epoch,
             seq=self._seq,
             at=time.time(),
-            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat)),
+            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat), volfile_port=self.volfiles.port),
             bricks=bricks,
             shds=shds,
             devices=self.devices.reports(),
@@ -325,6 +335,7 @@ class Agent:
                 task_id=task.id,
                 bricks=self.bricks,
                 devices=self.devices,
+                volfiles=self.volfiles,
                 report=lambda state: self._status(task.id, TaskState(state)),
             )
             result = handler(ctx, task.params)

@@ -25,6 +25,7 @@ class AgentSettings(BaseSettings):
     heartbeat: float = 0  # seconds; 0 means "same as keepalive"
     mqtt_root: str = DEFAULT_ROOT
     log_level: str = "INFO"
+    volfile_port: int = 24007  # the volfile server (GlusterFS's management port, as glusterd's)
 
     @field_validator("mqtt_url")
     @classmethod
@@ -37,6 +38,13 @@ class AgentSettings(BaseSettings):
     def _keepalive(cls, v: int) -> int:
         if not 1 <= v <= 3600:
             raise ValueError("keepalive must be 1-3600 seconds")
+        return v
+
+    @field_validator("volfile_port")
+    @classmethod
+    def _volfile_port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError("volfile port must be 1-65535")
         return v
 
     @field_validator("mqtt_root")

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent import facts
+from agent import facts, heal
 from agent.bricks import BrickError, BrickManager, oserror
 from agent.devices import DeviceManager, check_xattrs
-from broker.messages import TaskKind
+from agent.volfiles import SHD_PREFIX, VolfileError, Volfiles
+from broker.messages import CLUSTER_NAME_RE, TaskKind
 
 
 class TaskFailed(Exception):
@@ -32,6 +34,7 @@ class TaskContext:
     report: Callable[[str], None]  # report(step_state), e.g. "STARTING"
     bricks: BrickManager
     devices: DeviceManager
+    volfiles: Volfiles
 
 
 def _fs_type(path: str) -> str:
@@ -121,30 +124,113 @@ def device_add(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return ctx.devices.add_path(params["path"])
 
 
+def _volume(params: dict[str, Any]) -> tuple[str, str]:
+    """(id, name) of the task's volume, checked: both end up in paths and volfile keys."""
+    vol = params.get("volume")
+    if not isinstance(vol, dict):
+        raise TaskFailed("EINVAL: params.volume must be an object {id, name, type}")
+    volume_id, name = str(vol.get("id", "")), str(vol.get("name", ""))
+    try:
+        if str(uuid.UUID(volume_id)) != volume_id:
+            raise ValueError
+    except ValueError:
+        raise TaskFailed(f"EINVAL: volume id {volume_id!r} is not a UUID") from None
+    if not CLUSTER_NAME_RE.match(name):
+        raise TaskFailed(f"EINVAL: invalid volume name {name!r}")
+    return volume_id, name
+
+
+def _brick_list(params: dict[str, Any], with_port: bool = False) -> list[dict[str, Any]]:
+    bricks = params.get("bricks")
+    if not isinstance(bricks, list):
+        raise TaskFailed("EINVAL: params.bricks must be a list")
+    for b in bricks:
+        if not isinstance(b, dict) or not isinstance(b.get("index"), int) or b["index"] < 0:
+            raise TaskFailed("EINVAL: each brick needs an index (a number >= 0)")
+        if not isinstance(b.get("path"), str) or not os.path.isabs(b["path"]) or "\0" in b["path"]:
+            raise TaskFailed(f"EINVAL: brick {b['index']}: path must be absolute")
+        if with_port and not (isinstance(b.get("port"), int) and 0 < b["port"] < 65536):
+            raise TaskFailed(f"EINVAL: brick {b['index']}: port must be 1-65535")
+    return bricks
+
+
 @_brick_errors
 def volume_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
-    vol = params["volume"]
-    return ctx.bricks.prepare(vol["id"], vol["name"], params["bricks"])
+    volume_id, name = _volume(params)
+    return ctx.bricks.prepare(volume_id, name, _brick_list(params))
+
+
+def _apply_volfiles(ctx: TaskContext, volume_id: str, name: str, params: dict[str, Any]) -> tuple[list[str], int]:
+    """Store and serve the node's volfile set of the volume; tell the processes whose volfile changed."""
+    try:
+        changed = ctx.volfiles.apply(volume_id, name, params.get("volfiles"))  # type: ignore[arg-type]
+    except VolfileError as exc:
+        raise TaskFailed(str(exc)) from None
+    except OSError as exc:
+        raise TaskFailed(str(oserror(exc, f"storing the volfiles of volume {name}"))) from None
+    return changed, ctx.volfiles.notify(changed)
 
 
 @_brick_errors
 def volume_start(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
-    vol = params["volume"]
+    volume_id, name = _volume(params)
+    bricks = _brick_list(params, with_port=True)
+    shd = params.get("shd")
+    if shd is not None and shd != SHD_PREFIX + name:
+        raise TaskFailed(f"EINVAL: shd must be {SHD_PREFIX + name!r} or null")
+    keys = set((params.get("volfiles") or {}).keys())
+    missing = [k for k in [*(b.get("volfile_id") for b in bricks), shd] if k and k not in keys]
+    if missing or any(not b.get("volfile_id") for b in bricks):
+        raise TaskFailed(f"EINVAL: every brick needs a volfile_id with its volfile in volfiles (missing: {missing})")
     ctx.report("STARTING")
-    return ctx.bricks.start(vol["id"], vol["name"], params["bricks"], params.get("shd_volfile"))
+    _apply_volfiles(ctx, volume_id, name, params)
+    return ctx.bricks.start(volume_id, name, bricks, shd)
+
+
+def volume_volfiles(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    volume_id, name = _volume(params)
+    changed, notified = _apply_volfiles(ctx, volume_id, name, params)
+    return {"changed": changed, "notified": notified}
+
+
+HEAL_OPS = ("info", "split-brain", "summary", "index")
+
+
+def volume_heal(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    volume_id, name = _volume(params)
+    op = params.get("op")
+    if op not in HEAL_OPS:
+        raise TaskFailed(f"EINVAL: heal op {op!r}: use one of {', '.join(HEAL_OPS)}")
+    if name not in ctx.volfiles.stored(volume_id):
+        raise TaskFailed(f"ENOENT: node {ctx.node} serves no volfiles of volume {name}: start the volume first")
+    try:
+        if op != "index":
+            return {"bricks": heal.heal_info(name, op, ctx.volfiles.unix_path)}
+        desired = ctx.bricks.desired(volume_id) or {}
+        if not desired.get("started") or not desired.get("shd"):
+            raise TaskFailed(f"ENOENT: volume {name} runs no self-heal daemon on node {ctx.node}")
+        shd_text = ctx.volfiles.stored(volume_id).get(SHD_PREFIX + name, "")
+        local = {int(i) for i in desired.get("bricks", {})}
+        xlators = heal.local_heal_xlators(shd_text, local)
+        if not xlators:
+            raise TaskFailed(f"ENOENT: no replica set of volume {name} has a brick on node {ctx.node}")
+        return heal.index_heal(ctx.bricks.control_socket(volume_id, name, "shd"), xlators)
+    except heal.HealError as exc:
+        raise TaskFailed(str(exc)) from None
 
 
 @_brick_errors
 def volume_stop(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
-    vol = params["volume"]
+    volume_id, name = _volume(params)
     ctx.report("STOPPING")
-    return ctx.bricks.stop(vol["id"], vol["name"])
+    return ctx.bricks.stop(volume_id, name)
 
 
 @_brick_errors
 def volume_delete(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
-    vol = params["volume"]
-    return ctx.bricks.delete(vol["id"], vol["name"], params["bricks"], bool(params.get("purge")))
+    volume_id, name = _volume(params)
+    ctx.volfiles.remove_volume(volume_id)
+    return ctx.bricks.delete(volume_id, name, _brick_list(params), bool(params.get("purge")))
 
 
 HANDLERS: dict[str, Handler] = {
@@ -154,4 +240,6 @@ HANDLERS: dict[str, Handler] = {
     TaskKind.VOLUME_START.value: volume_start,
     TaskKind.VOLUME_STOP.value: volume_stop,
     TaskKind.VOLUME_DELETE.value: volume_delete,
+    TaskKind.VOLUME_VOLFILES.value: volume_volfiles,
+    TaskKind.VOLUME_HEAL.value: volume_heal,
 }

@@ -18,6 +18,12 @@ The server pushes callback program 52743234 v1 FETCHSPEC (1) as a CALL with no a
 
 glfsheal (heal info) only talks to a unix socket (`glfsheal VOL ... glusterd-sock PATH`,
 default /var/run/glusterd.socket) and sends GETSPEC with key VOL: pass `unix_path`.
+
+Visibility: every key has the text local peers get (unix socket, loopback addresses) and,
+optionally, the text remote TCP peers get; without one a remote peer gets ENOENT, as for an
+unknown key. Brick and self-heal daemon volfiles carry the volume's login password, so they
+are local only; a client key serves the trusted client volfile locally and the plain one to
+remote peers. (glusterd serves everything to anyone.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -82,10 +89,30 @@ class _Drop(Exception):
     """The connection must be closed; the message says why."""
 
 
+def is_local_peer(peername: object) -> bool:
+    """True for a unix-socket peer or a loopback address (IPv4-mapped ones too)."""
+    if not isinstance(peername, tuple):
+        return True  # a unix socket: only this host's processes reach it (mode 0600)
+    try:
+        address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+@dataclass(frozen=True)
+class _Volfile:
+    local: bytes
+    remote: bytes | None  # None: remote peers get ENOENT
+
+
 @dataclass(eq=False)
 class _Connection:
     peer: str
     writer: asyncio.StreamWriter
+    local: bool = False
     keys: set[str] = field(default_factory=set)
     bricks: dict[str, int] = field(default_factory=dict)  # portmap sign-ins on this connection
 
@@ -109,7 +136,7 @@ class VolfileServer:
         self.port = port  # the bound port once started (useful with port 0)
         self.unix_path = unix_path
         self._lock = threading.Lock()
-        self._volfiles: dict[str, bytes] = {}
+        self._volfiles: dict[str, _Volfile] = {}
         self._connections: set[_Connection] = set()
         self._logged_unknown: set[tuple[int, int, int]] = set()
         self._xids = itertools.count(1)
@@ -119,14 +146,21 @@ class VolfileServer:
 
     # -- volfiles -----------------------------------------------------------------------------
 
-    def set_volfile(self, key: str, text: str) -> bool:
-        """Serve `text` under `key`; True if it differs from what was served before."""
-        name, data = normalise_key(key), text.encode()
+    def set_volfile(self, key: str, text: str, *, remote: str | None = None) -> bool:
+        """Serve `text` under `key` to local peers (unix socket, loopback) and `remote` to remote
+        TCP peers (None: they get ENOENT); True if either differs from what was served before."""
+        name = normalise_key(key)
+        entry = _Volfile(text.encode(), None if remote is None else remote.encode())
         with self._lock:
-            changed = self._volfiles.get(name) != data
-            self._volfiles[name] = data
+            changed = self._volfiles.get(name) != entry
+            self._volfiles[name] = entry
         if changed:
-            log.info("volfile %s set (%d bytes)", name, len(data))
+            log.info(
+                "volfile %s set (%d bytes%s)",
+                name,
+                len(entry.local),
+                "" if entry.remote is None else f"; {len(entry.remote)} bytes for remote peers",
+            )
         return changed
 
     def remove_volfile(self, key: str) -> bool:
@@ -260,7 +294,7 @@ class VolfileServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = self._peer_name(writer)
-        conn = _Connection(peer, writer)
+        conn = _Connection(peer, writer, local=is_local_peer(writer.get_extra_info("peername")))
         with self._lock:
             full = len(self._connections) >= MAX_CONNECTIONS
             if not full:
@@ -392,10 +426,12 @@ class VolfileServer:
             log.warning("GETSPEC from %s: invalid key %r", conn.peer, key[:80])
             return rpc.Packer().i32(-1).i32(errno.EINVAL).string("").opaque(b"").result()
         with self._lock:
-            spec = self._volfiles.get(name)
+            entry = self._volfiles.get(name)
             conn.keys.add(name)  # so a later set_volfile + notify reaches a process that asked early
+        spec = None if entry is None else entry.local if conn.local else entry.remote
         if spec is None:
-            log.warning("GETSPEC from %s: no volfile %s", conn.peer, name)
+            why = "no volfile" if entry is None else "local peers only: volfile"
+            log.warning("GETSPEC from %s: %s %s", conn.peer, why, name)
             return rpc.Packer().i32(-1).i32(errno.ENOENT).string("").opaque(b"").result()
         log.info("GETSPEC from %s: volfile %s (flags %d, %d bytes)", conn.peer, name, flags, len(spec))
         return rpc.Packer().i32(len(spec)).i32(0).opaque(spec).opaque(b"").result()

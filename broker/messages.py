@@ -97,6 +97,8 @@ class TaskKind(str, enum.Enum):
     VOLUME_START = "volume.start"
     VOLUME_STOP = "volume.stop"
     VOLUME_DELETE = "volume.delete"
+    VOLUME_VOLFILES = "volume.volfiles"  # the node's complete volfile set of a volume: store, serve, notify
+    VOLUME_HEAL = "volume.heal"  # heal info / split-brain / summary through glfsheal, or an index heal
 
 
 class _Msg(BaseModel):
@@ -111,6 +113,7 @@ class NodeFacts(_Msg):
     kernel: str = Field(default="", max_length=255)
     uptime_seconds: float | None = None
     heartbeat_interval: float | None = None
+    volfile_port: int | None = Field(default=None, ge=0, le=65535)  # the agent's volfile server (TCP)
 
 
 class Hello(_Msg):

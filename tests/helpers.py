@@ -164,6 +164,7 @@ class Agent(Proc):
     ) -> None:
         self.node = node
         self.state_dir = tmp / f"agent-{node}"
+        self.volfile_port = free_port()  # agents share this host: each its own volfile server port
         argv = [
             BIN,
             "agent",
@@ -183,6 +184,8 @@ class Agent(Proc):
             server.mqtt_root,
             "--address",
             "127.0.0.1",
+            "--volfile-port",
+            str(self.volfile_port),
         ]
         super().__init__(f"agent-{node}", argv + (extra or []), tmp / f"agent-{node}.log")
 

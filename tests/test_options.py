@@ -61,7 +61,7 @@ def test_set_get_reset_and_volfile_tasks(created):
         volfiles = params["volfiles"]
         brick_keys = [k for k in volfiles if k.startswith("ov.")]
         assert len(brick_keys) == 1 and brick_keys[0].endswith(f"-bricks-{node}-ov")
-        assert set(volfiles) == {*brick_keys, "shd/ov", "ov"}
+        assert set(volfiles) == {*brick_keys, "shd/ov", "ov", "trusted/ov"}
         brick = next(text for key, text in volfiles.items() if key.startswith("ov."))
         assert "option read-only on" in brick
         assert "read-only" not in volfiles["ov"]  # the client graph holds no read-only xlator

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from broker import __version__
 from control.api import schemas as s
 from control.api.events import router as events_router
+from control.api.heal import router as heal_router
 from control.api.options import router as options_router
 from control.api.routes import router
 from control.api.volumes import router as volumes_router
@@ -59,6 +60,7 @@ def create_app(
     app.include_router(volumes_router)
     app.include_router(events_router)
     app.include_router(options_router)
+    app.include_router(heal_router)
 
     @app.exception_handler(GlusterctlError)
     async def domain_error(request: Request, exc: GlusterctlError) -> JSONResponse:

@@ -6,7 +6,7 @@ attribute: ``VolumePublic.model_validate(view)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -194,6 +194,7 @@ class VolumePublic(Public):
     bricks_total: int
     bricks: list[BrickPublic]
     self_heal: list[ShdPublic]
+    volfile_servers: list[VolfileServerPublic] = []
 
 
 class VolumeOperation(Public):
@@ -216,3 +217,49 @@ class OptionsChanged(Public):
     volume: str
     changed: dict[str, str | None]  # key -> new value; None for a reset
     tasks: list[str]  # the volume.volfiles tasks that push the new volfiles, one per node with bricks
+
+
+class VolfileServerPublic(Public):
+    """A node whose agent serves the volume's client volfile (`mount -t glusterfs ADDRESS:/VOLUME`)."""
+
+    node: str
+    address: str
+    port: int
+
+
+# ---- heal ------------------------------------------------------------------------------------
+class HealRequest(BaseModel):
+    op: Literal["info", "split-brain", "summary", "index"] = Field(
+        default="info", description="info, split-brain or summary (heal information), index (start an index heal)"
+    )
+
+
+class HealRequested(BaseModel):
+    op: str
+    tasks: list[str]
+
+
+class HealBrick(BaseModel):
+    brick: str  # NODE:/path
+    status: str
+    entries: int | None = None  # None when the brick could not be read
+    files: list[str] = []  # the first 100 entries
+    pending: int | None = None  # summary only
+    split_brain: int | None = None
+    healing: int | None = None
+
+
+class HealNode(BaseModel):
+    node: str
+    task: str
+    state: str
+    reason: str
+    triggered: bool | None = None  # index heal only
+    status: dict[str, list[str]] | None = None  # index heal: per replica set, each brick's answer
+
+
+class HealResult(BaseModel):
+    op: str
+    done: bool
+    bricks: list[HealBrick]
+    nodes: list[HealNode]

@@ -107,6 +107,7 @@ def agent(args: argparse.Namespace) -> int:
                     "heartbeat",
                     "mqtt_root",
                     "log_level",
+                    "volfile_port",
                 ],
             )
         )

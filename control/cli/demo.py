@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
                 "127.0.0.1",
                 "--state-dir",
                 str(base / f"agent-{node}"),
+                "--volfile-port",  # three agents on one host: each its own volfile server
+                str(_free_port()),
             )
         _step("three agents started; waiting for them to come Online")
         _until("three nodes Online", lambda: cli("node", "list").count("Online") == 3)

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keepalive", type=int, help="MQTT keepalive in seconds (default: 10)")
     p.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (default: the keepalive)")
     p.add_argument("--mqtt-root", help="topic root (default: glusterctl)")
+    p.add_argument(
+        "--volfile-port",
+        type=int,
+        help="TCP port of the volfile server that bricks, self-heal daemons and 'mount -t glusterfs' "
+        "fetch volfiles from, on the node's address and loopback (default: 24007, glusterd's port)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.agent)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from broker.messages import TaskState, VolumeState
+from control.cli import heal
 from control.cli import options as option_commands
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
@@ -123,13 +124,16 @@ def add_parsers(
         output(p)
         p.set_defaults(func=volume_info if verb == "info" else volume_status)
     option_commands.add_parsers(volumes, common, cluster, output)
+    heal.add_parser(volumes, common, cluster, output)
 
     p = sub.add_parser(
         "mount",
         parents=[common],
-        help="FUSE-mount a volume here (needs root and glusterfs)",
-        description="Fetch the volume's client volfile from the control server and mount it with "
-        "'glusterfs -f VOLFILE MOUNTPOINT'. Unmount with 'umount MOUNTPOINT'.",
+        help="FUSE-mount a volume here (needs root and glusterfs-client)",
+        description="Mount a volume with the stock 'mount -t glusterfs -o backup-volfile-servers=A2:A3"
+        "[,server-port=P] A1:/VOLUME MOUNTPOINT': the client fetches its volfile from the volfile server "
+        "of an online node holding a brick (A1), the others are backups (they must use the same port). "
+        "Unmount with 'umount MOUNTPOINT'.",
     )
     cluster(p)
     p.add_argument("name")
@@ -336,43 +340,50 @@ def volume_status(args: argparse.Namespace) -> int:
 
 
 # ---- mount --------------------------------------------------------------------------------
+DEFAULT_VOLFILE_PORT = 24007
+
+
+def mount_argv(name: str, mountpoint: str, servers: list[dict[str, Any]], log_file: str) -> list[str]:
+    """`mount -t glusterfs` of `name` from the first volfile server, the others (same port) as backups."""
+    if not servers:
+        raise CliError(f"volume {name} has no online node holding a brick: nothing serves its volfile")
+    first = servers[0]
+    backups = [s["address"] for s in servers[1:] if s["port"] == first["port"] and s["address"] != first["address"]]
+    options = [f"log-file={log_file}"]
+    if backups:
+        options.append("backup-volfile-servers=" + ":".join(dict.fromkeys(backups)))
+    if first["port"] != DEFAULT_VOLFILE_PORT:
+        options.append(f"server-port={first['port']}")
+    return ["mount", "-t", "glusterfs", "-o", ",".join(options), f"{first['address']}:/{name}", mountpoint]
+
+
 def mount(args: argparse.Namespace) -> int:
-    client = _client(args)
-    volfile = client.request("GET", _vpath(args, "/volfile"), raw=True)
-    if not os.path.isdir(args.mountpoint):
+    volume = _client(args).get(_vpath(args))
+    target = os.path.abspath(args.mountpoint)
+    if not os.path.isdir(target):
         raise CliError(f"mount point {args.mountpoint} is not a directory")
-    folder = os.path.join(config_dir(), "volfiles")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{args.cluster}-{args.name}.vol")
-    with open(path, "w") as fh:
-        fh.write(volfile)
     log_file = args.log_file or os.path.join(config_dir(), "logs", f"{args.cluster}-{args.name}.log")
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    argv = [
-        "glusterfs",
-        "-f",
-        path,
-        "--volfile-id",
-        args.name,
-        "-l",
-        log_file,
-        "--process-name",
-        "fuse",
-        os.path.abspath(args.mountpoint),
-    ]
+    argv = mount_argv(args.name, target, volume.get("volfile_servers") or [], log_file)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise CliError("glusterfs is not installed here (Debian/Ubuntu: apt-get install glusterfs-client)") from None
+        raise CliError("mount is not installed here") from None
     if proc.returncode != 0:
-        raise CliError(f"mount failed (glusterfs exit {proc.returncode}); see {log_file}: {proc.stderr.strip()[-300:]}")
+        hint = (
+            ""
+            if os.path.exists("/sbin/mount.glusterfs") or os.path.exists("/usr/sbin/mount.glusterfs")
+            else (" (mount.glusterfs is missing: Debian/Ubuntu: apt-get install glusterfs-client)")
+        )
+        raise CliError(
+            f"mount failed (exit {proc.returncode}){hint}; see {log_file}: {(proc.stderr or proc.stdout).strip()[-300:]}"
+        )
     deadline = time.monotonic() + 15
-    target = os.path.abspath(args.mountpoint)
     while not _mounted(target):
         if time.monotonic() > deadline:
-            raise CliError(f"glusterfs started but {target} is not mounted; see {log_file}")
+            raise CliError(f"mount returned but {target} is not mounted; see {log_file}")
         time.sleep(0.1)
-    print(f"Volume {args.name} mounted on {target} (unmount with: umount {target})")
+    print(f"Volume {args.name} mounted on {target} from {argv[-2]} (unmount with: umount {target})")
     return 0
 
 

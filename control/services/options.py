@@ -17,7 +17,7 @@ from broker.messages import VolumeState
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.services.tasks import TaskEngine
-from control.services.volfiles import bricks_of, spec_of
+from control.services.volfiles import bricks_of, node_volfiles, spec_of
 from control.store.db import first, locked
 from control.store.models import Cluster, Task, Volume
 from control.store.models import database_proxy as db
@@ -26,7 +26,6 @@ from control.volgen import (
     VolgenError,
     check_option,
     create_defaults,
-    node_volfiles,
     unsupported_reason,
     volume_context,
 )
@@ -173,7 +172,10 @@ class OptionService:
         volume.options = options
         try:
             spec = spec_of(volume, rows)
-            by_node = {node: node_volfiles(spec, node) for node in sorted({b.node_name for b in rows})}
+            by_node = {
+                node: node_volfiles(volume, spec, [b for b in rows if b.node_name == node])
+                for node in sorted({b.node_name for b in rows})
+            }
         except VolgenError as exc:
             raise InvalidInput(f"volume {volume.name!r}: {exc}") from None
         volume.save()

@@ -107,6 +107,15 @@ class SelfHealView:
 
 
 @dataclass
+class VolfileServerView:
+    """An online node holding bricks of the volume: its agent serves the volume's client volfile."""
+
+    node: str
+    address: str
+    port: int
+
+
+@dataclass
 class VolumeView:
     name: str
     cluster: str
@@ -124,6 +133,7 @@ class VolumeView:
     bricks_total: int
     bricks: list[BrickView]
     self_heal: list[SelfHealView]
+    volfile_servers: list[VolfileServerView]
 
 
 @dataclass
@@ -261,7 +271,23 @@ def volume_view(volume: Volume) -> VolumeView:
         bricks_total=len(bricks),
         bricks=bricks,
         self_heal=shds,
+        volfile_servers=volfile_servers(nodes, [b.node for b in bricks]),
     )
+
+
+DEFAULT_VOLFILE_PORT = 24007  # an agent that does not report its port yet
+
+
+def volfile_servers(nodes: dict[str, Node], brick_nodes: list[str]) -> list[VolfileServerView]:
+    """The online nodes among `brick_nodes` (in brick order, once each) with their volfile server."""
+    servers = []
+    for name in dict.fromkeys(brick_nodes):
+        node = nodes.get(name)
+        if node is None or node.state != ONLINE:
+            continue
+        port = (node.facts or {}).get("volfile_port") or DEFAULT_VOLFILE_PORT
+        servers.append(VolfileServerView(node=name, address=node.address or name, port=int(port)))
+    return servers
 
 
 def operation_view(volume: Volume | None, tasks: list[Task]) -> OperationView:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from control.store.models import Brick, Node, Volume
+from broker.messages import TaskKind
+from control.services.tasks import TaskEngine
+from control.store.models import Brick, Node, Task, Volume
 from control.volgen import (
     BrickSpec,
     VolumeSpec,
@@ -53,10 +55,31 @@ def client_volfile_text(volume: Volume) -> str:
     return client_volfile(spec_of(volume))
 
 
+# not a key of its own: the local peers' text for the client key NAME ('/' is in no volume name)
+TRUSTED_PREFIX = "trusted/"
+
+
+def shd_key(volume: Volume) -> str:
+    """The self-heal daemon's volfile key (its --volfile-id), as glusterd names it."""
+    return f"shd/{volume.name}"
+
+
+def node_volfiles(volume: Volume, spec: VolumeSpec, node_bricks: list[Brick]) -> dict[str, str]:
+    """A node's complete set of volfiles for `volume`, by key: its bricks, its self-heal daemon
+    (not for distribute) and the client volfile: key NAME holds the plain one (for remote
+    peers), TRUSTED_PREFIX + NAME the trusted one with the volume's credentials, which the
+    agent serves under NAME to local peers only (glfsheal, mounts on the node itself)."""
+    files = {brick_volfile_name(spec, b.index)[:-4]: brick_volfile(spec, b.index) for b in node_bricks}
+    if volume.type != "distribute":
+        files[shd_key(volume)] = shd_volfile(spec, node_bricks[0].node_name)
+    files[volume.name] = client_volfile(spec)
+    files[TRUSTED_PREFIX + volume.name] = client_volfile(spec, trusted=True)
+    return files
+
+
 def start_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
-    """volume.start parameters per node: each brick's volfile and port, and the node's self-heal daemon volfile."""
+    """volume.start parameters per node: each brick's port and volfile key, and the node's volfiles."""
     spec = spec_of(volume, rows)
-    shd = volume.type != "distribute"
 
     def params(node_bricks: list[Brick]) -> dict[str, Any]:
         return {
@@ -65,12 +88,42 @@ def start_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
                     "index": b.index,
                     "path": b.path,
                     "port": b.port,
-                    "volfile": brick_volfile(spec, b.index),
                     "volfile_id": brick_volfile_name(spec, b.index)[:-4],
                 }
                 for b in node_bricks
             ],
-            "shd_volfile": shd_volfile(spec, node_bricks[0].node_name) if shd else None,
+            "volfiles": node_volfiles(volume, spec, node_bricks),
+            "shd": shd_key(volume) if volume.type != "distribute" else None,
         }
 
     return params
+
+
+def volfiles_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
+    """volume.volfiles parameters per node: the node's complete volfile set for the volume."""
+    spec = spec_of(volume, rows)
+    return lambda node_bricks: {"volfiles": node_volfiles(volume, spec, node_bricks)}
+
+
+def push_volfiles(engine: TaskEngine, volume: Volume) -> list[Task]:
+    """Send every node holding bricks of `volume` its complete volfile set (`volume.volfiles`):
+    the agents serve them and tell the running processes whose volfile changed, which pick the
+    change up without a restart. Publishes the tasks and returns them (call after commit)."""
+    rows = bricks_of(volume)
+    params_for = volfiles_params(volume, rows)
+    by_node: dict[str, list[Brick]] = {}
+    for brick in rows:
+        by_node.setdefault(brick.node_name, []).append(brick)
+    ref = {"id": volume.id, "name": volume.name, "type": volume.type}
+    tasks = [
+        engine.submit(
+            volume.cluster,
+            node,
+            TaskKind.VOLUME_VOLFILES.value,
+            {"volume": ref, **params_for(node_bricks)},
+            target=f"volume:{volume.name}",
+        )
+        for node, node_bricks in sorted(by_node.items())
+    ]
+    engine.publish(tasks)
+    return tasks
