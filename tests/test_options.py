@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+
 import httpx
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import mounts_under, wait_until
 
 NODES = ("n1", "n2", "n3")
 
@@ -115,3 +119,50 @@ def test_set_get_reset_and_volfile_tasks(created):
     assert st.cli.json("volume", "info", "ov")["options"] == {}
     table = st.cli.run("volume", "get", "ov").stdout
     assert "performance.write-behind" in table and "(DEFAULT)" in table
+
+
+def test_read_only_reaches_running_bricks_without_restart(stack):
+    """features.read-only on/off takes effect on started bricks and a live mount: same pids, no remount."""
+    st = stack
+    for node in NODES:
+        st.agent(node)
+        (st.tmp / "bricks" / node).mkdir(parents=True)
+    wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), what="three nodes Online")
+    bricks = [f"{n}:{st.tmp / 'bricks' / n / 'lv'}" for n in NODES]
+    st.cli.run("volume", "create", "lv", "--replica", "3", *bricks, "--wait")
+
+    def pids() -> list[int]:
+        return [b["pid"] for b in st.cli.json("volume", "status", "lv")["bricks"]]
+
+    wait_until(lambda: all(pids()), what="brick pids")
+    before = pids()
+    mnt = st.tmp / "mnt-lv"
+    mnt.mkdir()
+    st.cli.run("mount", "lv", str(mnt))
+    try:
+        (mnt / "a.txt").write_text("one\n")
+        st.cli.run("volume", "set", "lv", "features.read-only", "on", "--wait")
+
+        def refused() -> bool:
+            try:
+                (mnt / "b.txt").write_text("two\n")
+            except OSError as exc:
+                return exc.errno == errno.EROFS
+            os.unlink(mnt / "b.txt")
+            return False
+
+        wait_until(refused, timeout=20, what="writes refused with EROFS")
+        st.cli.run("volume", "set", "lv", "features.read-only", "off", "--wait")
+
+        def accepted() -> bool:
+            try:
+                (mnt / "c.txt").write_text("three\n")
+            except OSError:
+                return False
+            return True
+
+        wait_until(accepted, timeout=20, what="writes accepted again")
+        assert pids() == before
+        assert str(mnt) in mounts_under(st.tmp)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
