@@ -14,12 +14,14 @@ from broker import __version__
 from control.api import schemas as s
 from control.api.events import router as events_router
 from control.api.heal import router as heal_router
+from control.api.options import router as options_router
 from control.api.routes import router
 from control.api.volfiles import router as volfiles_router
 from control.api.volumes import router as volumes_router
 from control.errors import GlusterctlError
 from control.services.devices import DeviceService
 from control.services.eventfeed import WakeHub
+from control.services.options import OptionService
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 
@@ -45,6 +47,7 @@ def create_app(
     volumes: VolumeService | None = None,
     devices: DeviceService | None = None,
     hub: WakeHub | None = None,
+    options: OptionService | None = None,
 ) -> FastAPI:
     """The application over the server's services; without a wired ``hub`` event streams only poll."""
     app = FastAPI(title="glusterctl", version=__version__, description=DESCRIPTION)
@@ -53,9 +56,11 @@ def create_app(
     app.state.volumes = volumes or VolumeService(engine)
     app.state.devices = devices or DeviceService(engine)
     app.state.hub = hub or WakeHub()
+    app.state.options = options or OptionService(engine)
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)
+    app.include_router(options_router)
     app.include_router(heal_router)
     app.include_router(volfiles_router)
 

@@ -202,6 +202,23 @@ class VolumeOperation(Public):
     tasks: list[str]
 
 
+# ---- volume options ---------------------------------------------------------------------------
+class OptionPublic(Public):
+    key: str
+    value: str | None
+    default: str | None
+    source: str  # set | create | default
+    is_default: bool
+    supported: bool  # False: glusterd knows the key, glusterctl refuses to set it (see the error)
+    description: str | None = None
+
+
+class OptionsChanged(Public):
+    volume: str
+    changed: dict[str, str | None]  # key -> new value; None for a reset
+    tasks: list[str]  # the volume.volfiles tasks that push the new volfiles, one per node with bricks
+
+
 class VolfileServerPublic(Public):
     """A node whose agent serves the volume's client volfile (`mount -t glusterfs ADDRESS:/VOLUME`)."""
 

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from broker.messages import TaskState, VolumeState
 from control.cli import heal
+from control.cli import options as option_commands
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import console, emit, styled
@@ -122,6 +123,7 @@ def add_parsers(
         p.add_argument("name")
         output(p)
         p.set_defaults(func=volume_info if verb == "info" else volume_status)
+    option_commands.add_parsers(volumes, common, cluster, output)
     heal.add_parser(volumes, common, cluster, output)
 
     p = sub.add_parser(

@@ -63,7 +63,8 @@ root-squash)::
 
 It logs "Connected, attached to remote volume" once per brick it reaches.
 
-In 10.3, SIGHUP reloads nothing for `-f` processes: an option change means a restart.
+In 10.3, SIGHUP reloads nothing for `-f` processes: an option change reaches a running process only
+when it fetched its volfile from a volfile server (`-s`/`--volfile-id`) that then sends it FETCHSPEC.
 """
 
 from control.volgen.errors import VolgenError
@@ -77,20 +78,25 @@ from control.volgen.generate import (
     client_volfile,
     client_volfile_name,
     effective_options,
+    node_volfiles,
     shd_volfile,
     shd_volfile_name,
+    volume_context,
 )
 from control.volgen.graph import Graph, Xlator, parse_volfile
-from control.volgen.option_table import SUPPORTED_OPTIONS
-from control.volgen.options import create_defaults, validate_options
+from control.volgen.options import check_option, create_defaults, unsupported_reason, validate_options
+from control.volgen.optiontable import OptionError, OptionSpec, VolumeContext
+from control.volgen.placement import xlator_types
 from control.volgen.spec import BrickSpec, VolumeSpec
 
 __all__ = [
     "DEFAULT_WORKDIR",
-    "SUPPORTED_OPTIONS",
     "BrickSpec",
     "Graph",
+    "OptionError",
+    "OptionSpec",
     "VolgenError",
+    "VolumeContext",
     "VolumeSpec",
     "Xlator",
     "brick_volfile",
@@ -98,12 +104,17 @@ __all__ = [
     "build_brick_graph",
     "build_client_graph",
     "build_shd_graph",
+    "check_option",
     "client_volfile",
     "client_volfile_name",
     "create_defaults",
     "effective_options",
+    "node_volfiles",
     "parse_volfile",
     "shd_volfile",
     "shd_volfile_name",
+    "unsupported_reason",
     "validate_options",
+    "volume_context",
+    "xlator_types",
 ]

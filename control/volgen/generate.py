@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from control.volgen.errors import VolgenError
 from control.volgen.graph import Graph
-from control.volgen.option_table import BRICK, CLIENT, OPTIONS, PERF_XLATORS, SHD
 from control.volgen.options import create_defaults, is_true
+from control.volgen.optiontable import VolumeContext
+from control.volgen.placement import BRICK, CLIENT, SHD, apply_options, enabled, perf_toggles, xlator_types
 from control.volgen.spec import VolumeSpec
 
 DEFAULT_WORKDIR = "/var/lib/glusterd"
@@ -32,6 +33,15 @@ _PERF_FIXED_OPTIONS = {
     "performance/nl-cache": {"nl-cache-limit": "10MB"},
 }
 
+# glusterd's shd svc builds the graph with these over the volume's options: the daemon heals everything
+# whatever the client-side heal switches say (glusterd-shd-svc.c)
+_SHD_FIXED_OPTIONS = {
+    "cluster.background-self-heal-count": "0",
+    "cluster.data-self-heal": "on",
+    "cluster.metadata-self-heal": "on",
+    "cluster.entry-self-heal": "on",
+}
+
 _KEEPALIVE = {
     "transport.socket.keepalive-count": "9",
     "transport.socket.keepalive-interval": "2",
@@ -42,14 +52,6 @@ _KEEPALIVE = {
 def effective_options(vol: VolumeSpec) -> dict[str, str]:
     """glusterd's create-time defaults for the volume type, overridden by the spec's options."""
     return {**create_defaults(vol.type), **vol.options}
-
-
-def _apply_options(graph: Graph, kind: str, options: dict[str, str]) -> None:
-    for key, value in options.items():
-        for target in OPTIONS[key].targets:
-            if kind in target.graphs:
-                for xl in graph.of_type(target.xlator_type):
-                    xl.set(target.option, value)
 
 
 def _brick_dirname(path: str) -> str:
@@ -119,7 +121,8 @@ def build_brick_graph(vol: VolumeSpec, brick_index: int, *, workdir: str = DEFAU
         },
     )
     g.add("features/bitrot-stub", f"{name}-bitrot-stub", {"bitrot": "disable", "export": path})
-    g.add("features/access-control", f"{name}-access-control")
+    if enabled(opts, "features.acl"):
+        g.add("features/access-control", f"{name}-access-control")
     g.add("features/locks", f"{name}-locks", {"enforce-mandatory-lock": "off"})
     g.add(
         "features/worm",
@@ -185,7 +188,7 @@ def build_brick_graph(vol: VolumeSpec, brick_index: int, *, workdir: str = DEFAU
         }
     )
     g.add("protocol/server", f"{name}-server", server)
-    _apply_options(g, BRICK, opts)
+    apply_options(g, BRICK, opts)
     return g
 
 
@@ -199,12 +202,12 @@ def _io_stats_options() -> dict[str, str]:
     }
 
 
-def _add_clients(g: Graph, vol: VolumeSpec, *, credentials: bool, send_gids: bool) -> list[str]:
+def _add_clients(g: Graph, vol: VolumeSpec, *, credentials: bool, send_gids: str | None) -> list[str]:
     names = []
     for i, brick in enumerate(vol.bricks):
         options: dict[str, str] = {}
-        if send_gids:
-            options["send-gids"] = "true"
+        if send_gids is not None:
+            options["send-gids"] = send_gids
         options.update(
             {
                 "strict-locks": "off",
@@ -280,7 +283,9 @@ def build_client_graph(vol: VolumeSpec, *, trusted: bool = False) -> Graph:
     opts = effective_options(vol)
     name = vol.name
     g = Graph()
-    clients = _add_clients(g, vol, credentials=trusted, send_gids=True)
+    # glusterd: server.manage-gids resolves groups on the bricks, so clients stop sending them
+    send_gids = "false" if enabled(opts, "server.manage-gids") else "true"
+    clients = _add_clients(g, vol, credentials=trusted, send_gids=send_gids)
     sets = _add_sets(g, vol, clients, shd=False)
     # glusterd puts DHT on top even of a single set (its rebalance and add-brick rely on it).
     g.add(
@@ -289,16 +294,20 @@ def build_client_graph(vol: VolumeSpec, *, trusted: bool = False) -> Graph:
         {"force-migration": "off", "lock-migration": "off"},
         sets,
     )
-    if is_true(opts.get("features.shard", "off")):
+    if enabled(opts, "features.shard"):
         g.add("features/shard", f"{name}-shard")
     if is_true(opts.get("features.ctime", "on")):
         g.add("features/utime", f"{name}-utime", {"noatime": "on"})
-    for key, xlator_type, default in PERF_XLATORS:
-        if is_true(opts.get(key, "on" if default else "off")):
-            suffix = xlator_type.split("/", 1)[1]
-            g.add(xlator_type, f"{name}-{suffix}", _PERF_FIXED_OPTIONS.get(xlator_type, {}))
+    for toggle in perf_toggles():
+        if enabled(opts, toggle.key):
+            suffix = toggle.xlator.split("/", 1)[1]
+            g.add(toggle.xlator, f"{name}-{suffix}", _PERF_FIXED_OPTIONS.get(toggle.xlator, {}))
     g.add("debug/io-stats", name, _io_stats_options())
-    _apply_options(g, CLIENT, opts)
+    client_opts = dict(opts)
+    if is_true(opts.get("server.root-squash", "off")):
+        # glusterd: with root-squash, open-behind must not fake opens a squashed root could not do
+        client_opts["performance.read-after-open"] = "yes"
+    apply_options(g, CLIENT, client_opts)
     return g
 
 
@@ -321,15 +330,45 @@ def build_shd_graph(vol: VolumeSpec, node: str) -> Graph:
         raise VolgenError(f"node {node!r} holds no brick of volume {vol.name}; its bricks are on {', '.join(nodes)}")
     opts = effective_options(vol)
     g = Graph()
-    clients = _add_clients(g, vol, credentials=True, send_gids=False)
+    clients = _add_clients(g, vol, credentials=True, send_gids=None)
     sets = _add_sets(g, vol, clients, shd=True)
     g.add("debug/io-stats", vol.name, {"threads": "16", "log-level": "INFO"}, sets)
-    _apply_options(g, SHD, opts)
-    if "cluster.self-heal-daemon" in opts:
-        value = "enable" if is_true(opts["cluster.self-heal-daemon"]) else "disable"
-        for xl in g.of_type("cluster/replicate") + g.of_type("cluster/disperse"):
-            xl.set("self-heal-daemon", value)
-    if "cluster.heal-timeout" in opts:
-        for xl in g.of_type("cluster/replicate") + g.of_type("cluster/disperse"):
-            xl.set("heal-timeout", opts["cluster.heal-timeout"])
+    apply_options(g, SHD, {**opts, **_SHD_FIXED_OPTIONS})
     return g
+
+
+def node_volfiles(vol: VolumeSpec, node: str) -> dict[str, str]:
+    """Every volfile a node serves for `vol`, by the key processes fetch it with (--volfile-id).
+
+    Bricks: glusterd's brick volfile name without ".vol"; the node's self-heal daemon: "shd/NAME"
+    (replicate, arbiter and disperse volumes); clients: "NAME". The same spec always gives the
+    same texts, so a node told its full set again sees only the keys whose text changed.
+    """
+    volfiles = {
+        brick_volfile_name(vol, i)[: -len(".vol")]: brick_volfile(vol, i)
+        for i, brick in enumerate(vol.bricks)
+        if brick.node == node
+    }
+    if not volfiles:
+        raise VolgenError(f"node {node!r} holds no brick of volume {vol.name}")
+    if vol.type != "distribute":
+        volfiles[f"shd/{vol.name}"] = shd_volfile(vol, node)
+    volfiles[vol.name] = client_volfile(vol)
+    return volfiles
+
+
+def volume_context(vol: VolumeSpec) -> VolumeContext:
+    """What glusterd checks a `volume set` value of this volume against (optiontable.validate)."""
+    graphs = [build_client_graph(vol)] + [build_brick_graph(vol, i) for i in range(len(vol.bricks))]
+    if vol.type != "distribute":
+        graphs.append(build_shd_graph(vol, vol.bricks[0].node))
+    return VolumeContext(
+        volume_type="distribute" if vol.type == "distribute" else "disperse" if vol.type == "disperse" else "replicate",
+        replica_count=vol.replica,
+        disperse_count=vol.disperse,
+        redundancy_count=vol.redundancy,
+        subvol_count=vol.set_count,
+        xlator_names=frozenset(xl.name for g in graphs for xl in g.xlators),
+        xlator_types=xlator_types(graphs),
+        options=dict(effective_options(vol)),
+    )

@@ -1,73 +1,95 @@
-"""Volume option values: validation, booleans, and the options a new volume starts with.
+"""Volume options as volgen takes them: canonical keys, checked values, and what a new volume starts with.
 
-Which keys exist and where they land is the option table (option_table.py). Values are
-validated by kind; glusterd writes them verbatim, and so do we.
+Keys and values are GlusterFS's own (optiontable.py, generated from GlusterFS 10.3). On top of glusterd's
+checks, volgen refuses the few keys whose effect it does not build: glusterd handles them with code that
+adds xlators or daemons glusterctl has no equivalent for (snapshots, NUFA/switch placement, SSL, the debug
+translators, gNFS), or that glusterd itself consumes. Setting one would be stored and silently do
+nothing, so it is refused with the reason.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 from collections.abc import Mapping
 
 from control.volgen.errors import VolgenError
-from control.volgen.option_table import OPTIONS, SUPPORTED_OPTIONS, OptionDef
+from control.volgen.optiontable import (
+    BOOL_TRUE,
+    USER_KEY_PREFIX,
+    OptionError,
+    OptionSpec,
+    VolumeContext,
+    lookup,
+    validate,
+)
 
-_TRUE = {"1", "on", "yes", "true", "enable"}
-_FALSE = {"0", "off", "no", "false", "disable"}
-_SIZE_RE = re.compile(r"^\d+(\.\d+)?([KMGTP]B?|B)?$", re.IGNORECASE)
-_ADDR_PATTERN_RE = re.compile(r"^[A-Za-z0-9.:*?/_\-\[\]]+$")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE", "TRACE")
+# graphs glusterctl builds; an option whose xlators live only elsewhere has no effect here
+BUILT_GRAPHS = frozenset({"brick", "client", "shd"})
+KEPT_WITHOUT_EFFECT = frozenset({"nfs.disable"})  # glusterd writes it at create; 10.3 has no gNFS
+
+_UNSUPPORTED_PREFIXES = {
+    "ssl.": "SSL/TLS between clients and bricks is not built by glusterctl",
+    "features.cloudsync": "the cloudsync translator is not built by glusterctl",
+}
+_UNSUPPORTED = {
+    "cluster.nufa": "NUFA placement is not built by glusterctl",
+    "cluster.switch": "switch placement is not built by glusterctl",
+    "client.ssl": _UNSUPPORTED_PREFIXES["ssl."],
+    "server.ssl": _UNSUPPORTED_PREFIXES["ssl."],
+    "auth.ssl-allow": _UNSUPPORTED_PREFIXES["ssl."],
+    "network.compression": "the cdc (compression) translator is not built by glusterctl",
+    "debug.trace": "debug translators are not built by glusterctl",
+    "debug.error-gen": "debug translators are not built by glusterctl",
+    "debug.delay-gen": "debug translators are not built by glusterctl",
+    "features.sdfs": "the sdfs translator is not built by glusterctl",
+    "features.uss": "user-serviceable snapshots need snapd, which glusterctl does not run",
+    "performance.parallel-readdir": "parallel-readdir (readdir-ahead under DHT) is not built by glusterctl",
+}
 
 
 def is_true(value: str) -> bool:
-    """glusterd's gf_string2boolean; the value must already be validated."""
-    return value.strip().lower() in _TRUE
+    """glusterd's gf_string2boolean for a value already validated."""
+    return value.strip().lower() in BOOL_TRUE
+
+
+def unsupported_reason(spec: OptionSpec) -> str | None:
+    """Why glusterctl refuses a key glusterd accepts, or None when it supports it."""
+    if spec.key in KEPT_WITHOUT_EFFECT:
+        return None
+    reason = _UNSUPPORTED.get(spec.key)
+    if reason is None:
+        reason = next((r for p, r in _UNSUPPORTED_PREFIXES.items() if spec.key.startswith(p)), None)
+    if reason is None and spec.scope == "cluster":
+        reason = "it is set for the whole cluster in glusterd, not for one volume"
+    if reason is None and not set(spec.graphs) & BUILT_GRAPHS:
+        where = ", ".join(spec.graphs) or "no graph"
+        reason = f"it configures {where}, which glusterctl does not run"
+    return reason
+
+
+def check_option(key: str, value: str, context: VolumeContext | None = None) -> tuple[str, str]:
+    """(canonical key, stored value) for ``volume set KEY VALUE``; VolgenError saying what is allowed."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise VolgenError(f"option {key!r}: key and value must be strings")
+    try:
+        if key.startswith(USER_KEY_PREFIX):
+            return key, validate(key, value, context)
+        spec = lookup(key)
+        reason = unsupported_reason(spec)
+        if reason:
+            raise VolgenError(f"option {spec.key} is not supported: {reason}")
+        return spec.key, validate(spec.key, value, context)
+    except OptionError as exc:
+        raise VolgenError(str(exc)) from None
 
 
 def validate_options(options: Mapping[str, str]) -> None:
-    """Raise VolgenError for an unknown key or a value of the wrong kind."""
+    """Every key canonical and supported, every value one glusterd would store (volume-independent checks)."""
     for key, value in options.items():
-        definition = OPTIONS.get(key)
-        if definition is None:
-            close = difflib.get_close_matches(str(key), SUPPORTED_OPTIONS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise VolgenError(f"unknown or unsupported volume option {key!r}{hint}")
-        _validate_value(definition, value)
-
-
-def _validate_value(d: OptionDef, value: str) -> None:
-    if not isinstance(value, str):
-        raise VolgenError(f"option {d.key}: value must be a string, got {type(value).__name__}")
-    v = value.strip()
-    if not v or v != value or any(c in value for c in "\r\n\t ") or not value.isprintable():
-        raise VolgenError(f"option {d.key}: value {value!r} must be one printable word")
-    if d.kind in ("bool", "noop"):
-        if v.lower() not in _TRUE | _FALSE:
-            raise VolgenError(f"option {d.key}: {value!r} is not a boolean (use on or off)")
-    elif d.kind == "int":
-        try:
-            n = int(v)
-        except ValueError:
-            raise VolgenError(f"option {d.key}: {value!r} is not an integer") from None
-        if (d.minimum is not None and n < d.minimum) or (d.maximum is not None and n > d.maximum):
-            upper = "" if d.maximum is None else d.maximum
-            raise VolgenError(f"option {d.key}: {n} is outside {d.minimum}-{upper}")
-    elif d.kind == "size":
-        if not _SIZE_RE.match(v):
-            raise VolgenError(f"option {d.key}: {value!r} is not a size (e.g. 64MB, 1GB, 4096)")
-    elif d.kind == "enum":
-        if v not in d.choices:
-            raise VolgenError(f"option {d.key}: {value!r} is not one of {', '.join(d.choices)}")
-    elif d.kind == "loglevel":
-        if v.upper() not in _LOG_LEVELS:
-            raise VolgenError(f"option {d.key}: {value!r} is not one of {', '.join(_LOG_LEVELS)}")
-    elif d.kind == "addrlist":
-        patterns = v.split(",")
-        if not all(p and _ADDR_PATTERN_RE.match(p) for p in patterns):
-            raise VolgenError(
-                f"option {d.key}: {value!r} must be a comma-separated list of addresses or patterns such as 10.0.0.*"
-            )
+        canonical, stored = check_option(key, value)
+        if canonical != key:
+            raise VolgenError(f"option {key!r} must be stored under its full name {canonical!r}")
+        if stored != value:
+            raise VolgenError(f"option {key}: value {value!r} must be stored as {stored!r}")
 
 
 def create_defaults(volume_type: str) -> dict[str, str]:

@@ -167,3 +167,129 @@ def test_options_match_glusterd(private_glusterd) -> None:
                 if key in OUR_ADDITIONS or key in ("timestamp-file", "shared-brick-count"):
                     continue
                 assert other.options.get(key) == value, f"{xl.name} option {key}"
+
+
+# Values that differ on purpose or name places (paths, hosts, credentials).
+VALUE_EXEMPT = OUR_ADDITIONS | {"timestamp-file", "shared-brick-count"}
+
+# 20+ options across brick, client and self-heal daemon xlators; several add or remove an xlator.
+TUNED_REPLICATE = {
+    # client graph: xlators added and removed
+    "performance.io-cache": "on",
+    "performance.read-ahead": "on",
+    "performance.nl-cache": "on",
+    "performance.write-behind": "off",
+    "performance.quick-read": "off",
+    "performance.client-io-threads": "on",
+    "features.shard": "on",
+    "features.shard-block-size": "16MB",
+    "features.ctime": "off",
+    # client options in xlators the graph holds
+    "performance.cache-size": "64MB",
+    "performance.md-cache-timeout": "5",
+    "performance.cache-invalidation": "on",
+    "performance.io-thread-count": "8",
+    "network.ping-timeout": "10",
+    "client.event-threads": "4",
+    "diagnostics.client-log-level": "WARNING",
+    "diagnostics.latency-measurement": "on",
+    "server.manage-gids": "on",
+    # AFR in client and shd graphs
+    "cluster.quorum-type": "fixed",
+    "cluster.quorum-count": "2",
+    "cluster.data-self-heal": "off",
+    "cluster.shd-max-threads": "4",
+    "cluster.self-heal-daemon": "off",
+    "cluster.heal-timeout": "120",
+    "cluster.favorite-child-policy": "mtime",
+    # brick graph (features.acl off removes access-control)
+    "features.acl": "off",
+    "features.read-only": "on",
+    "features.cache-invalidation": "on",
+    "server.root-squash": "on",
+    "server.event-threads": "4",
+    "diagnostics.brick-log-level": "WARNING",
+    "config.brick-threads": "8",
+    "storage.reserve": "5",
+    "auth.allow": "10.0.0.*",
+    "auth.reject": "10.0.0.9",
+}
+TUNED_DISPERSE = {
+    "disperse.eager-lock": "off",
+    "disperse.shd-max-threads": "4",
+    "disperse.background-heals": "4",
+    "cluster.heal-timeout": "120",
+    "cluster.disperse-self-heal-daemon": "disable",
+    "performance.stat-prefetch": "off",
+    "performance.open-behind": "off",
+    "performance.readdir-ahead": "on",
+    "performance.rda-cache-limit": "20MB",
+    "diagnostics.count-fop-hits": "on",
+    "config.client-threads": "4",
+    "storage.owner-uid": "1000",
+    "storage.owner-gid": "1000",
+    "features.leases": "on",
+    "network.inode-lru-limit": "50000",
+    "performance.io-thread-count": "32",
+    "cluster.lookup-optimize": "off",
+    "cluster.min-free-disk": "5%",
+    "network.frame-timeout": "600",
+    "features.worm": "on",
+}
+TUNED = {
+    "tuned-replicate": ("replicate", 6, ["replica", "3"], {"replica": 3}, TUNED_REPLICATE),
+    "tuned-disperse": ("disperse", 3, *EC_2_1, TUNED_DISPERSE),
+}
+
+
+def _assert_same_values(ours, theirs, what: str) -> None:
+    """Every option both graphs hold in xlators of the same name has the same value."""
+    theirs_by_name = {xl.name: xl for xl in theirs.xlators}
+    problems = []
+    for xl in ours.xlators:
+        other = theirs_by_name.get(xl.name)
+        if other is None:
+            problems.append(f"{xl.name} ({xl.type}) is not in theirs")
+            continue
+        for key, value in xl.options.items():
+            if key not in VALUE_EXEMPT and key in other.options and other.options[key] != value:
+                problems.append(f"{xl.name} option {key}: ours {value!r}, theirs {other.options[key]!r}")
+    assert not problems, f"{what} values differ from glusterd's:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("case", list(TUNED))
+def test_tuned_volumes_match_glusterd(private_glusterd, case: str) -> None:
+    """Volumes with 20+ options set: every graph has glusterd's shape, option keys and values."""
+    gd = private_glusterd
+    type_, count, layout, kwargs, options = TUNED[case]
+    assert len(options) >= 20
+    name = _volume_name(case)
+    (gd.root / "bricks" / name).mkdir(parents=True)
+    paths = [str(gd.root / "bricks" / name / f"b{i}") for i in range(count)]
+    result = gd.cli("volume", "create", name, *layout, *(f"{gd.host}:{p}" for p in paths), "force")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for key, value in options.items():
+        result = gd.cli("volume", "set", name, key, value)
+        assert result.returncode == 0, f"volume set {key} {value}: {result.stdout}{result.stderr}"
+    info = gd.volume_info(name)
+    vol = VolumeSpec(
+        name=name,
+        id=info["volume-id"],
+        type=type_,
+        bricks=tuple(BrickSpec("local", gd.host, p, 49152 + i) for i, p in enumerate(paths)),
+        options=options,
+        auth_username=info["username"],
+        auth_password=info["password"],
+        **kwargs,
+    )
+    pairs = [
+        (build_client_graph(vol), _theirs(gd, vol, f"{name}.tcp-fuse.vol"), "client"),
+        (build_client_graph(vol, trusted=True), _theirs(gd, vol, f"trusted-{name}.tcp-fuse.vol"), "trusted client"),
+        (build_shd_graph(vol, "local"), _theirs(gd, vol, f"{name}-shd.vol"), "shd"),
+    ]
+    pairs += [
+        (build_brick_graph(vol, i), _theirs(gd, vol, brick_volfile_name(vol, i)), f"brick {i}") for i in range(count)
+    ]
+    for ours, theirs, what in pairs:
+        _assert_same(ours, theirs, what)
+        _assert_same_values(ours, theirs, what)

@@ -204,14 +204,17 @@ def test_options_land_on_the_right_xlators() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"performance.io-cach": "on"}, "unsupported volume option 'performance.io-cach'"),
-        ({"no.such.key": "1"}, "unknown or unsupported volume option"),
-        ({"performance.io-cache": "maybe"}, "not a boolean"),
-        ({"network.ping-timeout": "soon"}, "not an integer"),
-        ({"network.ping-timeout": "5000"}, "outside"),
-        ({"cluster.quorum-type": "most"}, "not one of none, auto, fixed"),
-        ({"auth.allow": "10.0.0.1 10.0.0.2"}, "one printable word"),
-        ({"performance.cache-size": "lots"}, "not a size"),
+        ({"performance.io-cach": "on"}, "'performance.io-cach' does not exist .*did you mean performance.io-cache"),
+        ({"no.such.key": "1"}, "'no.such.key' does not exist in GlusterFS 10.3"),
+        ({"performance.io-cache": "maybe"}, "expected a boolean"),
+        ({"network.ping-timeout": "soon"}, "expected a time in seconds"),
+        ({"network.ping-timeout": "5000"}, r"in \[0 - 1013\]"),
+        ({"cluster.quorum-type": "most"}, "expected one of none, auto, fixed"),
+        ({"auth.allow": "10.0.0.1 10.0.0.2"}, "must be stored as '10.0.0.110.0.0.2'"),
+        ({"performance.cache-size": "lots"}, "expected a size"),
+        ({"ping-timeout": "10"}, "must be stored under its full name 'network.ping-timeout'"),
+        ({"cluster.nufa": "on"}, "not supported: NUFA"),
+        ({"cluster.brick-multiplex": "on"}, "whole cluster"),
     ],
 )
 def test_bad_options_are_refused(options: dict, message: str) -> None:
