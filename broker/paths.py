@@ -41,7 +41,7 @@ def system_dir(path: str) -> str | None:
     if path == "/":
         return "/"
     top = path.split("/")[1]
-    if top.startswith("lib"):  # /lib, /lib32, /lib64, /libx32
+    if top.startswith("lib"):  # /lib*: /lib, /lib32, /lib64, /libx32 (and anything else so named)
         return "/" + top
     for root in SYSTEM_DIRS:
         if _under(path, root):
