@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.messages import BrickReport, ShdReport
+from broker.paths import refuse_local
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class BrickManager:
 
     # ---- prepare (volume create) -----------------------------------------------------------
     def prepare(self, volume_id: str, name: str, bricks: list[dict[str, Any]]) -> dict[str, Any]:
+        refuse_local([b["path"] for b in bricks], "brick path", self.state_dir, BrickError)
         want = uuid.UUID(volume_id).bytes
         for brick in bricks:
             path = brick["path"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.bricks import BrickError, oserror
 from broker.messages import DeviceReport
+from broker.paths import refuse_local
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def is_mounted(path: str) -> bool:
 class DeviceManager:
     def __init__(self, state_dir: str, node: str) -> None:
         self.node = node
+        self.state_dir = state_dir
         self.path = os.path.join(state_dir, "devices.json")
         self.mount_root = os.path.join(state_dir, "devices")
         self._lock = threading.Lock()
@@ -62,6 +64,7 @@ class DeviceManager:
         os.replace(tmp, self.path)
 
     def add_path(self, path: str) -> dict[str, Any]:
+        refuse_local([path], "--path", self.state_dir, BrickError)
         parent = os.path.dirname(path.rstrip("/")) or "/"
         if not os.path.isdir(parent):
             raise BrickError(
@@ -75,6 +78,7 @@ class DeviceManager:
         return self._register({"path": path, "device": ""})
 
     def add_device(self, device: str) -> dict[str, Any]:
+        refuse_local([device], "--device", self.state_dir, BrickError, block_device=True)
         if not os.path.exists(device):
             raise BrickError(f"ENOENT: block device {device} does not exist on node {self.node}", path=device)
         probe = subprocess.run(["blkid", "-p", device], capture_output=True, text=True)

@@ -7,7 +7,8 @@ Clients and what they may do:
   hello/presence/heartbeat/task-status topics, subscribe only to its own task and registration
   topics and to the control presence; its last-will must be its own presence topic;
 * read-only monitoring users (user and password checked by the authority): subscribe to
-  presence, heartbeat and task-status topics; never publish.
+  presence, heartbeat and task-status topics of the clusters they hold a viewer (or better)
+  role on; never publish.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Authority(Protocol):
     def agent_cluster(self, node: str, token: str) -> str | None:
         """The cluster whose current join token is ``token``, or None."""
 
-    def monitor_ok(self, user: str, password: str) -> bool: ...
+    def monitor_clusters(self, user: str, password: str) -> list[str] | None:
+        """The clusters a monitoring user may watch (``ANY``: all of them), or None when refused."""
 
 
 @dataclass
@@ -86,8 +88,10 @@ class AccessControl:
                     publish=t.agent_publish_topics(cluster, username),
                     subscribe=t.agent_subscribe_filters(cluster, username),
                 )
-        if self.authority.monitor_ok(username, password):
-            return Identity("monitor", subscribe=self.topics.monitor_filters())
+        watched = self.authority.monitor_clusters(username, password)
+        if watched:
+            filters = {f for cluster in watched for f in self.topics.monitor_filters(cluster)}
+            return Identity("monitor", subscribe=tuple(sorted(filters)))
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:

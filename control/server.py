@@ -19,7 +19,7 @@ from broker.url import MqttUrl, parse_host_port
 from control.api.app import create_app
 from control.bridge import Bridge
 from control.errors import Unauthorized
-from control.services import clusters, users
+from control.services import authz, clusters, users
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
 from control.services.tasks import TaskEngine
@@ -69,12 +69,17 @@ class StoreAuthority:
             return None
         return cluster.name
 
-    def monitor_ok(self, user: str, password: str) -> bool:
+    def monitor_clusters(self, user: str, password: str) -> list[str] | None:
+        """The clusters a monitoring user may watch (viewer or better on the cluster); None: refused."""
         try:
-            users.login_check(user, password)
+            account = users.login_check(user, password)
         except Unauthorized:
-            return False
-        return True
+            return None
+        clusters = authz.Scope.of(account).monitor_clusters()
+        if not clusters:
+            log.warning("MQTT monitor %s refused: no viewer (or better) role on any cluster", user)
+            return None
+        return clusters
 
 
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:

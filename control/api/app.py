@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from broker import __version__
 from control.api import schemas as s
+from control.api.deps import PUBLIC, permit
 from control.api.events import router as events_router
 from control.api.heal import router as heal_router
 from control.api.options import router as options_router
@@ -87,7 +88,7 @@ def create_app(
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return JSONResponse(status_code=422, content={"detail": "; ".join(parts)})
 
-    @app.get("/healthz", response_model=s.Health, tags=["health"])
+    @app.get("/healthz", response_model=s.Health, tags=["health"], dependencies=[permit(None, PUBLIC)])
     def healthz() -> s.Health:
         connected = bool(bridge and bridge.connected.is_set())
         return s.Health(status="ok" if connected else "degraded", version=__version__, mqtt_connected=connected)

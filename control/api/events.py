@@ -13,16 +13,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from control.api.deps import CurrentUser, Hub
+from control.api.deps import LOGIN, CurrentUser, Hub, permit
 from control.errors import InvalidInput
-from control.services import eventfeed
+from control.services import authz, eventfeed
+from control.services.authz import Action, Scope
 from control.services.eventfeed import LoopWaker
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ HOT_SECONDS = 1.0
 GAP_WAIT_SECONDS = 3.0  # an id gap above the oldest row is a transaction still in flight; wait this long
 BATCH = 500  # rows per read
 SHUTDOWN_CHECK_SECONDS = 0.25
+GRANTS_REFRESH_SECONDS = 5.0  # a stream re-reads its user's grants this often (grants given or revoked meanwhile)
 
 
 DESCRIPTION = f"""
@@ -61,6 +63,9 @@ data: {{"id": 1234, "at": 1717171717.5, "cluster": "default", "kind": "node.stat
 - The server keeps the newest events (`glusterctl server --event-backlog`, default 10000). A client that asks to resume from an id that has
   been pruned first gets `event: reset` with `{{"after": ID, "oldest_id": M}}`: it lost events
   and must reload state through REST; the stream then continues with the oldest kept event.
+- Each user sees the events of what it may read: everything of a cluster it holds a role on,
+  and of a volume, node or device it was granted; events without a cluster (users) only with a
+  global role.
 - Filters: `cluster=NAME` (comma-separated list), `kind=KIND` (comma-separated; `task.` or `task`
   matches every `task.*` kind). Events that a filter drops still advance the id: heartbeats
   carry an `id:` line so a resuming client does not fall behind the backlog.
@@ -113,19 +118,46 @@ async def _abort_on_shutdown(request: Request) -> None:
     transport.abort()
 
 
+class Visibility:
+    """What one stream's user may see, re-read every GRANTS_REFRESH_SECONDS."""
+
+    def __init__(self, load: Callable[[], Scope]) -> None:
+        self._load = load
+        self._scope: Scope | None = None
+        self._loaded_at = 0.0
+
+    async def scope(self) -> Scope:
+        if self._scope is None or time.monotonic() - self._loaded_at >= GRANTS_REFRESH_SECONDS:
+            self._scope = await run_in_threadpool(self._load)
+            self._loaded_at = time.monotonic()
+        return self._scope
+
+
 async def stream(
-    request: Request, waker: LoopWaker, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
+    request: Request,
+    waker: LoopWaker,
+    after: int | None,
+    clusters: list[str],
+    kinds: list[str],
+    heartbeat: float,
+    visibility: Visibility,
 ) -> AsyncIterator[bytes]:
     watcher = asyncio.create_task(_abort_on_shutdown(request))
     try:
-        async for chunk in _stream(request, waker, after, clusters, kinds, heartbeat):
+        async for chunk in _stream(request, waker, after, clusters, kinds, heartbeat, visibility):
             yield chunk
     finally:
         watcher.cancel()
 
 
 async def _stream(
-    request: Request, waker: LoopWaker, after: int | None, clusters: list[str], kinds: list[str], heartbeat: float
+    request: Request,
+    waker: LoopWaker,
+    after: int | None,
+    clusters: list[str],
+    kinds: list[str],
+    heartbeat: float,
+    visibility: Visibility,
 ) -> AsyncIterator[bytes]:
     oldest, newest = await run_in_threadpool(eventfeed.bounds)
     watch_shutdown = not _shutting_down(request)  # a client that asked for Connection: close
@@ -144,6 +176,7 @@ async def _stream(
     gap_seen: dict[int, float] = {}
     while True:
         rows = await run_in_threadpool(eventfeed.read_after, cursor, BATCH)
+        scope = await visibility.scope()
         chunks: list[bytes] = []
         for event_id, at, cluster, kind, subject, data in rows:
             if event_id != cursor + 1:
@@ -162,6 +195,8 @@ async def _stream(
             if clusters and cluster not in clusters:
                 continue
             if not eventfeed.kind_matches(kind, kinds):
+                continue
+            if not scope.sees_event(cluster, kind, subject, data):
                 continue
             chunks.append(
                 _message(
@@ -198,6 +233,7 @@ async def _stream(
     description=DESCRIPTION,
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}},
+    dependencies=[permit(Action.READ, LOGIN)],
 )
 async def event_stream(
     request: Request,
@@ -216,7 +252,8 @@ async def event_stream(
             raise InvalidInput(f"Last-Event-ID must be an event id (a number), not {last_event_id!r}") from None
     if after is not None and after < 0:
         raise InvalidInput("after must be 0 or more")
-    body = stream(request, hub.waker(), after, parse_filters(cluster), parse_filters(kind), heartbeat)
+    visibility = Visibility(lambda: authz.reload(actor))
+    body = stream(request, hub.waker(), after, parse_filters(cluster), parse_filters(kind), heartbeat, visibility)
     return StreamingResponse(
         body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )

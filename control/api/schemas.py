@@ -267,3 +267,39 @@ class HealResult(BaseModel):
 
 class VolfilesPushed(BaseModel):
     tasks: list[str]  # one volume.volfiles task per node holding bricks
+
+
+# ---- grants -------------------------------------------------------------------------------
+class GrantRequest(BaseModel):
+    role: str = Field(description="admin, operator or viewer")
+    cluster: str | None = Field(default=None, description="the cluster; without it the grant covers everything")
+    volume: str | None = Field(default=None, description="only this volume of the cluster")
+    node: str | None = Field(default=None, description="only this node of the cluster (and its devices)")
+    device: str | None = Field(default=None, description="only this registered path or device, as NODE:PATH")
+
+    def scope_and_name(self) -> tuple[str, str]:
+        """(scope, object name) from the fields given; a request naming two objects is refused."""
+        from control.errors import InvalidInput
+
+        given = [(k, v) for k, v in (("volume", self.volume), ("node", self.node), ("device", self.device)) if v]
+        if len(given) > 1:
+            raise InvalidInput("a grant covers one object: give at most one of --volume, --node, --device")
+        if given:
+            if not self.cluster:
+                raise InvalidInput(f"a {given[0][0]} grant needs its cluster (-c CLUSTER)")
+            return given[0]
+        return ("cluster", "") if self.cluster else ("global", "")
+
+
+class GrantPublic(Public):
+    role: str
+    scope: str  # global, cluster, volume, node, device
+    cluster: str | None
+    name: str | None  # the volume, node, or NODE:PATH
+    text: str  # e.g. "operator on volume gv1 in cluster prod"
+
+
+class UserGrants(Public):
+    name: str
+    admin: bool
+    grants: list[GrantPublic]

@@ -1,4 +1,7 @@
-"""HTTP routes for devices, volumes, client volfiles and the failure report."""
+"""HTTP routes for devices, volumes, client volfiles and the failure report.
+
+Every route declares its permission (``permit``); lists show only what the caller may see.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,18 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from control.api import schemas as s
-from control.api.deps import CurrentUser, Devices, Volumes
+from control.api.deps import DEVICE, IN_CLUSTER, LOGIN, NODE, VOLUME, CurrentScope, Devices, Volumes, permit
 from control.errors import InvalidInput
-from control.services import clusters, failures, views
+from control.services import authz, clusters, failures, views
+from control.services.authz import Action
 from control.services.layout import VolumeRequest
 from control.services.volfiles import client_volfile_text
 from control.store.models import Task, Volume
 
 router = APIRouter(prefix="/api/v1")
+READ, OPERATE, ADMIN = Action.READ, Action.OPERATE, Action.ADMIN
 
+MAX_SCAN = 2000  # failures a filtered report looks through for the caller's own
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
 UNITS = {
     "": 1,
@@ -58,9 +64,11 @@ def volume_public(volume: Volume) -> s.VolumePublic:
     status_code=202,
     tags=["devices"],
     description="Register a brick home on a node: a directory (`path`) or an empty block device (`device`), "
-    "which the agent formats with XFS and mounts. Runs as a task on the node.",
+    "which the agent formats with XFS and mounts. Runs as a task on the node. Admins only (of the node); "
+    "system directories (/etc, /usr, /var/lib, ...) are refused.",
+    dependencies=[permit(ADMIN, NODE)],
 )
-def add_device(name: str, body: s.DeviceCreate, actor: CurrentUser, service: Devices) -> s.DeviceAdded:
+def add_device(name: str, body: s.DeviceCreate, service: Devices) -> s.DeviceAdded:
     dev, task = service.add(clusters.get(name), body.node, body.path, body.device)
     return s.DeviceAdded(
         device=s.DevicePublic.model_validate(views.device_view(dev)),
@@ -68,18 +76,29 @@ def add_device(name: str, body: s.DeviceCreate, actor: CurrentUser, service: Dev
     )
 
 
-@router.get("/clusters/{name}/devices", response_model=list[s.DevicePublic], tags=["devices"])
-def list_devices(name: str, actor: CurrentUser, service: Devices, node: str | None = None) -> list[s.DevicePublic]:
-    return [s.DevicePublic.model_validate(views.device_view(d)) for d in service.list_devices(clusters.get(name), node)]
+@router.get(
+    "/clusters/{name}/devices",
+    response_model=list[s.DevicePublic],
+    tags=["devices"],
+    dependencies=[permit(READ, IN_CLUSTER)],
+)
+def list_devices(name: str, scope: CurrentScope, service: Devices, node: str | None = None) -> list[s.DevicePublic]:
+    rows = service.list_devices(clusters.get(name), node)
+    return [
+        s.DevicePublic.model_validate(views.device_view(d))
+        for d in rows
+        if scope.sees_device(name, d.node_name, d.path)
+    ]
 
 
 @router.delete(
     "/clusters/{name}/devices/{node}",
     status_code=204,
     tags=["devices"],
-    description="Forget a registered path or device; refused while a brick uses it.",
+    description="Forget a registered path or device (admins only); refused while a brick uses it.",
+    dependencies=[permit(ADMIN, DEVICE)],
 )
-def remove_device(name: str, node: str, actor: CurrentUser, service: Devices, path: str = Query(...)) -> Response:
+def remove_device(name: str, node: str, service: Devices, path: str = Query(...)) -> Response:
     service.remove(clusters.get(name), node, path)
     return Response(status_code=204)
 
@@ -91,9 +110,12 @@ def remove_device(name: str, node: str, actor: CurrentUser, service: Devices, pa
     status_code=202,
     tags=["volumes"],
     description="Create a volume (and start it unless `start` is false). Bricks are NODE:/path in order; "
-    "or give `size` to place them on registered devices.",
+    "or give `size` to place them on registered devices. Needs operator on the cluster, or on the nodes or "
+    "devices of every brick; bricks must lie under a registered path or device of their node unless the "
+    "caller is admin of that node; system directories are refused.",
+    dependencies=[permit(OPERATE, IN_CLUSTER)],
 )
-def create_volume(name: str, body: s.VolumeCreate, actor: CurrentUser, service: Volumes) -> s.VolumeOperation:
+def create_volume(name: str, body: s.VolumeCreate, scope: CurrentScope, service: Volumes) -> s.VolumeOperation:
     req = VolumeRequest(
         name=body.name,
         bricks=body.bricks,
@@ -106,13 +128,20 @@ def create_volume(name: str, body: s.VolumeCreate, actor: CurrentUser, service: 
         options=body.options,
         size_bytes=parse_size(body.size) if body.size else 0,
     )
-    volume, tasks = service.create(clusters.get(name), req)
+    cluster = clusters.get(name)
+    authz.check_volume_create(scope, cluster, req)
+    volume, tasks = service.create(cluster, req)
     return operation(volume, tasks)
 
 
-@router.get("/clusters/{name}/volumes", response_model=list[s.VolumePublic], tags=["volumes"])
-def list_volumes(name: str, actor: CurrentUser, service: Volumes) -> list[s.VolumePublic]:
-    return [volume_public(v) for v in service.list_volumes(clusters.get(name))]
+@router.get(
+    "/clusters/{name}/volumes",
+    response_model=list[s.VolumePublic],
+    tags=["volumes"],
+    dependencies=[permit(READ, IN_CLUSTER)],
+)
+def list_volumes(name: str, scope: CurrentScope, service: Volumes) -> list[s.VolumePublic]:
+    return [volume_public(v) for v in service.list_volumes(clusters.get(name)) if scope.sees_volume(name, v.name)]
 
 
 @router.get(
@@ -121,22 +150,31 @@ def list_volumes(name: str, actor: CurrentUser, service: Volumes) -> list[s.Volu
     tags=["volumes"],
     description="The volume with each brick's node, path, port, pid and Online/Offline/Unreachable "
     "(from the agents' heartbeats) and the self-heal daemon per node.",
+    dependencies=[permit(READ, VOLUME)],
 )
-def get_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) -> s.VolumePublic:
+def get_volume(name: str, volume: str, service: Volumes) -> s.VolumePublic:
     return volume_public(service.get(clusters.get(name), volume))
 
 
 @router.post(
-    "/clusters/{name}/volumes/{volume}/start", response_model=s.VolumeOperation, status_code=202, tags=["volumes"]
+    "/clusters/{name}/volumes/{volume}/start",
+    response_model=s.VolumeOperation,
+    status_code=202,
+    tags=["volumes"],
+    dependencies=[permit(OPERATE, VOLUME)],
 )
-def start_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) -> s.VolumeOperation:
+def start_volume(name: str, volume: str, service: Volumes) -> s.VolumeOperation:
     return operation(*service.start(clusters.get(name), volume))
 
 
 @router.post(
-    "/clusters/{name}/volumes/{volume}/stop", response_model=s.VolumeOperation, status_code=202, tags=["volumes"]
+    "/clusters/{name}/volumes/{volume}/stop",
+    response_model=s.VolumeOperation,
+    status_code=202,
+    tags=["volumes"],
+    dependencies=[permit(OPERATE, VOLUME)],
 )
-def stop_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) -> s.VolumeOperation:
+def stop_volume(name: str, volume: str, service: Volumes) -> s.VolumeOperation:
     return operation(*service.stop(clusters.get(name), volume))
 
 
@@ -147,10 +185,9 @@ def stop_volume(name: str, volume: str, actor: CurrentUser, service: Volumes) ->
     tags=["volumes"],
     description="Delete a stopped volume. With purge=true the agents also remove GlusterFS metadata "
     "(volume-id xattr, .glusterfs) from the brick directories; data files stay.",
+    dependencies=[permit(OPERATE, VOLUME)],
 )
-def delete_volume(
-    name: str, volume: str, actor: CurrentUser, service: Volumes, purge: bool = False
-) -> s.VolumeOperation:
+def delete_volume(name: str, volume: str, service: Volumes, purge: bool = False) -> s.VolumeOperation:
     return operation(*service.delete(clusters.get(name), volume, purge))
 
 
@@ -158,9 +195,11 @@ def delete_volume(
     "/clusters/{name}/volumes/{volume}/volfile",
     response_class=PlainTextResponse,
     tags=["volumes"],
-    description="The FUSE client volfile: mount with `glusterfs -f FILE --volfile-id NAME MOUNTPOINT`.",
+    description="The FUSE client volfile: mount with `glusterfs -f FILE --volfile-id NAME MOUNTPOINT`. "
+    "It carries the volume's client credentials, so it needs operator on the volume.",
+    dependencies=[permit(OPERATE, VOLUME)],
 )
-def client_volfile(name: str, volume: str, actor: CurrentUser, service: Volumes) -> PlainTextResponse:
+def client_volfile(name: str, volume: str, service: Volumes) -> PlainTextResponse:
     return PlainTextResponse(client_volfile_text(service.get(clusters.get(name), volume)))
 
 
@@ -169,9 +208,14 @@ def client_volfile(name: str, volume: str, actor: CurrentUser, service: Volumes)
     "/failures",
     response_model=list[dict[str, Any]],
     tags=["failures"],
-    description="The last failed tasks with node, error, the reason and how to fix it.",
+    description="The last failed tasks with node, error, the reason and how to fix it (those the caller may see).",
+    dependencies=[permit(READ, LOGIN)],
 )
 def failure_report(
-    actor: CurrentUser, cluster: str | None = None, limit: int = Query(20, ge=1, le=500)
+    scope: CurrentScope, cluster: str | None = None, limit: int = Query(20, ge=1, le=500)
 ) -> list[dict[str, Any]]:
-    return failures.recent(clusters.get(cluster) if cluster else None, limit)
+    if cluster and not scope.sees_cluster(cluster):
+        return []
+    everything = scope.allows(READ, authz.EVERYTHING) or bool(cluster and scope.allows(READ, authz.on_cluster(cluster)))
+    rows = failures.recent(clusters.get(cluster) if cluster else None, limit if everything else MAX_SCAN)
+    return [r for r in rows if everything or scope.sees_task(r["cluster"], r["node"], r["target"])][:limit]

@@ -193,6 +193,46 @@ def user_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grant_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"role": args.role}
+    for key in ("cluster", "volume", "node", "device"):
+        if getattr(args, key, None):
+            body[key] = getattr(args, key)
+    return body
+
+
+def user_grant(args: argparse.Namespace) -> int:
+    grant = _client(args).post(f"/api/v1/users/{args.name}/grants", _grant_body(args))
+    print(f"User {args.name} now has {grant['text']}.")
+    return 0
+
+
+def user_revoke(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/users/{args.name}/grants", **_grant_body(args))
+    print(f"Grant revoked from user {args.name}.")
+    return 0
+
+
+def user_show(args: argparse.Namespace) -> int:
+    data = _client(args).get(f"/api/v1/users/{args.name}/grants")
+    if args.output == "json":
+        emit(data, "json", [])
+        return 0
+    print(f"User: {data['name']}{'  (admin)' if data['admin'] else ''}")
+    emit(
+        data["grants"],
+        "table",
+        [
+            ("ROLE", "role"),
+            ("SCOPE", "scope"),
+            ("CLUSTER", lambda g: g["cluster"] or "*"),
+            ("ON", lambda g: g["name"] or "-"),
+        ],
+        "grants",
+    )
+    return 0
+
+
 # ---- clusters ------------------------------------------------------------------------------
 def cluster_add(args: argparse.Namespace) -> int:
     answer = _client(args).post("/api/v1/clusters", {"name": args.name})

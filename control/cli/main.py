@@ -107,12 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", action="store_true", help="make the user an admin")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=commands.user_create)
-    p = users.add_parser("list", parents=[common], help="list users")
+    p = users.add_parser("list", parents=[common], help="list users (admins only)")
     _output(p)
     p.set_defaults(func=commands.user_list)
     p = users.add_parser("delete", parents=[common], help="delete a user (admins only)")
     p.add_argument("name")
     p.set_defaults(func=commands.user_delete)
+    for action, helptext in (
+        ("grant", "give a user a role over everything, a cluster, a volume, a node or a device (admins only)"),
+        ("revoke", "take back a role given with 'user grant' (same arguments; admins only)"),
+    ):
+        p = users.add_parser(
+            action,
+            parents=[common],
+            help=helptext,
+            description=f"{helptext[0].upper()}{helptext[1:]}. Roles: admin (everything, including devices, "
+            "join tokens, node removal and users), operator (create volumes under registered brick homes or "
+            "with --size; start, stop, delete them), viewer (read only). Without -c the role covers every "
+            "cluster; -c alone the whole cluster; with --volume, --node or --device only that object.",
+        )
+        p.add_argument("name", help="user name")
+        p.add_argument("role", choices=["admin", "operator", "viewer"])
+        p.add_argument("-c", "--cluster", help="the cluster (default: every cluster)")
+        scope = p.add_mutually_exclusive_group()
+        scope.add_argument("--volume", help="only this volume of the cluster")
+        scope.add_argument("--node", help="only this node of the cluster (and its devices)")
+        scope.add_argument("--device", metavar="NODE:PATH", help="only this registered path or device")
+        p.set_defaults(func=getattr(commands, f"user_{action}"))
+    p = users.add_parser("show", parents=[common], help="show a user's roles and where they apply")
+    p.add_argument("name")
+    _output(p)
+    p.set_defaults(func=commands.user_show)
 
     # ---- clusters ---------------------------------------------------------------------------
     clusters = sub.add_parser("cluster", help="manage clusters").add_subparsers(

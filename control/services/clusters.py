@@ -7,8 +7,8 @@ import secrets
 import time
 
 from broker.messages import check_name, make_join_token
-from control.errors import Conflict, Forbidden, InvalidInput, NotFound
-from control.services import events
+from control.errors import Conflict, InvalidInput, NotFound
+from control.services import authz, events
 from control.store.models import Cluster, Node, User
 from control.store.models import database_proxy as db
 
@@ -61,8 +61,7 @@ def join_token(cluster: Cluster) -> str:
 
 
 def rotate_token(name: str, actor: User) -> Cluster:
-    if not actor.is_admin:
-        raise Forbidden("only admins can rotate join tokens")
+    authz.require(actor, authz.Action.ADMIN, authz.on_cluster(name))
     with db.atomic():
         cluster = get(name)
         cluster.join_secret = _new_secret()
@@ -74,8 +73,7 @@ def rotate_token(name: str, actor: User) -> Cluster:
 
 
 def delete(name: str, actor: User) -> None:
-    if not actor.is_admin:
-        raise Forbidden("only admins can delete clusters")
+    authz.require(actor, authz.Action.ADMIN, authz.on_cluster(name))
     if name == DEFAULT_CLUSTER:
         raise Conflict("the default cluster cannot be deleted")
     with db.atomic():

@@ -6,9 +6,9 @@ import posixpath
 import uuid
 
 from broker.messages import TaskKind, TaskState
+from broker.paths import PathRefused, check_path
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
-from control.services.layout import MAX_PATH
 from control.services.tasks import TaskEngine
 from control.store.models import Brick, Cluster, Device, Node, Task, Volume
 from control.store.models import database_proxy as db
@@ -22,13 +22,10 @@ class DeviceService:
     def add(self, cluster: Cluster, node: str, path: str | None, device: str | None) -> tuple[Device, Task]:
         if bool(path) == bool(device):
             raise InvalidInput("give exactly one of --path DIR or --device /dev/DISK")
-        target = posixpath.normpath(path or device or "")
-        if not target.startswith("/") or target == "/" or len(target) > MAX_PATH:
-            raise InvalidInput(
-                f"{target[:80]!r} is not allowed: use an absolute path other than /, at most {MAX_PATH} characters"
-            )
-        if device and not target.startswith("/dev/"):
-            raise InvalidInput(f"--device {target!r} must be a block device under /dev")
+        try:
+            target = check_path(path or device or "", "--device" if device else "--path", block_device=bool(device))
+        except PathRefused as exc:
+            raise InvalidInput(str(exc)) from None
         with db.atomic():
             if not Node.select().where((Node.cluster == cluster) & (Node.name == node)).exists():
                 raise NotFound(f"no node {node!r} in cluster {cluster.name!r}")

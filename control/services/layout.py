@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker.paths import MAX_PATH, PathRefused, check_path, normalise
 from control.errors import InvalidInput, NotFound
-from control.store.models import Cluster, Node
+from control.store.models import Cluster, Device, Node
 
-MAX_PATH = 1024  # brick and device paths (the store's column size)
+__all__ = ["MAX_PATH", "Layout", "VolumeRequest", "check_layout", "parse_bricks", "volume_type"]
 
 
 @dataclass
@@ -23,6 +24,8 @@ class VolumeRequest:
     force: bool = False
     start: bool = True
     options: dict[str, str] = field(default_factory=dict)
+    # dynamic placement: the registered devices the requesting user may put bricks on (None: all)
+    usable_device: Callable[[Device], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,36 @@ def volume_type(req: VolumeRequest) -> Layout:
     return Layout("distribute", 1, 0, 0, 0)
 
 
+def _device_mounts(cluster: Cluster) -> dict[str, list[str]]:
+    """Per node, the mount points of registered block devices (the agent mounts them in its state dir)."""
+    mounts: dict[str, list[str]] = {}
+    query = Device.select(Device.node_name, Device.path).where(
+        (Device.cluster == cluster) & (Device.device != "") & (Device.state == "Ready")
+    )
+    for dev in query:
+        mounts.setdefault(dev.node_name, []).append(dev.path)
+    return mounts
+
+
 def parse_bricks(cluster: Cluster, items: list[str]) -> list[tuple[str, str]]:
-    """NODE:/path arguments as (node, normalised path); every node must be registered."""
+    """NODE:/path arguments as (node, normalised path); every node must be registered.
+
+    System directories are refused (``broker.paths``), except inside the mount point of a block
+    device the agent formatted, which lies in its state directory.
+    """
     out = []
+    mounts = _device_mounts(cluster) if items else {}
     for item in items:
         node, sep, path = item.partition(":")
         if not sep or not node or not path:
             raise InvalidInput(f"invalid brick {item!r}: use NODE:/absolute/path")
-        path = posixpath.normpath(path)
-        if not path.startswith("/") or path == "/" or len(path) > MAX_PATH:
-            raise InvalidInput(
-                f"invalid brick path {path[:80]!r} on {node}: use an absolute path other than /, "
-                f"at most {MAX_PATH} characters"
-            )
+        path = normalise(path)
+        on_mount = any(path.startswith(m.rstrip("/") + "/") for m in mounts.get(node, []))
+        if len(path) > MAX_PATH or not on_mount:
+            try:
+                check_path(path, f"brick path on {node}")
+            except PathRefused as exc:
+                raise InvalidInput(str(exc)) from None
         if not Node.select().where((Node.cluster == cluster) & (Node.name == node)).exists():
             raise NotFound(
                 f"no node {node!r} in cluster {cluster.name!r}: start its agent with the cluster's join token first"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import posixpath
 from collections import defaultdict
+from collections.abc import Callable
 
 from broker.messages import NodeState
-from control.errors import Conflict, InvalidInput
+from control.errors import Conflict, Forbidden, InvalidInput
 from control.services.layout import Layout
 from control.store.models import Brick, Cluster, Device, Node, Volume
 
 
-def place_by_size(cluster: Cluster, name: str, layout: Layout, size: int) -> list[tuple[str, str, Device]]:
+def place_by_size(
+    cluster: Cluster, name: str, layout: Layout, size: int, usable: Callable[[Device], bool] | None = None
+) -> list[tuple[str, str, Device]]:
     """Dynamic provisioning: one set of bricks on Ready devices with room, each on a distinct node.
 
-    Nodes that are Online come first, then the devices with the most free space.
+    Nodes that are Online come first, then the devices with the most free space. ``usable``:
+    only the devices the requesting user may put bricks on.
     """
     set_size = layout.set_size
     per_brick = size if layout.type != "disperse" else -(-size // (set_size - layout.redundancy))
@@ -24,6 +28,8 @@ def place_by_size(cluster: Cluster, name: str, layout: Layout, size: int) -> lis
         .where((Device.cluster == cluster) & (Device.state == "Ready"))
         .order_by(Device.free_bytes.desc())
     ):
+        if usable is not None and not usable(dev):
+            continue
         if dev.free_bytes >= per_brick and dev.node_name not in candidates:
             candidates[dev.node_name] = dev
     online = {n.name for n in Node.select().where((Node.cluster == cluster) & (Node.state == NodeState.ONLINE.value))}
@@ -47,3 +53,24 @@ def check_paths_free(cluster: Cluster, bricks: list[tuple[str, str]], exclude_vo
         for other, vol in used[node]:
             if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
                 raise Conflict(f"brick path {node}:{path} is already used by volume {vol!r} ({node}:{other})")
+
+
+def under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_brick_homes(cluster: Cluster, bricks: list[tuple[str, str]], free_choice: Callable[[str], bool]) -> None:
+    """Each brick lies under a registered Ready path or device of its node, unless ``free_choice(node)`` (admins)."""
+    roots: dict[str, list[str]] = defaultdict(list)
+    for dev in Device.select(Device.node_name, Device.path).where(
+        (Device.cluster == cluster) & (Device.state == "Ready")
+    ):
+        roots[dev.node_name].append(dev.path)
+    for node, path in bricks:
+        if free_choice(node) or any(under(path, root) for root in roots[node]):
+            continue
+        known = ", ".join(sorted(roots[node])) or "none registered"
+        raise Forbidden(
+            f"brick {node}:{path} is not under a registered brick home of node {node} ({known}): put it under one, "
+            f"use --size, or ask an admin to register one ('glusterctl device add -c {cluster.name} {node} --path DIR')"
+        )

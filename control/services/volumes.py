@@ -111,7 +111,7 @@ class VolumeService:
         if req.size_bytes:
             if req.bricks:
                 raise InvalidInput("give either bricks (NODE:/path) or --size, not both")
-            placed = place_by_size(cluster, req.name, layout, req.size_bytes)
+            placed = place_by_size(cluster, req.name, layout, req.size_bytes, req.usable_device)
             bricks = [(n, p) for n, p, _ in placed]
             devices = [d for _, _, d in placed]
         else:

@@ -91,6 +91,14 @@ def _migration_4(db: pw.Database) -> None:
         m.Node.update(facts=facts).where(m.Node.id == node.id).execute()
 
 
+def _migration_6(db: pw.Database) -> None:
+    """Grants: roles scoped to everything, a cluster, a volume, a node or a device.
+
+    Self-contained and idempotent (``safe``): it may run before or after migration 5.
+    """
+    db.create_tables([m.Grant], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -117,8 +125,9 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (6, _migration_6),
 ]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
 
 def make_database(url: str | None, data_dir: str) -> pw.Database:
@@ -183,19 +192,22 @@ def migrate(db: pw.Database) -> int:
     """Apply the migrations the database lacks; return the schema version."""
     with db.atomic():
         db.create_tables([m.SchemaVersion])
-        row = m.SchemaVersion.select(pw.fn.MAX(m.SchemaVersion.version)).scalar()
-        current = row or 0
-        if current > SCHEMA_VERSION:
+        # each migration is applied once, by number: branches that add migrations in parallel
+        # may land in either order, so a database at 6 still gets a 5 that arrived later
+        applied = {row.version for row in m.SchemaVersion.select(m.SchemaVersion.version)}
+        unknown = sorted(applied - {version for version, _ in MIGRATIONS})
+        if unknown:
             raise DatabaseError(
-                f"database schema version {current} is newer than this glusterctl ({SCHEMA_VERSION}); upgrade glusterctl"
+                f"database schema version {unknown[-1]} is newer than this glusterctl ({SCHEMA_VERSION}); "
+                "upgrade glusterctl"
             )
-        for version, step in MIGRATIONS:
-            if version > current:
+        for version, step in sorted(MIGRATIONS, key=lambda pair: pair[0]):
+            if version not in applied:
                 log.info("applying schema migration %d", version)
                 step(db)
                 m.SchemaVersion.create(version=version)
-                current = version
-    return current
+                applied.add(version)
+    return max(applied)
 
 
 def open_database(url: str | None, data_dir: str) -> pw.Database:

@@ -196,6 +196,30 @@ class SelfHealDaemon(BaseModel):
         indexes = ((("volume", "node_name"), True),)
 
 
+class Grant(BaseModel):
+    """A role given to a user over everything (scope ``global``) or over one cluster, volume, node or device.
+
+    The scoped object is a foreign key, so a grant ends with its object: a volume or node of the
+    same name created later is not covered. When a recursive delete nulls the key instead, the
+    grant keeps its ``scope`` and matches nothing.
+    """
+
+    id = pw.AutoField()
+    user = pw.ForeignKeyField(User, backref="grants", on_delete="CASCADE")
+    user_id: int
+    role = pw.CharField(max_length=16)  # admin, operator, viewer
+    scope = pw.CharField(max_length=16)  # global, cluster, volume, node, device
+    cluster = pw.ForeignKeyField(Cluster, null=True, on_delete="CASCADE")
+    cluster_id: int | None
+    volume = pw.ForeignKeyField(Volume, null=True, on_delete="CASCADE")
+    volume_id: str | None
+    node = pw.ForeignKeyField(Node, null=True, on_delete="CASCADE")
+    node_id: int | None
+    device = pw.ForeignKeyField(Device, null=True, on_delete="CASCADE")
+    device_id: int | None
+    created_at = pw.DoubleField(default=now)
+
+
 ALL_MODELS = [
     SchemaVersion,
     User,
@@ -209,4 +233,5 @@ ALL_MODELS = [
     Volume,
     Brick,
     SelfHealDaemon,
+    Grant,
 ]
