@@ -7,8 +7,9 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Body, Depends, Request
 
 from control.api import schemas as s
-from control.api.deps import CurrentUser
+from control.api.deps import VOLUME, CurrentUser, permit
 from control.services import clusters
+from control.services.authz import Action
 from control.services.options import RESET_ALL, OptionChange, OptionService, OptionValue
 
 router = APIRouter(prefix="/api/v1/clusters/{name}/volumes/{volume}/options", tags=["options"])
@@ -42,6 +43,7 @@ def _changed(change: OptionChange) -> s.OptionsChanged:
     response_model=list[s.OptionPublic],
     description="Every option with its effective value and where it comes from (set, create, default), "
     "like `gluster volume get VOL all`; `?key=` for one (full key, alias or unique short form).",
+    dependencies=[permit(Action.READ, VOLUME)],
 )
 def get_options(
     name: str, volume: str, actor: CurrentUser, service: Options, key: str | None = None
@@ -49,7 +51,12 @@ def get_options(
     return [_public(r) for r in service.get(clusters.get(name), volume, key)]
 
 
-@router.get("/{key}", response_model=s.OptionPublic, description="One option's effective value.")
+@router.get(
+    "/{key}",
+    response_model=s.OptionPublic,
+    description="One option's effective value.",
+    dependencies=[permit(Action.READ, VOLUME)],
+)
 def get_option(name: str, volume: str, key: str, actor: CurrentUser, service: Options) -> s.OptionPublic:
     return _public(service.get(clusters.get(name), volume, key)[0])
 
@@ -60,8 +67,20 @@ _SET_DESCRIPTION = (
 )
 
 
-@router.put("", response_model=s.OptionsChanged, status_code=202, description=_SET_DESCRIPTION)
-@router.post("", response_model=s.OptionsChanged, status_code=202, description=_SET_DESCRIPTION)
+@router.put(
+    "",
+    response_model=s.OptionsChanged,
+    status_code=202,
+    description=_SET_DESCRIPTION,
+    dependencies=[permit(Action.OPERATE, VOLUME)],
+)
+@router.post(
+    "",
+    response_model=s.OptionsChanged,
+    status_code=202,
+    description=_SET_DESCRIPTION,
+    dependencies=[permit(Action.OPERATE, VOLUME)],
+)
 def set_options(
     name: str, volume: str, actor: CurrentUser, service: Options, body: Annotated[dict[str, str], Body()]
 ) -> s.OptionsChanged:
@@ -73,6 +92,7 @@ def set_options(
     response_model=s.OptionsChanged,
     status_code=202,
     description="Reset every option set on the volume.",
+    dependencies=[permit(Action.OPERATE, VOLUME)],
 )
 def reset_all(name: str, volume: str, actor: CurrentUser, service: Options) -> s.OptionsChanged:
     return _changed(service.reset(clusters.get(name), volume, RESET_ALL))
@@ -83,6 +103,7 @@ def reset_all(name: str, volume: str, actor: CurrentUser, service: Options) -> s
     response_model=s.OptionsChanged,
     status_code=202,
     description="Reset one option (its value goes back to the default; `changed` is empty if it was not set).",
+    dependencies=[permit(Action.OPERATE, VOLUME)],
 )
 def reset_option(name: str, volume: str, key: str, actor: CurrentUser, service: Options) -> s.OptionsChanged:
     return _changed(service.reset(clusters.get(name), volume, key))
