@@ -6,10 +6,11 @@ Services raise the errors of ``control.errors``; the application maps them to HT
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 
 from control.api import schemas as s
 from control.api.deps import CurrentUser, Engine, OptionalUser, Token
-from control.services import clusters, nodes, tasks, users, views
+from control.services import clusters, enrolment, nodes, tasks, users, views
 
 router = APIRouter(prefix="/api/v1")
 
@@ -116,6 +117,24 @@ def get_node(name: str, node: str, actor: CurrentUser) -> s.NodePublic:
 def remove_node(name: str, node: str, actor: CurrentUser, force: bool = False) -> Response:
     nodes.remove(clusters.get(name), node, force=force)
     return Response(status_code=204)
+
+
+class ReenrolPublic(BaseModel):
+    cluster: str
+    node: str
+    reenrol_until: float
+
+
+@router.post(
+    "/clusters/{name}/nodes/{node}/reenrol",
+    response_model=ReenrolPublic,
+    tags=["nodes"],
+    description="Allow an enrolled node name to enrol once more with the join token within 15 minutes "
+    "(admins only). The node's current credential stays valid until the new enrolment replaces it.",
+)
+def reenrol_node(name: str, node: str, actor: CurrentUser) -> ReenrolPublic:
+    row = enrolment.allow_reenrol(clusters.get(name), node, actor)
+    return ReenrolPublic(cluster=name, node=row.name, reenrol_until=float(row.reenrol_until or 0))
 
 
 @router.post(
