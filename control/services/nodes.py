@@ -102,6 +102,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
         if node is not None and hello.epoch < node.epoch and node.agent_id == hello.agent_id:
             return refuse(f"stale connection (epoch {hello.epoch} < {node.epoch})")
         facts = hello.facts.model_dump()
+        new_credential = False
         if node is None:
             node = Node(
                 cluster=cluster,
@@ -115,7 +116,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
             )
             _apply_facts(node, facts)
             assert hello.node_secret is not None  # a node row is only ever made by an enrolment
-            enrolment.set_credential(node, hello.node_secret)
+            new_credential = enrolment.set_credential(node, hello.node_secret)
             node.save(force_insert=True)
             events.record("node.registered", cluster=cluster_name, subject=node_name, address=node.address)
             events.record(
@@ -123,7 +124,8 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
             )
             log.info("cluster %s node %s: enrolled and registered (epoch %d)", cluster_name, node_name, hello.epoch)
         else:
-            if hello.node_secret is not None and enrolment.set_credential(node, hello.node_secret):
+            new_credential = hello.node_secret is not None and enrolment.set_credential(node, hello.node_secret)
+            if new_credential:
                 events.record("node.enrolled", cluster=cluster_name, subject=node_name, agent=hello.agent_id[:8])
                 log.info("cluster %s node %s: enrolled again (agent %s)", cluster_name, node_name, hello.agent_id[:8])
             node.agent_id = hello.agent_id
@@ -132,8 +134,10 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
             _apply_facts(node, facts)
             _set_state(node, NodeState.ONLINE, f"connected (epoch {hello.epoch})", now)
             node.save()
-        if hello.node_secret is not None:
+        if new_credential and hello.node_secret is not None:
             # inside the transaction: if the broker user cannot be made, nothing is stored either
+            # (an enrolment asked again with the same secret already has its user: setting the same
+            # password again would make Mosquitto drop the node's new session)
             try:
                 enrolment.accounts().node_enrolled(cluster_name, node_name, hello.node_secret)
             except Exception as exc:
