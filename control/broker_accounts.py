@@ -172,4 +172,8 @@ class DynsecAccounts:
             dynsec.remove_node(self.client, self.topics, cluster, node)
 
     def clusters_changed(self) -> None:
-        self._wake.set()
+        """Called after the change committed: the new join token works as soon as the caller returns."""
+        try:
+            self.reconcile(full=False)
+        except DynsecError as exc:
+            log.warning("dynsec: enrolment users not updated now (retrying every %gs): %s", RECONCILE_SECONDS, exc)

@@ -61,6 +61,7 @@ def list_clusters(actor: CurrentUser) -> list[s.ClusterPublic]:
 @router.post("/clusters", response_model=s.JoinTokenPublic, status_code=201, tags=["clusters"])
 def add_cluster(body: s.ClusterCreate, actor: CurrentUser) -> s.JoinTokenPublic:
     cluster = clusters.add(body.name)
+    enrolment.accounts().clusters_changed()  # the broker's enrolment user, before the token is shown
     return s.JoinTokenPublic(cluster=cluster.name, token=clusters.join_token(cluster))
 
 
@@ -73,6 +74,7 @@ def cluster_status(name: str, actor: CurrentUser) -> s.ClusterStatus:
 @router.delete("/clusters/{name}", status_code=204, tags=["clusters"])
 def delete_cluster(name: str, actor: CurrentUser) -> Response:
     clusters.delete(name, actor)
+    enrolment.accounts().clusters_changed()
     return Response(status_code=204)
 
 
@@ -90,6 +92,7 @@ def cluster_token(name: str, actor: CurrentUser) -> s.JoinTokenPublic:
 )
 def rotate_token(name: str, actor: CurrentUser) -> s.JoinTokenPublic:
     cluster = clusters.rotate_token(name, actor)
+    enrolment.accounts().clusters_changed()  # the broker takes the new token before it is shown
     return s.JoinTokenPublic(cluster=cluster.name, token=clusters.join_token(cluster))
 
 
