@@ -303,3 +303,9 @@ class UserGrants(Public):
     name: str
     admin: bool
     grants: list[GrantPublic]
+
+
+class ReenrolPublic(BaseModel):
+    cluster: str
+    node: str
+    reenrol_until: float
