@@ -198,8 +198,15 @@ def test_heal_info_and_index_heal(trio):
 
     restart_agent(st, "n3")  # its supervisor starts the brick again
     wait_bricks(st, "healme", "Online", timeout=30)
-    index = heal_json(st)
-    assert index["nodes"] and all(n["state"] == "DONE" and n["triggered"] for n in index["nodes"]), json.dumps(index)
+
+    def launched() -> dict | None:
+        index = heal_json(st)
+        ok = index["nodes"] and all(n["state"] == "DONE" and n["triggered"] for n in index["nodes"])
+        return index if ok else None
+
+    # the self-heal daemons reconnect to the restarted brick on their own schedule; until then the
+    # daemon answers "Brick is not connected" for it, as glusterd's `volume heal` would report
+    wait_until(launched, timeout=60, interval=2, what="an index heal launched on every node")
     assert "launched" in st.cli.run("volume", "heal", "healme").stdout
     wait_until(
         lambda: all(b["entries"] == 0 for b in heal_json(st, "info")["bricks"]),
