@@ -134,3 +134,27 @@ def test_expand_replica3_while_a_mount_writes(trio):  # noqa: F811
     assert "Expanding" in states and "ExpandFailed" in states and states[-1] == "Started", states
     report = st.cli.run("failurereport").stdout
     assert "volume.expand failed on node n3" in report and "How to fix" in report
+
+
+@needs_root
+def test_expand_by_size_on_a_stopped_distribute_volume(trio):  # noqa: F811
+    st = trio
+    for node in NODES:
+        st.cli.run("device", "add", node, "--path", str(st.tmp / "bricks" / node / "pool"))
+    st.cli.run("volume", "create", "dist", brick(st, "n1", "dist"), "--wait")
+    st.cli.run("volume", "stop", "dist", "--wait")
+    out = expand(st, "dist", "--size", "5MiB", "--wait")
+    assert "Volume dist stopped." in out.stdout, out.stdout
+    v = volume(st, "dist")
+    assert v["state"] == "Stopped" and v["size_bytes"] == 5 * 2**20 and len(v["bricks"]) == 2
+    added = v["bricks"][1]
+    assert added["path"] == str(st.tmp / "bricks" / added["node"] / "pool" / "dist-b1")  # apart from brick 0
+    assert os.path.isdir(os.path.join(added["path"], ".glusterfs"))  # prepared, not started
+    st.cli.run("volume", "start", "dist", "--wait")
+    wait_bricks(st, "dist", "Online")
+    mnt = stock_mount(st, "dist")
+    for i in range(30):
+        with open(os.path.join(mnt, f"d{i:02d}"), "w") as fh:
+            fh.write("x")
+    on_new = [i for i in range(30) if os.path.exists(os.path.join(added["path"], f"d{i:02d}"))]
+    assert 0 < len(on_new) < 30  # the root directory spans both bricks: the volume was never mounted before
