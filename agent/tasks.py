@@ -187,6 +187,28 @@ def volume_start(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return ctx.bricks.start(volume_id, name, bricks, shd)
 
 
+@_brick_errors
+def volume_expand(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    """New bricks of a growing volume: prepare them; on a started volume serve the node's volfiles
+    (its old graph plus the new bricks' own) and start them. Running processes keep their graph
+    until the control service pushes the new set (volume.volfiles) once every node is ready."""
+    volume_id, name = _volume(params)
+    bricks = _brick_list(params, with_port=True)
+    shd = params.get("shd")
+    if shd is not None and shd != SHD_PREFIX + name:
+        raise TaskFailed(f"EINVAL: shd must be {SHD_PREFIX + name!r} or null")
+    keys = set((params.get("volfiles") or {}).keys())
+    missing = [b.get("volfile_id") for b in bricks if not b.get("volfile_id") or b["volfile_id"] not in keys]
+    if missing:
+        raise TaskFailed(f"EINVAL: every brick needs a volfile_id with its volfile in volfiles (missing: {missing})")
+    prepared = ctx.bricks.prepare(volume_id, name, bricks)
+    changed, _ = _apply_volfiles(ctx, volume_id, name, params)
+    if not params.get("start"):
+        return {**prepared, "changed": changed}
+    ctx.report("STARTING")
+    return {**prepared, **ctx.bricks.start(volume_id, name, bricks, shd), "changed": changed}
+
+
 def volume_volfiles(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     volume_id, name = _volume(params)
     changed, notified = _apply_volfiles(ctx, volume_id, name, params)
@@ -242,4 +264,5 @@ HANDLERS: dict[str, Handler] = {
     TaskKind.VOLUME_DELETE.value: volume_delete,
     TaskKind.VOLUME_VOLFILES.value: volume_volfiles,
     TaskKind.VOLUME_HEAL.value: volume_heal,
+    TaskKind.VOLUME_EXPAND.value: volume_expand,
 }

@@ -81,6 +81,8 @@ class VolumeState(str, enum.Enum):
     STOP_FAILED = "StopFailed"
     DELETING = "Deleting"
     DELETE_FAILED = "DeleteFailed"
+    EXPANDING = "Expanding"
+    EXPAND_FAILED = "ExpandFailed"
 
     @property
     def failed(self) -> bool:
@@ -100,6 +102,7 @@ class TaskKind(str, enum.Enum):
     VOLUME_DELETE = "volume.delete"
     VOLUME_VOLFILES = "volume.volfiles"  # the node's complete volfile set of a volume: store, serve, notify
     VOLUME_HEAL = "volume.heal"  # heal info / split-brain / summary through glfsheal, or an index heal
+    VOLUME_EXPAND = "volume.expand"  # prepare (and start) a node's new bricks of a growing volume
 
 
 class _Msg(BaseModel):

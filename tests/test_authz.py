@@ -110,6 +110,11 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
     ("DELETE", "/api/v1/clusters/{name}/volumes/{volume}"): (V, {"params": {"purge": "maybe"}}, OPERATE_GV1),
     ("GET", "/api/v1/clusters/{name}/volumes/{volume}/volfile"): (f"{V}/volfile", {}, OPERATE_GV1),
     ("POST", "/api/v1/clusters/{name}/volumes/{volume}/volfiles"): (f"{V}/volfiles", {}, OPERATE_GV1),
+    ("POST", "/api/v1/clusters/{name}/volumes/{volume}/expand"): (
+        f"{V}/expand",
+        {"json": {"bricks": ["no-colon"]}},
+        OPERATE_GV1,
+    ),
     ("GET", "/api/v1/clusters/{name}/volumes/{volume}/options"): (f"{V}/options", {}, READ_GV1),
     ("GET", "/api/v1/clusters/{name}/volumes/{volume}/options/{key}"): (f"{V}/options/no-such-key", {}, READ_GV1),
     ("PUT", "/api/v1/clusters/{name}/volumes/{volume}/options"): (f"{V}/options", {"json": {"x": "1"}}, OPERATE_GV1),

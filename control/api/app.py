@@ -14,6 +14,7 @@ from broker import __version__
 from control.api import schemas as s
 from control.api.deps import PUBLIC, permit
 from control.api.events import router as events_router
+from control.api.grow import router as grow_router
 from control.api.heal import router as heal_router
 from control.api.options import router as options_router
 from control.api.routes import router
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(options_router)
     app.include_router(heal_router)
     app.include_router(volfiles_router)
+    app.include_router(grow_router)
 
     @app.exception_handler(GlusterctlError)
     async def domain_error(request: Request, exc: GlusterctlError) -> JSONResponse:

@@ -309,3 +309,15 @@ class ReenrolPublic(BaseModel):
     cluster: str
     node: str
     reenrol_until: float
+
+
+# ---- growing volumes ------------------------------------------------------------------------
+class VolumeExpand(BaseModel):
+    bricks: list[str] = Field(
+        default=[],
+        description="new NODE:/path bricks, in order: each replica/disperse set count of consecutive bricks forms "
+        "a new set (for arbiter volumes the third of each set is the arbiter); empty with no size retries a "
+        "failed expand",
+    )
+    size: str | None = Field(default=None, description="add one set placed on registered devices, e.g. 100GiB")
+    force: bool = False

@@ -27,6 +27,7 @@ FINAL: dict[str, set[str]] = {
     "start": {VolumeState.STARTED},
     "stop": {VolumeState.STOPPED},
     "delete": {VOLUME_DELETED},
+    "expand": {VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED},  # back where it was
 }
 
 
@@ -123,6 +124,24 @@ def add_parsers(
         p.add_argument("name")
         output(p)
         p.set_defaults(func=volume_info if verb == "info" else volume_status)
+    p = volumes.add_parser(
+        "expand",
+        parents=[common],
+        help="add bricks to a volume (clients keep running)",
+        description="Add bricks (gluster's add-brick): a multiple of the replica or disperse set size, each "
+        "consecutive group forming a new set (for arbiter volumes the third brick of each set is the arbiter), "
+        "or --size to place one set on registered devices. New bricks start, then every brick, self-heal daemon "
+        "and mount switches to the new graph without a restart. New directories use the new sets at once; "
+        "existing ones after a fix-layout or rebalance. Without bricks or "
+        "--size it retries an expand that failed.",
+    )
+    cluster(p)
+    p.add_argument("name")
+    p.add_argument("bricks", nargs="*", metavar="NODE:/path")
+    p.add_argument("--size", help="add one set of this size on registered devices, e.g. 100GiB")
+    p.add_argument("--force", action="store_true", help="allow bricks of one new set on the same node")
+    _wait(p)
+    p.set_defaults(func=volume_expand)
     option_commands.add_parsers(volumes, common, cluster, output)
     heal.add_parser(volumes, common, cluster, output)
 
@@ -246,6 +265,13 @@ def volume_create(args: argparse.Namespace) -> int:
     if args.wait:
         return wait_volume(client, args, "create-only" if args.no_start else "create", answer["tasks"])
     return 0
+
+
+def volume_expand(args: argparse.Namespace) -> int:
+    client = _client(args)
+    answer = client.post(_vpath(args, "/expand"), {"bricks": args.bricks, "size": args.size, "force": args.force})
+    print("Volume expand request sent.")
+    return wait_volume(client, args, "expand", answer["tasks"]) if args.wait else 0
 
 
 def volume_op(args: argparse.Namespace) -> int:

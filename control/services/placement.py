@@ -13,12 +13,18 @@ from control.store.models import Brick, Cluster, Device, Node, Volume
 
 
 def place_by_size(
-    cluster: Cluster, name: str, layout: Layout, size: int, usable: Callable[[Device], bool] | None = None
+    cluster: Cluster,
+    name: str,
+    layout: Layout,
+    size: int,
+    usable: Callable[[Device], bool] | None = None,
+    brick_name: str | None = None,
 ) -> list[tuple[str, str, Device]]:
     """Dynamic provisioning: one set of bricks on Ready devices with room, each on a distinct node.
 
     Nodes that are Online come first, then the devices with the most free space. ``usable``:
-    only the devices the requesting user may put bricks on.
+    only the devices the requesting user may put bricks on. Each brick is DEVICE/``brick_name``
+    (default: the volume name; an expansion names its set apart from the volume's first one).
     """
     set_size = layout.set_size
     per_brick = size if layout.type != "disperse" else -(-size // (set_size - layout.redundancy))
@@ -39,7 +45,7 @@ def place_by_size(
             f"--size {size} needs {set_size} nodes with a registered device or path with {per_brick} bytes free; "
             f"found {len(ranked)}: register more with 'glusterctl device add -c {cluster.name} NODE --path /exports/...'"
         )
-    return [(d.node_name, posixpath.join(d.path, name), d) for d in ranked[:set_size]]
+    return [(d.node_name, posixpath.join(d.path, brick_name or name), d) for d in ranked[:set_size]]
 
 
 def check_paths_free(cluster: Cluster, bricks: list[tuple[str, str]], exclude_volume: str | None = None) -> None:

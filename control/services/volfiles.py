@@ -105,10 +105,11 @@ def volfiles_params(volume: Volume, rows: list[Brick]) -> ParamsFor:
     return lambda node_bricks: {"volfiles": node_volfiles(volume, spec, node_bricks)}
 
 
-def push_volfiles(engine: TaskEngine, volume: Volume) -> list[Task]:
+def push_volfiles(engine: TaskEngine, volume: Volume, operation: str = "", publish: bool = True) -> list[Task]:
     """Send every node holding bricks of `volume` its complete volfile set (`volume.volfiles`):
     the agents serve them and tell the running processes whose volfile changed, which pick the
-    change up without a restart. Publishes the tasks and returns them (call after commit)."""
+    change up without a restart. Publishes the tasks (unless not `publish`: inside a transaction,
+    the caller publishes after commit) and returns them; `operation`: the volume operation they belong to."""
     rows = bricks_of(volume)
     params_for = volfiles_params(volume, rows)
     by_node: dict[str, list[Brick]] = {}
@@ -121,9 +122,11 @@ def push_volfiles(engine: TaskEngine, volume: Volume) -> list[Task]:
             node,
             TaskKind.VOLUME_VOLFILES.value,
             {"volume": ref, **params_for(node_bricks)},
+            operation=operation,
             target=f"volume:{volume.name}",
         )
         for node, node_bricks in sorted(by_node.items())
     ]
-    engine.publish(tasks)
+    if publish:
+        engine.publish(tasks)
     return tasks
