@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import errno
+import glob
 import os
+import re
+import signal
 import subprocess
 
 import httpx
 import pytest
 
-from tests.helpers import mounts_under, wait_until
+from tests.helpers import Agent, gluster_pids_under, mounts_under, wait_until
+from tests.test_volfile_server import RawClient
 
 NODES = ("n1", "n2", "n3")
 
@@ -166,3 +170,196 @@ def test_read_only_reaches_running_bricks_without_restart(stack):
         assert str(mnt) in mounts_under(st.tmp)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_create_option_normalised_and_checked_as_volume_set(stack):
+    """`volume create --option` takes short keys and aliases (stored under the full name) and refuses what
+    `volume set` refuses, with the same message; GET .../options/all is a 404 that points to the list."""
+    st = stack
+    st.agent("n1")
+    (st.tmp / "bricks").mkdir()
+    wait_until(lambda: st.node_state("n1") == "Online", what="n1 Online")
+    brick = f"n1:{st.tmp / 'bricks' / 'cv'}"
+    bad = st.cli.run("volume", "create", "cv", brick, "--no-start", "--option", "ping-timeout=5000", check=False)
+    assert bad.returncode == 1 and "[0 - 1013]" in bad.stderr, bad.stderr
+    bad = st.cli.run("volume", "create", "cv", brick, "--no-start", "--option", "write-behnd=off", check=False)
+    assert bad.returncode == 1 and "did you mean write-behind" in bad.stderr, bad.stderr
+    assert st.cli.json("volume", "list") == []  # nothing was created by the refused requests
+    st.cli.run(
+        "volume", "create", "cv", brick, "--no-start", "--wait",
+        "--option", "write-behind=off", "--option", "read-only=on", "--option", "network.ping-timeout=20",
+    )  # fmt: skip
+    assert st.cli.json("volume", "info", "cv")["options"] == {
+        "performance.write-behind": "off",
+        "features.read-only": "on",
+        "network.ping-timeout": "20",
+    }
+    # the same check as volume set: the message of the create refusal is the set refusal's
+    set_err = st.cli.run("volume", "set", "cv", "ping-timeout", "5000", check=False).stderr
+    create_err = st.cli.run(
+        "volume", "create", "cv2", f"n1:{st.tmp / 'bricks' / 'cv2'}", "--option", "ping-timeout=5000", check=False
+    ).stderr
+    assert set_err.replace("'cv'", "'cv2'") == create_err, (set_err, create_err)
+
+    base = "/api/v1/clusters/default/volumes/cv/options"
+    one = st.cli.api("GET", f"{base}/write-behind")
+    assert one.status_code == 200 and one.json()["key"] == "performance.write-behind" and one.json()["value"] == "off"
+    every = st.cli.api("GET", f"{base}/all")
+    assert every.status_code == 404 and "not one option" in every.json()["detail"], every.text
+    assert "GET .../volumes/cv/options" in every.json()["detail"]
+    listed = st.cli.api("GET", base)
+    assert listed.status_code == 200 and len(listed.json()) > 300
+
+
+# ---- on live processes (root: bricks set trusted xattrs, mounts need FUSE) -------------------------
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and mounts need root")
+
+
+@pytest.fixture
+def single(stack):
+    """One agent and a started one-brick distribute volume 'sv' on it."""
+    stack.agent("n1")
+    (stack.tmp / "bricks").mkdir()
+    wait_until(lambda: stack.node_state("n1") == "Online", what="n1 Online")
+    stack.cli.run("volume", "create", "sv", f"n1:{stack.tmp / 'bricks' / 'sv'}", "--wait", timeout=120)
+    return stack
+
+
+def _client_pid(mnt) -> int:
+    pids = [p for p in gluster_pids_under(mnt) if "--volfile-id" in " ".join(_cmdline(p))]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read().decode().split("\0")[:-1]
+
+
+def _statedump(pid: int) -> tuple[int, set[str]]:
+    """SIGUSR1 to a glusterfs process; from its statedump (glusterdump.PID.dump.TIME in the directory the
+    binary reports), the active graph's number and its xlators as TYPE.NAME. The dump is removed."""
+    argv = _cmdline(pid)
+    assert not any(a.startswith("--statedump") for a in argv), argv  # the binary's default directory applies
+    where = subprocess.run(
+        [os.readlink(f"/proc/{pid}/exe"), "--print-statedumpdir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    before = set(glob.glob(f"{where}/glusterdump.{pid}.dump.*"))
+    os.kill(pid, signal.SIGUSR1)
+
+    def written() -> str | None:
+        for path in set(glob.glob(f"{where}/glusterdump.{pid}.dump.*")) - before:
+            with open(path) as fh:
+                text = fh.read()
+            if "DUMP-END-TIME" in text:
+                os.unlink(path)
+                return text
+        return None
+
+    dump = wait_until(written, timeout=20, what=f"a statedump of {pid} in {where}")
+    found = re.search(r"^\[active graph - (\d+)\]$", dump, re.M)
+    assert found, dump[:2000]
+    active = dump[found.end() :].split("\n[oldgraph", 1)[0]  # graphs switched away from follow
+    return int(found.group(1)), set(re.findall(r"^\[([\w-]+/[\w-]+\.[\w.-]+) - Memory usage\]$", active, re.M))
+
+
+def _write_read(mnt, name: str) -> bool:
+    path = os.path.join(mnt, name)
+    try:
+        with open(path, "w") as fh:
+            fh.write(name)
+        with open(path) as fh:
+            return fh.read() == name
+    except OSError:
+        return False
+
+
+@needs_root
+def test_client_option_reaches_a_mounted_client_without_remount(single):
+    """performance.write-behind off takes write-behind out of the mounted client's graph: the client
+    switches graphs in place (same pid, still mounted, usable) and its statedump no longer lists it.
+    GlusterFS's fuse moves to a new graph on the first request after it is up: the waits touch the mount."""
+    st = single
+    mnt = st.tmp / "mnt-sv"
+    mnt.mkdir()
+    log = st.tmp / "mnt-sv.log"
+    st.cli.run("mount", "sv", str(mnt), "--log-file", str(log))
+    try:
+        pid = _client_pid(mnt)
+        assert _write_read(mnt, "before.txt")
+        wait_until(lambda: "switched to graph" in log.read_text(), what="the first graph in the client log")
+        switches = log.read_text().count("switched to graph")
+        graph, xlators = _statedump(pid)
+        assert {"performance/write-behind.sv-write-behind", "protocol/client.sv-client-0"} <= xlators, xlators
+
+        st.cli.run("volume", "set", "sv", "performance.write-behind", "off", "--wait")
+
+        def switched() -> bool:
+            os.listdir(mnt)  # fuse moves to a new graph on the first request after that graph is up
+            return log.read_text().count("switched to graph") > switches
+
+        wait_until(switched, timeout=30, what="a graph switch in the client log")
+        wait_until(lambda: _statedump(pid)[0] > graph, timeout=20, what="a new active graph in the statedump")
+        graph, after = _statedump(pid)
+        assert after == xlators - {"performance/write-behind.sv-write-behind"}, (xlators, after)
+        assert _client_pid(mnt) == pid and str(mnt) in mounts_under(st.tmp)
+        assert _write_read(mnt, "after.txt") and (mnt / "before.txt").read_text() == "before.txt"
+
+        st.cli.run("volume", "reset", "sv", "performance.write-behind", "--wait")
+        wait_until(lambda: os.listdir(mnt) and _statedump(pid)[0] > graph, timeout=30, what="a graph after the reset")
+        assert _statedump(pid)[1] == xlators
+        assert _client_pid(mnt) == pid and _write_read(mnt, "again.txt")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@needs_root
+def test_options_survive_an_agent_restart(single):
+    """The restarted agent serves the stored volfiles: a brick started again while it was down gets
+    features.read-only, and a reset after the restart reaches that brick."""
+    st = single
+    st.cli.run("volume", "set", "sv", "read-only", "on", "--wait")
+    mnt = st.tmp / "mnt-sv"
+    mnt.mkdir()
+    st.cli.run("mount", "sv", str(mnt), "--log-file", str(st.tmp / "mnt-sv.log"))
+    try:
+        wait_until(lambda: _write_errno(mnt, "ro.txt") == errno.EROFS, timeout=20, what="EROFS through the mount")
+        (old,) = [b["pid"] for b in st.cli.json("volume", "status", "sv")["bricks"]]
+        key = _cmdline(old)[_cmdline(old).index("--volfile-id") + 1]
+        agent = next(p for p in st.procs if isinstance(p, Agent) and p.node == "n1")
+        agent.stop()
+        os.kill(old, signal.SIGKILL)  # the agent is down: nothing restarts the brick until it is back
+        wait_until(lambda: not os.path.exists(f"/proc/{old}") or not _cmdline(old), what="the brick gone")
+
+        agent.start()
+        wait_until(lambda: st.node_state("n1") == "Online", timeout=30, what="n1 Online again")
+        client = RawClient(agent.volfile_port)
+        op_ret, _, text = client.getspec(key)
+        client.close()
+        assert op_ret > 0 and "option read-only on" in text
+        new = wait_until(
+            lambda: (
+                (b := st.cli.json("volume", "status", "sv")["bricks"][0])["state"] == "Online"
+                and b["pid"] not in (None, old)
+                and b["pid"]
+            ),
+            timeout=30,
+            what="the brick started again by the restarted agent",
+        )
+        assert st.cli.json("volume", "info", "sv")["options"] == {"features.read-only": "on"}
+        wait_until(lambda: _write_errno(mnt, "ro2.txt") == errno.EROFS, timeout=30, what="EROFS from the new brick")
+
+        st.cli.run("volume", "reset", "sv", "all", "--wait")
+        wait_until(lambda: _write_errno(mnt, "rw.txt") == 0, timeout=30, what="writes accepted after the reset")
+        assert st.cli.json("volume", "status", "sv")["bricks"][0]["pid"] == new
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _write_errno(mnt, name: str) -> int:
+    try:
+        with open(os.path.join(mnt, name), "w") as fh:
+            fh.write("x")
+        return 0
+    except OSError as exc:
+        return exc.errno or -1

@@ -19,6 +19,7 @@ from tests.test_events import db_path, insert_events
 from tui.app import GlusterApp
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.not_logged_in import NotLoggedInScreen
+from tui.screens.option_set import OptionSetScreen
 from tui.screens.progress import ProgressScreen
 from tui.screens.volume_detail import VolumeDetailScreen
 from tui.widgets.banner import ConnectionBanner
@@ -427,6 +428,73 @@ def test_stop_and_start_a_real_volume_with_the_keyboard(stack):
                 await pilot.pause(0.2)
                 assert final in table_text(app, "volumes-table")
         assert stack.cli.json("volume", "status", "tv1")["state"] == "Started"
+
+    run(scenario)
+
+
+def test_set_and_reset_an_option_on_the_volume_screen(stack):
+    """ "o" sets an option (a refusal shows the server's message as the CLI shows it), "O" resets the selected
+    one; the options table follows the volume.option events from the stream."""
+    stack.agent("n1")
+    (stack.tmp / "bricks").mkdir()
+    wait_until(lambda: stack.node_state("n1") == "Online", what="n1 Online")
+    stack.cli.run("volume", "create", "to1", f"n1:{stack.tmp / 'bricks' / 'to1'}", "--no-start", "--wait", timeout=120)
+    app = GlusterApp(stack.server.url, stack.cli.token)
+
+    def options_rows() -> str:
+        if not isinstance(app.screen, VolumeDetailScreen):
+            return ""
+        table = app.screen.query_one("#options")
+        return "\n".join(" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
+
+    async def set_option(pilot, key: str, value: str) -> OptionSetScreen:
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, OptionSetScreen), 5, "the option screen")
+        screen = app.screen
+        await pilot.press(*key, "enter", *value, "enter")
+        return screen
+
+    async def scenario() -> None:
+        async with app.run_test(size=(132, 40)) as pilot:
+            await until(pilot, lambda: ("default", "to1") in app.model.volumes, 15, "to1 in the model")
+            await pilot.press("3")
+            await until(pilot, lambda: "to1" in table_text(app, "volumes-table"), 5, "to1 in the volumes view")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, VolumeDetailScreen), 5, "the volume screen")
+            assert options_rows() == ""
+
+            # refused: the message is the CLI's, the screen stays open to correct it
+            screen = await set_option(pilot, "write-behnd", "off")
+            await until(pilot, lambda: screen.error, 10, "the refusal")
+            cli = stack.cli.run("volume", "set", "to1", "write-behnd", "off", check=False).stderr.strip()
+            assert screen.error == cli and "did you mean write-behind" in cli, (screen.error, cli)
+            assert isinstance(app.screen, OptionSetScreen)
+            await pilot.press("escape")
+            screen = await set_option(pilot, "ping-timeout", "5000")
+            await until(pilot, lambda: "[0 - 1013]" in screen.error, 10, "the range in the refusal")
+            await pilot.press("escape")
+
+            # accepted: the short key is stored under its full name; the row comes from the event
+            await set_option(pilot, "write-behind", "off")
+            await until(pilot, lambda: isinstance(app.screen, VolumeDetailScreen), 10, "the option screen closed")
+            await until(pilot, lambda: options_rows() == "performance.write-behind off", 10, "the option row")
+            # set by someone else (the CLI): the event brings it too
+            stack.cli.run("volume", "set", "to1", "network.ping-timeout", "20")
+            await until(
+                pilot,
+                lambda: options_rows() == "network.ping-timeout 20\nperformance.write-behind off",
+                10,
+                "the CLI's option in the table",
+            )
+
+            # reset the selected row (the second) after a confirmation
+            app.screen.query_one("#options").move_cursor(row=1)
+            await pilot.press("O")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the confirmation")
+            assert "Reset option performance.write-behind of volume to1" in screen_text(app)
+            await pilot.press("y")
+            await until(pilot, lambda: options_rows() == "network.ping-timeout 20", 10, "the row gone after reset")
+        assert stack.cli.json("volume", "info", "to1")["options"] == {"network.ping-timeout": "20"}
 
     run(scenario)
 

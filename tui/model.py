@@ -144,6 +144,17 @@ class Dashboard:
                         brick["state"] = data.get("state", brick.get("state"))
                 vol["bricks_online"] = sum(1 for b in vol.get("bricks") or [] if b.get("state") == "Online")
                 ch.areas.add("volumes")
+        elif kind == "volume.option":
+            vol = self.volumes.get((cluster, subject))
+            if vol is None:
+                ch.reload.add("volumes")
+            else:
+                options = vol["options"] = dict(vol.get("options") or {})
+                if data.get("reset") or data.get("value") is None:
+                    options.pop(data.get("key", ""), None)
+                else:
+                    options[data["key"]] = data["value"]
+                ch.areas.add("volumes")
         elif kind in ("cluster.created", "cluster.deleted"):
             ch.reload.add("clusters")
             if kind == "cluster.deleted":

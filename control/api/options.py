@@ -54,11 +54,12 @@ def get_options(
 @router.get(
     "/{key}",
     response_model=s.OptionPublic,
-    description="One option's effective value.",
+    description="One option's effective value (full key, alias or unique short form). `all` is not an option: "
+    "404, list them with `GET .../options`.",
     dependencies=[permit(Action.READ, VOLUME)],
 )
 def get_option(name: str, volume: str, key: str, actor: CurrentUser, service: Options) -> s.OptionPublic:
-    return _public(service.get(clusters.get(name), volume, key)[0])
+    return _public(service.get_one(clusters.get(name), volume, key))
 
 
 _SET_DESCRIPTION = (

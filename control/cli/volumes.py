@@ -89,7 +89,14 @@ def add_parsers(
     p.add_argument("--disperse", type=int, default=0, help="bricks per disperse set (at least 3)")
     p.add_argument("--redundancy", type=int, default=0, help="bricks per disperse set that may fail (default 1)")
     p.add_argument("--size", help="dynamic provisioning: e.g. 100GiB, bricks placed on registered devices")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="volume option, repeatable")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="volume option, repeatable; checked as 'volume set' checks it (full key, alias or unique short form, "
+        "stored under its full name)",
+    )
     p.add_argument("--force", action="store_true", help="allow bricks of one set on the same node")
     p.add_argument("--no-start", action="store_true", help="only create; start later with 'volume start'")
     _wait(p)

@@ -11,6 +11,7 @@ place. Texts are deterministic, so only the daemons whose graph holds the option
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from broker.messages import VolumeState
@@ -24,6 +25,7 @@ from control.store.models import database_proxy as db
 from control.volgen import (
     OptionError,
     VolgenError,
+    VolumeSpec,
     check_option,
     create_defaults,
     unsupported_reason,
@@ -68,6 +70,25 @@ class OptionChange:
     tasks: list[Task]
 
 
+def checked_options(spec: VolumeSpec, values: Mapping[str, str]) -> dict[str, str]:
+    """`values` ({KEY: VALUE}, keys as full names, aliases or unique short forms) checked as glusterd
+    checks `volume set` on the volume `spec` describes (with the options it already has), one after the
+    other; returns {canonical key: stored value}. InvalidInput says what is allowed. `volume set` and
+    `volume create --option` both go through here."""
+    options: dict[str, str] = dict(spec.options)
+    checked: dict[str, str] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidInput(f"option {key!r}: the value must be a string, got {type(value).__name__}")
+        try:
+            canonical, stored = check_option(key, value, volume_context(replace(spec, options=options)))
+        except VolgenError as exc:
+            raise InvalidInput(f"volume {spec.name!r}: {exc}") from None
+        options[canonical] = stored
+        checked[canonical] = stored
+    return checked
+
+
 def _short(value: str) -> str:
     return value if len(value) <= VALUE_PREVIEW else value[:VALUE_PREVIEW] + "..."
 
@@ -102,6 +123,15 @@ class OptionService:
         rows += [OptionValue(k, v, None, "set", None, True) for k, v in stored.items() if k.startswith(USER_KEY_PREFIX)]
         return sorted(rows, key=lambda r: r.key)
 
+    def get_one(self, cluster: Cluster, name: str, key: str) -> OptionValue:
+        """One option's row; "all" names no single option (the list is `get` without a key)."""
+        if key == RESET_ALL:
+            raise NotFound(
+                f"'{RESET_ALL}' is not one option: list every option of volume {name!r} without a key "
+                f"(GET .../volumes/{name}/options, or 'glusterctl volume get -c {cluster.name} {name} all')"
+            )
+        return self.get(cluster, name, key)[0]
+
     @staticmethod
     def _row(spec: OptionSpec, stored: dict[str, str], created: dict[str, str]) -> OptionValue:
         value: str | None
@@ -122,19 +152,9 @@ class OptionService:
             volume = self._volume(cluster, name, lock=True)
             self._check_state(volume, "set options on")
             spec = spec_of(volume)
-            options: dict[str, str] = dict(volume.options or {})
-            changed: dict[str, str | None] = {}
-            for key, value in values.items():
-                if not isinstance(value, str):
-                    raise InvalidInput(f"option {key!r}: the value must be a string, got {type(value).__name__}")
-                context = volume_context(replace(spec, options=options))
-                try:
-                    canonical, stored = check_option(key, value, context)
-                except VolgenError as exc:
-                    raise InvalidInput(f"volume {name!r}: {exc}") from None
-                options[canonical] = stored
-                changed[canonical] = stored
-            tasks = self._save(volume, options, changed)
+            checked = checked_options(spec, values)
+            changed: dict[str, str | None] = {**checked}
+            tasks = self._save(volume, {**(volume.options or {}), **checked}, changed)
         self.engine.publish(tasks)
         return OptionChange(volume, changed, tasks)
 

@@ -18,6 +18,7 @@ from broker.messages import FINAL_TASK_STATES, TaskState, VolumeState, check_nam
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.services.layout import VolumeRequest, check_layout, parse_bricks, volume_type
+from control.services.options import checked_options
 from control.services.placement import check_paths_free, place_by_size
 from control.services.ports import DEFAULT_PORT_RANGE, allocate_ports, move_to_new_ports
 from control.services.tasks import TaskEngine
@@ -139,7 +140,7 @@ class VolumeService:
                 disperse=layout.disperse,
                 redundancy=layout.redundancy,
                 state=S.CREATING.value,
-                options=req.options,
+                options={},  # checked below, against the volume's graphs
                 auth_username=str(uuid.uuid4()),
                 auth_password=secrets.token_hex(16),
                 size_bytes=req.size_bytes,
@@ -150,7 +151,10 @@ class VolumeService:
                 for i, ((n, p), port, dev) in enumerate(zip(bricks, ports, devices))
             ]
             try:
-                spec_of(volume, rows)  # volgen's own validation (options, layout)
+                # spec_of: volgen's own validation (layout); then the options as `volume set` checks them,
+                # short keys and aliases stored under their full names
+                volume.options = checked_options(spec_of(volume, rows), req.options)
+                volume.save()
             except VolgenError as exc:
                 raise InvalidInput(str(exc)) from None
             events.record(

@@ -337,26 +337,6 @@ def build_shd_graph(vol: VolumeSpec, node: str) -> Graph:
     return g
 
 
-def node_volfiles(vol: VolumeSpec, node: str) -> dict[str, str]:
-    """Every volfile a node serves for `vol`, by the key processes fetch it with (--volfile-id).
-
-    Bricks: glusterd's brick volfile name without ".vol"; the node's self-heal daemon: "shd/NAME"
-    (replicate, arbiter and disperse volumes); clients: "NAME". The same spec always gives the
-    same texts, so a node told its full set again sees only the keys whose text changed.
-    """
-    volfiles = {
-        brick_volfile_name(vol, i)[: -len(".vol")]: brick_volfile(vol, i)
-        for i, brick in enumerate(vol.bricks)
-        if brick.node == node
-    }
-    if not volfiles:
-        raise VolgenError(f"node {node!r} holds no brick of volume {vol.name}")
-    if vol.type != "distribute":
-        volfiles[f"shd/{vol.name}"] = shd_volfile(vol, node)
-    volfiles[vol.name] = client_volfile(vol)
-    return volfiles
-
-
 def volume_context(vol: VolumeSpec) -> VolumeContext:
     """What glusterd checks a `volume set` value of this volume against (optiontable.validate)."""
     graphs = [build_client_graph(vol)] + [build_brick_graph(vol, i) for i in range(len(vol.bricks))]

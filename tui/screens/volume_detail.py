@@ -1,15 +1,39 @@
-"""One volume: bricks with node/path/port/pid/state, self-heal daemons, options."""
+"""One volume: bricks with node/path/port/pid/state, self-heal daemons, options.
+
+"o" sets an option (OptionSetScreen), "O" resets the option selected in the options table after a
+confirmation. The options table follows the model, which the ``volume.option`` events update.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import quote
+
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.coordinate import Coordinate
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
 
+from control.client import ApiError
 from control.client.format import size
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.option_set import OptionSetScreen
 from tui.widgets.model_table import state_text
 from tui.widgets.volumes_table import volume_type
+
+
+def sent_text(answer: dict[str, Any], verb: str) -> str:
+    """What `glusterctl volume set/reset` prints for the server's answer."""
+    changed = answer.get("changed") or {}
+    if verb == "set":
+        text = "\n".join(f"volume set: success: {k} = {v}" for k, v in changed.items())
+    else:
+        text = f"volume reset: success: {', '.join(changed)}"
+    if answer.get("tasks"):
+        text += f"\nNew volfiles sent to {len(answer['tasks'])} node(s)."
+    return text
 
 
 class VolumeDetailScreen(Screen[None]):
@@ -18,6 +42,8 @@ class VolumeDetailScreen(Screen[None]):
         ("s", "app.volume_action('start')", "Start"),
         ("x", "app.volume_action('stop')", "Stop"),
         ("D", "app.volume_action('delete')", "Delete"),
+        ("o", "set_option", "Set option"),
+        ("O", "reset_option", "Reset option"),
     ]
 
     def __init__(self, key: tuple[str, str]) -> None:
@@ -74,6 +100,53 @@ class VolumeDetailScreen(Screen[None]):
         for s in vol.get("shds") or vol.get("self_heal_daemons") or []:
             shds.add_row(s.get("node", ""), state_text(s.get("state") or "-"))
         options = self.query_one("#options", DataTable)
+        selected = self.selected_option()
         options.clear()
-        for name, value in sorted((vol.get("options") or {}).items()):
-            options.add_row(name, str(value))
+        names = sorted(vol.get("options") or {})
+        for name in names:
+            options.add_row(name, str(vol["options"][name]), key=name)
+        if selected in names:
+            options.move_cursor(row=names.index(selected), animate=False)
+
+    # ---- options ------------------------------------------------------------------------------
+    def selected_option(self) -> str | None:
+        table = self.query_one("#options", DataTable)
+        if not table.row_count or not 0 <= table.cursor_row < table.row_count:
+            return None
+        return str(table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value)
+
+    def action_set_option(self) -> None:
+        def done(answer: dict[str, Any] | None) -> None:
+            if answer:
+                self.notify(sent_text(answer, "set"))
+
+        self.app.push_screen(OptionSetScreen(self.key), done)
+
+    def action_reset_option(self) -> None:
+        option = self.selected_option()
+        cluster, name = self.key
+        if option is None:
+            self.notify(f"no option is set on volume {name}", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._reset(option)
+
+        self.app.push_screen(
+            ConfirmScreen(f"Reset option {option} of volume {name} (cluster {cluster}) to its default?"), confirmed
+        )
+
+    @work(group="option-reset")
+    async def _reset(self, option: str) -> None:
+        cluster, name = self.key
+        path = f"/api/v1/clusters/{cluster}/volumes/{name}/options/{quote(option, safe='')}"
+        try:
+            answer = await self.app.api.request("DELETE", path)  # type: ignore[attr-defined]
+        except ApiError as exc:
+            self.notify(f"error: {exc}", severity="error", timeout=15)
+            return
+        if answer.get("changed"):
+            self.notify(sent_text(answer, "reset"))
+        else:
+            self.notify(f"volume reset: nothing to reset ({option} is not set)")
