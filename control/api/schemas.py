@@ -145,6 +145,11 @@ class DeviceAdded(Public):
 
 
 # ---- volumes ------------------------------------------------------------------------------
+class VolumeResetState(BaseModel):
+    force: bool = Field(default=False, description="must be true: the reset overrides the volume's state machine")
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded in the volume's event")
+
+
 class VolumeCreate(BaseModel):
     name: str
     bricks: list[str] = Field(

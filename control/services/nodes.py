@@ -24,9 +24,9 @@ from broker.messages import (
 )
 from control.errors import Conflict, NotFound
 from control.services import events, heartbeats
-from control.services.tasks import TaskEngine
+from control.services.tasks import OPEN_STATES, TaskEngine
 from control.store.db import first, locked
-from control.store.models import Cluster, Node, Task
+from control.store.models import Brick, Cluster, Node, Task, Volume
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -205,17 +205,54 @@ def get(cluster: Cluster, name: str) -> Node:
     return node
 
 
-def remove(cluster: Cluster, name: str, force: bool = False) -> None:
+BRICK_LOST = "Lost"  # the state of a brick whose node was removed with --force
+NODE_REMOVED_REASON = "NODE_REMOVED: node removed"
+
+
+def remove(cluster: Cluster, name: str, force: bool = False, engine: TaskEngine | None = None) -> None:
+    """Forget a node. Refused while it is Online or hosts bricks, unless ``force`` (its bricks are
+    then marked Lost). Its open tasks fail with reason NODE_REMOVED, so no operation waits for it."""
     with db.atomic():
         node = get(cluster, name)
         if node.state == NodeState.ONLINE.value and not force:
             raise Conflict(
                 f"node {name!r} is Online: stop its agent first, or pass --force (a running agent registers again)"
             )
+        hosted = [
+            *Brick.select(Brick, Volume)
+            .join(Volume)
+            .where((Volume.cluster == cluster) & (Brick.node_name == name))
+            .order_by(Volume.name, Brick.index)
+        ]
+        if hosted and not force:
+            names = sorted({b.volume.name for b in hosted})
+            raise Conflict(
+                f"node {name!r} hosts {len(hosted)} bricks of volume(s) {', '.join(names)}: delete those volumes "
+                "first, or pass --force to remove it anyway (its bricks are marked Lost)"
+            )
+        for brick in hosted:
+            brick.state, brick.pid, brick.state_changed_at = BRICK_LOST, None, time.time()
+            brick.save()
+            events.record(
+                "brick.state",
+                cluster=cluster.name,
+                subject=f"{brick.volume.name}:{name}:{brick.path}",
+                state=BRICK_LOST,
+                reason="node removed with --force",
+            )
+        if hosted:
+            log.warning("cluster %s node %s: %d bricks marked %s", cluster.name, name, len(hosted), BRICK_LOST)
         heartbeats.forget_node(node)
         node.delete_instance()
         events.record("node.removed", cluster=cluster.name, subject=name)
     log.info("cluster %s node %s: removed", cluster.name, name)
+    if engine is not None:
+        for task in (
+            Task.select(Task, Cluster)
+            .join(Cluster)
+            .where((Task.cluster == cluster) & (Task.node_name == name) & Task.state.in_(OPEN_STATES))
+        ):
+            engine.fail(task, f"{NODE_REMOVED_REASON} ({name})")
 
 
 def probe(engine: TaskEngine, cluster: Cluster, name: str, params: dict[str, Any]) -> Task:

@@ -99,6 +99,24 @@ def _migration_6(db: pw.Database) -> None:
     db.create_tables([m.Grant], safe=True)
 
 
+def _migration_8(db: pw.Database) -> None:
+    """Volumes remember which operation concluded and their last stable state (reconciler, reset-state).
+
+    Self-contained and idempotent: it adds only the columns the table lacks.
+    """
+    have = {c.name for c in db.get_columns("volume")}
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    migrator = from_database(db)
+    for name in ("concluded_operation", "stable_state"):
+        if name not in have:
+            apply(migrator.add_column("volume", name, m.Volume._meta.fields[name]))
+    stable = ["Created", "Started", "Stopped"]
+    m.Volume.update(stable_state=m.Volume.state).where(
+        m.Volume.state.in_(stable) & (m.Volume.stable_state == "")
+    ).execute()
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -126,6 +144,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (3, _migration_3),
     (4, _migration_4),
     (6, _migration_6),
+    (8, _migration_8),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
