@@ -39,6 +39,7 @@ from broker.topics import Topics
 from broker.url import MqttUrl
 from control.services import nodes
 from control.services.tasks import TaskEngine
+from control.store.db import ping as db_ping
 from control.store.models import database_proxy
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Bridge:
 
     def alive(self) -> bool:
         """The bridge's loops run and the database answers (a broker outage is not a reason to restart)."""
-        return not self._stop.is_set() and time.monotonic() - self.last_tick < 10 and self._worker_alive()
+        return not self._stop.is_set() and time.monotonic() - self.last_tick < 10 and self._worker_alive() and db_ping()
 
     def _worker_alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)

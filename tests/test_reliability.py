@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -286,3 +287,69 @@ def test_server_times_out_tasks_and_admins_reset_and_remove(make_stack, monkeypa
     cli.run("node", "remove", "n1", "--force")
     bricks = cli.api("GET", "/api/v1/clusters/default/volumes/gv1").json()["bricks"]
     assert [b["state"] for b in bricks] == ["Lost"]
+
+
+# ---- PostgreSQL: connections that survive a server restart ---------------------------------------
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL instance of this test alone (restarting the shared one would disturb other tests)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from tests.helpers import free_port, port_open
+
+    if not os.path.exists(f"{PG_BIN}/initdb") or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 server binaries are not installed")
+    base = Path(tempfile.mkdtemp(prefix="gct-pg-"))  # pytest's tmp dirs are closed to the postgres user
+    os.chmod(base, 0o755)
+    data = base / "data"
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # the postmaster keeps pipes open
+    subprocess.run([*as_pg, f"{PG_BIN}/initdb", "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, **quiet)
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+
+    def ctl(*args: str) -> None:
+        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-o", options, "-w", "-t", "30", *args],
+                       check=True, timeout=60, **quiet)  # fmt: skip
+
+    ctl("start", "-l", str(data / "server.log"))
+    wait_until(lambda: port_open("127.0.0.1", port), 30, what="private PostgreSQL up")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", ctl
+    finally:
+        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], timeout=60, **quiet)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_connections_survive_a_postgresql_restart(private_postgres, tmp_path):
+    from control.services import clusters
+    from control.store import open_database
+    from control.store.db import ping
+    from control.store.models import Cluster
+    from control.store.models import database_proxy as db
+
+    url, ctl = private_postgres
+    database = open_database(url, str(tmp_path))
+    try:
+        clusters.ensure_default()
+        assert ping()
+        ctl("stop", "-m", "fast")
+        assert not ping()  # the health check sees the outage
+        ctl("start")
+        # the thread's old connection is dead: the next transaction reconnects at BEGIN
+        with db.atomic():
+            Cluster.create(name="after-restart", join_secret="s")
+        assert {c.name for c in Cluster.select()} == {"default", "after-restart"}
+        assert ping()
+        ctl("restart", "-m", "fast")
+        assert Cluster.select().count() == 2  # a statement outside a transaction reconnects too
+    finally:
+        database.close()

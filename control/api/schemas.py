@@ -120,6 +120,7 @@ class Health(Public):
     status: str
     version: str
     mqtt_connected: bool
+    database_ok: bool = True  # a real round trip (SELECT 1) answered in time
 
 
 # ---- devices ------------------------------------------------------------------------------
