@@ -1,18 +1,25 @@
 """The control service's MQTT client: persists what agents publish and publishes tasks.
 
 Messages are handled in arrival order by one worker thread, off paho's network thread, so a
-slow database never stalls keepalives. Every handler is wrapped: a malformed or oversized
+slow database does not stall keepalives. Every handler is wrapped: a malformed or oversized
 payload is logged with the node that sent it and dropped (design invariant 5).
+
+Nothing acknowledged is lost: paho acknowledges a QoS 1 message when ``on_message`` returns, so
+when the inbox is full ``on_message`` waits for room (backpressure on the broker) instead of
+dropping. Only a message that arrives while the bridge stops is dropped; every drop, for any
+reason, is logged and counted in ``Bridge.dropped`` (by reason) for metrics.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -33,12 +40,16 @@ from broker.topics import Topics
 from broker.url import MqttUrl
 from control.services import nodes
 from control.services.tasks import TaskEngine
+from control.store.db import ping as db_ping
 from control.store.models import database_proxy
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 1.0
 KEEPALIVE = 15
+INBOX_SIZE = 10_000  # messages waiting for the worker; past that on_message waits (backpressure)
+INBOX_WAIT_SECONDS = 0.5  # how often a waiting on_message checks whether the bridge stops
+SCHEDULE_TIMEOUT = 5.0  # how long a scheduled call waits for room in the inbox
 
 # the leaf of an agent topic -> the payload published there
 AGENT_MESSAGES: dict[str, type[BaseModel]] = {
@@ -47,19 +58,23 @@ AGENT_MESSAGES: dict[str, type[BaseModel]] = {
     "heartbeat": Heartbeat,
     "task-status": TaskStatus,
 }
-# ("republish", None) after a (re)connect, ("message", (topic, payload)) per message; None stops the worker
-InboxItem = tuple[str, tuple[str, bytes] | None] | None
+# ("republish", None) after a (re)connect, ("message", (topic, payload)) per message, ("call", fn) for
+# work serialised with the handlers (reconciler passes); None stops the worker
+InboxItem = tuple[str, tuple[str, bytes] | Callable[[], object] | None] | None
 
 
 class Bridge:
-    def __init__(self, url: MqttUrl, topics: Topics, engine: TaskEngine) -> None:
+    def __init__(self, url: MqttUrl, topics: Topics, engine: TaskEngine, inbox_size: int = INBOX_SIZE) -> None:
         self.url = url
         self.topics = topics
         self.engine = engine
         self.instance = uuid.uuid4().hex
         self.connected = threading.Event()
         self.refused: str | None = None
-        self._inbox: queue.Queue[InboxItem] = queue.Queue(maxsize=100_000)
+        self._inbox: queue.Queue[InboxItem] = queue.Queue(maxsize=inbox_size)
+        # messages dropped, by reason (stopping, oversized, malformed, handler-error): for metrics
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self._drop_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.client = mqtt.Client(
@@ -108,7 +123,10 @@ class Bridge:
                 pass
         self.client.disconnect()
         self.client.loop_stop()
-        self._inbox.put(None)
+        try:
+            self._inbox.put(None, timeout=SCHEDULE_TIMEOUT)
+        except queue.Full:
+            log.warning("the bridge's worker did not drain its inbox in time; %d messages left", self._inbox.qsize())
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -116,13 +134,29 @@ class Bridge:
 
     def alive(self) -> bool:
         """The bridge's loops run and the database answers (a broker outage is not a reason to restart)."""
-        return not self._stop.is_set() and time.monotonic() - self.last_tick < 10 and self._worker_alive()
+        return not self._stop.is_set() and time.monotonic() - self.last_tick < 10 and self._worker_alive() and db_ping()
 
     def _worker_alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def call_soon(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn`` in the worker thread, after the messages already received; False if there was no room."""
+        try:
+            self._inbox.put(("call", fn), timeout=SCHEDULE_TIMEOUT)
+            return True
+        except queue.Full:
+            return False
+
+    def _count_drop(self, reason: str) -> None:
+        with self._drop_lock:
+            self.dropped[reason] += 1
+
+    def dropped_total(self) -> int:
+        with self._drop_lock:
+            return sum(self.dropped.values())
 
     # ---- paho callbacks (network thread) --------------------------------------------------
     def _on_connect(
@@ -157,10 +191,23 @@ class Bridge:
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.url.redacted(), reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        item: InboxItem = ("message", (msg.topic, bytes(msg.payload)))
         try:
-            self._inbox.put_nowait(("message", (msg.topic, bytes(msg.payload))))
+            self._inbox.put_nowait(item)
+            return
         except queue.Full:
-            log.error("inbox full: dropped message on %s", msg.topic)
+            pass
+        log.warning("inbox full (%d messages): waiting for the worker before taking more", self._inbox.maxsize)
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._inbox.put(item, timeout=INBOX_WAIT_SECONDS)
+                log.info("inbox has room again after %.1fs", time.monotonic() - started)
+                return
+            except queue.Full:
+                continue
+        self._count_drop("stopping")
+        log.error("dropped message on %s: the bridge is stopping", msg.topic)
 
     # ---- worker ---------------------------------------------------------------------------
     def _work(self) -> None:
@@ -172,10 +219,14 @@ class Bridge:
             try:
                 if data is None:  # "republish"
                     self.engine.republish_open()
+                elif callable(data):
+                    data()
                 else:
                     self.handle(*data)
             except Exception:
-                log.exception("error while handling %s %s", kind, data[0] if data else "")
+                if kind == "message":
+                    self._count_drop("handler-error")
+                log.exception("error while handling %s %s", kind, data[0] if isinstance(data, tuple) else "")
             finally:
                 if not database_proxy.is_closed() and database_proxy.in_transaction():
                     database_proxy.rollback()
@@ -196,6 +247,7 @@ class Bridge:
         if not payload:
             return  # a cleared retained message
         if len(payload) > MAX_PAYLOAD_BYTES:
+            self._count_drop("oversized")
             log.warning(
                 "cluster %s node %s: dropped %d-byte payload on %s (limit %d)",
                 cluster,
@@ -211,6 +263,7 @@ class Bridge:
         try:
             message = model.model_validate_json(payload)
         except ValidationError as exc:
+            self._count_drop("malformed")
             log.warning(
                 "cluster %s node %s: dropped malformed %s payload: %s (payload %r)",
                 cluster,

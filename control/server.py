@@ -24,6 +24,7 @@ from control.errors import Unauthorized
 from control.services import authz, clusters, enrolment, users
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
+from control.services.reconciler import Reconciler
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
@@ -139,10 +140,12 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     bridge = Bridge(url, topics, engine)
     engine.publisher = bridge
     bridge.start()
+    reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
+        reconciler.start(bridge.call_soon)
 
         app = create_app(engine, bridge, volumes, devices, feed.hub)
         config = uvicorn.Config(
@@ -176,6 +179,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         await serving
     finally:
         log.info("shutting down")
+        await asyncio.to_thread(reconciler.stop)
         await asyncio.to_thread(bridge.stop)
         await asyncio.to_thread(feed.stop)
         enrolment.use_accounts(enrolment.NoAccounts())

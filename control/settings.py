@@ -23,6 +23,30 @@ class ServerSettings(BaseSettings):
     brick_ports: str = "49152-60999"
     event_backlog: int = 10000
     log_level: str = "INFO"
+    # the reconciler: seconds between passes, and per task kind the seconds before an open task
+    # fails with TIMEOUT ("node.probe=300,volume.start=3600"; kinds not named keep their defaults)
+    reconcile_interval: float = 30.0
+    task_deadlines: str = ""
+
+    def deadlines(self) -> dict[str, float]:
+        from control.services.reconciler import parse_deadlines
+
+        return parse_deadlines(self.task_deadlines)
+
+    @field_validator("task_deadlines")
+    @classmethod
+    def _deadlines(cls, v: str) -> str:
+        from control.services.reconciler import parse_deadlines
+
+        parse_deadlines(v)
+        return v
+
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if not 0.1 <= v <= 3600:
+            raise ValueError("use a number of seconds between 0.1 and 3600")
+        return v
 
     def port_range(self) -> tuple[int, int]:
         low, high = self.brick_ports.split("-")

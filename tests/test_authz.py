@@ -109,6 +109,11 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
     ("POST", "/api/v1/clusters/{name}/volumes/{volume}/stop"): (f"{V}/stop", {}, OPERATE_GV1),
     ("DELETE", "/api/v1/clusters/{name}/volumes/{volume}"): (V, {"params": {"purge": "maybe"}}, OPERATE_GV1),
     ("GET", "/api/v1/clusters/{name}/volumes/{volume}/volfile"): (f"{V}/volfile", {}, OPERATE_GV1),
+    ("POST", "/api/v1/clusters/{name}/volumes/{volume}/reset-state"): (
+        f"{V}/reset-state",
+        {"json": {"force": False, "reason": "x"}},
+        CLUSTER_ADMINS,
+    ),
     ("POST", "/api/v1/clusters/{name}/volumes/{volume}/volfiles"): (f"{V}/volfiles", {}, OPERATE_GV1),
     ("POST", "/api/v1/clusters/{name}/volumes/{volume}/expand"): (
         f"{V}/expand",

@@ -26,6 +26,7 @@ from control.services.eventfeed import WakeHub
 from control.services.options import OptionService
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
+from control.store.db import ping as db_ping
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ def create_app(
     @app.get("/healthz", response_model=s.Health, tags=["health"], dependencies=[permit(None, PUBLIC)])
     def healthz() -> s.Health:
         connected = bool(bridge and bridge.connected.is_set())
-        return s.Health(status="ok" if connected else "degraded", version=__version__, mqtt_connected=connected)
+        database_ok = db_ping()
+        return s.Health(
+            status="ok" if connected and database_ok else "degraded",
+            version=__version__,
+            mqtt_connected=connected,
+            database_ok=database_ok,
+        )
 
     return app

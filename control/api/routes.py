@@ -168,8 +168,8 @@ def get_node(name: str, node: str, actor: CurrentUser) -> s.NodePublic:
 
 
 @router.delete("/clusters/{name}/nodes/{node}", status_code=204, tags=["nodes"], dependencies=[permit(ADMIN, NODE)])
-def remove_node(name: str, node: str, actor: CurrentUser, force: bool = False) -> Response:
-    nodes.remove(clusters.get(name), node, force=force)
+def remove_node(name: str, node: str, actor: CurrentUser, engine: Engine, force: bool = False) -> Response:
+    nodes.remove(clusters.get(name), node, force=force, engine=engine)
     return Response(status_code=204)
 
 

@@ -120,6 +120,7 @@ class Health(Public):
     status: str
     version: str
     mqtt_connected: bool
+    database_ok: bool = True  # a real round trip (SELECT 1) answered in time
 
 
 # ---- devices ------------------------------------------------------------------------------
@@ -145,6 +146,11 @@ class DeviceAdded(Public):
 
 
 # ---- volumes ------------------------------------------------------------------------------
+class VolumeResetState(BaseModel):
+    force: bool = Field(default=False, description="must be true: the reset overrides the volume's state machine")
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded in the volume's event")
+
+
 class VolumeCreate(BaseModel):
     name: str
     bricks: list[str] = Field(

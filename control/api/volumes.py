@@ -12,7 +12,18 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from control.api import schemas as s
-from control.api.deps import DEVICE, IN_CLUSTER, LOGIN, NODE, VOLUME, CurrentScope, Devices, Volumes, permit
+from control.api.deps import (
+    DEVICE,
+    IN_CLUSTER,
+    LOGIN,
+    NODE,
+    VOLUME,
+    CurrentScope,
+    CurrentUser,
+    Devices,
+    Volumes,
+    permit,
+)
 from control.errors import InvalidInput
 from control.services import authz, clusters, failures, views
 from control.services.authz import Action
@@ -189,6 +200,24 @@ def stop_volume(name: str, volume: str, service: Volumes) -> s.VolumeOperation:
 )
 def delete_volume(name: str, volume: str, service: Volumes, purge: bool = False) -> s.VolumeOperation:
     return operation(*service.delete(clusters.get(name), volume, purge))
+
+
+@router.post(
+    "/clusters/{name}/volumes/{volume}/reset-state",
+    response_model=s.VolumeOperation,
+    tags=["volumes"],
+    description="Take a stuck volume (Starting, Deleting, a failed state, ...) back to its last stable state "
+    "(Created, Started or Stopped; a volume never created fully goes to CreateFailed). The open tasks of its "
+    "operation fail with reason RESET; `reason` is recorded in the volume's event. Needs `force: true` and "
+    "admin on the volume: the reset overrides the state machine, and the bricks may not be in that state.",
+    dependencies=[permit(ADMIN, VOLUME)],
+)
+def reset_volume_state(
+    name: str, volume: str, body: s.VolumeResetState, actor: CurrentUser, service: Volumes
+) -> s.VolumeOperation:
+    if not body.force:
+        raise InvalidInput("reset-state overrides the volume's state machine: confirm with force=true (--force)")
+    return operation(*service.reset_state(clusters.get(name), volume, body.reason, actor.name))
 
 
 @router.get(

@@ -187,10 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="nodes of every cluster")
     _output(p)
     p.set_defaults(func=commands.node_list)
-    p = nodes.add_parser("remove", parents=[common], help="forget a node (stop its agent first)")
+    p = nodes.add_parser(
+        "remove", parents=[common], help="forget a node (stop its agent first; refused while it hosts bricks)"
+    )
     _cluster(p)
     p.add_argument("node")
-    p.add_argument("--force", action="store_true", help="remove even while the node is Online")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even while the node is Online or hosts bricks (they are marked Lost)",
+    )
     p.set_defaults(func=commands.node_remove)
     p = nodes.add_parser(
         "reenrol",

@@ -118,6 +118,20 @@ def add_parsers(
             )
         _wait(p)
         p.set_defaults(func=volume_op, verb=verb)
+    p = volumes.add_parser(
+        "reset-state",
+        parents=[common],
+        help="admins: take a stuck volume back to its last stable state",
+        description="Move a volume stuck in Starting, Deleting or a failed state back to its last stable state "
+        "(Created, Started or Stopped; CreateFailed if it was never created). The open tasks of its operation "
+        "fail with reason RESET. The reason is recorded in the volume's event. Check the bricks afterwards "
+        "('volume status'): the reset changes only what glusterctl records.",
+    )
+    cluster(p)
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="required: confirms overriding the state machine")
+    p.add_argument("--reason", required=True, help="why (recorded in the event stream)")
+    p.set_defaults(func=volume_reset_state)
     p = volumes.add_parser("list", parents=[common], help="list volumes")
     cluster(p)
     output(p)
@@ -289,6 +303,16 @@ def volume_op(args: argparse.Namespace) -> int:
         answer = client.post(_vpath(args, f"/{args.verb}"))
     print(f"Volume {args.verb} request sent.")
     return wait_volume(client, args, args.verb, answer["tasks"]) if args.wait else 0
+
+
+def volume_reset_state(args: argparse.Namespace) -> int:
+    if not args.force:
+        raise CliError("reset-state overrides the volume's state machine: add --force to confirm")
+    answer = _client(args).post(_vpath(args, "/reset-state"), {"force": True, "reason": args.reason})
+    volume = answer["volume"]
+    failed = len(answer.get("tasks") or [])
+    print(f"Volume {args.name} is now {volume['state']}" + (f"; {failed} open tasks failed." if failed else "."))
+    return 0
 
 
 def _type_text(v: dict[str, Any]) -> str:

@@ -22,9 +22,9 @@ from broker.messages import (
 )
 from control.errors import Conflict, NotFound
 from control.services import enrolment, events, heartbeats
-from control.services.tasks import TaskEngine
+from control.services.tasks import OPEN_STATES, TaskEngine
 from control.store.db import first, locked
-from control.store.models import Cluster, Node, Task
+from control.store.models import Brick, Cluster, Node, Task, Volume
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -245,8 +245,16 @@ def get(cluster: Cluster, name: str) -> Node:
     return node
 
 
-def remove(cluster: Cluster, name: str, force: bool = False) -> None:
-    """Forget a node and its credential: its broker user goes, and its agent is refused from then on."""
+BRICK_LOST = "Lost"  # the state of a brick whose node was removed with --force
+NODE_REMOVED_REASON = "NODE_REMOVED: node removed"
+
+
+def remove(cluster: Cluster, name: str, force: bool = False, engine: TaskEngine | None = None) -> None:
+    """Forget a node and its credential (its broker user goes; its agent is refused from then on).
+
+    Refused while it is Online or hosts bricks, unless ``force`` (its bricks are then marked Lost).
+    Its open tasks fail with reason NODE_REMOVED, so no operation waits for it.
+    """
     with db.atomic():
         node = get(cluster, name)
         if node.state == NodeState.ONLINE.value and not force:
@@ -254,10 +262,41 @@ def remove(cluster: Cluster, name: str, force: bool = False) -> None:
                 f"node {name!r} is Online: stop its agent first, or pass --force (its agent is disconnected "
                 "and refused; it can enrol again with the join token after deleting its node.secret)"
             )
+        hosted = [
+            *Brick.select(Brick, Volume)
+            .join(Volume)
+            .where((Volume.cluster == cluster) & (Brick.node_name == name))
+            .order_by(Volume.name, Brick.index)
+        ]
+        if hosted and not force:
+            names = sorted({b.volume.name for b in hosted})
+            raise Conflict(
+                f"node {name!r} hosts {len(hosted)} bricks of volume(s) {', '.join(names)}: delete those volumes "
+                "first, or pass --force to remove it anyway (its bricks are marked Lost)"
+            )
+        for brick in hosted:
+            brick.state, brick.pid, brick.state_changed_at = BRICK_LOST, None, time.time()
+            brick.save()
+            events.record(
+                "brick.state",
+                cluster=cluster.name,
+                subject=f"{brick.volume.name}:{name}:{brick.path}",
+                state=BRICK_LOST,
+                reason="node removed with --force",
+            )
+        if hosted:
+            log.warning("cluster %s node %s: %d bricks marked %s", cluster.name, name, len(hosted), BRICK_LOST)
         heartbeats.forget_node(node)
         node.delete_instance()
         events.record("node.removed", cluster=cluster.name, subject=name)
     log.info("cluster %s node %s: removed (credential revoked)", cluster.name, name)
+    if engine is not None:
+        for task in (
+            Task.select(Task, Cluster)
+            .join(Cluster)
+            .where((Task.cluster == cluster) & (Task.node_name == name) & Task.state.in_(OPEN_STATES))
+        ):
+            engine.fail(task, f"{NODE_REMOVED_REASON} ({name})")
     try:
         enrolment.accounts().node_removed(cluster.name, name)
     except Exception:

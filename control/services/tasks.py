@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from broker.messages import TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
+from broker.messages import MAX_PAYLOAD_BYTES, TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
 from broker.topics import Topics
 from control.errors import InvalidInput, NotFound
 from control.services import events, failures
@@ -62,6 +62,11 @@ class TaskEngine:
         if not Node.select().where((Node.cluster == cluster) & (Node.name == node_name)).exists():
             raise NotFound(f"no node {node_name!r} in cluster {cluster.name!r}")
         now = time.time()
+        size = len(TaskMessage(id="0" * 32, kind=kind, params=params or {}, created_at=now).model_dump_json())
+        if size > MAX_PAYLOAD_BYTES:  # the agent would drop it unread, and the task would never end
+            raise InvalidInput(
+                f"{kind} task for node {node_name!r} is {size} bytes, over the agents' limit of {MAX_PAYLOAD_BYTES}"
+            )
         with db.atomic():
             task = Task.create(
                 id=uuid.uuid4().hex,
@@ -107,7 +112,7 @@ class TaskEngine:
         if self.publisher is not None:
             self.publisher.publish(self.topics.task(cluster_name, task.node_name, task.id), b"", qos=1, retain=True)
 
-    def republish_open(self) -> int:
+    def republish_open(self, level: int = logging.INFO) -> int:
         count = 0
         for task in (
             Task.select(Task, Cluster).join(Cluster).where(Task.state.in_(OPEN_STATES)).order_by(Task.created_at)
@@ -115,8 +120,22 @@ class TaskEngine:
             self._publish(task, task.cluster.name)
             count += 1
         if count:
-            log.info("republished %d open tasks", count)
+            log.log(level, "republished %d open tasks", count)
         return count
+
+    def fail(self, task: Task, reason: str) -> Task | None:
+        """Fail an open task from the control side (deadline passed, node removed, reset): the
+        same path as an agent's report, so the final hooks run; None when it was already final."""
+        status = TaskStatus(task_id=task.id, state=TaskState.FAILED, epoch=1, reason=reason)
+        return self.apply_status(task.cluster.name, task.node_name, status)
+
+    def run_final_hooks(self, task: Task) -> None:
+        """Run every final-state hook for ``task``; a failing hook is logged (the reconciler replays)."""
+        for hook in self.on_final:
+            try:
+                hook(task)
+            except Exception:
+                log.exception("cluster %s task %s: final-state hook failed", task.cluster.name, task.id)
 
     # ---- status from agents -------------------------------------------------------------
     def apply_status(self, cluster_name: str, node_name: str, status: TaskStatus) -> Task | None:
@@ -182,11 +201,7 @@ class TaskEngine:
         )
         if status.state.final:
             self._clear(task, cluster_name)
-            for hook in self.on_final:
-                try:
-                    hook(task)
-                except Exception:
-                    log.exception("cluster %s task %s: final-state hook failed", cluster_name, task.id)
+            self.run_final_hooks(task)
         return task
 
 

@@ -239,7 +239,7 @@ def volume_view(volume: Volume) -> VolumeView:
             path=b.path,
             port=b.port,
             pid=b.pid if reachable(b.node_name) else None,
-            state=b.state if reachable(b.node_name) else "Unreachable",
+            state=b.state if reachable(b.node_name) or b.state == "Lost" else "Unreachable",
         )
         for b in bricks_of(volume)
     ]

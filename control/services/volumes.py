@@ -58,7 +58,11 @@ OPERATIONS: dict[str, tuple[VolumeState, VolumeState | None, VolumeState]] = {
     "volume.delete": (S.DELETING, None, S.DELETE_FAILED),
 }
 
-__all__ = ["DEFAULT_PORT_RANGE", "OPERATIONS", "TRANSITIONS", "VolumeRequest", "VolumeService"]
+# states a volume rests in; reset-state takes a stuck volume back to the last one it was in
+STABLE_STATES = frozenset({S.CREATED, S.STARTED, S.STOPPED})
+MAX_REASON_LENGTH = 500
+
+__all__ = ["DEFAULT_PORT_RANGE", "OPERATIONS", "STABLE_STATES", "TRANSITIONS", "VolumeRequest", "VolumeService"]
 
 
 def _move(volume: Volume, new: VolumeState, why: str = "") -> None:
@@ -69,6 +73,8 @@ def _move(volume: Volume, new: VolumeState, why: str = "") -> None:
         raise Conflict(f"volume {volume.name!r} is {old.value}: it cannot go to {new.value}")
     volume.state = new.value
     volume.updated_at = time.time()
+    if new in STABLE_STATES:
+        volume.stable_state = new.value
     volume.save()
     log.info(
         "cluster %s volume %s: %s -> %s%s",
@@ -241,8 +247,8 @@ class VolumeService:
         publish: list[Task] = []
         with db.atomic():
             volume = first(locked(Volume.select().where(Volume.operation == task.operation)))
-            if volume is None:
-                return
+            if volume is None or volume.concluded_operation == task.operation:
+                return  # not this volume's current operation, or concluded already (a replayed hook)
             if (
                 task.kind == "volume.start"
                 and task.state == TaskState.FAILED.value
@@ -263,6 +269,7 @@ class VolumeService:
     def _conclude(self, volume: Volume, task: Task, states: dict[str, str]) -> list[Task]:
         """All tasks of the volume's operation are final: move the volume on; returns tasks to publish."""
         _, ok, failed = OPERATIONS[task.kind]
+        volume.concluded_operation = task.operation  # saved by the move below
         if any(s != TaskState.DONE.value for s in states.values()):
             nodes = sorted(n for n, s in states.items() if s != TaskState.DONE.value)
             _move(volume, failed, f"failed on {', '.join(nodes)}")
@@ -279,6 +286,69 @@ class VolumeService:
             rows = bricks_of(volume)
             return self._submit(volume, "volume.start", rows, start_params(volume, rows))
         return []
+
+    # -- recovery -------------------------------------------------------------------------
+    def conclude_without_tasks(self, volume: Volume) -> bool:
+        """A volume in an operation's running state whose operation has no task (none was ever
+        stored, or they were deleted) fails that operation; True when it moved."""
+        with db.atomic():
+            row = first(locked(Volume.select(Volume, Cluster).join(Cluster).where(Volume.id == volume.id), of=Volume))
+            if row is None or Task.select().where(Task.operation == row.operation).exists():
+                return False
+            for _, (running, _, failed) in OPERATIONS.items():
+                if row.state == running.value:
+                    row.concluded_operation = row.operation
+                    _move(row, failed, "the operation has no tasks")
+                    return True
+        return False
+
+    def reset_state(self, cluster: Cluster, name: str, reason: str, actor: str) -> tuple[Volume, list[Task]]:
+        """An admin's way out of a stuck state: back to the last stable state (or the running
+        operation's failure state when there was none), the operation's open tasks FAILED.
+
+        The operation is marked concluded first, so the failed tasks' hooks do not move the volume again.
+        """
+        reason = " ".join((reason or "").split())
+        if not reason:
+            raise InvalidInput("give a reason (--reason TEXT): it is recorded in the volume's event")
+        if len(reason) > MAX_REASON_LENGTH:
+            raise InvalidInput(f"the reason is {len(reason)} characters; at most {MAX_REASON_LENGTH} are allowed")
+        with db.atomic():
+            volume = first(
+                locked(
+                    Volume.select(Volume, Cluster)
+                    .join(Cluster)
+                    .where((Volume.cluster == cluster) & (Volume.name == name)),
+                    of=Volume,
+                )
+            )
+            if volume is None:
+                self.get(cluster, name)  # raises NotFound with the usual hint
+                raise NotFound(name)
+            old = VolumeState(volume.state)
+            if old in STABLE_STATES:
+                raise Conflict(f"volume {name!r} is {old.value}: a stable state, nothing to reset")
+            target = VolumeState(volume.stable_state) if volume.stable_state else None
+            if target is None:
+                target = next((f for r, _, f in OPERATIONS.values() if r == old), None)
+            if target is None or target == old:
+                raise Conflict(
+                    f"volume {name!r} is {old.value} and was never in a stable state: retry the operation or delete it"
+                )
+            open_tasks = [
+                *Task.select(Task, Cluster)
+                .join(Cluster)
+                .where((Task.operation == volume.operation) & (Task.state.not_in(list(FINAL))))
+            ]
+            volume.concluded_operation = volume.operation
+            volume.state = target.value
+            volume.updated_at = time.time()
+            volume.save()
+            why = f"reset-state by {actor}: {reason}"
+            log.warning("cluster %s volume %s: %s -> %s (%s)", cluster.name, name, old.value, target.value, why)
+            events.record("volume.state", cluster=cluster.name, subject=name, state=target.value, reason=why)
+        failed = [t for t in (self.engine.fail(t, f"RESET: {why}") for t in open_tasks) if t is not None]
+        return volume, failed
 
     def _retry_on_new_ports(self, volume: Volume, task: Task) -> list[Task]:
         attempts = (

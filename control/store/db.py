@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlparse
 import peewee as pw
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_migrations
+from playhouse.shortcuts import ReconnectMixin
 
 from control.store import models as m
 
@@ -20,6 +21,44 @@ log = logging.getLogger(__name__)
 
 class DatabaseError(Exception):
     """The database cannot be opened or migrated."""
+
+
+CONNECT_TIMEOUT_SECONDS = 5  # a PostgreSQL server that does not answer fails a connection this fast
+PING_TIMEOUT_MS = 2000  # the health check's round trip (SELECT 1) must answer within this
+
+
+class ReconnectingPostgresqlDatabase(ReconnectMixin, pw.PostgresqlDatabase):
+    """PostgreSQL whose per-thread connections survive a server restart.
+
+    A statement outside a transaction, or the BEGIN of a new one, that fails because the server
+    closed the connection reconnects once and runs again. Inside a transaction nothing is retried
+    (work could be lost): that transaction fails, and the next one reconnects.
+    """
+
+    reconnect_errors = (  # type: ignore[assignment]  # the stubs type the base's tuple by its exact entries
+        (pw.OperationalError, "server closed the connection"),
+        (pw.OperationalError, "terminating connection"),
+        (pw.OperationalError, "connection already closed"),
+        (pw.OperationalError, "could not receive data"),
+        (pw.OperationalError, "ssl connection has been closed"),
+        (pw.InterfaceError, "connection already closed"),
+    )
+
+
+def ping(db: pw.Database | None = None) -> bool:
+    """A real round trip (SELECT 1) within PING_TIMEOUT_MS; False when the database does not answer."""
+    database: Any = db if db is not None else m.database_proxy
+    try:
+        if isinstance(getattr(database, "obj", database), pw.PostgresqlDatabase):
+            with database.atomic():
+                _execute_sql(database, f"SET LOCAL statement_timeout = {PING_TIMEOUT_MS}")
+                _execute_sql(database, "SELECT 1")
+        else:
+            _execute_sql(database, "SELECT 1")
+        return True
+    except (pw.DatabaseError, pw.InterfaceError) as exc:
+        log.warning("database health check failed: %s", " ".join(str(exc).split())[:200])
+        return False
 
 
 M = TypeVar("M", bound=pw.Model)
@@ -118,6 +157,24 @@ def _migration_6(db: pw.Database) -> None:
     db.create_tables([m.Grant], safe=True)
 
 
+def _migration_8(db: pw.Database) -> None:
+    """Volumes remember which operation concluded and their last stable state (reconciler, reset-state).
+
+    Self-contained and idempotent: it adds only the columns the table lacks.
+    """
+    have = {c.name for c in db.get_columns("volume")}
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    migrator = from_database(db)
+    for name in ("concluded_operation", "stable_state"):
+        if name not in have:
+            apply(migrator.add_column("volume", name, m.Volume._meta.fields[name]))
+    stable = ["Created", "Started", "Stopped"]
+    m.Volume.update(stable_state=m.Volume.state).where(
+        m.Volume.state.in_(stable) & (m.Volume.stable_state == "")
+    ).execute()
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -146,6 +203,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (4, _migration_4),
     (5, _migration_5),
     (6, _migration_6),
+    (8, _migration_8),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
@@ -170,12 +228,13 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
         raise DatabaseError(
             f"unsupported database URL scheme {parsed.scheme!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
         )
-    return pw.PostgresqlDatabase(
+    return ReconnectingPostgresqlDatabase(  # type: ignore[no-untyped-call]
         (parsed.path or "/").lstrip("/") or "postgres",
         user=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
         host=parsed.hostname or "127.0.0.1",
         port=parsed.port or 5432,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
     )
 
 

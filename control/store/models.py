@@ -155,6 +155,10 @@ class Volume(BaseModel):
     redundancy = pw.IntegerField(default=0)
     state = pw.CharField(max_length=16)
     operation = pw.CharField(max_length=64, default="")
+    # the operation whose final hook moved the volume on (a replayed hook is then a no-op), and
+    # the last state the volume rested in (where an admin's reset-state takes a stuck volume)
+    concluded_operation = pw.CharField(max_length=64, default="")
+    stable_state = pw.CharField(max_length=16, default="")
     start_after_create = pw.BooleanField(default=True)
     options = JSONField(default=dict)
     auth_username = pw.CharField(max_length=64)
