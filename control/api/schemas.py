@@ -309,3 +309,22 @@ class ReenrolPublic(BaseModel):
     cluster: str
     node: str
     reenrol_until: float
+
+
+# ---- errors (RFC 9457 problem details) ---------------------------------------------------
+class ProblemError(BaseModel):
+    """One invalid field of a request: where (``body.name``, ``query.limit``) and why."""
+
+    loc: str
+    msg: str
+
+
+class Problem(BaseModel):
+    """Every error answer (``application/problem+json``); ``detail`` says what went wrong and what to do."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[ProblemError] | None = None  # validation errors (422) only
