@@ -17,6 +17,7 @@ from broker.embedded import BrokerError, check_port_free, start_broker
 from broker.messages import node_key
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
+from control import tls
 from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
@@ -88,6 +89,29 @@ class StoreAuthority:
         return clusters
 
 
+def https_certificate(settings: ServerSettings, hosts: list[str]) -> tls.ServerCert | None:
+    """The HTTPS certificate: the operator's (--tls-cert/--tls-key), the server's own CA's, or None (plain HTTP)."""
+    if not settings.https():
+        return None
+    try:
+        if settings.tls_cert and settings.tls_key:
+            cert = tls.ServerCert(settings.tls_cert, settings.tls_key, None)
+        else:
+            cert = tls.issue_server_cert(os.path.join(settings.data_dir, "tls"), hosts)
+        cert.server_context()  # refuse a key that does not match its certificate now, not at the first request
+    except tls.TlsError as exc:
+        raise StartupError(str(exc)) from None
+    if cert.ca:
+        log.info(
+            "HTTPS with the server's own CA %s, SHA-256 fingerprint %s: give clients this file "
+            "(glusterctl login --ca %s)",
+            cert.ca,
+            tls.fingerprint(cert.ca),
+            cert.ca,
+        )
+    return cert
+
+
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
@@ -104,6 +128,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         raise StartupError(
             f"HTTP port {http_port} on {http_host} is already in use: choose another with --http HOST:PORT"
         ) from None
+
+    server_cert = https_certificate(settings, [http_host])
 
     embedded = None
     accounts: DynsecAccounts | None = None
@@ -153,6 +179,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
+            ssl_certfile=server_cert.cert if server_cert else None,
+            ssl_keyfile=server_cert.key if server_cert else None,
         )
         server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()
@@ -165,7 +193,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
                 raise StartupError(f"the HTTP server could not start on {http_host}:{http_port}")
             await asyncio.sleep(0.05)
         log.info(
-            "glusterctl server ready: http://%s:%d, MQTT %s, database %s",
+            "glusterctl server ready: %s://%s:%d, MQTT %s, database %s",
+            "https" if server_cert else "http",
             http_host,
             http_port,
             url.redacted(),

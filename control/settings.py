@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +26,20 @@ class ServerSettings(BaseSettings):
     brick_ports: str = "49152-60999"
     event_backlog: int = 10000
     log_level: str = "INFO"
+    # HTTPS: "auto" (the server's own CA and certificate in DATA_DIR/tls), "off" (plain HTTP), or
+    # None: "auto" unless --http listens on loopback only; --tls-cert/--tls-key bring your own
+    tls: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def https(self) -> bool:
+        """True when the REST API and the event stream are served over HTTPS only."""
+        if self.tls_cert:
+            return True
+        if self.tls is None:
+            host, _ = parse_host_port(self.http, 8080, "--http")
+            return not _loopback(host)
+        return self.tls == "auto"
 
     def port_range(self) -> tuple[int, int]:
         low, high = self.brick_ports.split("-")
@@ -64,6 +81,24 @@ class ServerSettings(BaseSettings):
             )
         return self
 
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("auto", "off"):
+            raise ValueError("use auto (the server's own CA and certificate) or off (plain HTTP)")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServerSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: give both PEM files")
+        if self.tls_cert and self.tls == "off":
+            raise ValueError("--tls off contradicts --tls-cert/--tls-key: drop one")
+        for path in (self.tls_cert, self.tls_key):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"no such file: {path}")
+        return self
+
     @field_validator("mqtt_root")
     @classmethod
     def _root(cls, v: str) -> str:
@@ -76,3 +111,12 @@ class ServerSettings(BaseSettings):
         if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("use sqlite:///PATH or postgresql://USER[:PASS]@HOST[:PORT]/DB")
         return v or None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

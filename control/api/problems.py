@@ -160,7 +160,7 @@ def document_errors(app: FastAPI) -> None:
         components.pop("ValidationError", None)
         paths = schema.get("paths", {})
         for route in api_routes(app):
-            for method in route.methods - {"HEAD"}:
+            for method in (route.methods or set()) - {"HEAD"}:
                 operation = paths.get(route.path, {}).get(method.lower())
                 if operation is None:
                     continue

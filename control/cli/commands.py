@@ -22,7 +22,7 @@ from control.client.format import ago, node_free, size
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(getattr(args, "url", None))
+    return Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
 
 
 def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -70,6 +70,9 @@ def server(args: argparse.Namespace) -> int:
                     "brick_ports",
                     "event_backlog",
                     "log_level",
+                    "tls",
+                    "tls_cert",
+                    "tls_key",
                 ],
             )
         )
@@ -147,7 +150,7 @@ def login(args: argparse.Namespace) -> int:
     if not username:
         raise CliError("no user name: pass --username")
     answer = client.post("/api/v1/login", {"username": username, "password": _read_password(args)}, auth=False)
-    path = save_login(client.url, answer["token"])
+    path = save_login(client.url, answer["token"], client.ca if client.url.startswith("https://") else None)
     print(f"Logged in successfully. The token is saved to {path}")
     return 0
 

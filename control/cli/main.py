@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)"
     )
+    common.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="CA certificate (PEM) that verifies an https server (default: $GLUSTERCTL_CA, the one saved by "
+        "'login --ca', or the system's CAs)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="glusterctl",
@@ -62,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)"
     )
+    p.add_argument(
+        "--tls",
+        choices=["auto", "off"],
+        help="auto: serve HTTPS with the server's own CA and certificate, made on the first start in DATA_DIR/tls "
+        "(clients: glusterctl login --ca DATA_DIR/tls/ca.pem); off: plain HTTP "
+        "(default: auto unless --http listens on loopback only)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, with its chain)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.server)
 
@@ -106,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.tui)
 
     # ---- login and users --------------------------------------------------------------------
-    p = sub.add_parser("login", parents=[common], help="log in and save the token to ~/.glusterctl/token.json")
+    p = sub.add_parser(
+        "login",
+        parents=[common],
+        help="log in and save the token (and --ca for an https URL) to ~/.glusterctl/token.json",
+    )
     p.add_argument("--username", "-u", help="user name (prompted when omitted)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=commands.login)
