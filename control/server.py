@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import os
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import uvicorn
 
 from broker.dynsec import DynsecError, control_username
-from broker.embedded import BrokerError, check_port_free, start_broker
+from broker.embedded import BrokerError, TlsListener, check_port_free, start_broker
 from broker.messages import node_key
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
@@ -112,6 +113,31 @@ def https_certificate(settings: ServerSettings, hosts: list[str]) -> tls.ServerC
     return cert
 
 
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def mqtt_tls_listener(settings: ServerSettings, hosts: list[str]) -> TlsListener | None:
+    """The embedded broker's MQTT-over-TLS listener, with a certificate from the server's own CA."""
+    if not settings.mqtts:
+        return None
+    host, port = parse_host_port(settings.mqtts, 8883, "--mqtts")
+    try:
+        cert = tls.issue_server_cert(os.path.join(settings.data_dir, "tls"), hosts)
+    except tls.TlsError as exc:
+        raise StartupError(str(exc)) from None
+    assert cert.ca is not None
+    log.info(
+        "MQTT over TLS on %s:%d with the server's own CA %s, SHA-256 fingerprint %s: agents use --mqtt-ca %s",
+        host,
+        port,
+        cert.ca,
+        tls.fingerprint(cert.ca),
+        cert.ca,
+    )
+    return TlsListener(host, port, cert.cert, cert.key)
+
+
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
@@ -129,12 +155,13 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             f"HTTP port {http_port} on {http_host} is already in use: choose another with --http HOST:PORT"
         ) from None
 
-    server_cert = https_certificate(settings, [http_host])
+    own_cert_hosts = [http_host] + ([parse_host_port(settings.mqtts, 8883, "--mqtts")[0]] if settings.mqtts else [])
+    server_cert = https_certificate(settings, own_cert_hosts)
 
     embedded = None
     accounts: DynsecAccounts | None = None
     if settings.mqtt_url:
-        url = MqttUrl.parse(settings.mqtt_url)
+        url = MqttUrl.parse(settings.mqtt_url, ca=settings.mqtt_ca)
         if settings.mqtt_dynsec:
             # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
             accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
@@ -146,17 +173,24 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
                     "(see docs/mosquitto.md; without the plugin, drop --mqtt-dynsec)"
                 ) from None
             enrolment.use_accounts(accounts)
-            url = MqttUrl(url.host, url.port, accounts.control_username, accounts.control_password)
+            url = dataclasses.replace(url, username=accounts.control_username, password=accounts.control_password)
     else:
-        host, port = parse_host_port(settings.mqtt, 1883, "--mqtt")
+        plain = None if settings.mqtt == "off" else parse_host_port(settings.mqtt, 1883, "--mqtt")
+        listener = mqtt_tls_listener(settings, own_cert_hosts)
         secret = load_secret(settings.data_dir)
         try:
-            embedded = await start_broker(host, port, StoreAuthority(secret), topics)
+            embedded = await start_broker(
+                plain[0] if plain else "", plain[1] if plain else None, StoreAuthority(secret), topics, listener
+            )
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
         enrolment.use_accounts(EmbeddedAccounts(embedded, asyncio.get_running_loop(), topics))
-        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = MqttUrl(connect_host, port, control_username(topics), secret)
+        if plain:  # the bridge takes the plain listener when there is one (loopback: nothing to protect)
+            url = MqttUrl(_connect_host(plain[0]), plain[1], control_username(topics), secret)
+        else:
+            assert listener is not None
+            ca = os.path.join(settings.data_dir, "tls", "ca.pem")
+            url = MqttUrl(_connect_host(listener.host), listener.port, control_username(topics), secret, True, ca)
 
     feed = EventFeed(settings.event_backlog)
     feed.start()
@@ -167,7 +201,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     bridge.start()
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
-            why = bridge.refused or "no answer"
+            why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
 
         app = create_app(engine, bridge, volumes, devices, feed.hub)

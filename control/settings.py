@@ -17,8 +17,10 @@ class ServerSettings(BaseSettings):
 
     data_dir: str = "/var/lib/glusterctl"
     http: str = "127.0.0.1:8080"
-    mqtt: str = "0.0.0.0:1883"
+    mqtt: str = "0.0.0.0:1883"  # "off": no plain TCP listener on the embedded broker (then --mqtts)
+    mqtts: str | None = None  # the embedded broker's MQTT-over-TLS listener, HOST:PORT (the server's own CA)
     mqtt_url: str | None = None
+    mqtt_ca: str | None = None  # the CA file that verifies an external mqtts:// broker (default: the system's)
     # the --mqtt-url user is a Mosquitto dynamic-security admin: keep per-node broker users there
     mqtt_dynsec: bool = False
     mqtt_root: str = DEFAULT_ROOT
@@ -62,8 +64,24 @@ class ServerSettings(BaseSettings):
     @field_validator("mqtt")
     @classmethod
     def _mqtt(cls, v: str) -> str:
-        parse_host_port(v, 1883, "--mqtt")
+        if v != "off":
+            parse_host_port(v, 1883, "--mqtt")
         return v
+
+    @field_validator("mqtts")
+    @classmethod
+    def _mqtts(cls, v: str | None) -> str | None:
+        if v:
+            parse_host_port(v, 8883, "--mqtts")
+        return v or None
+
+    @model_validator(mode="after")
+    def _listeners(self) -> ServerSettings:
+        if not self.mqtt_url and self.mqtt == "off" and not self.mqtts:
+            raise ValueError("--mqtt off leaves the embedded broker no listener: add --mqtts HOST:PORT")
+        if self.mqtt_ca and not os.path.isfile(self.mqtt_ca):
+            raise ValueError(f"--mqtt-ca: no such file: {self.mqtt_ca}")
+        return self
 
     @field_validator("mqtt_url")
     @classmethod

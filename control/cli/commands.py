@@ -63,7 +63,9 @@ def server(args: argparse.Namespace) -> int:
                     "data_dir",
                     "http",
                     "mqtt",
+                    "mqtts",
                     "mqtt_url",
+                    "mqtt_ca",
                     "mqtt_dynsec",
                     "mqtt_root",
                     "db",
@@ -102,6 +104,7 @@ def agent(args: argparse.Namespace) -> int:
                 args,
                 [
                     "mqtt_url",
+                    "mqtt_ca",
                     "token",
                     "token_file",
                     "node",

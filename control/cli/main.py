@@ -49,10 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="state directory: SQLite database, broker secret (default: /var/lib/glusterctl)")
     p.add_argument("--http", help="REST API listen address HOST:PORT (default: 127.0.0.1:8080)")
-    p.add_argument("--mqtt", help="embedded MQTT broker listen address HOST:PORT (default: 0.0.0.0:1883)")
     p.add_argument(
-        "--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT"
+        "--mqtt",
+        help="embedded MQTT broker's plain TCP listen address HOST:PORT, or off (then give --mqtts) "
+        "(default: 0.0.0.0:1883)",
     )
+    p.add_argument(
+        "--mqtts",
+        metavar="HOST:PORT",
+        help="also listen for MQTT over TLS here, with a certificate from the server's own CA in DATA_DIR/tls "
+        "(agents: --mqtt-url mqtts://HOST:PORT --mqtt-ca ca.pem)",
+    )
+    p.add_argument(
+        "--mqtt-url",
+        help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT or mqtts://...",
+    )
+    p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate (PEM) that verifies an mqtts:// --mqtt-url")
     p.add_argument(
         "--mqtt-dynsec",
         action="store_const",
@@ -89,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the node's credential or the node name is refused; "
         "retries forever while the broker is unreachable; exits 3 when its volfile server cannot listen.",
     )
-    p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
+    p.add_argument(
+        "--mqtt-url", help="broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (default: mqtt://127.0.0.1:1883)"
+    )
+    p.add_argument(
+        "--mqtt-ca",
+        metavar="FILE",
+        help="CA certificate (PEM) that verifies an mqtts:// broker: the control server's DATA_DIR/tls/ca.pem "
+        "(default: the system's CAs); an unverified broker makes the agent exit 2",
+    )
     p.add_argument(
         "--token",
         help="the cluster's join token (glusterctl cluster token CLUSTER); needed only until the node is enrolled",
