@@ -29,7 +29,7 @@ from control.services.eventfeed import EventFeed
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
-from control.store.db import DatabaseError, first, open_database
+from control.store.db import DatabaseError, first, open_database, redact_db_url
 from control.store.models import Cluster, Node
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     except DatabaseError as exc:
         raise StartupError(str(exc)) from None
     clusters.ensure_default()
+    users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
     http_host, http_port = parse_host_port(settings.http, 8080, "--http")
     try:
@@ -232,7 +233,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             http_host,
             http_port,
             url.redacted(),
-            settings.db or os.path.join(settings.data_dir, "glusterctl.db"),
+            redact_db_url(settings.db) if settings.db else os.path.join(settings.data_dir, "glusterctl.db"),
         )
         if ready:
             ready(bridge)

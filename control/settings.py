@@ -31,6 +31,7 @@ class ServerSettings(BaseSettings):
     # HTTPS: "auto" (the server's own CA and certificate in DATA_DIR/tls), "off" (plain HTTP), or
     # None: "auto" unless --http listens on loopback only; --tls-cert/--tls-key bring your own
     tls: str | None = None
+    token_ttl_days: float = 30.0  # API tokens expire this long after their login (fixed, not sliding)
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -98,6 +99,13 @@ class ServerSettings(BaseSettings):
                 "(see docs/mosquitto.md)"
             )
         return self
+
+    @field_validator("token_ttl_days")
+    @classmethod
+    def _ttl(cls, v: float) -> float:
+        if not 0 < v <= 3650:
+            raise ValueError("use a number of days above 0 and at most 3650 (e.g. 0.5 for 12 hours)")
+        return v
 
     @field_validator("tls")
     @classmethod

@@ -18,7 +18,7 @@ def _problem(resp: httpx.Response, status: int) -> dict:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"] == "application/problem+json"
     body = resp.json()
-    assert PROBLEM_KEYS <= set(body) and body["status"] == status and body["type"] == "about:blank", body
+    assert set(body) >= PROBLEM_KEYS and body["status"] == status and body["type"] == "about:blank", body
     return body
 
 

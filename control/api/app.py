@@ -16,6 +16,7 @@ from control.api.heal import router as heal_router
 from control.api.options import router as options_router
 from control.api.problems import document_errors, install_handlers
 from control.api.routes import router
+from control.api.sessions import router as sessions_router
 from control.api.volfiles import router as volfiles_router
 from control.api.volumes import router as volumes_router
 from control.services.devices import DeviceService
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(options_router)
     app.include_router(heal_router)
     app.include_router(volfiles_router)
+    app.include_router(sessions_router)
 
     install_handlers(app)
     document_errors(app)

@@ -328,3 +328,13 @@ class Problem(BaseModel):
     detail: str
     instance: str
     errors: list[ProblemError] | None = None  # validation errors (422) only
+
+
+# ---- sessions ------------------------------------------------------------------------------
+class SessionPublic(Public):
+    id: int
+    user: str
+    created_at: float
+    last_used_at: float | None
+    expires_at: float
+    current: bool  # the session of the token that asked

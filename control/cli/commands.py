@@ -37,6 +37,8 @@ def _setup_logging(level: str) -> None:
     )
     for noisy in ("amqtt", "transitions", "uvicorn.error", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # peewee's DEBUG lines carry every query's parameters: join secrets, credential and token hashes
+    logging.getLogger("peewee").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _bad_settings(exc: ValidationError) -> CliError:
@@ -75,6 +77,7 @@ def server(args: argparse.Namespace) -> int:
                     "tls",
                     "tls_cert",
                     "tls_key",
+                    "token_ttl_days",
                 ],
             )
         )
@@ -167,6 +170,29 @@ def logout(args: argparse.Namespace) -> int:
             print(f"warning: the server did not revoke the token: {exc}", file=sys.stderr)
     forget_login()
     print("Logged out successfully")
+    return 0
+
+
+def session_list(args: argparse.Namespace) -> int:
+    data = _client(args).get("/api/v1/sessions")
+    emit(
+        data,
+        args.output,
+        [
+            ("ID", "id"),
+            ("USER", "user"),
+            ("CREATED", lambda r: ago(r["created_at"])),
+            ("LAST USED", lambda r: ago(r["last_used_at"]) if r["last_used_at"] else "-"),
+            ("EXPIRES", lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires_at"]))),
+            ("", lambda r: "(this one)" if r["current"] else ""),
+        ],
+    )
+    return 0
+
+
+def session_revoke(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/sessions/{args.session_id}")
+    print(f"Session {args.session_id} revoked.")
     return 0
 
 

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, with its chain)")
     p.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
+    p.add_argument(
+        "--token-ttl-days",
+        type=float,
+        help="API tokens expire this many days after their login, however much they are used (default: 30)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.server)
 
@@ -152,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logout", parents=[common], help="revoke the saved token and delete it")
     p.set_defaults(func=commands.logout)
+
+    sessions = sub.add_parser("session", help="list and revoke login sessions (API tokens)").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = sessions.add_parser("list", parents=[common], help="your sessions (admins: everyone's), newest first")
+    _output(p)
+    p.set_defaults(func=commands.session_list)
+    p = sessions.add_parser("revoke", parents=[common], help="end a session (yours; admins: anyone's)")
+    p.add_argument("session_id", type=int, help="the ID from 'session list'")
+    p.set_defaults(func=commands.session_revoke)
 
     users = sub.add_parser("user", help="manage users").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = users.add_parser(
