@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -69,7 +71,7 @@ class Agent:
         self.cluster = settings.cluster
         self.node = settings.node
         self.topics = Topics(settings.mqtt_root)
-        self.url = MqttUrl.parse(settings.mqtt_url)
+        self.url = MqttUrl.parse(settings.mqtt_url, ca=settings.mqtt_ca)
         self.on_ready = on_ready
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
         self.agent_id = self._load_agent_id()
@@ -99,6 +101,9 @@ class Agent:
             clean_session=True,
         )
         self.client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        if self.url.tls:
+            self.client.tls_set_context(self.url.tls_context())
+            self.client.on_connect_fail = self._on_connect_fail
         self.client.on_pre_connect = self._on_pre_connect
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -196,6 +201,22 @@ class Agent:
         else:
             will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json()
             client.will_set(self.topics.presence(self.cluster, self.node), will, qos=1, retain=True)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """A broker whose certificate the CA did not sign is refused for good (paho calls this in its except)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            trusted = f"the CA {self.url.ca}" if self.url.ca else "the system's CAs"
+            log.error(
+                "refusing the MQTT broker %s: its certificate is not signed by %s (%s); pass the control "
+                "service's CA with --mqtt-ca FILE (DATA_DIR/tls/ca.pem on the server)",
+                self.url.redacted(),
+                trusted,
+                exc.verify_message or exc,
+            )
+            self.stop(EXIT_AUTH)
+        elif exc is not None:
+            log.warning("cannot connect to the MQTT broker %s: %s; retrying", self.url.redacted(), exc)
 
     def _login(self) -> tuple[str, str]:
         """The broker user and password: the node's own once enrolled, else the cluster's enrolment user."""

@@ -18,6 +18,7 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLUSTERCTL_", extra="ignore")
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_ca: str | None = None  # the CA file that verifies an mqtts:// broker (default: the system's CAs)
     token: str = ""  # the join token: needed only until the node is enrolled
     token_file: str | None = None
     node: str = ""
@@ -34,6 +35,17 @@ class AgentSettings(BaseSettings):
     def _url(cls, v: str) -> str:
         MqttUrl.parse(v)
         return v
+
+    @field_validator("mqtt_ca")
+    @classmethod
+    def _ca(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                with open(v) as fh:
+                    fh.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read the CA file {v}: {exc.strerror}") from None
+        return v or None
 
     @field_validator("keepalive")
     @classmethod

@@ -327,11 +327,35 @@ def check_port_free(host: str, port: int) -> None:
             raise BrokerError(f"cannot listen for MQTT on {host}:{port}: {exc.strerror}") from None
 
 
-async def start_broker(host: str, port: int, authority: Authority, topics: Topics) -> GlusterctlBroker:
-    check_port_free(host, port)
+@dataclass(frozen=True)
+class TlsListener:
+    """An MQTT-over-TLS listener of the embedded broker: address and the server certificate's PEM files."""
+
+    host: str
+    port: int
+    certfile: str
+    keyfile: str
+
+
+async def start_broker(
+    host: str, port: int | None, authority: Authority, topics: Topics, tls: TlsListener | None = None
+) -> GlusterctlBroker:
+    """Start the broker on plain TCP ``host:port`` (``port`` None: no plain listener) and/or on ``tls``."""
+    listeners: dict[str, dict[str, Any]] = {}
+    if port is not None:
+        check_port_free(host, port)
+        listeners["default"] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}
+    if tls is not None:
+        check_port_free(tls.host, tls.port)
+        tls_listener = {"bind": f"{tls.host}:{tls.port}", "ssl": True, "certfile": tls.certfile, "keyfile": tls.keyfile}
+        listeners["tls"] = {"type": "tcp", "max_connections": 0, **tls_listener}
+        if "default" not in listeners:  # amqtt's default listener is the one it always has
+            listeners["default"] = listeners.pop("tls")
+    if not listeners:
+        raise BrokerError("the embedded MQTT broker needs a plain (--mqtt) or a TLS (--mqtts) listener")
     access = AccessControl(authority, topics)
     config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
+        "listeners": listeners,
         "plugins": {
             f"{__name__}.GlusterctlAuthPlugin": {"access": access},
             f"{__name__}.GlusterctlTopicPlugin": {"access": access},
@@ -339,9 +363,10 @@ async def start_broker(host: str, port: int, authority: Authority, topics: Topic
     }
     broker = GlusterctlBroker(config)
     broker.access = access
+    where = ", ".join(f"{'mqtts' if cfg.get('ssl') else 'mqtt'}://{cfg['bind']}" for cfg in listeners.values())
     try:
         await broker.start()
     except Exception as exc:
-        raise BrokerError(f"the embedded MQTT broker could not start on {host}:{port}: {exc}") from exc
-    log.info("embedded MQTT broker listening on %s:%d", host, port)
+        raise BrokerError(f"the embedded MQTT broker could not start on {where}: {exc}") from exc
+    log.info("embedded MQTT broker listening on %s", where)
     return broker

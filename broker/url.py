@@ -1,7 +1,13 @@
-"""``mqtt://USER:PASS@HOST:PORT`` URLs, as given to ``--mqtt-url``."""
+"""``mqtt://USER:PASS@HOST:PORT`` and ``mqtts://`` (MQTT over TLS) URLs, as given to ``--mqtt-url``.
+
+An ``mqtts://`` URL (default port 8883) verifies the broker's certificate against ``ca`` (a PEM
+file: ``--mqtt-ca``; the control service's own CA is DATA_DIR/tls/ca.pem), else the system's CAs.
+"""
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -12,16 +18,19 @@ class MqttUrl:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    ca: str | None = None  # the CA file that verifies the broker (tls only); None: the system's CAs
 
     @classmethod
-    def parse(cls, url: str) -> MqttUrl:
+    def parse(cls, url: str, ca: str | None = None) -> MqttUrl:
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        if parsed.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://[USER:PASS@]HOST[:PORT]")
+        if parsed.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://[USER:PASS@]HOST[:PORT] or mqtts://...")
+        tls = parsed.scheme in ("mqtts", "ssl")
         if not parsed.hostname:
             raise ValueError(f"MQTT URL {url!r} has no host: use mqtt://[USER:PASS@]HOST[:PORT]")
         try:
-            port = parsed.port or 1883
+            port = parsed.port or (8883 if tls else 1883)
         except ValueError:
             raise ValueError(f"MQTT URL {url!r} has an invalid port") from None
         return cls(
@@ -29,11 +38,34 @@ class MqttUrl:
             port=port,
             username=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else None,
+            tls=tls,
+            ca=ca if tls else None,
         )
 
     def redacted(self) -> str:
         user = f"{self.username}:***@" if self.username else ""
-        return f"mqtt://{user}{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client side of an ``mqtts://`` connection: verify the broker's certificate and name."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca) if self.ca else ssl.create_default_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot use {self.ca} as the CA certificate of the MQTT broker: {exc}") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def tls_refusal(self, timeout: float = 5.0) -> str | None:
+        """Why this ``mqtts://`` broker's certificate is refused (None: accepted, or no TLS answer at all)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+                with self.tls_context().wrap_socket(sock, server_hostname=self.host):
+                    return None
+        except ssl.SSLCertVerificationError as exc:
+            trusted = f"the CA {self.ca}" if self.ca else "the system's CAs"
+            return f"its certificate is not signed by {trusted} ({exc.verify_message}): pass its CA with --mqtt-ca FILE"
+        except (OSError, ValueError):
+            return None
 
 
 def parse_host_port(value: str, default_port: int, what: str) -> tuple[str, int]:

@@ -85,6 +85,8 @@ class Bridge:
         )
         if url.username:
             self.client.username_pw_set(url.username, url.password)
+        if url.tls:
+            self.client.tls_set_context(url.tls_context())
         self.client.will_set(topics.control_presence(), self._presence("offline"), qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.max_queued_messages_set(0)

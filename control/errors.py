@@ -25,3 +25,13 @@ class Unauthorized(GlusterctlError):
 
 class Forbidden(GlusterctlError):
     status = 403
+
+
+class TooManyRequests(GlusterctlError):
+    """Too many failed attempts: ``retry_after`` says how many seconds to wait."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import os
@@ -13,10 +14,11 @@ from collections.abc import Callable
 import uvicorn
 
 from broker.dynsec import DynsecError, control_username
-from broker.embedded import BrokerError, check_port_free, start_broker
+from broker.embedded import BrokerError, TlsListener, check_port_free, start_broker
 from broker.messages import node_key
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
+from control import tls
 from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
@@ -28,7 +30,7 @@ from control.services.reconciler import Reconciler
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
-from control.store.db import DatabaseError, first, open_database
+from control.store.db import DatabaseError, first, open_database, redact_db_url
 from control.store.models import Cluster, Node
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,54 @@ class StoreAuthority:
         return clusters
 
 
+def https_certificate(settings: ServerSettings, hosts: list[str]) -> tls.ServerCert | None:
+    """The HTTPS certificate: the operator's (--tls-cert/--tls-key), the server's own CA's, or None (plain HTTP)."""
+    if not settings.https():
+        return None
+    try:
+        if settings.tls_cert and settings.tls_key:
+            cert = tls.ServerCert(settings.tls_cert, settings.tls_key, None)
+        else:
+            cert = tls.issue_server_cert(os.path.join(settings.data_dir, "tls"), hosts)
+        cert.server_context()  # refuse a key that does not match its certificate now, not at the first request
+    except tls.TlsError as exc:
+        raise StartupError(str(exc)) from None
+    if cert.ca:
+        log.info(
+            "HTTPS with the server's own CA %s, SHA-256 fingerprint %s: give clients this file "
+            "(glusterctl login --ca %s)",
+            cert.ca,
+            tls.fingerprint(cert.ca),
+            cert.ca,
+        )
+    return cert
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def mqtt_tls_listener(settings: ServerSettings, hosts: list[str]) -> TlsListener | None:
+    """The embedded broker's MQTT-over-TLS listener, with a certificate from the server's own CA."""
+    if not settings.mqtts:
+        return None
+    host, port = parse_host_port(settings.mqtts, 8883, "--mqtts")
+    try:
+        cert = tls.issue_server_cert(os.path.join(settings.data_dir, "tls"), hosts)
+    except tls.TlsError as exc:
+        raise StartupError(str(exc)) from None
+    assert cert.ca is not None
+    log.info(
+        "MQTT over TLS on %s:%d with the server's own CA %s, SHA-256 fingerprint %s: agents use --mqtt-ca %s",
+        host,
+        port,
+        cert.ca,
+        tls.fingerprint(cert.ca),
+        cert.ca,
+    )
+    return TlsListener(host, port, cert.cert, cert.key)
+
+
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
@@ -97,6 +147,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     except DatabaseError as exc:
         raise StartupError(str(exc)) from None
     clusters.ensure_default()
+    users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
     http_host, http_port = parse_host_port(settings.http, 8080, "--http")
     try:
@@ -106,10 +157,13 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             f"HTTP port {http_port} on {http_host} is already in use: choose another with --http HOST:PORT"
         ) from None
 
+    own_cert_hosts = [http_host] + ([parse_host_port(settings.mqtts, 8883, "--mqtts")[0]] if settings.mqtts else [])
+    server_cert = https_certificate(settings, own_cert_hosts)
+
     embedded = None
     accounts: DynsecAccounts | None = None
     if settings.mqtt_url:
-        url = MqttUrl.parse(settings.mqtt_url)
+        url = MqttUrl.parse(settings.mqtt_url, ca=settings.mqtt_ca)
         if settings.mqtt_dynsec:
             # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
             accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
@@ -121,17 +175,24 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
                     "(see docs/mosquitto.md; without the plugin, drop --mqtt-dynsec)"
                 ) from None
             enrolment.use_accounts(accounts)
-            url = MqttUrl(url.host, url.port, accounts.control_username, accounts.control_password)
+            url = dataclasses.replace(url, username=accounts.control_username, password=accounts.control_password)
     else:
-        host, port = parse_host_port(settings.mqtt, 1883, "--mqtt")
+        plain = None if settings.mqtt == "off" else parse_host_port(settings.mqtt, 1883, "--mqtt")
+        listener = mqtt_tls_listener(settings, own_cert_hosts)
         secret = load_secret(settings.data_dir)
         try:
-            embedded = await start_broker(host, port, StoreAuthority(secret), topics)
+            embedded = await start_broker(
+                plain[0] if plain else "", plain[1] if plain else None, StoreAuthority(secret), topics, listener
+            )
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
         enrolment.use_accounts(EmbeddedAccounts(embedded, asyncio.get_running_loop(), topics))
-        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = MqttUrl(connect_host, port, control_username(topics), secret)
+        if plain:  # the bridge takes the plain listener when there is one (loopback: nothing to protect)
+            url = MqttUrl(_connect_host(plain[0]), plain[1], control_username(topics), secret)
+        else:
+            assert listener is not None
+            ca = os.path.join(settings.data_dir, "tls", "ca.pem")
+            url = MqttUrl(_connect_host(listener.host), listener.port, control_username(topics), secret, True, ca)
 
     feed = EventFeed(settings.event_backlog)
     feed.start()
@@ -143,7 +204,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
-            why = bridge.refused or "no answer"
+            why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         reconciler.start(bridge.call_soon)
 
@@ -156,6 +217,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
+            ssl_certfile=server_cert.cert if server_cert else None,
+            ssl_keyfile=server_cert.key if server_cert else None,
         )
         server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()
@@ -168,11 +231,12 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
                 raise StartupError(f"the HTTP server could not start on {http_host}:{http_port}")
             await asyncio.sleep(0.05)
         log.info(
-            "glusterctl server ready: http://%s:%d, MQTT %s, database %s",
+            "glusterctl server ready: %s://%s:%d, MQTT %s, database %s",
+            "https" if server_cert else "http",
             http_host,
             http_port,
             url.redacted(),
-            settings.db or os.path.join(settings.data_dir, "glusterctl.db"),
+            redact_db_url(settings.db) if settings.db else os.path.join(settings.data_dir, "glusterctl.db"),
         )
         if ready:
             ready(bridge)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,8 +17,10 @@ class ServerSettings(BaseSettings):
 
     data_dir: str = "/var/lib/glusterctl"
     http: str = "127.0.0.1:8080"
-    mqtt: str = "0.0.0.0:1883"
+    mqtt: str = "0.0.0.0:1883"  # "off": no plain TCP listener on the embedded broker (then --mqtts)
+    mqtts: str | None = None  # the embedded broker's MQTT-over-TLS listener, HOST:PORT (the server's own CA)
     mqtt_url: str | None = None
+    mqtt_ca: str | None = None  # the CA file that verifies an external mqtts:// broker (default: the system's)
     # the --mqtt-url user is a Mosquitto dynamic-security admin: keep per-node broker users there
     mqtt_dynsec: bool = False
     mqtt_root: str = DEFAULT_ROOT
@@ -48,6 +53,22 @@ class ServerSettings(BaseSettings):
             raise ValueError("use a number of seconds between 0.1 and 3600")
         return v
 
+    # HTTPS: "auto" (the server's own CA and certificate in DATA_DIR/tls), "off" (plain HTTP), or
+    # None: "auto" unless --http listens on loopback only; --tls-cert/--tls-key bring your own
+    tls: str | None = None
+    token_ttl_days: float = 30.0  # API tokens expire this long after their login (fixed, not sliding)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def https(self) -> bool:
+        """True when the REST API and the event stream are served over HTTPS only."""
+        if self.tls_cert:
+            return True
+        if self.tls is None:
+            host, _ = parse_host_port(self.http, 8080, "--http")
+            return not _loopback(host)
+        return self.tls == "auto"
+
     def port_range(self) -> tuple[int, int]:
         low, high = self.brick_ports.split("-")
         return int(low), int(high)
@@ -69,8 +90,24 @@ class ServerSettings(BaseSettings):
     @field_validator("mqtt")
     @classmethod
     def _mqtt(cls, v: str) -> str:
-        parse_host_port(v, 1883, "--mqtt")
+        if v != "off":
+            parse_host_port(v, 1883, "--mqtt")
         return v
+
+    @field_validator("mqtts")
+    @classmethod
+    def _mqtts(cls, v: str | None) -> str | None:
+        if v:
+            parse_host_port(v, 8883, "--mqtts")
+        return v or None
+
+    @model_validator(mode="after")
+    def _listeners(self) -> ServerSettings:
+        if not self.mqtt_url and self.mqtt == "off" and not self.mqtts:
+            raise ValueError("--mqtt off leaves the embedded broker no listener: add --mqtts HOST:PORT")
+        if self.mqtt_ca and not os.path.isfile(self.mqtt_ca):
+            raise ValueError(f"--mqtt-ca: no such file: {self.mqtt_ca}")
+        return self
 
     @field_validator("mqtt_url")
     @classmethod
@@ -88,6 +125,31 @@ class ServerSettings(BaseSettings):
             )
         return self
 
+    @field_validator("token_ttl_days")
+    @classmethod
+    def _ttl(cls, v: float) -> float:
+        if not 0 < v <= 3650:
+            raise ValueError("use a number of days above 0 and at most 3650 (e.g. 0.5 for 12 hours)")
+        return v
+
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("auto", "off"):
+            raise ValueError("use auto (the server's own CA and certificate) or off (plain HTTP)")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServerSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: give both PEM files")
+        if self.tls_cert and self.tls == "off":
+            raise ValueError("--tls off contradicts --tls-cert/--tls-key: drop one")
+        for path in (self.tls_cert, self.tls_key):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"no such file: {path}")
+        return self
+
     @field_validator("mqtt_root")
     @classmethod
     def _root(cls, v: str) -> str:
@@ -100,3 +162,12 @@ class ServerSettings(BaseSettings):
         if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("use sqlite:///PATH or postgresql://USER[:PASS]@HOST[:PORT]/DB")
         return v or None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

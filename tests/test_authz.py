@@ -131,6 +131,8 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
     ("GET", "/api/v1/clusters/{name}/volumes/{volume}/heal"): (f"{V}/heal", {}, READ_GV1),
     ("GET", "/api/v1/failures"): ("/api/v1/failures", {}, EVERYONE),
     ("GET", "/api/v1/events"): ("/api/v1/events", {}, EVERYONE),
+    ("GET", "/api/v1/sessions"): ("/api/v1/sessions", {}, EVERYONE),  # one's own; admins everyone's
+    ("DELETE", "/api/v1/sessions/{session_id}"): ("/api/v1/sessions/999999", {}, EVERYONE),  # others': 404
 }
 
 

@@ -6,9 +6,7 @@ import logging
 from threading import Event
 from typing import Protocol
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from broker import __version__
 from control.api import schemas as s
@@ -17,10 +15,11 @@ from control.api.events import router as events_router
 from control.api.grow import router as grow_router
 from control.api.heal import router as heal_router
 from control.api.options import router as options_router
+from control.api.problems import document_errors, install_handlers
 from control.api.routes import router
+from control.api.sessions import router as sessions_router
 from control.api.volfiles import router as volfiles_router
 from control.api.volumes import router as volumes_router
-from control.errors import GlusterctlError
 from control.services.devices import DeviceService
 from control.services.eventfeed import WakeHub
 from control.services.options import OptionService
@@ -35,7 +34,9 @@ The REST API of glusterctl, the external control plane for GlusterFS.
 
 Every call except `POST /api/v1/login`, the first `POST /api/v1/users` and `/healthz` needs
 `Authorization: Bearer TOKEN` (get a token with `glusterctl login` or `POST /api/v1/login`).
-Errors are JSON objects `{"detail": "what went wrong and what to do"}`.
+Errors are RFC 9457 problem details (`application/problem+json`): `type`, `title`, `status`,
+`instance` and `detail` (what went wrong and what to do); invalid requests add `errors`
+(one `loc` and `msg` per invalid field). Each operation lists the error statuses it can answer.
 """
 
 
@@ -68,28 +69,10 @@ def create_app(
     app.include_router(volfiles_router)
     app.include_router(grow_router)
 
-    @app.exception_handler(GlusterctlError)
-    async def domain_error(request: Request, exc: GlusterctlError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=headers)
+    app.include_router(sessions_router)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            status_code=500,
-            content={
-                "detail": f"internal error ({type(exc).__name__}) in {request.method} {request.url.path}: see the server log"
-            },
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return JSONResponse(status_code=422, content={"detail": "; ".join(parts)})
+    install_handlers(app)
+    document_errors(app)
 
     @app.get("/healthz", response_model=s.Health, tags=["health"], dependencies=[permit(None, PUBLIC)])
     def healthz() -> s.Health:

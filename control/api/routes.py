@@ -6,7 +6,7 @@ Every route declares its permission (``permit``); lists show only what the calle
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from control.api import schemas as s
 from control.api.deps import (
@@ -38,8 +38,8 @@ router = APIRouter(prefix="/api/v1")
 
 # ---- users --------------------------------------------------------------------------------
 @router.post("/login", response_model=s.LoginPublic, tags=["users"], dependencies=[permit(None, PUBLIC)])
-def login(body: s.LoginRequest) -> s.LoginPublic:
-    token = users.login(body.username, body.password)
+def login(body: s.LoginRequest, request: Request) -> s.LoginPublic:
+    token = users.login(body.username, body.password, request.client.host if request.client else "")
     user = views.user_view(users.resolve_token(token))
     return s.LoginPublic(token=token, user=user.name, admin=user.admin)
 

@@ -327,3 +327,32 @@ class VolumeExpand(BaseModel):
     )
     size: str | None = Field(default=None, description="add one set placed on registered devices, e.g. 100GiB")
     force: bool = False
+
+
+# ---- errors (RFC 9457 problem details) ---------------------------------------------------
+class ProblemError(BaseModel):
+    """One invalid field of a request: where (``body.name``, ``query.limit``) and why."""
+
+    loc: str
+    msg: str
+
+
+class Problem(BaseModel):
+    """Every error answer (``application/problem+json``); ``detail`` says what went wrong and what to do."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[ProblemError] | None = None  # validation errors (422) only
+
+
+# ---- sessions ------------------------------------------------------------------------------
+class SessionPublic(Public):
+    id: int
+    user: str
+    created_at: float
+    last_used_at: float | None
+    expires_at: float
+    current: bool  # the session of the token that asked

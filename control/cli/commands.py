@@ -22,7 +22,7 @@ from control.client.format import ago, node_free, size
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(getattr(args, "url", None))
+    return Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
 
 
 def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -37,6 +37,8 @@ def _setup_logging(level: str) -> None:
     )
     for noisy in ("amqtt", "transitions", "uvicorn.error", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # peewee's DEBUG lines carry every query's parameters: join secrets, credential and token hashes
+    logging.getLogger("peewee").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _bad_settings(exc: ValidationError) -> CliError:
@@ -63,13 +65,19 @@ def server(args: argparse.Namespace) -> int:
                     "data_dir",
                     "http",
                     "mqtt",
+                    "mqtts",
                     "mqtt_url",
+                    "mqtt_ca",
                     "mqtt_dynsec",
                     "mqtt_root",
                     "db",
                     "brick_ports",
                     "event_backlog",
                     "log_level",
+                    "tls",
+                    "tls_cert",
+                    "tls_key",
+                    "token_ttl_days",
                 ],
             )
         )
@@ -99,6 +107,7 @@ def agent(args: argparse.Namespace) -> int:
                 args,
                 [
                     "mqtt_url",
+                    "mqtt_ca",
                     "token",
                     "token_file",
                     "node",
@@ -147,7 +156,7 @@ def login(args: argparse.Namespace) -> int:
     if not username:
         raise CliError("no user name: pass --username")
     answer = client.post("/api/v1/login", {"username": username, "password": _read_password(args)}, auth=False)
-    path = save_login(client.url, answer["token"])
+    path = save_login(client.url, answer["token"], client.ca if client.url.startswith("https://") else None)
     print(f"Logged in successfully. The token is saved to {path}")
     return 0
 
@@ -161,6 +170,29 @@ def logout(args: argparse.Namespace) -> int:
             print(f"warning: the server did not revoke the token: {exc}", file=sys.stderr)
     forget_login()
     print("Logged out successfully")
+    return 0
+
+
+def session_list(args: argparse.Namespace) -> int:
+    data = _client(args).get("/api/v1/sessions")
+    emit(
+        data,
+        args.output,
+        [
+            ("ID", "id"),
+            ("USER", "user"),
+            ("CREATED", lambda r: ago(r["created_at"])),
+            ("LAST USED", lambda r: ago(r["last_used_at"]) if r["last_used_at"] else "-"),
+            ("EXPIRES", lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires_at"]))),
+            ("", lambda r: "(this one)" if r["current"] else ""),
+        ],
+    )
+    return 0
+
+
+def session_revoke(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/api/v1/sessions/{args.session_id}")
+    print(f"Session {args.session_id} revoked.")
     return 0
 
 

@@ -49,7 +49,7 @@ def _op(what: list[str]) -> str:
 
 def volume_heal(args: argparse.Namespace) -> int:
     op = _op(args.what)
-    client = Client(getattr(args, "url", None))
+    client = Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
     path = f"/api/v1/clusters/{args.cluster}/volumes/{args.name}/heal"
     requested = client.post(path, {"op": op})
     quiet = open(os.devnull, "w") if args.output == "json" else sys.stderr

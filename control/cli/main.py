@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)"
     )
+    common.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="CA certificate (PEM) that verifies an https server (default: $GLUSTERCTL_CA, the one saved by "
+        "'login --ca', or the system's CAs)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="glusterctl",
@@ -43,10 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="state directory: SQLite database, broker secret (default: /var/lib/glusterctl)")
     p.add_argument("--http", help="REST API listen address HOST:PORT (default: 127.0.0.1:8080)")
-    p.add_argument("--mqtt", help="embedded MQTT broker listen address HOST:PORT (default: 0.0.0.0:1883)")
     p.add_argument(
-        "--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT"
+        "--mqtt",
+        help="embedded MQTT broker's plain TCP listen address HOST:PORT, or off (then give --mqtts) "
+        "(default: 0.0.0.0:1883)",
     )
+    p.add_argument(
+        "--mqtts",
+        metavar="HOST:PORT",
+        help="also listen for MQTT over TLS here, with a certificate from the server's own CA in DATA_DIR/tls "
+        "(agents: --mqtt-url mqtts://HOST:PORT --mqtt-ca ca.pem)",
+    )
+    p.add_argument(
+        "--mqtt-url",
+        help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT or mqtts://...",
+    )
+    p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate (PEM) that verifies an mqtts:// --mqtt-url")
     p.add_argument(
         "--mqtt-dynsec",
         action="store_const",
@@ -62,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)"
     )
+    p.add_argument(
+        "--tls",
+        choices=["auto", "off"],
+        help="auto: serve HTTPS with the server's own CA and certificate, made on the first start in DATA_DIR/tls "
+        "(clients: glusterctl login --ca DATA_DIR/tls/ca.pem); off: plain HTTP "
+        "(default: auto unless --http listens on loopback only)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, with its chain)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
+    p.add_argument(
+        "--token-ttl-days",
+        type=float,
+        help="API tokens expire this many days after their login, however much they are used (default: 30)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.server)
 
@@ -74,7 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the node's credential or the node name is refused; "
         "retries forever while the broker is unreachable; exits 3 when its volfile server cannot listen.",
     )
-    p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
+    p.add_argument(
+        "--mqtt-url", help="broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (default: mqtt://127.0.0.1:1883)"
+    )
+    p.add_argument(
+        "--mqtt-ca",
+        metavar="FILE",
+        help="CA certificate (PEM) that verifies an mqtts:// broker: the control server's DATA_DIR/tls/ca.pem "
+        "(default: the system's CAs); an unverified broker makes the agent exit 2",
+    )
     p.add_argument(
         "--token",
         help="the cluster's join token (glusterctl cluster token CLUSTER); needed only until the node is enrolled",
@@ -106,13 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.tui)
 
     # ---- login and users --------------------------------------------------------------------
-    p = sub.add_parser("login", parents=[common], help="log in and save the token to ~/.glusterctl/token.json")
+    p = sub.add_parser(
+        "login",
+        parents=[common],
+        help="log in and save the token (and --ca for an https URL) to ~/.glusterctl/token.json",
+    )
     p.add_argument("--username", "-u", help="user name (prompted when omitted)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=commands.login)
 
     p = sub.add_parser("logout", parents=[common], help="revoke the saved token and delete it")
     p.set_defaults(func=commands.logout)
+
+    sessions = sub.add_parser("session", help="list and revoke login sessions (API tokens)").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = sessions.add_parser("list", parents=[common], help="your sessions (admins: everyone's), newest first")
+    _output(p)
+    p.set_defaults(func=commands.session_list)
+    p = sessions.add_parser("revoke", parents=[common], help="end a session (yours; admins: anyone's)")
+    p.add_argument("session_id", type=int, help="the ID from 'session list'")
+    p.set_defaults(func=commands.session_revoke)
 
     users = sub.add_parser("user", help="manage users").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = users.add_parser(

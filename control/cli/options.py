@@ -83,7 +83,7 @@ def _finish(client: Client, args: argparse.Namespace, answer: dict[str, Any]) ->
 
 
 def volume_set(args: argparse.Namespace) -> int:
-    client = Client(getattr(args, "url", None))
+    client = Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
     answer = client.post(_path(args), {args.key: args.value})
     for key, value in answer["changed"].items():
         print(f"volume set: success: {key} = {value}")
@@ -91,7 +91,7 @@ def volume_set(args: argparse.Namespace) -> int:
 
 
 def volume_reset(args: argparse.Namespace) -> int:
-    client = Client(getattr(args, "url", None))
+    client = Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
     answer = client.delete(_path(args) if args.key == "all" else _path(args, f"/{args.key}"))
     if not answer["changed"]:
         print(
@@ -112,7 +112,7 @@ def _marked(row: dict[str, Any]) -> str:
 
 
 def volume_get(args: argparse.Namespace) -> int:
-    client = Client(getattr(args, "url", None))
+    client = Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
     rows = client.get(_path(args), **({} if args.key == "all" else {"key": args.key}))
     emit(rows, args.output, [("Option", "key"), ("Value", _marked)], title="options")
     return 0

@@ -32,7 +32,7 @@ FINAL: dict[str, set[str]] = {
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(getattr(args, "url", None))
+    return Client(getattr(args, "url", None), ca=getattr(args, "ca", None))
 
 
 def _vpath(args: argparse.Namespace, suffix: str = "") -> str:

@@ -8,7 +8,15 @@ from typing import Any
 
 import httpx
 
-from control.client.base import RECONNECT_SECONDS, ApiError, BaseClient, NotLoggedIn, StreamState, transport_error
+from control.client.base import (
+    RECONNECT_SECONDS,
+    ApiError,
+    BaseClient,
+    NotLoggedIn,
+    StreamState,
+    refused_certificate,
+    transport_error,
+)
 from control.client.models import Down, Snapshot, StreamItem
 from control.client.sse import SseDecoder, aparse_sse
 
@@ -22,8 +30,10 @@ class AsyncClient(BaseClient):
     before a login. Each call opens its own connection, so one client serves any event loop.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
-        super().__init__(url, token, timeout)
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 10.0, ca: str | None = None
+    ) -> None:
+        super().__init__(url, token, timeout, ca)
 
     def require_login(self) -> None:
         if not self.token:
@@ -34,10 +44,10 @@ class AsyncClient(BaseClient):
     ) -> Any:
         self.require_login()
         try:
-            async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout) as http:
+            async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, verify=self.verify) as http:
                 response = await http.request(**self.request_args(method, path, body, params, True))
         except httpx.HTTPError as exc:
-            raise transport_error(exc, self.url) from None
+            raise transport_error(exc, self.url, self.ca) from None
         return self.answer(response, path, raw)
 
     async def snapshot(self) -> Snapshot:
@@ -91,7 +101,7 @@ class AsyncEventStream:
             if isinstance(client, AsyncClient):
                 client.require_login()
             try:
-                async with httpx.AsyncClient(timeout=state.timeout()) as http:
+                async with httpx.AsyncClient(timeout=state.timeout(), verify=client.verify) as http:
                     async with http.stream("GET", state.url, params=state.params, headers=state.headers()) as response:
                         if response.status_code != 200:
                             await response.aread()
@@ -104,7 +114,11 @@ class AsyncEventStream:
                 error = "the server closed the event stream"
             except NotLoggedIn:
                 raise
-            except (httpx.HTTPError, ApiError, ValueError) as exc:
+            except httpx.HTTPError as exc:
+                if refused_certificate(exc):
+                    raise transport_error(exc, client.url, client.ca) from None
+                error = str(exc) or type(exc).__name__
+            except (ApiError, ValueError) as exc:
                 error = str(exc) or type(exc).__name__
             yield Down(error)
             await asyncio.sleep(state.next_delay())

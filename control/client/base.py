@@ -4,12 +4,13 @@ and the event stream's resume state (``Last-Event-ID``, reconnect delays, typed 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from control.client.login import resolve_url, saved_token
+from control.client.login import resolve_ca, resolve_url, saved_token
 from control.client.models import Event, Hello, Reset, StreamItem
 from control.client.sse import SseDecoder, SseMessage
 
@@ -19,33 +20,81 @@ STREAM_CONNECT_TIMEOUT = 10.0
 
 
 class ApiError(Exception):
-    """A request failed: the server's ``detail``, or why there was no answer; ``status`` 0 means no answer."""
+    """A request failed: the server's ``detail``, or why there was no answer; ``status`` 0 means no answer.
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    ``problem`` is the server's RFC 9457 problem details object (empty when there was none); for
+    invalid requests its ``errors`` list names each invalid field (``loc``) and why (``msg``).
+    """
+
+    def __init__(self, message: str, status: int = 0, problem: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.problem = problem or {}
 
 
 class NotLoggedIn(ApiError):
     """HTTP 401: no token, or the server refused it."""
 
 
+class TooManyAttempts(ApiError):
+    """HTTP 429: too many failed logins; ``retry_after`` seconds to wait."""
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.problem.get("retry_after") or 0)
+
+
 def error_for(response: httpx.Response, url: str, path: str, has_token: bool) -> ApiError:
-    """Map an HTTP error answer (the server's ``{"detail": ...}``) to one exception."""
+    """Map an HTTP error answer (problem details: ``{"status": ..., "detail": ...}``) to one exception."""
     try:
         body = response.json()
-        detail = body.get("detail") if isinstance(body, dict) else None
     except ValueError:
+        body = None
+    problem = body if isinstance(body, dict) else {}
+    detail = problem.get("detail")
+    if not isinstance(detail, str):  # a server before problem details, or a proxy's answer
         detail = None
     status = response.status_code
     if status == 401 and not has_token:
         detail = detail or "not logged in"
-    message = str(detail or f"HTTP {status} from {url}{path}")
-    return NotLoggedIn(message, status) if status == 401 else ApiError(message, status)
+    message = detail or f"HTTP {status} from {url}{path}"
+    if status == 401:
+        return NotLoggedIn(message, status, problem)
+    if status == 429:
+        problem = {**problem, "retry_after": response.headers.get("Retry-After", "0")}
+        return TooManyAttempts(message, status, problem)
+    return ApiError(message, status, problem)
 
 
-def transport_error(exc: httpx.HTTPError, url: str) -> ApiError:
+def verify_context(url: str, ca: str | None) -> ssl.SSLContext | bool:
+    """How an https URL's certificate is verified: against ``ca`` (a PEM file), else the system's CAs."""
+    if not url.startswith("https://"):
+        return True
+    try:
+        context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiError(f"cannot use {ca} as the CA certificate of {url}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def refused_certificate(exc: BaseException) -> bool:
+    """True when TLS verification refused the server's certificate (no retry helps)."""
+    text = str(exc)
+    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+
+
+def transport_error(exc: httpx.HTTPError, url: str, ca: str | None = None) -> ApiError:
     """Map a failure to get an answer at all."""
+    text = str(exc)
+    if refused_certificate(exc):
+        trusted = f"the CA {ca}" if ca else "the system's CAs"
+        return ApiError(
+            f"refusing the control server at {url}: its certificate is not signed by {trusted} ({text}); "
+            "pass the server's CA with --ca FILE (its SHA-256 fingerprint is in the server's log)"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return ApiError(f"the control server at {url} does not speak TLS: use an http:// URL, or start it with --tls")
     if isinstance(exc, httpx.ConnectError):
         return ApiError(
             f"cannot reach the control server at {url}: is it running? "
@@ -64,13 +113,18 @@ class BaseClient:
     """Base URL, token and request building; subclasses add the transport.
 
     ``url`` None: ``$GLUSTERCTL_URL``, the saved login's URL, or the default. ``token`` None: the
-    token saved for that URL; ``""``: no token.
+    token saved for that URL; ``""``: no token. ``ca``: the PEM file that verifies an https server
+    (None: ``$GLUSTERCTL_CA``, the one saved with the login, or the system's CAs).
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0, ca: str | None = None
+    ) -> None:
         self.url = resolve_url(url)
         self.token = token if token is not None else saved_token(self.url)
         self.timeout = timeout
+        self.ca = resolve_ca(self.url, ca)
+        self.verify = verify_context(self.url, self.ca)
 
     def headers(self, auth: bool = True) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}

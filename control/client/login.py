@@ -25,14 +25,18 @@ def load_login() -> dict[str, str]:
         return {}
 
 
-def save_login(url: str, token: str) -> str:
-    """Write the login readable by its owner only; returns the file's path."""
+def save_login(url: str, token: str, ca: str | None = None) -> str:
+    """Write the login (with the CA file that verifies an https server) readable by its owner only; returns
+    the file's path."""
     path = token_path()
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url, "token": token}, fh)
+        login = {"url": url, "token": token}
+        if ca:
+            login["ca"] = os.path.abspath(ca)
+        json.dump(login, fh)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path
@@ -54,3 +58,13 @@ def saved_token(url: str) -> str | None:
     """The saved token when it was saved for ``url`` (a token is never sent to another server)."""
     login = load_login()
     return login.get("token") if login.get("url", "").rstrip("/") == url.rstrip("/") else None
+
+
+def resolve_ca(url: str, ca: str | None = None) -> str | None:
+    """The CA file that verifies ``url``'s certificate: ``ca``, else ``$GLUSTERCTL_CA``, else the one saved with
+    the login to ``url``; None: the system's CAs."""
+    if ca or os.environ.get("GLUSTERCTL_CA"):
+        return ca or os.environ.get("GLUSTERCTL_CA")
+    login = load_login()
+    saved = login.get("ca") if login.get("url", "").rstrip("/") == url.rstrip("/") else None
+    return saved or None

@@ -8,7 +8,15 @@ from typing import Any
 
 import httpx
 
-from control.client.base import RECONNECT_SECONDS, ApiError, BaseClient, NotLoggedIn, StreamState, transport_error
+from control.client.base import (
+    RECONNECT_SECONDS,
+    ApiError,
+    BaseClient,
+    NotLoggedIn,
+    StreamState,
+    refused_certificate,
+    transport_error,
+)
 from control.client.models import Down, StreamItem
 from control.client.sse import SseDecoder, parse_sse
 
@@ -16,9 +24,11 @@ from control.client.sse import SseDecoder, parse_sse
 class Client(BaseClient):
     """REST calls that return the decoded JSON answer or raise ``ApiError``."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        super().__init__(url, token, timeout)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0, ca: str | None = None
+    ) -> None:
+        super().__init__(url, token, timeout, ca)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify)
 
     def request(
         self,
@@ -33,7 +43,7 @@ class Client(BaseClient):
         try:
             response = self._http.request(**self.request_args(method, path, body, params, auth))
         except httpx.HTTPError as exc:
-            raise transport_error(exc, self.url) from None
+            raise transport_error(exc, self.url, self.ca) from None
         return self.answer(response, path, raw)
 
     def get(self, path: str, /, **params: Any) -> Any:
@@ -75,7 +85,7 @@ class EventStream:
 
     def __iter__(self) -> Iterator[StreamItem]:
         state = self.state
-        with httpx.Client(timeout=state.timeout()) as http:
+        with httpx.Client(timeout=state.timeout(), verify=state.client.verify) as http:
             while not self._closed.is_set():
                 try:
                     with http.stream("GET", state.url, params=state.params, headers=state.headers()) as response:
@@ -93,7 +103,11 @@ class EventStream:
                     error = "the server closed the event stream"
                 except NotLoggedIn:
                     raise
-                except (httpx.HTTPError, ApiError, ValueError) as exc:
+                except httpx.HTTPError as exc:
+                    if refused_certificate(exc):
+                        raise transport_error(exc, state.client.url, state.client.ca) from None
+                    error = str(exc) or type(exc).__name__
+                except (ApiError, ValueError) as exc:
                     error = str(exc) or type(exc).__name__
                 finally:
                     self._response = None

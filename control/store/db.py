@@ -289,6 +289,15 @@ def migrate(db: pw.Database) -> int:
     return max(applied)
 
 
+def redact_db_url(url: str) -> str:
+    """The database URL without its password, for logs and messages."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)[-1]
+    return parsed._replace(netloc=f"{parsed.username or ''}:***@{netloc}").geturl()
+
+
 def open_database(url: str | None, data_dir: str) -> pw.Database:
     db = make_database(url, data_dir)
     m.database_proxy.initialize(db)
@@ -296,5 +305,7 @@ def open_database(url: str | None, data_dir: str) -> pw.Database:
         db.connect(reuse_if_open=True)
         migrate(db)
     except pw.OperationalError as exc:
-        raise DatabaseError(f"cannot open database {url or data_dir}: {exc}".strip()) from exc
+        where = redact_db_url(url) if url else data_dir
+        message = str(exc).replace(unquote(urlparse(url).password or "\0"), "***") if url else str(exc)
+        raise DatabaseError(f"cannot open database {where}: {message}".strip()) from exc
     return db
