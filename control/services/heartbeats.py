@@ -1,4 +1,4 @@
-"""What agents report in their heartbeats: brick state, self-heal daemons and device space.
+"""What agents report in their heartbeats: brick state and capacity, self-heal daemons and device space.
 
 Rows are written only when something changed: at thousands of nodes, heartbeats are most of
 the control service's writes.
@@ -44,8 +44,11 @@ def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now:
         rep = reported.get((brick.volume.id, brick.index))
         state = "Online" if rep is not None and rep.online else "Offline"
         pid = rep.pid if rep is not None else None
-        if state == brick.state and pid == brick.pid:
+        capacity = capacity_change(brick, rep)
+        if state == brick.state and pid == brick.pid and not capacity:
             continue
+        for name, value in capacity.items():
+            setattr(brick, name, value)
         if state != brick.state:
             log.info(
                 "cluster %s volume %s brick %s:%s: %s -> %s",
@@ -66,6 +69,33 @@ def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now:
             brick.state_changed_at = now
         brick.state, brick.pid = state, pid
         brick.save()
+
+
+CAPACITY_FIELDS = ("total_bytes", "free_bytes", "used_bytes", "inodes_total", "inodes_free", "inodes_used")
+# a busy brick's free space moves on every heartbeat: smaller moves than these are not written
+CAPACITY_STEP_BYTES = 4 * 1024 * 1024
+CAPACITY_STEP_INODES = 64
+
+
+def capacity_change(brick: Brick, rep: BrickReport | None) -> dict[str, int | str]:
+    """The capacity columns to write from ``rep``: all of them when one moved by a step or more, else none.
+
+    A report without capacity (an older agent, an unreadable path) keeps what was stored.
+    """
+    if rep is None or rep.total_bytes is None:
+        return {}
+    new: dict[str, int | str] = {name: getattr(rep, name) or 0 for name in CAPACITY_FIELDS}
+    new["fsid"] = rep.fsid
+    stored = {name: getattr(brick, name) for name in (*CAPACITY_FIELDS, "fsid")}
+    if any(stored[name] is None for name in CAPACITY_FIELDS) or stored["fsid"] != rep.fsid:
+        return new
+    for name in CAPACITY_FIELDS:
+        step = CAPACITY_STEP_INODES if name.startswith("inodes") else CAPACITY_STEP_BYTES
+        if name in ("total_bytes", "inodes_total"):
+            step = 1
+        if abs(int(new[name]) - int(stored[name])) >= step:
+            return new
+    return {}
 
 
 def apply_self_heal_daemons(node: Node, reports: list[ShdReport], now: float) -> None:
