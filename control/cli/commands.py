@@ -69,6 +69,7 @@ def server(args: argparse.Namespace) -> int:
                     "brick_ports",
                     "event_backlog",
                     "log_level",
+                    "metrics_token",
                 ],
             )
         )

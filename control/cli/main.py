@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)"
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    p.add_argument(
+        "--metrics-token",
+        help="GET /metrics needs 'Authorization: Bearer TOKEN' (default: public; prefer GLUSTERCTL_METRICS_TOKEN, "
+        "command lines are visible to other users)",
+    )
     p.set_defaults(func=commands.server)
 
     p = sub.add_parser(

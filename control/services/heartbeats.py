@@ -10,7 +10,7 @@ import logging
 import time
 
 from broker.messages import BrickReport, DeviceReport, ShdReport
-from control.services import events
+from control.services import events, metrics
 from control.store.db import delete_where
 from control.store.models import Brick, Device, Node, SelfHealDaemon, Volume
 
@@ -27,6 +27,7 @@ def apply_heartbeat(
 ) -> None:
     """Brick Online/Offline, self-heal daemons and device space, from one node's heartbeat."""
     now = now or time.time()
+    metrics.COUNTS.add("heartbeats_received")
     apply_bricks(cluster_name, node, bricks, now)
     apply_self_heal_daemons(node, shds, now)
     apply_devices(node, devices)

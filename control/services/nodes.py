@@ -23,7 +23,7 @@ from broker.messages import (
     make_join_token,
 )
 from control.errors import Conflict, NotFound
-from control.services import events, heartbeats
+from control.services import events, heartbeats, metrics
 from control.services.tasks import TaskEngine
 from control.store.db import first, locked
 from control.store.models import Cluster, Node, Task
@@ -165,6 +165,7 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
     with db.atomic():
         node = _trusted(cluster_name, node_name, beat.epoch)
         if node is None:
+            metrics.COUNTS.add("heartbeats_dropped")
             return False
         node.last_seen_at = now
         _apply_facts(node, beat.facts.model_dump())

@@ -1,0 +1,145 @@
+"""GET /metrics on a real server: gluster-prometheus's families with a cluster label, the control
+plane's own, a killed brick seen by the scrape, and the metrics token."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import Server, wait_until
+
+Labels = frozenset[tuple[str, str]]
+
+
+def scrape(url: str, token: str | None = None) -> dict[str, dict[Labels, float]]:
+    """Every sample of one scrape: sample name -> {labels: value}."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain")
+    out: dict[str, dict[Labels, float]] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return out
+
+
+def one(samples: dict[str, dict[Labels, float]], name: str, **labels: str) -> float:
+    """The value of the single sample of ``name`` whose labels include ``labels``."""
+    found = [v for k, v in samples.get(name, {}).items() if set(labels.items()) <= k]
+    assert len(found) == 1, f"{name}{labels}: {found} in {samples.get(name)}"
+    return found[0]
+
+
+def brick_volume(st, name: str = "gv") -> list[str]:
+    """A replica 2 volume with both bricks on node n1 (one agent is enough for the scrape)."""
+    (st.tmp / "bricks").mkdir(exist_ok=True)
+    st.agent("n1")
+    wait_until(lambda: st.node_state("n1") == "Online", what="n1 Online")
+    bricks = [str(st.tmp / "bricks" / f"{name}-{i}") for i in range(2)]
+    st.cli.run("volume", "create", name, "--replica", "2", *[f"n1:{b}" for b in bricks], "--force", "--wait")
+    return bricks
+
+
+def test_metrics_of_a_real_volume_and_a_killed_brick(stack):
+    st = stack
+    bricks = brick_volume(st)
+    url = st.server.url
+    total = (fs := os.statvfs(st.tmp)).f_blocks * fs.f_frsize
+
+    def healthy_with_capacity():
+        m = scrape(url)
+        bytes_total = m.get("gluster_brick_capacity_bytes_total", {})
+        return len(bytes_total) == 2 and m if m.get("glusterctl_volume_health") else None
+
+    m = wait_until(healthy_with_capacity, what="both bricks' capacity scraped")
+    v = {"cluster": "default", "volume": "gv"}
+    for path in bricks:
+        assert one(m, "gluster_brick_up", hostname="n1", brick_path=path, **v) == 1
+        labels = {"host": "n1", "brick_path": path, "subvolume": "gv-replicate-0", **v}
+        assert one(m, "gluster_brick_capacity_bytes_total", **labels) == total
+        used = one(m, "gluster_brick_capacity_used_bytes", **labels)
+        assert used > 0 and used + one(m, "gluster_brick_capacity_free_bytes", **labels) == total
+        inodes = one(m, "gluster_brick_inodes_total", **labels)
+        assert one(m, "gluster_brick_inodes_used", **labels) + one(m, "gluster_brick_inodes_free", **labels) == inodes
+    assert one(m, "gluster_subvol_capacity_total_bytes", subvolume="gv-replicate-0", **v) == total
+    assert one(m, "gluster_subvol_capacity_used_bytes", subvolume="gv-replicate-0", **v) > 0
+    assert one(m, "glusterctl_volume_capacity_bytes_total", **v) == total
+    assert one(m, "gluster_volume_brick_count", **v) == 2
+    assert one(m, "gluster_volume_up", **v) == 1
+    assert one(m, "glusterctl_volume_health", health="Healthy", **v) == 1
+    assert one(m, "glusterctl_volume_health", health="Degraded", **v) == 0
+    assert one(m, "gluster_volume_total_count", cluster="default") == 1
+    assert one(m, "gluster_volume_started_count", cluster="default") == 1
+    assert one(m, "glusterctl_nodes", cluster="default", state="Online") == 1
+    assert one(m, "glusterctl_nodes", cluster="default", state="Unreachable") == 0
+    assert one(m, "glusterctl_node_up", cluster="default", node="n1") == 1
+    assert one(m, "glusterctl_agents_connected", cluster="default") == 1
+    assert one(m, "glusterctl_tasks", cluster="default", kind="volume.start", state="DONE") == 1
+    assert one(m, "glusterctl_task_duration_seconds_count", kind="volume.create") == 1
+    assert one(m, "glusterctl_task_duration_seconds_bucket", kind="volume.create", le="+Inf") == 1
+    assert one(m, "glusterctl_heartbeats_received_total") > 0
+    assert one(m, "glusterctl_heartbeats_dropped_total") == 0
+    assert one(m, "glusterctl_event_stream_clients") == 0
+    assert one(m, "glusterctl_mqtt_connected") == 1
+
+    # kill a brick and take its directory away, so the agent's restarts fail: the scrape sees it down
+    victim = st.cli.json("volume", "status", "gv")["bricks"][1]
+    hidden = Path(bricks[1] + ".away")
+    os.rename(bricks[1], hidden)
+    os.kill(victim["pid"], signal.SIGKILL)
+    m = wait_until(
+        lambda: (m := scrape(url)) and one(m, "gluster_brick_up", brick_path=bricks[1], **v) == 0 and m,
+        what="killed brick down in the scrape",
+    )
+    assert one(m, "glusterctl_volume_health", health="Degraded", **v) == 1  # replica 2: one brick serves
+    assert one(m, "gluster_volume_up", **v) == 1
+    assert st.cli.json("volume", "status", "gv")["health"] == "Degraded"
+
+    os.rename(hidden, bricks[1])  # the agent's supervisor starts it again
+    wait_until(
+        lambda: one(scrape(url), "glusterctl_volume_health", health="Healthy", **v) == 1,
+        timeout=45,
+        what="brick restarted and volume Healthy again",
+    )
+
+
+TOKEN = "m" * 24
+
+
+@pytest.fixture
+def token_server(tmp_path):
+    server = Server(tmp_path, extra=["--metrics-token", TOKEN])
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_metrics_token(token_server):
+    url = token_server.url
+    refused = httpx.get(f"{url}/metrics", timeout=10)
+    assert refused.status_code == 401 and "metrics token" in refused.json()["detail"]
+    wrong = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer " + "x" * 24}, timeout=10)
+    assert wrong.status_code == 401
+    m = scrape(url, TOKEN)
+    assert one(m, "glusterctl_nodes", cluster="default", state="Online") == 0
+    logged = [
+        line for line in token_server.log().splitlines() if not line.startswith("===== start")
+    ]  # the harness's argv
+    assert not [line for line in logged if TOKEN in line]
+
+
+def test_a_short_metrics_token_is_refused(tmp_path):
+    server = Server(tmp_path, extra=["--metrics-token", "short"])
+    server.start(wait=False)
+    try:
+        assert server.wait_exit(30) != 0
+        assert "at least 16 characters" in server.log()
+    finally:
+        server.stop()
