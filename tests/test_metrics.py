@@ -3,12 +3,17 @@ plane's own, a killed brick seen by the scrape, and the metrics token."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Server, wait_until
@@ -143,3 +148,101 @@ def test_a_short_metrics_token_is_refused(tmp_path):
         assert "at least 16 characters" in server.log()
     finally:
         server.stop()
+
+
+# ---- alert rules and the Grafana dashboard ------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "docs" / "prometheus" / "alerts.yml"
+RULE_TESTS = ROOT / "docs" / "prometheus" / "alerts.test.yml"
+DASHBOARD = ROOT / "docs" / "grafana" / "glusterctl.json"
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
+SCRAPE_SERIES = {"up"}  # made by Prometheus for every target, not exported
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    assert found, "promtool is missing: install Debian's prometheus package (.ci/setup does)"
+    return found
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests():
+    check = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "SUCCESS: 9 rules found" in check.stdout, check.stdout + check.stderr
+    tests = subprocess.run(
+        [promtool(), "test", "rules", RULE_TESTS.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=RULE_TESTS.parent,
+    )
+    assert tests.returncode == 0 and "SUCCESS" in tests.stdout, tests.stdout + tests.stderr
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (label matchers, ranges, strings, functions and
+    grouping label lists left out)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\$\w+", "", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
+        if match.group(2) is None and match.group(1) not in PROMQL_WORDS:
+            names.add(match.group(1))
+    return names
+
+
+def test_metric_names_are_read_from_promql():
+    assert metric_names('sum by (le, kind) (rate(x_bucket{a="b",c=~"$v"}[5m])) / on(kind) y > bool 3') == {
+        "x_bucket",
+        "y",
+    }
+    assert metric_names("histogram_quantile(0.95, z) or vector(0)") == {"z"}
+
+
+def exported_series(url: str) -> set[str]:
+    """Every series name a scrape can hold, from the families' TYPE lines (also those without samples)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            names.update(
+                {"counter": [f"{name}_total"], "histogram": [f"{name}_bucket", f"{name}_sum", f"{name}_count"]}.get(
+                    kind, []
+                )
+            )
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = []
+    pending = list(board["panels"])
+    while pending:
+        panel = pending.pop()
+        pending.extend(panel.get("panels", []))
+        exprs.extend(t["expr"] for t in panel.get("targets", []))
+    for var in board["templating"]["list"]:
+        if var["type"] == "query":
+            inner = re.fullmatch(r"label_values\((.*),\s*\w+\)", var["query"]["query"])
+            assert inner, var
+            exprs.append(inner.group(1))
+    return exprs
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics(stack):
+    exported = exported_series(stack.server.url) | SCRAPE_SERIES
+    queries = dashboard_queries()
+    used = set().union(*(metric_names(q) for q in queries))
+    assert len(queries) > 20 and {"gluster_brick_up", "glusterctl_volume_capacity_used_bytes"} <= used
+    assert not used - exported, f"the dashboard reads metrics the server does not export: {used - exported}"
+    rules = yaml.safe_load(RULES.read_text())
+    rule_metrics = set().union(*(metric_names(r["expr"]) for g in rules["groups"] for r in g["rules"]))
+    assert not rule_metrics - exported, (
+        f"alert rules read metrics the server does not export: {rule_metrics - exported}"
+    )
+    titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"}
+    assert titles == {"Cluster overview", "Volume capacity", "Bricks", "Nodes", "Tasks"}
