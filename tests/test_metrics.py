@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Server, wait_until
+from tests.helpers import Proc, Server, free_port, wait_until
 
 Labels = frozenset[tuple[str, str]]
 
@@ -246,3 +246,98 @@ def test_dashboard_and_alerts_use_only_exported_metrics(stack):
     )
     titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"}
     assert titles == {"Cluster overview", "Volume capacity", "Bricks", "Nodes", "Tasks"}
+
+
+# ---- a real Prometheus ----------------------------------------------------------------------------
+def short_rules(dest: Path, hold: str = "2s") -> Path:
+    """alerts.yml with every ``for`` shortened, for a Prometheus that scrapes and evaluates each second."""
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            rule["for"] = hold
+    path = dest / "alerts.yml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+def prometheus_alerts(url: str) -> list[dict]:
+    resp = httpx.get(f"{url}/api/v1/alerts", timeout=10)
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["data"]["alerts"])
+
+
+def test_prometheus_fires_brick_down_for_a_killed_brick(stack):
+    st = stack
+    exe = shutil.which("prometheus")
+    assert exe, "prometheus is missing: install Debian's prometheus package (.ci/setup does)"
+    bricks = brick_volume(st)
+    wait_until(lambda: st.cli.json("volume", "status", "gv")["health"] == "Healthy", what="gv Healthy")
+    home = st.tmp / "prometheus"
+    home.mkdir()
+    rules = short_rules(home)
+    config = home / "prometheus.yml"
+    target = st.server.url.removeprefix("http://")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(rules)],
+                "scrape_configs": [{"job_name": "glusterctl", "static_configs": [{"targets": [target]}]}],
+            }
+        )
+    )
+    port = free_port()
+    prom = Proc(
+        "prometheus",
+        [exe, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        st.tmp / "prometheus.log",
+    )  # fmt: skip
+    st.procs.append(prom)  # stopped with the stack, whatever happens here
+    prom.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def scraped() -> bool:
+        assert prom.alive(), prom.log()[-3000:]
+        try:
+            targets = httpx.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        except httpx.HTTPError:
+            return False
+        return bool(targets) and targets[0]["health"] == "up"
+
+    wait_until(scraped, timeout=30, what="Prometheus scraping the control service")
+    wait_until(
+        lambda: httpx.get(f"{url}/api/v1/query", params={"query": "gluster_brick_up"}, timeout=5).json()["data"][
+            "result"
+        ],
+        what="gluster_brick_up in Prometheus",
+    )
+    assert not [a for a in prometheus_alerts(url) if a["labels"]["alertname"] == "GlusterBrickDown"]
+
+    hidden = Path(bricks[1] + ".away")
+    os.rename(bricks[1], hidden)  # the agent cannot restart it
+    victim = st.cli.json("volume", "status", "gv")["bricks"][1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    seen: set[str] = set()
+
+    def brick_down_firing() -> bool:
+        for alert in prometheus_alerts(url):
+            if alert["labels"]["alertname"] == "GlusterBrickDown" and alert["labels"]["brick_path"] == bricks[1]:
+                seen.add(alert["state"])
+        return "firing" in seen
+
+    wait_until(brick_down_firing, timeout=30, interval=0.2, what="GlusterBrickDown firing in Prometheus")
+    alert = next(a for a in prometheus_alerts(url) if a["labels"]["alertname"] == "GlusterBrickDown")
+    assert (
+        alert["labels"] | {"severity": "critical", "cluster": "default", "volume": "gv", "hostname": "n1"}
+        == alert["labels"]
+    )
+    assert alert["annotations"]["summary"] == f"brick n1:{bricks[1]} of volume gv is down"
+    # replica 2 with one brick left still serves: Degraded, not Down
+    wait_until(
+        lambda: any(a["labels"]["alertname"] == "GlusterVolumeDegraded" for a in prometheus_alerts(url)),
+        what="GlusterVolumeDegraded in Prometheus",
+    )
+    assert not [a for a in prometheus_alerts(url) if a["labels"]["alertname"] == "GlusterVolumeDown"]
+    os.rename(hidden, bricks[1])
