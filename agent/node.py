@@ -1,5 +1,10 @@
 """The node agent: one MQTT connection with last-will, registration, heartbeats and tasks.
 
+Identity: a node without a credential in its state dir logs in as its cluster's enrolment
+user (the join token), sends an enrolment hello with the secret it made for itself, and once
+accepted saves that credential (STATE_DIR/node.secret) and reconnects as its own node user;
+from then on the join token is never used (see agent/credential.py).
+
 Every (re)connect gets a new epoch (a number that only grows, persisted in the state dir) that
 goes into the hello, the retained presence and the last-will, so that the control service can
 tell a death notice of an old connection from one of the current connection.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -22,13 +28,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from agent import facts
+from agent import credential, facts
 from agent.bricks import BrickManager
 from agent.devices import DeviceManager
 from agent.journal import Journal
 from agent.settings import AgentSettings
 from agent.tasks import HANDLERS, TaskContext, TaskFailed
 from agent.volfiles import Volfiles, VolfileServerError
+from broker.dynsec import enrol_username, node_username
 from broker.messages import (
     MAX_PAYLOAD_BYTES,
     ControlPresence,
@@ -41,6 +48,8 @@ from broker.messages import (
     TaskState,
     TaskStatus,
     join_proof,
+    node_proof,
+    parse_join_token,
 )
 from broker.topics import Topics, filter_matches
 from broker.url import MqttUrl
@@ -70,6 +79,11 @@ class Agent:
         self.devices = DeviceManager(settings.state_dir, self.node)
         self.volfiles = Volfiles(settings.state_dir, self.address, settings.volfile_port)
         self.epoch = 0
+        self.credential = settings.credential  # None until enrolled
+        self._nonces: set[str] = set()  # of the hellos of this connection that are not answered yet
+        self._switching = False  # enrolled: leave the enrolment login and connect as the node
+        self._unsent: list[tuple[str, TaskState, str, dict[str, Any] | None]] = []
+        self._status_lock = threading.Lock()
         self.registered = threading.Event()
         self.exit_code = 0
         self._stop = threading.Event()
@@ -135,12 +149,16 @@ class Agent:
             log.error("%s", exc)
             return EXIT_VOLFILE_SERVER
         self.bricks.volfile_port = self.volfiles.port
-        self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
         self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         threading.Thread(target=self.bricks.run_supervisor, args=(self._stop,), name="supervisor", daemon=True).start()
-        self.client.loop_forever(retry_first_connection=True)
+        while True:
+            self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
+            self.client.loop_forever(retry_first_connection=True)
+            if not self._switching or self._stop.is_set():
+                break
+            self._switching = False  # enrolled: connect again, now as the node
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.volfiles.stop()
@@ -170,9 +188,35 @@ class Agent:
         self._network_thread = threading.get_ident()
         self.epoch = self._next_epoch()
         self.registered.clear()
-        client.username_pw_set(self.url.username or self.node, self.url.password or self.s.token)
-        will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json()
-        client.will_set(self.topics.presence(self.cluster, self.node), will, qos=1, retain=True)
+        self._nonces.clear()
+        username, password = self._login()
+        client.username_pw_set(self.url.username or username, self.url.password or password)
+        if self.credential is None:
+            client.will_clear()  # the enrolment user may not have one, and there is no presence to guard yet
+        else:
+            will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json()
+            client.will_set(self.topics.presence(self.cluster, self.node), will, qos=1, retain=True)
+
+    def _login(self) -> tuple[str, str]:
+        """The broker user and password: the node's own once enrolled, else the cluster's enrolment user."""
+        if self.credential is not None:
+            return node_username(self.topics, self.cluster, self.node), self.credential.secret
+        return enrol_username(self.topics, self.cluster), parse_join_token(self.s.token)[1]
+
+    def _refused_login_message(self, reason: ReasonCode) -> str:
+        if self.credential is None:
+            return (
+                f"the MQTT broker {self.url.redacted()} refused the enrolment login of cluster {self.cluster} "
+                f"({reason}): the join token is wrong or was rotated; get the current one with "
+                f"'glusterctl cluster token {self.cluster}'"
+            )
+        path = credential.credential_path(self.s.state_dir)
+        return (
+            f"the MQTT broker {self.url.redacted()} refused the credential of node {self.node} in cluster "
+            f"{self.cluster} ({path}) ({reason}): the node was removed or enrolled again elsewhere. To enrol it "
+            f"again, an admin runs 'glusterctl node reenrol -c {self.cluster} {self.node}' (or 'node remove'); "
+            f"then delete {path} and start the agent once with --token"
+        )
 
     def _on_connect(
         self,
@@ -184,15 +228,7 @@ class Agent:
     ) -> None:
         if reason_code.is_failure:
             if reason_code.value in (4, 5, 134, 135):  # bad credentials / not authorized
-                log.error(
-                    "the MQTT broker %s refused node %s of cluster %s (%s): check the join token "
-                    "(glusterctl cluster token %s) and the node name",
-                    self.url.redacted(),
-                    self.node,
-                    self.cluster,
-                    reason_code,
-                    self.cluster,
-                )
+                log.error("%s", self._refused_login_message(reason_code))
                 self.stop(EXIT_AUTH)
             else:
                 log.warning("the MQTT broker refused the connection (%s); retrying", reason_code)
@@ -210,17 +246,27 @@ class Agent:
         properties: Properties | None,
     ) -> None:
         self.registered.clear()
-        if not self._stop.is_set():
+        if not self._stop.is_set() and not self._switching:
             log.warning("lost the MQTT broker (%s); reconnecting with backoff", reason_code)
 
     def _send_hello(self) -> None:
         self._last_hello = time.monotonic()
-        hello = Hello(
-            agent_id=self.agent_id,
-            epoch=self.epoch,
-            proof=join_proof(self.s.token, self.node, self.agent_id, self.epoch),
-            facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat), volfile_port=self.volfiles.port),
-        )
+        nonce = secrets.token_hex(8)
+        self._nonces.add(nonce)
+        node_facts = NodeFacts(**facts.node_facts(self.address, self.s.heartbeat), volfile_port=self.volfiles.port)
+        if self.credential is not None:
+            proof = node_proof(self.credential.key, self.cluster, self.node, self.agent_id, self.epoch)
+            hello = Hello(agent_id=self.agent_id, epoch=self.epoch, proof=proof, nonce=nonce, facts=node_facts)
+        else:
+            enrol = credential.pending(self.s.state_dir, self.cluster, self.node)
+            hello = Hello(
+                agent_id=self.agent_id,
+                epoch=self.epoch,
+                proof=join_proof(self.s.token, self.node, self.agent_id, self.epoch),
+                nonce=nonce,
+                node_secret=enrol.secret,
+                facts=node_facts,
+            )
         self.client.publish(self.topics.hello(self.cluster, self.node), hello.model_dump_json(), qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -243,11 +289,15 @@ class Agent:
             log.exception("error handling message on %s", msg.topic)
 
     def _on_registration(self, reg: Registration) -> None:
-        if reg.epoch != self.epoch:
-            return  # an answer to an older connection's hello
+        if reg.epoch != self.epoch or reg.nonce not in self._nonces:
+            return  # an answer to an older connection's hello, or to someone else's
+        self._nonces.discard(reg.nonce)
         if not reg.accepted:
             log.error("the control service refused node %s in cluster %s: %s", self.node, self.cluster, reg.reason)
             self.stop(EXIT_AUTH)
+            return
+        if self.credential is None:
+            self._enrolled()
             return
         first = not self.registered.is_set()
         self.registered.set()
@@ -260,9 +310,25 @@ class Agent:
                 retain=True,
             )
             self.client.subscribe(self.topics.tasks_filter(self.cluster, self.node), qos=1)
+            self._flush_unsent()
             self._publish_heartbeat()
             if self.on_ready:
                 self.on_ready()
+
+    def _enrolled(self) -> None:
+        """The enrolment was accepted: keep the credential, then reconnect as the node (network thread)."""
+        enrol = credential.pending(self.s.state_dir, self.cluster, self.node)
+        credential.commit(self.s.state_dir, enrol)
+        self.credential = enrol
+        log.info(
+            "node %s enrolled in cluster %s: its credential is in %s; reconnecting as the node "
+            "(the join token is not needed any more)",
+            self.node,
+            self.cluster,
+            credential.credential_path(self.s.state_dir),
+        )
+        self._switching = True
+        self.client.disconnect()
 
     # ---- heartbeats ---------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -304,8 +370,21 @@ class Agent:
 
     # ---- tasks ----------------------------------------------------------------------------------
     def _status(self, task_id: str, state: TaskState, reason: str = "", result: dict[str, Any] | None = None) -> None:
-        status = TaskStatus(task_id=task_id, state=state, epoch=self.epoch, reason=reason, result=result)
+        """Report a task's state; between connections it waits for the next registration (the control
+        service takes statuses only from the epoch it registered)."""
+        with self._status_lock:
+            if not self.registered.is_set():
+                self._unsent.append((task_id, state, reason, result))
+                return
+            epoch = self.epoch
+        status = TaskStatus(task_id=task_id, state=state, epoch=epoch, reason=reason, result=result)
         self.client.publish(self.topics.task_status(self.cluster, self.node), status.model_dump_json(), qos=1)
+
+    def _flush_unsent(self) -> None:
+        with self._status_lock:
+            unsent, self._unsent = self._unsent, []
+        for task_id, state, reason, result in unsent:
+            self._status(task_id, state, reason, result)
 
     def _on_task(self, task: TaskMessage) -> None:
         with self._lock:

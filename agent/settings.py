@@ -7,6 +7,8 @@ import socket
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent import credential
+from agent.credential import NodeCredential
 from broker.messages import check_name, parse_join_token
 from broker.topics import DEFAULT_ROOT, Topics
 from broker.url import MqttUrl
@@ -16,7 +18,7 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLUSTERCTL_", extra="ignore")
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
-    token: str = ""
+    token: str = ""  # the join token: needed only until the node is enrolled
     token_file: str | None = None
     node: str = ""
     address: str = ""
@@ -60,13 +62,29 @@ class AgentSettings(BaseSettings):
                 with open(self.token_file) as fh:
                     self.token = fh.read().strip()
             except OSError as exc:
-                raise ValueError(f"cannot read the join token file {self.token_file}: {exc.strerror}") from None
-        if not self.token:
+                if self.credential is None:
+                    raise ValueError(f"cannot read the join token file {self.token_file}: {exc.strerror}") from None
+        enrolled = self.credential
+        if not self.token and enrolled is None:
             raise ValueError(
-                "no join token: pass --token, --token-file or set GLUSTERCTL_TOKEN "
-                "(print it with 'glusterctl cluster token CLUSTER')"
+                f"no join token and no node credential in {self.state_dir}: for the first start pass --token, "
+                "--token-file or set GLUSTERCTL_TOKEN (print it with 'glusterctl cluster token CLUSTER')"
             )
-        parse_join_token(self.token)
+        if self.token:
+            parse_join_token(self.token)
+        if enrolled is not None:
+            if self.token and parse_join_token(self.token)[0] != enrolled.cluster:
+                raise ValueError(
+                    f"{self.state_dir} holds the credential of node {enrolled.node} in cluster {enrolled.cluster}, "
+                    f"but the join token is for cluster {parse_join_token(self.token)[0]}: use another --state-dir "
+                    "for another cluster"
+                )
+            if self.node and self.node != enrolled.node:
+                raise ValueError(
+                    f"{self.state_dir} holds the credential of node {enrolled.node} (cluster {enrolled.cluster}): "
+                    f"use --node {enrolled.node}, or another --state-dir for node {self.node}"
+                )
+            self.node = enrolled.node
         if not self.node:
             self.node = socket.getfqdn() or socket.gethostname()
         check_name("node", self.node)
@@ -75,5 +93,14 @@ class AgentSettings(BaseSettings):
         return self
 
     @property
+    def credential(self) -> NodeCredential | None:
+        """The node's own credential in the state dir (None until the first enrolment)."""
+        try:
+            return credential.load(self.state_dir)
+        except credential.CredentialError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
     def cluster(self) -> str:
-        return parse_join_token(self.token)[0]
+        enrolled = self.credential
+        return enrolled.cluster if enrolled is not None else parse_join_token(self.token)[0]

@@ -1,14 +1,20 @@
-"""The embedded amqtt broker, with glusterctl's authentication and per-node topic ACL.
+"""The embedded amqtt broker, with glusterctl's authentication and per-identity topic ACL.
 
-Clients and what they may do:
+Identities (user names as in broker/dynsec.py, so that both brokers agree; ROOT is the topic root):
 
-* the control service (user ``CONTROL_USER``, the server's own secret): everything;
-* a node agent (user = node name, password = its cluster's join token): publish only its own
-  hello/presence/heartbeat/task-status topics, subscribe only to its own task and registration
-  topics and to the control presence; its last-will must be its own presence topic;
-* read-only monitoring users (user and password checked by the authority): subscribe to
-  presence, heartbeat and task-status topics of the clusters they hold a viewer (or better)
-  role on; never publish.
+* ``ROOT.control`` (the control service, password: its own secret): everything;
+* ``ROOT.enrol.C`` (password: the secret part of cluster C's join token): publish hellos of C's
+  nodes, read C's registrations and the control presence; no last-will;
+* ``ROOT.node.C.N`` (password: node N's own secret, checked against the verifier stored at
+  enrolment): publish only N's hello/presence/heartbeat/task-status, read only N's tasks and
+  registration and the control presence; its last-will, if any, must be its own presence;
+* monitors (a glusterctl user name, or ``ROOT.user.NAME``, with that user's password): read the
+  presence, heartbeat and task-status topics of the clusters the user holds a viewer (or better)
+  role on; never publish; no last-will.
+
+A login is checked before amqtt touches any session: a refused login never disturbs the live
+session that uses the same client id, and an accepted one may take over a client id only from
+the same user name.
 """
 
 from __future__ import annotations
@@ -23,18 +29,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
+from amqtt.utils import gen_client_id
 
-from broker.messages import NODE_NAME_RE
+from broker.dynsec import parse_username
 from broker.topics import Topics, filter_matches
 
 if TYPE_CHECKING:
     from _collections_abc import dict_items, dict_keys, dict_values
 
 log = logging.getLogger(__name__)
-
-CONTROL_USER = "glusterctl-control"
 
 
 class BrokerError(Exception):
@@ -46,8 +54,11 @@ class Authority(Protocol):
 
     def control_password(self) -> str: ...
 
-    def agent_cluster(self, node: str, token: str) -> str | None:
-        """The cluster whose current join token is ``token``, or None."""
+    def enrolment_ok(self, cluster: str, secret: str) -> bool:
+        """True if ``secret`` is the secret part of ``cluster``'s current join token."""
+
+    def node_ok(self, cluster: str, node: str, secret: str) -> bool:
+        """True if ``node`` of ``cluster`` is enrolled with the node secret ``secret``."""
 
     def monitor_clusters(self, user: str, password: str) -> list[str] | None:
         """The clusters a monitoring user may watch (``ANY``: all of them), or None when refused."""
@@ -55,8 +66,9 @@ class Authority(Protocol):
 
 @dataclass
 class Identity:
-    role: str  # "control" | "agent" | "monitor"
-    publish: tuple[str, ...] = ()
+    role: str  # "control" | "enrol" | "node" | "monitor"
+    username: str = ""
+    publish: tuple[str, ...] = ()  # topic filters
     subscribe: tuple[str, ...] = ()
 
 
@@ -69,29 +81,46 @@ class AccessControl:
     def identify(self, username: str | None, password: str | None, will_topic: str | None) -> Identity | None:
         if not username or password is None:
             return None
-        if username == CONTROL_USER:
-            return Identity("control") if password == self.authority.control_password() else None
-        if NODE_NAME_RE.match(username):
-            cluster = self.authority.agent_cluster(username, password)
-            if cluster is not None:
-                t = self.topics
-                if will_topic is not None and will_topic != t.presence(cluster, username):
-                    log.warning(
-                        "agent %s (cluster %s) refused: last-will topic %s is not its presence topic",
-                        username,
-                        cluster,
-                        will_topic,
-                    )
-                    return None
-                return Identity(
-                    "agent",
-                    publish=t.agent_publish_topics(cluster, username),
-                    subscribe=t.agent_subscribe_filters(cluster, username),
+        t = self.topics
+        parsed = parse_username(t, username)
+        kind, cluster, node = parsed if parsed is not None else ("user", username, None)
+        if kind == "control":
+            return Identity("control", username) if password == self.authority.control_password() else None
+        if kind == "node" and cluster and node:
+            if not self.authority.node_ok(cluster, node, password):
+                return None
+            if will_topic is not None and will_topic != t.presence(cluster, node):
+                log.warning(
+                    "node %s of cluster %s refused: last-will topic %s is not its presence topic",
+                    node,
+                    cluster,
+                    will_topic,
                 )
-        watched = self.authority.monitor_clusters(username, password)
-        if watched:
-            filters = {f for cluster in watched for f in self.topics.monitor_filters(cluster)}
-            return Identity("monitor", subscribe=tuple(sorted(filters)))
+                return None
+            return Identity(
+                "node",
+                username,
+                publish=t.agent_publish_topics(cluster, node),
+                subscribe=t.agent_subscribe_filters(cluster, node),
+            )
+        if kind == "enrol" and cluster:
+            if not self.authority.enrolment_ok(cluster, password):
+                return None
+            if will_topic is not None:
+                log.warning("enrolment login of cluster %s refused: it may not have a last-will", cluster)
+                return None
+            return Identity(
+                "enrol",
+                username,
+                publish=(t.cluster_hellos_filter(cluster),),
+                subscribe=(t.cluster_registrations_filter(cluster), t.control_presence()),
+            )
+        if kind == "user" and cluster and will_topic is None:
+            # a glusterctl user with viewer (or better) on some clusters reads those clusters' node topics
+            watched = self.authority.monitor_clusters(cluster, password)
+            if watched:
+                filters = {f for name in watched for f in t.monitor_filters(name)}
+                return Identity("monitor", username, subscribe=tuple(sorted(filters)))
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:
@@ -101,7 +130,7 @@ class AccessControl:
         if ident.role == "control":
             return True
         if action == Action.PUBLISH:
-            return topic in ident.publish
+            return "+" not in topic and "#" not in topic and any(filter_matches(f, topic) for f in ident.publish)
         if action == Action.SUBSCRIBE:
             # a filter is allowed if it is one of the allowed filters or a concrete topic under one
             return topic in ident.subscribe or (
@@ -125,10 +154,10 @@ class GlusterctlAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is un
             log.exception("authentication of client %s failed with an error", session.client_id)
             ident = None
         if ident is None:
+            # nothing else changes: the live session that may use this client id keeps its identity
             log.warning("MQTT client %s (user %r) refused: bad credentials", session.client_id, session.username)
-            access.identities.pop(session.client_id, None)
             return False
-        access.identities[session.client_id] = ident
+        session.glusterctl_identity = ident
         return True
 
 
@@ -190,6 +219,81 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         super().__init__(*args, **kwargs)
         self._subscriptions = _SnapshotDict()
 
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        """Read the CONNECT and check the login before any existing session is touched.
+
+        amqtt 0.12 deletes the subscriptions of a clean-session client id, and takes over a
+        connected one, before it looks at the credentials: a wrong password with a live
+        client's id would cut that client off.
+        """
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except (AMQTTError, MQTTError, NoDataError) as exc:
+            log.warning("MQTT connection from %s:%s refused: unreadable CONNECT (%s)", remote_address, remote_port, exc)
+            if isinstance(exc, MQTTError):
+                await writer.close()
+            raise AMQTTError(exc) from exc
+        refusal = await self._check_login(session)
+        if refusal is not None:
+            log.warning(
+                "MQTT client %s (user %r) from %s refused: %s",
+                session.client_id,
+                session.username,
+                remote_address,
+                refusal,
+            )
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            raise AMQTTError(f"client {session.client_id} refused: {refusal}")
+        ident: Identity = session.glusterctl_identity
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            existing, _ = self._sessions[session.client_id]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+                setattr(existing, name, getattr(session, name))
+            session = existing
+            session.parent = 1
+        else:
+            session.parent = 0
+        session.glusterctl_authenticated = True
+        self.access.identities[session.client_id] = ident
+        return handler, session
+
+    async def _check_login(self, session: Session) -> str | None:
+        """Why this CONNECT is refused, or None; on success the identity is on the session."""
+        session.glusterctl_identity = None
+        if not await Broker._authenticate(self, session, None):
+            return "bad credentials"
+        live = self._sessions.get(session.client_id) if session.client_id else None
+        if live is not None and live[0].transitions.is_connected() and live[0].username != session.username:
+            return "its client id is in use by another user"
+        return None
+
+    async def _authenticate(self, session: Session, _: Any) -> bool:
+        # the login was checked in _initialize_client_session
+        return bool(getattr(session, "glusterctl_authenticated", False))
+
+    async def disconnect_user(self, username: str) -> int:
+        """Close every live session of ``username`` (its credential was revoked); the number closed."""
+        closed = 0
+        for client_id, (session, handler) in list(self._sessions.items()):
+            if session.username != username or not session.transitions.is_connected():
+                continue
+            self.access.identities.pop(client_id, None)  # no rights left, even before the socket closes
+            if handler is not None and handler.writer is not None:
+                await handler.writer.close()
+            closed += 1
+        if closed:
+            log.info("disconnected %d session(s) of MQTT user %s", closed, username)
+        return closed
+
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
     ) -> None:
@@ -223,7 +327,7 @@ def check_port_free(host: str, port: int) -> None:
             raise BrokerError(f"cannot listen for MQTT on {host}:{port}: {exc.strerror}") from None
 
 
-async def start_broker(host: str, port: int, authority: Authority, topics: Topics) -> Broker:
+async def start_broker(host: str, port: int, authority: Authority, topics: Topics) -> GlusterctlBroker:
     check_port_free(host, port)
     access = AccessControl(authority, topics)
     config = {

@@ -10,6 +10,7 @@ import enum
 import hashlib
 import hmac
 import re
+import secrets
 import time
 from typing import Any
 
@@ -117,19 +118,30 @@ class NodeFacts(_Msg):
 
 
 class Hello(_Msg):
-    """Agent -> control, after every connect: who I am and proof that I hold the join token."""
+    """Agent -> control, after every connect: who I am, and proof of the right to be that node.
+
+    An enrolment hello (``node_secret`` set) comes from the cluster's enrolment identity:
+    ``proof`` is keyed with the join token's secret (``join_proof``) and ``node_secret`` is the
+    secret the agent made for itself, its credential from then on. Any other hello comes from
+    the node's own identity: ``proof`` is keyed with the node key (``node_proof``), which the
+    join token's holders do not know. ``nonce`` is echoed in the Registration so that the agent
+    can tell the answer to its own hello from one to someone else's.
+    """
 
     agent_id: str = Field(min_length=8, max_length=64)
     epoch: int = Field(ge=1)
     proof: str = Field(min_length=64, max_length=64)
+    nonce: str = Field(default="", max_length=64)
+    node_secret: str | None = Field(default=None, min_length=32, max_length=128)
     facts: NodeFacts = NodeFacts()
 
 
 class Registration(_Msg):
-    """Control -> agent, the answer to a Hello."""
+    """Control -> agent, the answer to a Hello (``nonce`` and ``epoch`` are the hello's)."""
 
     accepted: bool
     epoch: int
+    nonce: str = ""
     reason: str = ""
 
 
@@ -230,3 +242,26 @@ def join_proof(token: str, node: str, agent_id: str, epoch: int) -> str:
 
 def check_proof(token: str, node: str, agent_id: str, epoch: int, proof: str) -> bool:
     return hmac.compare_digest(join_proof(token, node, agent_id, epoch), proof)
+
+
+# ---- node credentials --------------------------------------------------------------------
+
+
+def new_node_secret() -> str:
+    """A node's own secret (256 random bits), made by the agent at enrolment."""
+    return secrets.token_urlsafe(32)
+
+
+def node_key(secret: str) -> str:
+    """The verifier of a node secret the control service stores; also the key of the node's hello proofs."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int) -> str:
+    """HMAC of a node's hello keyed with its node key: only the node and the control service know the key."""
+    msg = f"node\n{cluster}\n{node}\n{agent_id}\n{epoch}".encode()
+    return hmac.new(key.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def check_node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int, proof: str) -> bool:
+    return hmac.compare_digest(node_proof(key, cluster, node, agent_id, epoch), proof)

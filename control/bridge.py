@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 import time
 import uuid
@@ -63,7 +64,8 @@ class Bridge:
         self._threads: list[threading.Thread] = []
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"glusterctl-control-{self.instance[:12]}",
+            # random per start and unrelated to the published instance: no one can guess it to take it over
+            client_id=f"glusterctl-control-{secrets.token_hex(8)}",
             clean_session=True,
         )
         if url.username:
@@ -226,6 +228,16 @@ class Bridge:
         elif isinstance(message, Heartbeat):
             nodes.handle_heartbeat(cluster, node, message)
         elif isinstance(message, TaskStatus):
+            if not nodes.epoch_is_current(cluster, node, message.epoch):
+                log.warning(
+                    "cluster %s node %s: status of task %s (%s) from epoch %d ignored: not the node's current connection",
+                    cluster,
+                    node,
+                    message.task_id,
+                    message.state.value,
+                    message.epoch,
+                )
+                return
             self.engine.apply_status(cluster, node, message)
 
 

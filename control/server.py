@@ -12,21 +12,23 @@ from collections.abc import Callable
 
 import uvicorn
 
-from broker.embedded import CONTROL_USER, BrokerError, check_port_free, start_broker
-from broker.messages import parse_join_token
+from broker.dynsec import DynsecError, control_username
+from broker.embedded import BrokerError, check_port_free, start_broker
+from broker.messages import node_key
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
 from control.api.app import create_app
 from control.bridge import Bridge
+from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, clusters, users
+from control.services import authz, clusters, enrolment, users
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
-from control.store.db import DatabaseError, open_database
-from control.store.models import Cluster
+from control.store.db import DatabaseError, first, open_database
+from control.store.models import Cluster, Node
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,19 @@ class StoreAuthority:
     def control_password(self) -> str:
         return self._secret
 
-    def agent_cluster(self, node: str, token: str) -> str | None:
-        try:
-            name, secret = parse_join_token(token)
-        except ValueError:
-            return None
-        cluster = Cluster.get_or_none(Cluster.name == name)
-        if cluster is None or not hmac.compare_digest(cluster.join_secret, secret):
-            return None
-        return cluster.name
+    def enrolment_ok(self, cluster: str, secret: str) -> bool:
+        row = Cluster.get_or_none(Cluster.name == cluster)
+        return row is not None and hmac.compare_digest(row.join_secret.encode(), secret.encode())
+
+    def node_ok(self, cluster: str, node: str, secret: str) -> bool:
+        row = first(
+            Node.select(Node.credential_hash).join(Cluster).where((Cluster.name == cluster) & (Node.name == node))
+        )
+        return (
+            row is not None
+            and bool(row.credential_hash)
+            and hmac.compare_digest(str(row.credential_hash), node_key(secret))
+        )
 
     def monitor_clusters(self, user: str, password: str) -> list[str] | None:
         """The clusters a monitoring user may watch (viewer or better on the cluster); None: refused."""
@@ -100,8 +106,21 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         ) from None
 
     embedded = None
+    accounts: DynsecAccounts | None = None
     if settings.mqtt_url:
         url = MqttUrl.parse(settings.mqtt_url)
+        if settings.mqtt_dynsec:
+            # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
+            accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
+            try:
+                await asyncio.to_thread(accounts.start)
+            except DynsecError as exc:
+                raise StartupError(
+                    f"cannot manage Mosquitto's dynamic security plugin at {url.redacted()}: {exc} "
+                    "(see docs/mosquitto.md; without the plugin, drop --mqtt-dynsec)"
+                ) from None
+            enrolment.use_accounts(accounts)
+            url = MqttUrl(url.host, url.port, accounts.control_username, accounts.control_password)
     else:
         host, port = parse_host_port(settings.mqtt, 1883, "--mqtt")
         secret = load_secret(settings.data_dir)
@@ -109,8 +128,9 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             embedded = await start_broker(host, port, StoreAuthority(secret), topics)
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
+        enrolment.use_accounts(EmbeddedAccounts(embedded, asyncio.get_running_loop(), topics))
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = MqttUrl(connect_host, port, CONTROL_USER, secret)
+        url = MqttUrl(connect_host, port, control_username(topics), secret)
 
     feed = EventFeed(settings.event_backlog)
     feed.start()
@@ -158,5 +178,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         log.info("shutting down")
         await asyncio.to_thread(bridge.stop)
         await asyncio.to_thread(feed.stop)
+        enrolment.use_accounts(enrolment.NoAccounts())
+        if accounts is not None:
+            await asyncio.to_thread(accounts.stop)
         if embedded is not None:
             await embedded.shutdown()

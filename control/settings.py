@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.topics import DEFAULT_ROOT, Topics
@@ -16,6 +16,8 @@ class ServerSettings(BaseSettings):
     http: str = "127.0.0.1:8080"
     mqtt: str = "0.0.0.0:1883"
     mqtt_url: str | None = None
+    # the --mqtt-url user is a Mosquitto dynamic-security admin: keep per-node broker users there
+    mqtt_dynsec: bool = False
     mqtt_root: str = DEFAULT_ROOT
     db: str | None = None
     brick_ports: str = "49152-60999"
@@ -53,6 +55,15 @@ class ServerSettings(BaseSettings):
         if v:
             MqttUrl.parse(v)
         return v or None
+
+    @model_validator(mode="after")
+    def _dynsec(self) -> ServerSettings:
+        if self.mqtt_dynsec and not (self.mqtt_url and MqttUrl.parse(self.mqtt_url).username):
+            raise ValueError(
+                "--mqtt-dynsec needs --mqtt-url mqtt://ADMIN:PASSWORD@HOST:PORT with the dynamic security admin "
+                "(see docs/mosquitto.md)"
+            )
+        return self
 
     @field_validator("mqtt_root")
     @classmethod

@@ -84,3 +84,63 @@ def clear_retained(port: int, root: str, listen: float = 0.5) -> int:
         return len(topics)
     finally:
         raw.close()
+
+
+def enrol(
+    port: int,
+    topics,
+    token: str,
+    node: str,
+    secret: str,
+    agent_id: str = "a" * 32,
+    epoch: int = 1,
+    timeout: float = 10,
+):
+    """Enrol ``node`` with the join token as an agent would; returns the Registration (accepted or not)."""
+    from broker.dynsec import enrol_username
+    from broker.messages import Hello, Registration, join_proof, parse_join_token
+
+    cluster, join_secret = parse_join_token(token)
+    raw = RawClient(port, enrol_username(topics, cluster), join_secret, client_id=f"enrol-{node}-{epoch}")
+    try:
+        assert raw.wait_connack(), f"enrolment login of cluster {cluster} refused"
+        assert raw.subscribe(topics.registration(cluster, node))
+        hello = Hello(
+            agent_id=agent_id,
+            epoch=epoch,
+            proof=join_proof(token, node, agent_id, epoch),
+            nonce=f"n{epoch}",
+            node_secret=secret,
+        )
+        raw.publish(topics.hello(cluster, node), hello.model_dump_json())
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            _topic, payload = raw.messages.get(timeout=left)
+            reg = Registration.model_validate_json(payload)
+            if reg.nonce == hello.nonce:
+                return reg
+        raise AssertionError(f"no registration for the enrolment of {node}")
+    finally:
+        raw.close()
+
+
+def node_hello(cluster: str, node: str, secret: str, agent_id: str, epoch: int) -> str:
+    """The hello an enrolled node sends after it connected with its own credential."""
+    from broker.messages import Hello, node_key, node_proof
+
+    proof = node_proof(node_key(secret), cluster, node, agent_id, epoch)
+    return Hello(agent_id=agent_id, epoch=epoch, proof=proof, nonce=f"n{epoch}").model_dump_json()
+
+
+def read_credential(state_dir, timeout: float = 15) -> tuple[str, str]:
+    """(node, secret) from an agent's node.secret, once the agent wrote it."""
+    import json
+    from pathlib import Path
+
+    path = Path(state_dir) / "node.secret"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} not written within {timeout}s"
+        time.sleep(0.05)
+    data = json.loads(path.read_text())
+    return data["node"], data["secret"]

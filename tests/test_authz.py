@@ -75,6 +75,12 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
         {"params": {"force": "maybe"}},
         CLUSTER_ADMINS,
     ),
+    # a node that does not exist: allowed callers get 404, nothing changes
+    ("POST", "/api/v1/clusters/{name}/nodes/{node}/reenrol"): (
+        "/api/v1/clusters/default/nodes/ghost/reenrol",
+        {},
+        CLUSTER_ADMINS,
+    ),
     ("POST", "/api/v1/clusters/{name}/nodes/{node}/probe"): (
         "/api/v1/clusters/default/nodes/n2/probe",
         {"json": {}},

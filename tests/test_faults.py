@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 import pytest
 
-from broker.messages import Hello, Presence, join_proof
+from broker.dynsec import enrol_username, node_username
+from broker.messages import Presence, new_node_secret
 from broker.topics import Topics
 from tests.helpers import Agent, Server, free_port, wait_until
-from tests.mqtt_raw import RawClient
+from tests.mqtt_raw import RawClient, enrol, node_hello, read_credential
 
 NOT_DELIVERED_WAIT = 2.0  # how long a "must not arrive" check listens
 
@@ -33,10 +35,12 @@ def test_agent_auth_errors_exit_nonzero_and_change_nothing(make_stack, broker):
         assert agent.wait_exit(20) == 2, agent.log()
         assert re.search(pattern, agent.log()), agent.log()
 
-    dup = st.agent("n1", token=token, extra=[])
+    # a second agent holding n1's credential (a copied state dir) is refused while n1 is connected
+    dup = st.agent("n1", token=token, start=False)
     dup.state_dir = st.tmp / "agent-n1-dup"
     dup.argv[dup.argv.index("--state-dir") + 1] = str(dup.state_dir)
-    dup.stop()
+    dup.state_dir.mkdir()
+    shutil.copy(good.state_dir / "node.secret", dup.state_dir / "node.secret")
     dup.start()
     assert dup.wait_exit(20) == 2, dup.log()
     assert "already connected from another agent" in dup.log()
@@ -65,10 +69,14 @@ def test_embedded_broker_acl(stack):
     topics = Topics()
     token = st.join_token()
     st.agent("n2")
-    wait_until(lambda: st.node_state("n2") == "Online", what="n2 Online")
+    first = st.agent("n1")
+    wait_until(lambda: st.node_state("n2") == st.node_state("n1") == "Online", what="n1 and n2 Online")
+    first.stop()
+    _, secret = read_credential(first.state_dir)
+    n1_user = node_username(topics, "default", "n1")
     port = st.server.mqtt_port
 
-    n1 = RawClient(port, "n1", token, client_id="raw-n1")
+    n1 = RawClient(port, n1_user, secret, client_id="raw-n1")
     assert n1.wait_connack()
     try:
         # may not read another node's tasks, nor everything
@@ -94,11 +102,16 @@ def test_embedded_broker_acl(stack):
     finally:
         n1.close()
 
-    # a last-will on another node's topic, wrong token, anonymous: refused at CONNECT
+    # a last-will on another node's topic, any last-will when enrolling, wrong secrets, anonymous: refused
     assert not RawClient(
-        port, "n1", token, client_id="raw-will", will=(topics.presence("default", "n2"), b"x")
+        port, n1_user, secret, client_id="raw-will", will=(topics.presence("default", "n2"), b"x")
     ).wait_connack()
-    assert not RawClient(port, "n1", "default.wrongwrongwrongwrong", client_id="raw-wrong").wait_connack()
+    enrol_user, join_secret = enrol_username(topics, "default"), token.rsplit(".", 1)[1]
+    assert not RawClient(
+        port, enrol_user, join_secret, client_id="raw-enrol-will", will=(topics.presence("default", "n2"), b"x")
+    ).wait_connack()
+    assert not RawClient(port, n1_user, "wrongwrongwrongwrong", client_id="raw-wrong").wait_connack()
+    assert not RawClient(port, enrol_user, "wrongwrongwrongwrong", client_id="raw-wrong-enrol").wait_connack()
     assert not RawClient(port, None, None, client_id="raw-anon").wait_connack()
     assert st.node_state("n2") == "Online"
 
@@ -107,14 +120,15 @@ def test_embedded_broker_acl(stack):
 def test_malformed_and_oversized_payloads_are_dropped(make_stack, broker):
     st = make_stack(broker=broker).start()
     topics = Topics(st.server.mqtt_root)
-    token = st.join_token()
-    st.agent("good")
+    good = st.agent("good")
     wait_until(lambda: st.node_state("good") == "Online", what="good Online")
     port = st.server.mqtt_port
-    raw = RawClient(port, "evil", token, client_id="raw-evil")
+    # a node that sends garbage on its own topics (the broker lets it: they are its own)
+    node, secret = read_credential(good.state_dir)
+    raw = RawClient(port, node_username(topics, "default", node), secret, client_id="raw-evil")
     assert raw.wait_connack()
     for leaf in ("hello", "presence", "heartbeat", "task-status"):
-        topic = f"{topics.node_prefix('default', 'evil')}/{leaf}"
+        topic = f"{topics.node_prefix('default', 'good')}/{leaf}"
         raw.publish(topic, b"{not json")
         raw.publish(topic, b'{"epoch": "many"}')
         raw.publish(topic, b"x" * (300 * 1024))
@@ -123,12 +137,12 @@ def test_malformed_and_oversized_payloads_are_dropped(make_stack, broker):
     def log():
         return st.server.log()
 
-    wait_until(lambda: log().count("node evil: dropped") >= 12, what="12 drops logged with the node name")
+    wait_until(lambda: log().count("node good: dropped") >= 12, what="12 drops logged with the node name")
     assert "dropped 307200-byte payload" in log()
     assert st.server.alive()
     # the service goes on: a new task still runs
     assert st.cli.json("node", "probe", "good", "--wait")["state"] == "DONE"
-    assert "evil" not in st.nodes()
+    assert set(st.nodes()) == {"good"}
 
 
 def test_stale_last_will_does_not_mark_a_live_node_unreachable(stack):
@@ -137,14 +151,21 @@ def test_stale_last_will_does_not_mark_a_live_node_unreachable(stack):
     token = st.join_token()
     port = st.server.mqtt_port
     registration = topics.registration("default", "n1")
+    secret = new_node_secret()
+    assert enrol(port, topics, token, "n1", secret, epoch=500).accepted
 
     def connect(epoch: int, client_id: str) -> RawClient:
         offline = Presence(state="offline", epoch=epoch).model_dump_json().encode()
-        raw = RawClient(port, "n1", token, client_id=client_id, will=(topics.presence("default", "n1"), offline))
+        raw = RawClient(
+            port,
+            node_username(topics, "default", "n1"),
+            secret,
+            client_id=client_id,
+            will=(topics.presence("default", "n1"), offline),
+        )
         assert raw.wait_connack()
         assert raw.subscribe(registration)
-        hello = Hello(agent_id="a" * 32, epoch=epoch, proof=join_proof(token, "n1", "a" * 32, epoch))
-        raw.publish(topics.hello("default", "n1"), hello.model_dump_json())
+        raw.publish(topics.hello("default", "n1"), node_hello("default", "n1", secret, "a" * 32, epoch))
         topic, payload = raw.messages.get(timeout=10)
         assert topic == registration and b'"accepted":true' in payload, payload
         return raw

@@ -26,7 +26,7 @@ from control.api.deps import (
     Token,
     permit,
 )
-from control.services import authz, clusters, nodes, tasks, users, views
+from control.services import authz, clusters, enrolment, nodes, tasks, users, views
 from control.services.authz import Action, Held
 from control.store.models import Cluster
 
@@ -93,6 +93,7 @@ def list_clusters(scope: CurrentScope) -> list[s.ClusterPublic]:
 )
 def add_cluster(body: s.ClusterCreate, actor: CurrentUser) -> s.JoinTokenPublic:
     cluster = clusters.add(body.name)
+    enrolment.accounts().clusters_changed()  # the broker's enrolment user, before the token is shown
     return s.JoinTokenPublic(cluster=cluster.name, token=clusters.join_token(cluster))
 
 
@@ -108,6 +109,7 @@ def cluster_status(name: str, scope: CurrentScope) -> s.ClusterStatus:
 @router.delete("/clusters/{name}", status_code=204, tags=["clusters"], dependencies=[permit(ADMIN, CLUSTER)])
 def delete_cluster(name: str, actor: CurrentUser) -> Response:
     clusters.delete(name, actor)
+    enrolment.accounts().clusters_changed()
     return Response(status_code=204)
 
 
@@ -133,6 +135,7 @@ def cluster_token(name: str, actor: CurrentUser) -> s.JoinTokenPublic:
 )
 def rotate_token(name: str, actor: CurrentUser) -> s.JoinTokenPublic:
     cluster = clusters.rotate_token(name, actor)
+    enrolment.accounts().clusters_changed()  # the broker takes the new token before it is shown
     return s.JoinTokenPublic(cluster=cluster.name, token=clusters.join_token(cluster))
 
 
@@ -168,6 +171,19 @@ def get_node(name: str, node: str, actor: CurrentUser) -> s.NodePublic:
 def remove_node(name: str, node: str, actor: CurrentUser, force: bool = False) -> Response:
     nodes.remove(clusters.get(name), node, force=force)
     return Response(status_code=204)
+
+
+@router.post(
+    "/clusters/{name}/nodes/{node}/reenrol",
+    response_model=s.ReenrolPublic,
+    tags=["nodes"],
+    description="Allow an enrolled node name to enrol once more with the join token within 15 minutes "
+    "(needs admin on the node). The node's current credential stays valid until the new enrolment replaces it.",
+    dependencies=[permit(ADMIN, NODE)],
+)
+def reenrol_node(name: str, node: str, actor: CurrentUser) -> s.ReenrolPublic:
+    row = enrolment.allow_reenrol(clusters.get(name), node, actor)
+    return s.ReenrolPublic(cluster=name, node=row.name, reenrol_until=float(row.reenrol_until or 0))
 
 
 @router.post(

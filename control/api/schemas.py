@@ -316,3 +316,9 @@ class UserGrants(Public):
     name: str
     admin: bool
     grants: list[GrantPublic]
+
+
+class ReenrolPublic(BaseModel):
+    cluster: str
+    node: str
+    reenrol_until: float

@@ -64,6 +64,7 @@ def server(args: argparse.Namespace) -> int:
                     "http",
                     "mqtt",
                     "mqtt_url",
+                    "mqtt_dynsec",
                     "mqtt_root",
                     "db",
                     "brick_ports",
@@ -311,6 +312,16 @@ def node_list(args: argparse.Namespace) -> int:
 def node_remove(args: argparse.Namespace) -> int:
     _client(args).delete(f"/api/v1/clusters/{args.cluster}/nodes/{args.node}", force=str(args.force).lower())
     print(f"Node {args.node} removed from cluster {args.cluster}.")
+    return 0
+
+
+def node_reenrol(args: argparse.Namespace) -> int:
+    answer = _client(args).post(f"/api/v1/clusters/{args.cluster}/nodes/{args.node}/reenrol")
+    print(
+        f"Node {args.node} of cluster {args.cluster} may enrol again until "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(answer['reenrol_until']))}: "
+        "on that node, delete STATE_DIR/node.secret and start the agent with the join token."
+    )
     return 0
 
 

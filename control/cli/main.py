@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mqtt-url", help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT"
     )
+    p.add_argument(
+        "--mqtt-dynsec",
+        action="store_const",
+        const=True,
+        help="the --mqtt-url user is a Mosquitto dynamic security admin: keep a broker user per node there "
+        "(see docs/mosquitto.md)",
+    )
     p.add_argument("--mqtt-root", help="topic root, to share a broker between control planes (default: glusterctl)")
     p.add_argument(
         "--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB"
@@ -67,18 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
         "agent",
         help="run the node agent on a storage node",
         description="Run the node agent. Every flag can also be set as GLUSTERCTL_<FLAG> "
-        "(e.g. GLUSTERCTL_TOKEN). Exits 2 when the join token or node name is refused; "
+        "(e.g. GLUSTERCTL_TOKEN). The join token is needed only for the first start: the agent then "
+        "enrols and keeps its own credential in STATE_DIR/node.secret. Exits 2 when the join token, "
+        "the node's credential or the node name is refused; "
         "retries forever while the broker is unreachable; exits 3 when its volfile server cannot listen.",
     )
     p.add_argument("--mqtt-url", help="broker URL: mqtt://HOST:PORT (default: mqtt://127.0.0.1:1883)")
-    p.add_argument("--token", help="the cluster's join token (glusterctl cluster token CLUSTER)")
+    p.add_argument(
+        "--token",
+        help="the cluster's join token (glusterctl cluster token CLUSTER); needed only until the node is enrolled",
+    )
     p.add_argument("--token-file", help="read the join token from this file")
     p.add_argument("--node", help="node name (default: this host's FQDN)")
     p.add_argument(
         "--address",
         help="address clients use to reach this node's bricks (default: the address that reaches the broker)",
     )
-    p.add_argument("--state-dir", help="agent state: id, epoch, task journal (default: /var/lib/glusterctl-agent)")
+    p.add_argument(
+        "--state-dir",
+        help="agent state: node credential, id, epoch, task journal (default: /var/lib/glusterctl-agent)",
+    )
     p.add_argument("--keepalive", type=int, help="MQTT keepalive in seconds (default: 10)")
     p.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds (default: the keepalive)")
     p.add_argument("--mqtt-root", help="topic root (default: glusterctl)")
@@ -182,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("--force", action="store_true", help="remove even while the node is Online")
     p.set_defaults(func=commands.node_remove)
+    p = nodes.add_parser(
+        "reenrol",
+        parents=[common],
+        help="allow an enrolled node name to enrol once more with the join token, within 15 minutes (admins only)",
+    )
+    _cluster(p)
+    p.add_argument("node")
+    p.set_defaults(func=commands.node_reenrol)
     p = nodes.add_parser(
         "probe", parents=[common], help="ask a node's agent for glusterfs version, kernel, free space, xattr support"
     )

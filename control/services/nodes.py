@@ -19,11 +19,9 @@ from broker.messages import (
     Registration,
     TaskKind,
     check_name,
-    check_proof,
-    make_join_token,
 )
 from control.errors import Conflict, NotFound
-from control.services import events, heartbeats, metrics
+from control.services import enrolment, events, heartbeats, metrics
 from control.services.tasks import TaskEngine
 from control.store.db import first, locked
 from control.store.models import Cluster, Node, Task
@@ -54,29 +52,43 @@ def silence_limit(node: Node) -> float:
 
 
 def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | None = None) -> Registration:
-    """Check a Hello and register the node Online; the Registration tells the agent why not."""
-    now = now or time.time()
+    try:
+        return _handle_hello(cluster_name, node_name, hello, now or time.time())
+    except _NotEnrolled as exc:
+        log.warning("cluster %s node %s: enrolment failed: %s", cluster_name, node_name, exc)
+        return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=str(exc))
+
+
+def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -> Registration:
+    """Check a Hello (an enrolment or an enrolled node's) and register the node Online.
+
+    An accepted enrolment stores the verifier of the node's new secret and has the broker user
+    made (``enrolment.accounts()``) before the answer goes out; the Registration tells the
+    agent why when it is refused.
+    """
 
     def refuse(reason: str) -> Registration:
         log.warning("cluster %s node %s: registration refused: %s", cluster_name, node_name, reason)
-        return Registration(accepted=False, epoch=hello.epoch, reason=reason)
+        return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=reason)
 
     try:
         check_name("node", node_name)
     except ValueError as exc:
         return refuse(str(exc))
+    enrolling = hello.node_secret is not None
     with db.atomic():
         cluster = Cluster.get_or_none(Cluster.name == cluster_name)
         if cluster is None:
             return refuse(
                 f"unknown cluster {cluster_name!r}: the join token names a cluster this control service does not have"
             )
-        token = make_join_token(cluster.name, cluster.join_secret)
-        if not check_proof(token, node_name, hello.agent_id, hello.epoch, hello.proof):
-            return refuse(
-                f"wrong join token for cluster {cluster_name!r}: get the current one with 'glusterctl cluster token {cluster_name}'"
-            )
         node = first(locked(Node.select().where((Node.cluster == cluster) & (Node.name == node_name))))
+        if enrolling:
+            why = enrolment.check_enrolment(cluster, node, node_name, hello, now)
+        else:
+            why = enrolment.check_node_hello(cluster, node, node_name, hello)
+        if why is not None:
+            return refuse(why)
         if (
             node is not None
             and node.agent_id != hello.agent_id
@@ -90,6 +102,7 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
         if node is not None and hello.epoch < node.epoch and node.agent_id == hello.agent_id:
             return refuse(f"stale connection (epoch {hello.epoch} < {node.epoch})")
         facts = hello.facts.model_dump()
+        new_credential = False
         if node is None:
             node = Node(
                 cluster=cluster,
@@ -102,20 +115,47 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
                 facts={},
             )
             _apply_facts(node, facts)
+            assert hello.node_secret is not None  # a node row is only ever made by an enrolment
+            new_credential = enrolment.set_credential(node, hello.node_secret)
             node.save(force_insert=True)
             events.record("node.registered", cluster=cluster_name, subject=node_name, address=node.address)
             events.record(
                 "node.state", cluster=cluster_name, subject=node_name, state=NodeState.ONLINE.value, reason="registered"
             )
-            log.info("cluster %s node %s: registered (epoch %d)", cluster_name, node_name, hello.epoch)
+            log.info("cluster %s node %s: enrolled and registered (epoch %d)", cluster_name, node_name, hello.epoch)
         else:
+            new_credential = hello.node_secret is not None and enrolment.set_credential(node, hello.node_secret)
+            if new_credential:
+                events.record("node.enrolled", cluster=cluster_name, subject=node_name, agent=hello.agent_id[:8])
+                log.info("cluster %s node %s: enrolled again (agent %s)", cluster_name, node_name, hello.agent_id[:8])
             node.agent_id = hello.agent_id
             node.epoch = hello.epoch
             node.last_seen_at = now
             _apply_facts(node, facts)
             _set_state(node, NodeState.ONLINE, f"connected (epoch {hello.epoch})", now)
             node.save()
-    return Registration(accepted=True, epoch=hello.epoch)
+        if new_credential and hello.node_secret is not None:
+            # inside the transaction: if the broker user cannot be made, nothing is stored either
+            # (an enrolment asked again with the same secret already has its user: setting the same
+            # password again would make Mosquitto drop the node's new session)
+            try:
+                enrolment.accounts().node_enrolled(cluster_name, node_name, hello.node_secret)
+            except Exception as exc:
+                log.exception("cluster %s node %s: broker user could not be made", cluster_name, node_name)
+                raise _NotEnrolled(
+                    f"the control service could not create the node's broker user ({exc}); retry"
+                ) from exc
+    return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
+
+
+class _NotEnrolled(Exception):
+    """The enrolment was checked but could not be completed; the transaction is rolled back."""
+
+
+def epoch_is_current(cluster_name: str, node_name: str, epoch: int) -> bool:
+    """True if ``epoch`` is the epoch of the node's registered connection."""
+    node = first(Node.select(Node.epoch).join(Cluster).where((Cluster.name == cluster_name) & (Node.name == node_name)))
+    return node is not None and node.epoch == epoch
 
 
 def _apply_facts(node: Node, facts: dict[str, Any]) -> None:
@@ -207,16 +247,26 @@ def get(cluster: Cluster, name: str) -> Node:
 
 
 def remove(cluster: Cluster, name: str, force: bool = False) -> None:
+    """Forget a node and its credential: its broker user goes, and its agent is refused from then on."""
     with db.atomic():
         node = get(cluster, name)
         if node.state == NodeState.ONLINE.value and not force:
             raise Conflict(
-                f"node {name!r} is Online: stop its agent first, or pass --force (a running agent registers again)"
+                f"node {name!r} is Online: stop its agent first, or pass --force (its agent is disconnected "
+                "and refused; it can enrol again with the join token after deleting its node.secret)"
             )
         heartbeats.forget_node(node)
         node.delete_instance()
         events.record("node.removed", cluster=cluster.name, subject=name)
-    log.info("cluster %s node %s: removed", cluster.name, name)
+    log.info("cluster %s node %s: removed (credential revoked)", cluster.name, name)
+    try:
+        enrolment.accounts().node_removed(cluster.name, name)
+    except Exception:
+        # the row is gone, so the credential is dead for the embedded broker and for the control
+        # service's hello check; Mosquitto's user is deleted by the next reconcile
+        log.exception(
+            "cluster %s node %s: broker user could not be removed now; retried at reconcile", cluster.name, name
+        )
 
 
 def probe(engine: TaskEngine, cluster: Cluster, name: str, params: dict[str, Any]) -> Task:

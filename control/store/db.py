@@ -37,7 +37,7 @@ V3_MODELS = [m.SchemaVersion, *V1_MODELS, m.Device, m.Volume, m.Brick]
 
 def _migration_1(db: pw.Database) -> None:
     # the first release's tables, without the columns later migrations add
-    with _without_columns(m.Task, ("operation", "target")):
+    with _without_columns(m.Task, ("operation", "target")), _without_columns(m.Node, NODE_V5_COLUMNS):
         db.create_tables(V1_MODELS)
 
 
@@ -58,6 +58,13 @@ def _migration_3(db: pw.Database) -> None:
     about 2 minutes), and task targets and event subjects as text (they hold brick paths)."""
     if not isinstance(db, pw.PostgresqlDatabase):
         return  # SQLite's REAL is already 8 bytes and it does not enforce varchar lengths
+    with _without_columns(m.Node, NODE_V5_COLUMNS):  # added later, and created with the right types
+        _retype_doubles(db)
+    _execute_sql(db, 'ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
+    _execute_sql(db, 'ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
+
+
+def _retype_doubles(db: pw.Database) -> None:
     for model in V3_MODELS:
         for field in model._meta.sorted_fields:
             if isinstance(field, pw.DoubleField):
@@ -65,8 +72,6 @@ def _migration_3(db: pw.Database) -> None:
                     db,
                     f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{field.column_name}" TYPE double precision',
                 )
-    _execute_sql(db, 'ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
-    _execute_sql(db, 'ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
 
 
 def _migration_4(db: pw.Database) -> None:
@@ -89,6 +94,20 @@ def _migration_4(db: pw.Database) -> None:
                 state="Online" if info.get("online") else "Offline",
             )
         m.Node.update(facts=facts).where(m.Node.id == node.id).execute()
+
+
+NODE_V5_COLUMNS = ("credential_hash", "reenrol_until")
+
+
+def _migration_5(db: pw.Database) -> None:
+    """Node identity: the verifier of each node's own secret, and the admin's re-enrolment window."""
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    migrator = from_database(db)
+    apply(
+        migrator.add_column("node", "credential_hash", m.Node.credential_hash),
+        migrator.add_column("node", "reenrol_until", m.Node.reenrol_until),
+    )
 
 
 def _migration_6(db: pw.Database) -> None:
@@ -150,6 +169,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
     (6, _migration_6),
     (7, _migration_7),
 ]

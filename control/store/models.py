@@ -76,6 +76,10 @@ class Node(BaseModel):
     glusterfs_version = pw.CharField(max_length=64, null=True)
     facts = JSONField(default=dict)
     created_at = pw.DoubleField(default=now)
+    # sha256 of the node's own secret, set at enrolment (None: enrolled before node credentials existed)
+    credential_hash = pw.CharField(max_length=64, null=True)
+    # until when an admin allows this name to enrol again (None: not allowed)
+    reenrol_until = pw.DoubleField(null=True)
 
     class Meta:
         indexes = ((("cluster", "name"), True),)
