@@ -491,6 +491,7 @@ class BrickManager:
                         port=int(brick.get("port") or 0),
                         pid=pid,
                         online=pid is not None,
+                        **brick_capacity(brick.get("path", "")),
                     )
                 )
             if desired.get("shd"):
@@ -498,3 +499,27 @@ class BrickManager:
                 pid = pid_running(pid_file, marker)
                 shds.append(ShdReport(volume_id=volume_id, pid=pid, online=pid is not None))
         return bricks, shds
+
+
+def brick_capacity(path: str) -> dict[str, Any]:
+    """The filesystem capacity of a brick path (statvfs: one system call, cheap enough for every heartbeat).
+
+    Free counts the filesystem's free blocks (f_bfree) as gluster-prometheus does, so used + free = total;
+    an unreadable or missing path reports nothing rather than zeros.
+    """
+    if not path:
+        return {}
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return {}
+    total, free = st.f_blocks * st.f_frsize, st.f_bfree * st.f_frsize
+    return {
+        "total_bytes": total,
+        "free_bytes": free,
+        "used_bytes": max(0, total - free),
+        "inodes_total": st.f_files,
+        "inodes_free": st.f_ffree,
+        "inodes_used": max(0, st.f_files - st.f_ffree),
+        "fsid": format(st.f_fsid, "x"),
+    }

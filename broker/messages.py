@@ -168,6 +168,15 @@ class BrickReport(_Msg):
     port: int = 0
     pid: int | None = None
     online: bool
+    # statvfs of the brick path (None: not measured, e.g. an older agent or a missing directory);
+    # free is the filesystem's free blocks, as gluster-prometheus reports it, and used = total - free
+    total_bytes: int | None = Field(default=None, ge=0)
+    free_bytes: int | None = Field(default=None, ge=0)
+    used_bytes: int | None = Field(default=None, ge=0)
+    inodes_total: int | None = Field(default=None, ge=0)
+    inodes_free: int | None = Field(default=None, ge=0)
+    inodes_used: int | None = Field(default=None, ge=0)
+    fsid: str = Field(default="", max_length=32)  # which filesystem: bricks sharing one are counted once per node
 
 
 class ShdReport(_Msg):

@@ -208,7 +208,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         reconciler.start(bridge.call_soon)
 
-        app = create_app(engine, bridge, volumes, devices, feed.hub)
+        app = create_app(engine, bridge, volumes, devices, feed.hub, metrics_token=settings.metrics_token)
         config = uvicorn.Config(
             app,
             host=http_host,

@@ -69,6 +69,8 @@ class ServerSettings(BaseSettings):
             return not _loopback(host)
         return self.tls == "auto"
 
+    metrics_token: str | None = None  # when set, GET /metrics needs "Authorization: Bearer TOKEN"
+
     def port_range(self) -> tuple[int, int]:
         low, high = self.brick_ports.split("-")
         return int(low), int(high)
@@ -155,6 +157,13 @@ class ServerSettings(BaseSettings):
     def _root(cls, v: str) -> str:
         Topics(v)
         return v
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, v: str | None) -> str | None:
+        if v and (len(v) < 16 or v.strip() != v or v.lower() in ("changeme", "change-me-please-now", "secret")):
+            raise ValueError("use at least 16 characters without surrounding spaces, e.g. from 'openssl rand -hex 16'")
+        return v or None
 
     @field_validator("db")
     @classmethod

@@ -52,6 +52,7 @@ OPERATE_GV1 = ADMINS | {"coper", "cadmin", "voper"}
 V = "/api/v1/clusters/default/volumes/gv1"
 ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
     ("GET", "/healthz"): ("/healthz", {}, EVERYONE),
+    ("GET", "/metrics"): ("/metrics", {}, EVERYONE),  # public while the server has no --metrics-token
     ("POST", "/api/v1/login"): ("/api/v1/login", {"json": {"username": "x", "password": "y"}}, EVERYONE),
     ("POST", "/api/v1/logout"): ("/api/v1/logout", {}, EVERYONE),  # with a throwaway token
     ("POST", "/api/v1/users"): ("/api/v1/users", {"json": {"name": "x1", "password": "short"}}, ADMINS),
@@ -269,7 +270,7 @@ def test_roles_and_grants(stack):
                 path = path.replace("GV1TASK", gv1_task)
                 kw = json.loads(json.dumps(kw).replace("POOL", pool))
                 if user is None:
-                    if path not in ("/healthz", "/api/v1/login", "/api/v1/users"):
+                    if path not in ("/healthz", "/metrics", "/api/v1/login", "/api/v1/users"):
                         status = _call(client, None, method, path, kw)
                         if status != 401:
                             wrong.append(f"{method} {path} without a token: {status}, expected 401")

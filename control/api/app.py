@@ -14,6 +14,7 @@ from control.api.deps import PUBLIC, permit
 from control.api.events import router as events_router
 from control.api.grow import router as grow_router
 from control.api.heal import router as heal_router
+from control.api.metrics import router as metrics_router
 from control.api.options import router as options_router
 from control.api.problems import document_errors, install_handlers
 from control.api.routes import router
@@ -22,6 +23,7 @@ from control.api.volfiles import router as volfiles_router
 from control.api.volumes import router as volumes_router
 from control.services.devices import DeviceService
 from control.services.eventfeed import WakeHub
+from control.services.metrics import make_registry
 from control.services.options import OptionService
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 The REST API of glusterctl, the external control plane for GlusterFS.
 
-Every call except `POST /api/v1/login`, the first `POST /api/v1/users` and `/healthz` needs
+Every call except `POST /api/v1/login`, the first `POST /api/v1/users`, `/healthz` and `/metrics`
+(which needs the metrics token when the server has one) needs
 `Authorization: Bearer TOKEN` (get a token with `glusterctl login` or `POST /api/v1/login`).
 Errors are RFC 9457 problem details (`application/problem+json`): `type`, `title`, `status`,
 `instance` and `detail` (what went wrong and what to do); invalid requests add `errors`
@@ -52,6 +55,7 @@ def create_app(
     devices: DeviceService | None = None,
     hub: WakeHub | None = None,
     options: OptionService | None = None,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """The application over the server's services; without a wired ``hub`` event streams only poll."""
     app = FastAPI(title="glusterctl", version=__version__, description=DESCRIPTION)
@@ -61,6 +65,8 @@ def create_app(
     app.state.devices = devices or DeviceService(engine)
     app.state.hub = hub or WakeHub()
     app.state.options = options or OptionService(engine)
+    app.state.metrics_token = metrics_token
+    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None)
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)
@@ -68,6 +74,7 @@ def create_app(
     app.include_router(heal_router)
     app.include_router(volfiles_router)
     app.include_router(grow_router)
+    app.include_router(metrics_router)
 
     app.include_router(sessions_router)
 

@@ -25,6 +25,7 @@ from control.errors import InvalidInput
 from control.services import authz, eventfeed
 from control.services.authz import Action, Scope
 from control.services.eventfeed import LoopWaker
+from control.services.metrics import COUNTS
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,12 @@ async def stream(
     visibility: Visibility,
 ) -> AsyncIterator[bytes]:
     watcher = asyncio.create_task(_abort_on_shutdown(request))
+    COUNTS.add("event_stream_clients")
     try:
         async for chunk in _stream(request, waker, after, clusters, kinds, heartbeat, visibility):
             yield chunk
     finally:
+        COUNTS.add("event_stream_clients", -1)
         watcher.cancel()
 
 

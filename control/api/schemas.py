@@ -76,6 +76,8 @@ class NodePublic(Public):
     glusterfs_version: str | None
     facts: dict[str, Any]
     devices: list[NodeDevice] = []  # registered brick homes with their space, from the heartbeats
+    brick_fs_total_bytes: int | None = None  # filesystems of bricks not on a registered device, once each
+    brick_fs_free_bytes: int | None = None
 
 
 class ClusterStatus(Public):
@@ -175,6 +177,12 @@ class BrickPublic(Public):
     port: int
     pid: int | None
     state: str
+    total_bytes: int | None = None  # the brick filesystem, as last reported
+    free_bytes: int | None = None
+    used_bytes: int | None = None
+    inodes_total: int | None = None
+    inodes_free: int | None = None
+    inodes_used: int | None = None
 
 
 class ShdPublic(Public):
@@ -201,6 +209,11 @@ class VolumePublic(Public):
     bricks: list[BrickPublic]
     self_heal: list[ShdPublic]
     volfile_servers: list[VolfileServerPublic] = []
+    size: int | None = Field(default=None, description="bytes the volume can hold, from its layout and bricks")
+    used: int | None = None
+    free: int | None = None
+    percent: float | None = Field(default=None, description="used, in percent of size")
+    health: str | None = Field(default=None, description="Healthy, Degraded or Down; null when not started")
 
 
 class VolumeOperation(Public):

@@ -78,6 +78,7 @@ def server(args: argparse.Namespace) -> int:
                     "tls_cert",
                     "tls_key",
                     "token_ttl_days",
+                    "metrics_token",
                 ],
             )
         )

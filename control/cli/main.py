@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="API tokens expire this many days after their login, however much they are used (default: 30)",
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    p.add_argument(
+        "--metrics-token",
+        help="GET /metrics needs 'Authorization: Bearer TOKEN' (default: public; prefer GLUSTERCTL_METRICS_TOKEN, "
+        "command lines are visible to other users)",
+    )
     p.set_defaults(func=commands.server)
 
     p = sub.add_parser(

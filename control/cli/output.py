@@ -22,6 +22,9 @@ STATE_STYLES = {
     TaskState.DONE: "green",
     TaskState.FAILED: "red",
     TaskState.QUEUED: "yellow",
+    "Healthy": "green",
+    "Degraded": "yellow",
+    "Down": "red",
 }
 
 

@@ -17,7 +17,7 @@ from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import console, emit, styled
 from control.client import Client, config_dir
-from control.client.format import ago, size
+from control.client.format import ago, capacity, size
 from control.client.states import VOLUME_DELETED
 
 # the state each operation waits for; the follower fails on any *Failed state
@@ -334,7 +334,12 @@ def volume_list(args: argparse.Namespace) -> int:
             ("NAME", "name"),
             ("TYPE", _type_text),
             ("STATE", lambda v: styled(v["state"])),
+            ("HEALTH", lambda v: styled(v.get("health") or "-")),
             ("BRICKS", lambda v: f"{v['bricks_online']}/{v['bricks_total']} online"),
+            ("SIZE", lambda v: size(v.get("size"))),
+            ("USED", lambda v: size(v.get("used"))),
+            ("FREE", lambda v: size(v.get("free"))),
+            ("USE%", lambda v: "-" if v.get("percent") is None else f"{v['percent']:.0f}%"),
             ("CREATED", lambda v: ago(v["created_at"])),
         ],
         "volumes",
@@ -350,7 +355,9 @@ def volume_info(args: argparse.Namespace) -> int:
     sets = v["bricks_total"] // max(1, {"disperse": v["disperse"], "distribute": 1}.get(v["type"], v["replica"]))
     print(
         f"Volume: {v['name']}\nCluster: {v['cluster']}\nID: {v['id']}\nType: {_type_text(v)}\n"
-        f"State: {v['state']}\nBricks: {v['bricks_total']} ({sets} x {v['bricks_total'] // max(sets, 1)})"
+        f"State: {v['state']}\nHealth: {v.get('health') or '-'}\n"
+        f"Capacity: {capacity(v)}, {size(v.get('free'))} free\n"
+        f"Bricks: {v['bricks_total']} ({sets} x {v['bricks_total'] // max(sets, 1)})"
     )
     for b in v["bricks"]:
         arbiter = " (arbiter)" if v["type"] == "arbiter" and b["index"] % 3 == 2 else ""
@@ -368,8 +375,9 @@ def volume_status(args: argparse.Namespace) -> int:
         emit(v, "json", [])
         return 0
     console.print(
-        f"Volume {v['name']} ({_type_text(v)}): {styled(v['state'])}, "
-        f"{v['bricks_online']}/{v['bricks_total']} bricks online"
+        f"Volume {v['name']} ({_type_text(v)}): {styled(v['state'])}"
+        f"{', ' + styled(v['health']) if v.get('health') else ''}, "
+        f"{v['bricks_online']}/{v['bricks_total']} bricks online, {capacity(v)} used"
     )
     emit(
         v["bricks"],
@@ -379,6 +387,8 @@ def volume_status(args: argparse.Namespace) -> int:
             ("PORT", "port"),
             ("PID", lambda b: b["pid"] or "-"),
             ("STATE", lambda b: styled(b["state"])),
+            ("FREE", lambda b: size(b.get("free_bytes"))),
+            ("TOTAL", lambda b: size(b.get("total_bytes"))),
         ],
         "bricks",
     )

@@ -30,6 +30,16 @@ def size(num: float | None) -> str:
 
 
 def node_free(node: dict[str, Any]) -> str:
-    """Free space of a node's registered devices and paths (REST's NodePublic.devices)."""
+    """Free space of a node's registered devices and paths (REST's NodePublic.devices), plus the
+    filesystems of its bricks that are on no registered device (``brick_fs_free_bytes``)."""
     ready = [d["free_bytes"] for d in node.get("devices") or [] if d.get("state") == "Ready"]
+    if node.get("brick_fs_free_bytes") is not None:
+        ready.append(node["brick_fs_free_bytes"])
     return size(sum(ready)) if ready else "-"
+
+
+def capacity(volume: dict[str, Any]) -> str:
+    """A volume's "used / size (percent)", or "-" until its bricks reported their filesystems."""
+    if volume.get("size") is None:
+        return "-"
+    return f"{size(volume['used'])} / {size(volume['size'])} ({volume.get('percent') or 0:.0f}%)"

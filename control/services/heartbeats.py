@@ -1,4 +1,4 @@
-"""What agents report in their heartbeats: brick state, self-heal daemons and device space.
+"""What agents report in their heartbeats: brick state and capacity, self-heal daemons and device space.
 
 Rows are written only when something changed: at thousands of nodes, heartbeats are most of
 the control service's writes.
@@ -10,7 +10,7 @@ import logging
 import time
 
 from broker.messages import BrickReport, DeviceReport, ShdReport
-from control.services import events
+from control.services import events, metrics
 from control.store.db import delete_where
 from control.store.models import Brick, Device, Node, SelfHealDaemon, Volume
 
@@ -27,6 +27,7 @@ def apply_heartbeat(
 ) -> None:
     """Brick Online/Offline, self-heal daemons and device space, from one node's heartbeat."""
     now = now or time.time()
+    metrics.COUNTS.add("heartbeats_received")
     apply_bricks(cluster_name, node, bricks, now)
     apply_self_heal_daemons(node, shds, now)
     apply_devices(node, devices)
@@ -44,8 +45,11 @@ def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now:
         rep = reported.get((brick.volume.id, brick.index))
         state = "Online" if rep is not None and rep.online else "Offline"
         pid = rep.pid if rep is not None else None
-        if state == brick.state and pid == brick.pid:
+        capacity = capacity_change(brick, rep)
+        if state == brick.state and pid == brick.pid and not capacity:
             continue
+        for name, value in capacity.items():
+            setattr(brick, name, value)
         if state != brick.state:
             log.info(
                 "cluster %s volume %s brick %s:%s: %s -> %s",
@@ -66,6 +70,33 @@ def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now:
             brick.state_changed_at = now
         brick.state, brick.pid = state, pid
         brick.save()
+
+
+CAPACITY_FIELDS = ("total_bytes", "free_bytes", "used_bytes", "inodes_total", "inodes_free", "inodes_used")
+# a busy brick's free space moves on every heartbeat: smaller moves than these are not written
+CAPACITY_STEP_BYTES = 4 * 1024 * 1024
+CAPACITY_STEP_INODES = 64
+
+
+def capacity_change(brick: Brick, rep: BrickReport | None) -> dict[str, int | str]:
+    """The capacity columns to write from ``rep``: all of them when one moved by a step or more, else none.
+
+    A report without capacity (an older agent, an unreadable path) keeps what was stored.
+    """
+    if rep is None or rep.total_bytes is None:
+        return {}
+    new: dict[str, int | str] = {name: getattr(rep, name) or 0 for name in CAPACITY_FIELDS}
+    new["fsid"] = rep.fsid
+    stored = {name: getattr(brick, name) for name in (*CAPACITY_FIELDS, "fsid")}
+    if any(stored[name] is None for name in CAPACITY_FIELDS) or stored["fsid"] != rep.fsid:
+        return new
+    for name in CAPACITY_FIELDS:
+        step = CAPACITY_STEP_INODES if name.startswith("inodes") else CAPACITY_STEP_BYTES
+        if name in ("total_bytes", "inodes_total"):
+            step = 1
+        if abs(int(new[name]) - int(stored[name])) >= step:
+            return new
+    return {}
 
 
 def apply_self_heal_daemons(node: Node, reports: list[ShdReport], now: float) -> None:

@@ -21,7 +21,7 @@ from broker.messages import (
     check_name,
 )
 from control.errors import Conflict, NotFound
-from control.services import enrolment, events, heartbeats
+from control.services import enrolment, events, heartbeats, metrics
 from control.services.tasks import OPEN_STATES, TaskEngine
 from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Node, Task, Volume
@@ -205,6 +205,7 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
     with db.atomic():
         node = _trusted(cluster_name, node_name, beat.epoch)
         if node is None:
+            metrics.COUNTS.add("heartbeats_dropped")
             return False
         node.last_seen_at = now
         _apply_facts(node, beat.facts.model_dump())

@@ -11,8 +11,10 @@ from typing import Any
 
 from broker.messages import NodeState
 from control.services import tasks as task_service
+from control.services.capacity import BrickSpace, VolumeShape, volume_capacity
+from control.services.health import volume_health
 from control.services.volfiles import bricks_of
-from control.store.models import Cluster, Device, Node, SelfHealDaemon, Task, TaskEvent, User, Volume
+from control.store.models import Brick, Cluster, Device, Node, SelfHealDaemon, Task, TaskEvent, User, Volume
 
 ONLINE = NodeState.ONLINE.value
 
@@ -48,6 +50,9 @@ class NodeView:
     glusterfs_version: str | None
     facts: dict[str, Any]
     devices: list[DeviceView] = field(default_factory=list)
+    # the filesystems of its bricks that are not on a registered device, each counted once
+    brick_fs_total_bytes: int | None = None
+    brick_fs_free_bytes: int | None = None
 
 
 @dataclass
@@ -97,6 +102,13 @@ class BrickView:
     port: int
     pid: int | None
     state: str  # Online, Offline, or Unreachable when its node is not Online
+    # its filesystem, as last reported (None: not reported yet)
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+    used_bytes: int | None = None
+    inodes_total: int | None = None
+    inodes_free: int | None = None
+    inodes_used: int | None = None
 
 
 @dataclass
@@ -134,6 +146,12 @@ class VolumeView:
     bricks: list[BrickView]
     self_heal: list[SelfHealView]
     volfile_servers: list[VolfileServerView]
+    # derived from the layout and the bricks' filesystems (None until every subvolume reported)
+    size: int | None = None
+    used: int | None = None
+    free: int | None = None
+    percent: float | None = None
+    health: str | None = None  # Healthy, Degraded, Down; None when not started
 
 
 @dataclass
@@ -161,13 +179,36 @@ def device_view(dev: Device) -> DeviceView:
     )
 
 
+def brick_filesystems(cluster_ids: set[int]) -> dict[tuple[int, str], tuple[int, int]]:
+    """Per (cluster, node): total and free bytes of the filesystems holding bricks that are not on a
+    registered device, each filesystem (fsid) counted once (one query for all nodes)."""
+    seen: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
+    if not cluster_ids:
+        return {}
+    query = (
+        Brick.select(Brick.node_name, Brick.path, Brick.fsid, Brick.total_bytes, Brick.free_bytes, Volume.cluster)
+        .join(Volume)
+        .where(Volume.cluster.in_(cluster_ids) & Brick.device.is_null() & Brick.total_bytes.is_null(False))
+    )
+    for brick in query:
+        key = (brick.volume.cluster_id, brick.node_name)
+        seen.setdefault(key, {})[brick.fsid or f"brick-{brick.path}"] = (brick.total_bytes or 0, brick.free_bytes or 0)
+    return {
+        key: (sum(t for t, _ in filesystems.values()), sum(f for _, f in filesystems.values()))
+        for key, filesystems in seen.items()
+    }
+
+
 def node_views(rows: list[Node]) -> list[NodeView]:
-    """Nodes with their registered devices (one query for all of them)."""
+    """Nodes with their registered devices and brick filesystems (one query each for all of them)."""
     devices: dict[tuple[int, str], list[DeviceView]] = {}
+    filesystems: dict[tuple[int, str], tuple[int, int]] = {}
     if rows:
-        query = Device.select().where(Device.cluster.in_({n.cluster_id for n in rows})).order_by(Device.path)
+        clusters = {n.cluster_id for n in rows}
+        query = Device.select().where(Device.cluster.in_(clusters)).order_by(Device.path)
         for dev in query:
             devices.setdefault((dev.cluster_id, dev.node_name), []).append(device_view(dev))
+        filesystems = brick_filesystems(clusters)
     return [
         NodeView(
             cluster=node.cluster.name,
@@ -181,6 +222,8 @@ def node_views(rows: list[Node]) -> list[NodeView]:
             glusterfs_version=node.glusterfs_version,
             facts=node.facts or {},
             devices=devices.get((node.cluster_id, node.name), []),
+            brick_fs_total_bytes=filesystems.get((node.cluster_id, node.name), (None, None))[0],
+            brick_fs_free_bytes=filesystems.get((node.cluster_id, node.name), (None, None))[1],
         )
         for node in rows
     ]
@@ -232,6 +275,7 @@ def volume_view(volume: Volume) -> VolumeView:
         node = nodes.get(name)
         return node is not None and node.state == ONLINE
 
+    rows = bricks_of(volume)
     bricks = [
         BrickView(
             index=b.index,
@@ -240,9 +284,18 @@ def volume_view(volume: Volume) -> VolumeView:
             port=b.port,
             pid=b.pid if reachable(b.node_name) else None,
             state=b.state if reachable(b.node_name) or b.state == "Lost" else "Unreachable",
+            total_bytes=b.total_bytes,
+            free_bytes=b.free_bytes,
+            used_bytes=b.used_bytes,
+            inodes_total=b.inodes_total,
+            inodes_free=b.inodes_free,
+            inodes_used=b.inodes_used,
         )
-        for b in bricks_of(volume)
+        for b in rows
     ]
+    shape = shape_of(volume)
+    capacity = volume_capacity(shape, [BrickSpace(b.total_bytes, b.used_bytes) for b in rows])
+    health = volume_health(shape, volume.state, [b.state == "Online" for b in bricks], volume.options or {})
     shds = []
     if volume.type != "distribute":
         daemons = {d.node_name: d for d in SelfHealDaemon.select().where(SelfHealDaemon.volume == volume)}
@@ -272,7 +325,16 @@ def volume_view(volume: Volume) -> VolumeView:
         bricks=bricks,
         self_heal=shds,
         volfile_servers=volfile_servers(nodes, [b.node for b in bricks]),
+        size=capacity.size if capacity else None,
+        used=capacity.used if capacity else None,
+        free=capacity.free if capacity else None,
+        percent=capacity.percent if capacity else None,
+        health=health.value if health else None,
     )
+
+
+def shape_of(volume: Volume) -> VolumeShape:
+    return VolumeShape(volume.type, volume.replica, volume.disperse, volume.redundancy)
 
 
 DEFAULT_VOLFILE_PORT = 24007  # an agent that does not report its port yet

@@ -157,6 +157,31 @@ def _migration_6(db: pw.Database) -> None:
     db.create_tables([m.Grant], safe=True)
 
 
+BRICK_CAPACITY_COLUMNS = (
+    "total_bytes",
+    "free_bytes",
+    "used_bytes",
+    "inodes_total",
+    "inodes_free",
+    "inodes_used",
+    "fsid",
+)
+
+
+def _migration_7(db: pw.Database) -> None:
+    """Brick capacity: each brick filesystem's bytes and inodes, from the heartbeats.
+
+    Self-contained and idempotent: adds only the columns the table lacks.
+    """
+    have = {column.name for column in db.get_columns("brick")}
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    migrator = from_database(db)
+    missing = [name for name in BRICK_CAPACITY_COLUMNS if name not in have]
+    if missing:
+        apply(*(migrator.add_column("brick", name, m.Brick._meta.fields[name]) for name in missing))
+
+
 def _migration_8(db: pw.Database) -> None:
     """Volumes remember which operation concluded and their last stable state (reconciler, reset-state).
 
@@ -203,6 +228,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (4, _migration_4),
     (5, _migration_5),
     (6, _migration_6),
+    (7, _migration_7),
     (8, _migration_8),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)

@@ -184,6 +184,14 @@ class Brick(BaseModel):
     state = pw.CharField(max_length=16, default="Offline")
     pid = pw.IntegerField(null=True)
     state_changed_at = pw.DoubleField(default=now)
+    # the brick filesystem's capacity from the node's heartbeats (migration 7); None until reported
+    total_bytes = pw.BigIntegerField(null=True)
+    free_bytes = pw.BigIntegerField(null=True)
+    used_bytes = pw.BigIntegerField(null=True)
+    inodes_total = pw.BigIntegerField(null=True)
+    inodes_free = pw.BigIntegerField(null=True)
+    inodes_used = pw.BigIntegerField(null=True)
+    fsid = pw.CharField(max_length=32, default="")
 
     class Meta:
         indexes = ((("volume", "index"), True),)

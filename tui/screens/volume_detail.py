@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
 
 from control.client import ApiError
-from control.client.format import size
+from control.client.format import capacity
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.option_set import OptionSetScreen
 from tui.widgets.model_table import state_text
@@ -81,8 +81,8 @@ class VolumeDetailScreen(Screen[None]):
             return
         summary.update(
             f"Volume [b]{vol['name']}[/b]  cluster {vol['cluster']}  type {volume_type(vol)}  "
-            f"state {vol['state']}  bricks {vol.get('bricks_online', 0)}/{vol.get('bricks_total', 0)}  "
-            f"size {size(vol.get('size_bytes'))}"
+            f"state {vol['state']}  health {vol.get('health') or '-'}  "
+            f"bricks {vol.get('bricks_online', 0)}/{vol.get('bricks_total', 0)}  {capacity(vol)}"
         )
         bricks = self.query_one("#bricks", DataTable)
         bricks.clear()

@@ -23,6 +23,9 @@ STATE_STYLES: dict[str, str] = {
     VolumeState.STARTED: "green",
     VolumeState.CREATED: "cyan",
     VolumeState.STOPPED: "yellow",
+    "Healthy": "green",  # volume health
+    "Degraded": "yellow",
+    "Down": "bold red",
 }
 
 

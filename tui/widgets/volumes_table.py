@@ -1,4 +1,4 @@
-"""Volumes: type, state, bricks online/total, capacity."""
+"""Volumes: type, state, health, bricks online/total, capacity."""
 
 from __future__ import annotations
 
@@ -20,14 +20,25 @@ def volume_type(v: dict[str, Any]) -> str:
     return kind
 
 
+def used_text(v: dict[str, Any]) -> Text:
+    """Used bytes and percent, yellow from 80% and red from 90% (the alert thresholds)."""
+    if v.get("percent") is None:
+        return Text("-")
+    percent = float(v["percent"])
+    style = "bold red" if percent >= 90 else "yellow" if percent >= 80 else ""
+    return Text(f"{size(v.get('used'))} ({percent:.0f}%)", style=style)
+
+
 class VolumesTable(ModelTable):
     COLUMNS = [
         ("cluster", "CLUSTER"),
         ("name", "VOLUME"),
         ("type", "TYPE"),
         ("state", "STATE"),
+        ("health", "HEALTH"),
         ("bricks", "BRICKS ONLINE"),
         ("size", "SIZE"),
+        ("used", "USED"),
     ]
 
     def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
@@ -43,7 +54,9 @@ class VolumesTable(ModelTable):
                         "type": volume_type(v),
                         "state": state_text(v["state"]),
                         "bricks": Text(f"{online}/{total}", style="green" if online == total else "bold red"),
-                        "size": size(v.get("size_bytes")),
+                        "health": state_text(v.get("health") or "-"),
+                        "size": size(v.get("size")),
+                        "used": used_text(v),
                     },
                 )
             )
