@@ -38,7 +38,10 @@ def require_metrics_token(request: Request, token: Token) -> None:
     "/metrics",
     response_class=Response,
     dependencies=[permit(None, PUBLIC), Depends(require_metrics_token)],
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        401: {"description": "the server has a metrics token (--metrics-token) and the request did not send it"},
+    },
 )
 async def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.metrics
