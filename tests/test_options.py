@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -41,6 +42,12 @@ def _volfile_tasks(st) -> list[dict]:
     return [t for t in tasks if t["kind"] == "volume.volfiles"]
 
 
+def _stored_volfiles(st, node: str, volume_id: str) -> dict[str, str]:
+    """The volfiles the node's agent keeps (and serves) for the volume, by key."""
+    folder = st.tmp / f"agent-{node}" / "volumes" / volume_id / "volfiles"
+    return {unquote(path.name[: -len(".vol")]): path.read_text() for path in folder.glob("*.vol")}
+
+
 def _first_option_event(st) -> str:
     """The data line of the first volume.option event in the backlog of the server-sent event stream."""
     headers = {"Authorization": f"Bearer {st.cli.token}"}
@@ -62,11 +69,22 @@ def test_set_get_reset_and_volfile_tasks(created):
     assert "features.read-only = on" in out
     row = _option(st, "features.read-only")
     assert row["value"] == "on" and row["source"] == "set" and not row["is_default"]
-    tasks = wait_until(lambda: len(_volfile_tasks(st)) == 3 and _volfile_tasks(st), what="a volfile task per node")
+    tasks = wait_until(
+        lambda: (
+            len(_volfile_tasks(st)) == 3
+            and all(t["state"] == "DONE" for t in _volfile_tasks(st))
+            and _volfile_tasks(st)
+        ),
+        what="a volfile task per node, done",
+    )
     by_node = {t["node"]: t["params"] for t in tasks}
     assert sorted(by_node) == list(NODES)
+    volume_id = st.cli.json("volume", "info", "ov")["id"]
     for node, params in by_node.items():
-        volfiles = params["volfiles"]
+        # readers of a task see volfiles by size and digest only: they carry the volume's password
+        assert all(text.startswith("<volfile: ") for text in params["volfiles"].values())
+        volfiles = _stored_volfiles(st, node, volume_id)
+        assert set(volfiles) == set(params["volfiles"])
         brick_keys = [k for k in volfiles if k.startswith("ov.")]
         assert len(brick_keys) == 1 and brick_keys[0].endswith(f"-bricks-{node}-ov")
         assert set(volfiles) == {*brick_keys, "shd/ov", "ov", "trusted/ov"}

@@ -6,6 +6,7 @@ not Online is Unreachable) decided here, so that the REST layer only copies fiel
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +245,20 @@ def cluster_view(cluster: Cluster, nodes: list[Node]) -> ClusterView:
 
 
 # ---- tasks ------------------------------------------------------------------------------------
+def public_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A task's parameters as readers see them: volfiles (brick and self-heal daemon volfiles carry the
+    volume's login password) are shown by size and digest, never by content."""
+    volfiles = params.get("volfiles")
+    if not isinstance(volfiles, dict):
+        return params
+    summary = {
+        key: f"<volfile: {len(text)} bytes, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}>"
+        for key, text in volfiles.items()
+        if isinstance(text, str)
+    }
+    return {**params, "volfiles": summary}
+
+
 def task_view(task: Task, with_events: bool = False) -> TaskView:
     history = None
     if with_events:
@@ -254,7 +269,7 @@ def task_view(task: Task, with_events: bool = False) -> TaskView:
         cluster=task.cluster.name,
         node=task.node_name,
         kind=task.kind,
-        params=task.params or {},
+        params=public_params(task.params or {}),
         state=task.state,
         reason=task.reason,
         result=task.result,
