@@ -26,6 +26,7 @@ from agent import facts
 from agent.bricks import BrickManager
 from agent.devices import DeviceManager
 from agent.journal import Journal
+from agent.rebalance import RebalanceManager
 from agent.settings import AgentSettings
 from agent.tasks import HANDLERS, TaskContext, TaskFailed
 from agent.volfiles import Volfiles, VolfileServerError
@@ -69,6 +70,7 @@ class Agent:
         self.bricks = BrickManager(settings.state_dir, self.node, str(uuid.UUID(self.agent_id)), self.address)
         self.devices = DeviceManager(settings.state_dir, self.node)
         self.volfiles = Volfiles(settings.state_dir, self.address, settings.volfile_port)
+        self.rebalance = RebalanceManager(self.bricks, self.volfiles.server)
         self.epoch = 0
         self.registered = threading.Event()
         self.exit_code = 0
@@ -135,11 +137,15 @@ class Agent:
             log.error("%s", exc)
             return EXIT_VOLFILE_SERVER
         self.bricks.volfile_port = self.volfiles.port
+        self.rebalance.restore()
         self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
         self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         threading.Thread(target=self.bricks.run_supervisor, args=(self._stop,), name="supervisor", daemon=True).start()
+        threading.Thread(
+            target=self.rebalance.run_supervisor, args=(self._stop,), name="rebalance", daemon=True
+        ).start()
         self.client.loop_forever(retry_first_connection=True)
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -336,6 +342,7 @@ class Agent:
                 bricks=self.bricks,
                 devices=self.devices,
                 volfiles=self.volfiles,
+                rebalance=self.rebalance,
                 report=lambda state: self._status(task.id, TaskState(state)),
             )
             result = handler(ctx, task.params)

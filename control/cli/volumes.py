@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from broker.messages import TaskState, VolumeState
-from control.cli import heal
+from control.cli import heal, rebalance
 from control.cli import options as option_commands
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
@@ -144,6 +144,7 @@ def add_parsers(
     p.set_defaults(func=volume_expand)
     option_commands.add_parsers(volumes, common, cluster, output)
     heal.add_parser(volumes, common, cluster, output)
+    rebalance.add_parser(volumes, common, cluster, output)
 
     p = sub.add_parser(
         "mount",

@@ -99,6 +99,12 @@ def _migration_6(db: pw.Database) -> None:
     db.create_tables([m.Grant], safe=True)
 
 
+def _migration_10(db: pw.Database) -> None:
+    """Rebalance status per volume and node. Self-contained and idempotent (``safe``): other branches'
+    migrations may run before or after it."""
+    db.create_tables([m.RebalanceNode], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -126,6 +132,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (3, _migration_3),
     (4, _migration_4),
     (6, _migration_6),
+    (10, _migration_10),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
