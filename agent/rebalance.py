@@ -220,41 +220,45 @@ class RebalanceManager:
             return self._public(state, pid)
 
     def stop(self, volume_id: str, name: str) -> dict[str, Any]:
-        """Ask dht to stop (as glusterd does), then wait for the process to end; SIGTERM if it lingers."""
+        """Ask dht to stop (as glusterd does), then wait for the process to end; SIGTERM if it lingers.
+        The lock is not held while waiting: the process's EVENT_NOTIFY takes it to record its final status."""
         with self._lock:
             state = self.load(volume_id)
             pid = self._pid(volume_id, name)
             if state is None or (not pid and state.get("final")):
                 return self._public(state or {"state": RebalanceState.NOT_STARTED.value}, None)
-            if pid:
-                sock = self._files(volume_id, name)[2]
-                try:
-                    reply = brickop.call(
-                        sock,
-                        brickop.GLUSTERD_BRICK_XLATOR_DEFRAG,
-                        f"{name}-dht",
-                        0,
-                        {"rebalance-command": str(CMD_STOP)},
-                        "rebalance process",
-                    )
-                    if reply.output.get("status"):
-                        state["status"] = parse_status(reply.output)
-                except brickop.BrickOpError as exc:
-                    log.warning("volume %s: rebalance stop over the socket failed (%s): terminating it", name, exc)
+        if pid:
+            try:
+                self._defrag(volume_id, name, CMD_STOP)
+            except brickop.BrickOpError as exc:
+                log.warning("volume %s: rebalance stop over the socket failed (%s): terminating it", name, exc)
+                self._kill(pid)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while not gone(pid):
+                if time.monotonic() > deadline:
+                    log.warning("volume %s: rebalance process %d did not stop: terminating it", name, pid)
                     self._kill(pid)
-                deadline = time.monotonic() + STOP_TIMEOUT
-                while not gone(pid):
-                    if time.monotonic() > deadline:
-                        log.warning("volume %s: rebalance process %d did not stop: terminating it", name, pid)
-                        self._kill(pid)
-                        break
-                    time.sleep(0.1)
+                    break
+                time.sleep(0.1)
+        with self._lock:
             state = self.load(volume_id) or state
             if not state.get("final"):
                 status = {**state.get("status", {}), "state": RebalanceState.STOPPED.value}
                 state = self._finish(volume_id, status, "stop")
-            log.info("volume %s rebalance %s stopped on this node", name, state.get("run"))
-            return self._public(state, None)
+        log.info("volume %s rebalance %s stopped on this node", name, state.get("run"))
+        return self._public(state, None)
+
+    def _defrag(self, volume_id: str, name: str, cmd: int) -> brickop.BrickOpReply:
+        """GLUSTERD_BRICK_XLATOR_DEFRAG to the process's dht xlator (VOL-dht), as glusterd sends it."""
+        sock = self._files(volume_id, name)[2]
+        return brickop.call(
+            sock,
+            brickop.GLUSTERD_BRICK_XLATOR_DEFRAG,
+            f"{name}-dht",
+            0,
+            {"rebalance-command": str(cmd)},
+            "rebalance process",
+        )
 
     @staticmethod
     def _kill(pid: int) -> None:
@@ -265,16 +269,8 @@ class RebalanceManager:
 
     # ---- status --------------------------------------------------------------------------------
     def _poll(self, volume_id: str, name: str, state: dict[str, Any]) -> dict[str, Any] | None:
-        sock = self._files(volume_id, name)[2]
         try:
-            reply = brickop.call(
-                sock,
-                brickop.GLUSTERD_BRICK_XLATOR_DEFRAG,
-                f"{name}-dht",
-                0,
-                {"rebalance-command": str(CMD_STATUS)},
-                "rebalance process",
-            )
+            reply = self._defrag(volume_id, name, CMD_STATUS)
         except brickop.BrickOpError as exc:
             log.debug("volume %s: rebalance status poll failed: %s", name, exc)
             return None
