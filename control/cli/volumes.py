@@ -132,7 +132,7 @@ def add_parsers(
         "consecutive group forming a new set (for arbiter volumes the third brick of each set is the arbiter), "
         "or --size to place one set on registered devices. New bricks start, then every brick, self-heal daemon "
         "and mount switches to the new graph without a restart. New directories use the new sets at once; "
-        "existing ones after a fix-layout or rebalance. Without bricks or "
+        "existing ones after 'volume rebalance start' (--fix-layout for the layout only). Without bricks or "
         "--size it retries an expand that failed.",
     )
     cluster(p)
