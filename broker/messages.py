@@ -103,7 +103,6 @@ class TaskKind(str, enum.Enum):
     VOLUME_HEAL = "volume.heal"  # heal info / split-brain / summary through glfsheal, or an index heal
     VOLUME_EXPAND = "volume.expand"  # prepare (and start) a node's new bricks of a growing volume
     VOLUME_REBALANCE = "volume.rebalance"  # start, stop or read the node's rebalance process
-    VOLUME_REPLACE_BRICK = "volume.replace-brick"  # prepare and start a brick that takes another's place
 
 
 class RebalanceState(str, enum.Enum):
