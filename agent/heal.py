@@ -17,13 +17,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from agent import rpc
+from agent import brickop
 
 GLFSHEAL_PATHS = (
     "/usr/lib/x86_64-linux-gnu/glusterfs/glfsheal",
@@ -33,11 +31,8 @@ GLFSHEAL_PATHS = (
     "/usr/sbin/glfsheal",
 )
 GLFSHEAL_TIMEOUT = 120.0
-RPC_TIMEOUT = 30.0
 MAX_FILES = 100
-MAX_REPLY = 1024 * 1024
 GLFSHEAL_OPS = {"info": [], "split-brain": ["split-brain-info"], "summary": ["info-summary"]}
-GD_BRICK_PROGRAM, GD_BRICK_VERSION, GLUSTERD_BRICK_XLATOR_OP = 4867634, 2, 3
 GF_SHD_OP_HEAL_INDEX = 1
 SUMMARY_FIELDS = {
     "numberOfEntriesInHealPending": "pending",
@@ -102,32 +97,6 @@ def heal_info(volume: str, op: str, socket_path: str) -> list[dict[str, Any]]:
 
 
 # ---- index heal ------------------------------------------------------------------------------
-def serialize_dict(items: dict[str, str]) -> bytes:
-    """A GlusterFS dict as dict_serialize writes it (values are NUL-terminated strings)."""
-    out = [struct.pack(">i", len(items))]
-    for key, value in items.items():
-        raw = value.encode() + b"\0"
-        out.append(struct.pack(">ii", len(key.encode()), len(raw)) + key.encode() + b"\0" + raw)
-    return b"".join(out)
-
-
-def unserialize_dict(data: bytes) -> dict[str, str]:
-    if len(data) < 4:
-        return {}
-    (count,) = struct.unpack(">i", data[:4])
-    pos, out = 4, {}
-    for _ in range(max(count, 0)):
-        if pos + 8 > len(data):
-            break
-        keylen, vallen = struct.unpack(">ii", data[pos : pos + 8])
-        pos += 8
-        key = data[pos : pos + keylen].decode(errors="replace")
-        pos += keylen + 1
-        out[key] = data[pos : pos + vallen].rstrip(b"\0").decode(errors="replace")
-        pos += vallen
-    return out
-
-
 def local_heal_xlators(shd_volfile: str, local_indexes: set[int]) -> dict[str, int]:
     """The replicate xlators of the shd graph that have a local brick: {xlator name: set index}."""
     found: dict[str, int] = {}
@@ -151,36 +120,19 @@ def index_heal(control_socket: str, xlators: dict[str, int]) -> dict[str, Any]:
     for i, (name, index) in enumerate(sorted(xlators.items(), key=lambda kv: kv[1])):
         items[f"xl-{i}"] = name
         items[name] = str(index)
-    args = rpc.Packer().string("").i32(GLUSTERD_BRICK_XLATOR_OP).opaque(serialize_dict(items)).opaque(b"").result()
-    call = rpc.encode_call(1, GD_BRICK_PROGRAM, GD_BRICK_VERSION, GLUSTERD_BRICK_XLATOR_OP, args)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(RPC_TIMEOUT)
-            sock.connect(control_socket)
-            sock.sendall(rpc.frame(call))
-            reader = rpc.RecordReader(MAX_REPLY)
-            records: list[bytes] = []
-            while not records:
-                data = sock.recv(65536)
-                if not data:
-                    raise HealError("EIO: the self-heal daemon closed its control socket without an answer")
-                records = reader.feed(data)
-    except (OSError, rpc.RecordTooLarge) as exc:
-        raise HealError(f"ENOTCONN: cannot reach the self-heal daemon on {control_socket}: {exc}") from None
-    u = rpc.Unpacker(records[0])
-    try:
-        u.u32(), u.u32()  # xid, REPLY
-        if u.u32() != rpc.MSG_ACCEPTED:
-            raise HealError("EACCES: the self-heal daemon denied the heal request")
-        u.u32(), u.opaque(rpc.MAX_AUTH_BYTES)  # verifier
-        if (accept := u.u32()) != rpc.SUCCESS:
-            raise HealError(f"EIO: the self-heal daemon refused the heal request (RPC accept status {accept})")
-        op_ret, op_errno = u.i32(), u.i32()
-        output = unserialize_dict(u.opaque(MAX_REPLY))
-        errstr = u.string(MAX_REPLY)
-    except rpc.XdrError as exc:
-        raise HealError(f"EIO: malformed answer from the self-heal daemon: {exc}") from None
+        reply = brickop.call(
+            control_socket,
+            brickop.GLUSTERD_BRICK_XLATOR_OP,
+            "",
+            brickop.GLUSTERD_BRICK_XLATOR_OP,
+            items,
+            "self-heal daemon",
+        )
+    except brickop.BrickOpError as exc:
+        raise HealError(str(exc)) from None
+    output = reply.output
     status: dict[str, list[str]] = {}
     for name, index in xlators.items():
         status[name] = [v for k, v in sorted(output.items()) if re.fullmatch(rf"{index}-\d+-status", k)]
-    return {"triggered": op_ret == 0, "op_errno": op_errno, "error": errstr, "status": status}
+    return {"triggered": reply.op_ret == 0, "op_errno": reply.op_errno, "error": reply.errstr, "status": status}

@@ -34,6 +34,7 @@ from agent import credential, facts
 from agent.bricks import BrickManager
 from agent.devices import DeviceManager
 from agent.journal import Journal
+from agent.rebalance import RebalanceManager
 from agent.settings import AgentSettings
 from agent.tasks import HANDLERS, TaskContext, TaskFailed
 from agent.volfiles import Volfiles, VolfileServerError
@@ -80,6 +81,7 @@ class Agent:
         self.bricks = BrickManager(settings.state_dir, self.node, str(uuid.UUID(self.agent_id)), self.address)
         self.devices = DeviceManager(settings.state_dir, self.node)
         self.volfiles = Volfiles(settings.state_dir, self.address, settings.volfile_port)
+        self.rebalance = RebalanceManager(self.bricks, self.volfiles.server)
         self.epoch = 0
         self.credential = settings.credential  # None until enrolled
         self._nonces: set[str] = set()  # of the hellos of this connection that are not answered yet
@@ -154,10 +156,14 @@ class Agent:
             log.error("%s", exc)
             return EXIT_VOLFILE_SERVER
         self.bricks.volfile_port = self.volfiles.port
+        self.rebalance.restore()
         self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         threading.Thread(target=self.bricks.run_supervisor, args=(self._stop,), name="supervisor", daemon=True).start()
+        threading.Thread(
+            target=self.rebalance.run_supervisor, args=(self._stop,), name="rebalance", daemon=True
+        ).start()
         while True:
             self.client.connect_async(self.url.host, self.url.port, keepalive=self.s.keepalive)
             self.client.loop_forever(retry_first_connection=True)
@@ -436,6 +442,7 @@ class Agent:
                 bricks=self.bricks,
                 devices=self.devices,
                 volfiles=self.volfiles,
+                rebalance=self.rebalance,
                 report=lambda state: self._status(task.id, TaskState(state)),
             )
             result = handler(ctx, task.params)

@@ -17,6 +17,7 @@ from typing import Any
 from agent import facts, heal
 from agent.bricks import BrickError, BrickManager, oserror
 from agent.devices import DeviceManager, check_xattrs
+from agent.rebalance import RebalanceError, RebalanceManager
 from agent.volfiles import SHD_PREFIX, VolfileError, Volfiles
 from broker.messages import CLUSTER_NAME_RE, TaskKind
 
@@ -35,6 +36,7 @@ class TaskContext:
     bricks: BrickManager
     devices: DeviceManager
     volfiles: Volfiles
+    rebalance: RebalanceManager | None = None
 
 
 def _fs_type(path: str) -> str:
@@ -241,6 +243,38 @@ def volume_heal(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
         raise TaskFailed(str(exc)) from None
 
 
+REBALANCE_OPS = ("start", "stop", "status")
+
+
+@_brick_errors
+def volume_rebalance(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Start (full or fix-layout), stop or read the node's rebalance process of the volume."""
+    volume_id, name = _volume(params)
+    op = params.get("op")
+    if op not in REBALANCE_OPS:
+        raise TaskFailed(f"EINVAL: rebalance op {op!r}: use one of {', '.join(REBALANCE_OPS)}")
+    if ctx.rebalance is None:
+        raise TaskFailed(f"ENOTSUP: the agent of node {ctx.node} runs no rebalance manager")
+    try:
+        if op == "status":
+            return ctx.rebalance.status(volume_id, name)
+        if op == "stop":
+            ctx.report("STOPPING")
+            return ctx.rebalance.stop(volume_id, name)
+        volfile, run, commit_hash = params.get("volfile"), params.get("run"), params.get("commit_hash")
+        if not isinstance(volfile, str) or not volfile or not isinstance(run, str) or not run:
+            raise TaskFailed("EINVAL: rebalance start needs volfile (text) and run (id)")
+        if not isinstance(commit_hash, int) or not 0 < commit_hash < 2**32:
+            raise TaskFailed("EINVAL: commit_hash must be a number from 1 to 2^32-1")
+        desired = ctx.bricks.desired(volume_id) or {}
+        if not desired.get("started"):
+            raise TaskFailed(f"ENOENT: volume {name} is not started on node {ctx.node}")
+        ctx.report("STARTING")
+        return ctx.rebalance.start(volume_id, name, volfile, str(params.get("command") or "full"), run, commit_hash)
+    except RebalanceError as exc:
+        raise TaskFailed(str(exc)) from None
+
+
 @_brick_errors
 def volume_stop(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     volume_id, name = _volume(params)
@@ -265,4 +299,5 @@ HANDLERS: dict[str, Handler] = {
     TaskKind.VOLUME_VOLFILES.value: volume_volfiles,
     TaskKind.VOLUME_HEAL.value: volume_heal,
     TaskKind.VOLUME_EXPAND.value: volume_expand,
+    TaskKind.VOLUME_REBALANCE.value: volume_rebalance,
 }

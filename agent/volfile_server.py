@@ -7,8 +7,9 @@ option changes reach running processes without a restart. The node agent owns on
 and feeds it the volfiles the control service generated.
 
 Programs and procedures answered (numbers from GlusterFS 10.3, rpc/rpc-lib/src/protocol-common.h):
-- handshake 14398633 v2: NULL, GETSPEC (2). EVENT_NOTIFY (rebalance status) and
-  GET_VOLUME_INFO (gfapi's glfs_get_volumeid) get PROC_UNAVAIL: we hold no such data.
+- handshake 14398633 v2: NULL, GETSPEC (2), EVENT_NOTIFY (5: a rebalance process's final status,
+  ``gf_event_notify_req {int op; opaque dict}``, handed to `on_event` with the keys the connection
+  fetched, local peers only). GET_VOLUME_INFO (gfapi's glfs_get_volumeid) gets PROC_UNAVAIL.
 - portmap 34123456 v1: SIGNIN (4) and SIGNOUT (5), sent by every brick after it fetched its
   volfile, are recorded and answered op_ret 0 (a failed SIGNIN makes the daemonising parent of
   glusterfsd exit 1 although the brick runs); PORTBYBRICK (1) and BRICKBYPORT (2) answer from
@@ -39,10 +40,11 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent import rpc
+from agent.brickop import unserialize_dict
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ NOTIFY_TIMEOUT = 10.0
 NAME_MAX = 255  # glusterd refuses keys this long with EINVAL
 
 HNDSK_PROGRAM, HNDSK_VERSION = 14398633, 2
-HNDSK_NULL, HNDSK_GETSPEC = 0, 2
+HNDSK_NULL, HNDSK_GETSPEC, HNDSK_EVENT_NOTIFY = 0, 2, 5
 PMAP_PROGRAM, PMAP_VERSION = 34123456, 1
 PMAP_NULL, PMAP_PORTBYBRICK, PMAP_BRICKBYPORT, PMAP_SIGNIN, PMAP_SIGNOUT = 0, 1, 2, 4, 5
 DUMP_PROGRAM, DUMP_VERSION = 123451501, 1
@@ -143,6 +145,8 @@ class VolfileServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.base_events.Server] = []
+        # EVENT_NOTIFY: on_event(op, keys the connection fetched, dict); called on the server's thread
+        self.on_event: Callable[[int, set[str], dict[str, str]], None] | None = None
 
     # -- volfiles -----------------------------------------------------------------------------
 
@@ -402,6 +406,8 @@ class VolfileServer:
             return b""
         if call.prog == HNDSK_PROGRAM and call.proc == HNDSK_GETSPEC:
             return self._getspec(conn, args)
+        if call.prog == HNDSK_PROGRAM and call.proc == HNDSK_EVENT_NOTIFY:
+            return self._event_notify(conn, args)
         if call.prog == PMAP_PROGRAM:
             return self._portmap(conn, call.proc, args)
         if call.prog == DUMP_PROGRAM and call.proc == DUMP_DUMP:
@@ -435,6 +441,26 @@ class VolfileServer:
             return rpc.Packer().i32(-1).i32(errno.ENOENT).string("").opaque(b"").result()
         log.info("GETSPEC from %s: volfile %s (flags %d, %d bytes)", conn.peer, name, flags, len(spec))
         return rpc.Packer().i32(len(spec)).i32(0).opaque(spec).opaque(b"").result()
+
+    def _event_notify(self, conn: _Connection, args: rpc.Unpacker) -> bytes:
+        """gf_event_notify_rsp {op_ret, op_errno, dict}: accepted from local peers (the rebalance
+        process sends its final status before it exits)."""
+        op = args.i32()
+        data = unserialize_dict(args.opaque(MAX_REQUEST))
+        args.done()
+        with self._lock:
+            keys = set(conn.keys)
+        handler = self.on_event
+        if not conn.local or handler is None:
+            log.warning("EVENT_NOTIFY %d from %s (keys %s) refused", op, conn.peer, sorted(keys))
+            return rpc.Packer().i32(-1).i32(errno.EPERM).opaque(b"").result()
+        log.info("EVENT_NOTIFY %d from %s (keys %s): %d values", op, conn.peer, sorted(keys), len(data))
+        try:
+            handler(op, keys, data)
+        except Exception:
+            log.exception("EVENT_NOTIFY %d from %s: handler failed", op, conn.peer)
+            return rpc.Packer().i32(-1).i32(errno.EIO).opaque(b"").result()
+        return rpc.Packer().i32(0).i32(0).opaque(b"").result()
 
     def _portmap(self, conn: _Connection, proc: int, args: rpc.Unpacker) -> bytes | None:
         if proc == PMAP_SIGNIN:

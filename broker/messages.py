@@ -103,6 +103,21 @@ class TaskKind(str, enum.Enum):
     VOLUME_VOLFILES = "volume.volfiles"  # the node's complete volfile set of a volume: store, serve, notify
     VOLUME_HEAL = "volume.heal"  # heal info / split-brain / summary through glfsheal, or an index heal
     VOLUME_EXPAND = "volume.expand"  # prepare (and start) a node's new bricks of a growing volume
+    VOLUME_REBALANCE = "volume.rebalance"  # start, stop or read the node's rebalance process
+
+
+class RebalanceState(str, enum.Enum):
+    """A node's rebalance process, as dht reports it (GF_DEFRAG_STATUS_*, fix-layout or not)."""
+
+    NOT_STARTED = "not started"
+    IN_PROGRESS = "in progress"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (RebalanceState.STOPPED, RebalanceState.COMPLETED, RebalanceState.FAILED)
 
 
 class _Msg(BaseModel):

@@ -567,3 +567,22 @@ def test_glfsheal_fetches_over_the_unix_socket(gluster: Gluster) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for brick in vol.bricks:
         assert f"Brick 127.0.0.1:{brick.path}\nStatus: Connected\nNumber of entries: 0" in result.stdout
+
+
+def test_event_notify_hands_the_status_dict_to_the_agent(server: VolfileServer, raw: RawClient) -> None:
+    """A rebalance process's final status (GF_HNDSK_EVENT_NOTIFY) reaches `on_event` with the keys its connection
+    fetched; without a handler it is refused."""
+    from agent.brickop import serialize_dict
+
+    args = rpc.Packer().i32(0).opaque(serialize_dict({"status": "3", "files": "12", "size": "4096"})).result()
+    xid = raw.call(HNDSK_PROGRAM, HNDSK_VERSION, 5, args)
+    reply_stat, accept_stat, u = raw.reply(xid)
+    assert (reply_stat, accept_stat, u.i32()) == (rpc.MSG_ACCEPTED, rpc.SUCCESS, -1)
+    got: list[tuple[int, set[str], dict[str, str]]] = []
+    server.on_event = lambda op, keys, data: got.append((op, keys, data))
+    server.set_volfile("rebalance/gv1", "volfile")
+    raw.reply(raw.call(HNDSK_PROGRAM, HNDSK_VERSION, HNDSK_GETSPEC, getspec_args("rebalance/gv1")))
+    xid = raw.call(HNDSK_PROGRAM, HNDSK_VERSION, 5, args)
+    reply_stat, accept_stat, u = raw.reply(xid)
+    assert (reply_stat, accept_stat, u.i32(), u.i32()) == (rpc.MSG_ACCEPTED, rpc.SUCCESS, 0, 0)
+    assert got == [(0, {"rebalance/gv1"}, {"status": "3", "files": "12", "size": "4096"})]

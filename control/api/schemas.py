@@ -369,3 +369,38 @@ class SessionPublic(Public):
     last_used_at: float | None
     expires_at: float
     current: bool  # the session of the token that asked
+
+
+class RebalanceStart(BaseModel):
+    fix_layout: bool = Field(default=False, description="only fix the directory layouts, move no data")
+
+
+class RebalanceRequested(BaseModel):
+    action: str
+    run: str | None = None
+    tasks: list[str]
+
+
+class RebalanceCounters(BaseModel):
+    files: int = Field(description="files migrated (fix-layout: none)")
+    size: int = Field(description="bytes migrated")
+    lookups: int = Field(description="files scanned")
+    failures: int
+    skipped: int
+    run_time: float = Field(description="seconds")
+
+
+class RebalanceNodeStatus(RebalanceCounters):
+    node: str
+    state: str = Field(description="not started, in progress, stopped, completed or failed")
+    error: str
+    updated_at: float
+
+
+class RebalanceStatus(BaseModel):
+    volume: str
+    run: str | None
+    command: str | None = Field(description="full or fix-layout")
+    state: str = Field(description="in progress while any node runs; else failed, stopped or completed")
+    nodes: list[RebalanceNodeStatus]
+    total: RebalanceCounters

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from broker.messages import TaskState, VolumeState
-from control.cli import heal
+from control.cli import heal, rebalance
 from control.cli import options as option_commands
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
@@ -153,7 +153,7 @@ def add_parsers(
         "consecutive group forming a new set (for arbiter volumes the third brick of each set is the arbiter), "
         "or --size to place one set on registered devices. New bricks start, then every brick, self-heal daemon "
         "and mount switches to the new graph without a restart. New directories use the new sets at once; "
-        "existing ones after a fix-layout or rebalance. Without bricks or "
+        "existing ones after 'volume rebalance start' (--fix-layout for the layout only). Without bricks or "
         "--size it retries an expand that failed.",
     )
     cluster(p)
@@ -165,6 +165,7 @@ def add_parsers(
     p.set_defaults(func=volume_expand)
     option_commands.add_parsers(volumes, common, cluster, output)
     heal.add_parser(volumes, common, cluster, output)
+    rebalance.add_parser(volumes, common, cluster, output)
 
     p = sub.add_parser(
         "mount",

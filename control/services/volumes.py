@@ -99,6 +99,9 @@ class VolumeService:
         from control.services.expand import ExpandService  # it builds on this module
 
         self.expansion = ExpandService(engine, port_range)
+        from control.services.rebalance import RebalanceService
+
+        self.rebalancing = RebalanceService(engine)
 
     @staticmethod
     def get(cluster: Cluster, name: str) -> Volume:

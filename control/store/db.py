@@ -200,6 +200,12 @@ def _migration_8(db: pw.Database) -> None:
     ).execute()
 
 
+def _migration_10(db: pw.Database) -> None:
+    """Rebalance status per volume and node. Self-contained and idempotent (``safe``): other branches'
+    migrations may run before or after it."""
+    db.create_tables([m.RebalanceNode], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -230,6 +236,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (10, _migration_10),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 

@@ -212,6 +212,29 @@ class SelfHealDaemon(BaseModel):
         indexes = ((("volume", "node_name"), True),)
 
 
+class RebalanceNode(BaseModel):
+    """One node's part of a volume's latest rebalance run, as its agent last reported it."""
+
+    id = pw.AutoField()
+    volume = pw.ForeignKeyField(Volume, backref="rebalance_nodes", on_delete="CASCADE")
+    volume_id: str
+    node_name = pw.CharField(max_length=253)
+    run = pw.CharField(max_length=64)  # one id per rebalance start, the same on every node
+    command = pw.CharField(max_length=16)  # full, fix-layout
+    state = pw.CharField(max_length=16)  # broker.messages.RebalanceState
+    files = pw.BigIntegerField(default=0)  # migrated (fix-layout: directories fixed)
+    size = pw.BigIntegerField(default=0)  # bytes migrated
+    lookups = pw.BigIntegerField(default=0)  # files scanned
+    failures = pw.BigIntegerField(default=0)
+    skipped = pw.BigIntegerField(default=0)
+    run_time = pw.DoubleField(default=0)  # seconds
+    error = pw.TextField(default="")
+    updated_at = pw.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("volume", "node_name"), True),)
+
+
 class Grant(BaseModel):
     """A role given to a user over everything (scope ``global``) or over one cluster, volume, node or device.
 

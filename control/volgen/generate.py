@@ -337,6 +337,32 @@ def build_shd_graph(vol: VolumeSpec, node: str) -> Graph:
     return g
 
 
+def rebalance_volfile(vol: VolumeSpec) -> str:
+    """The rebalance daemon's graph (glusterd's `vols/NAME/NAME-rebalance.vol`, served as `rebalance/NAME`)."""
+    return build_rebalance_graph(vol).render()
+
+
+def build_rebalance_graph(vol: VolumeSpec) -> Graph:
+    """glusterd's build_rebalance_volfile: a trusted client graph of clients and cluster xlators only
+    (no shard, utime or performance xlators) under io-stats named after the volume. glusterd writes
+    none for a volume of a single set: there is nothing to move between sets."""
+    if vol.set_count < 2:
+        raise VolgenError(
+            f"volume {vol.name} has a single {'brick' if vol.type == 'distribute' else 'set'}: "
+            "rebalance needs a distributed volume (expand it first)"
+        )
+    if not vol.auth_username:
+        raise VolgenError(f"the rebalance volfile for {vol.name} needs auth_username and auth_password")
+    opts = effective_options(vol)
+    g = Graph()
+    clients = _add_clients(g, vol, credentials=True, send_gids=None)  # glusterd sets send-gids for mounts only
+    sets = _add_sets(g, vol, clients, shd=False)
+    g.add("cluster/distribute", f"{vol.name}-dht", {"force-migration": "off", "lock-migration": "off"}, sets)
+    g.add("debug/io-stats", vol.name, _io_stats_options())
+    apply_options(g, CLIENT, opts)
+    return g
+
+
 def volume_context(vol: VolumeSpec) -> VolumeContext:
     """What glusterd checks a `volume set` value of this volume against (optiontable.validate)."""
     graphs = [build_client_graph(vol)] + [build_brick_graph(vol, i) for i in range(len(vol.bricks))]

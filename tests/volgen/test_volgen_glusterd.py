@@ -14,10 +14,12 @@ from graph_compare import compare_graphs
 
 from control.volgen import (
     BrickSpec,
+    VolgenError,
     VolumeSpec,
     brick_volfile_name,
     build_brick_graph,
     build_client_graph,
+    build_rebalance_graph,
     build_shd_graph,
     parse_volfile,
 )
@@ -103,6 +105,28 @@ def test_shd_volfiles_match_glusterd(created, case: str) -> None:
     gd, specs = created
     vol = specs[case]
     _assert_same(build_shd_graph(vol, "local"), _theirs(gd, vol, f"{vol.name}-shd.vol"), "shd")
+
+
+# glusterd writes a rebalance volfile only for volumes of more than one set
+MULTI_SET = [
+    c for c, (type_, count, _, kw) in LAYOUTS.items() if count > (kw.get("replica") or kw.get("disperse") or 1)
+]
+
+
+@pytest.mark.parametrize("case", MULTI_SET)
+def test_rebalance_volfiles_match_glusterd(created, case: str) -> None:
+    gd, specs = created
+    vol = specs[case]
+    _assert_same(build_rebalance_graph(vol), _theirs(gd, vol, f"{vol.name}-rebalance.vol"), "rebalance")
+
+
+@pytest.mark.parametrize("case", [c for c in LAYOUTS if c not in MULTI_SET])
+def test_no_rebalance_volfile_for_a_single_set(created, case: str) -> None:
+    gd, specs = created
+    vol = specs[case]
+    assert not (gd.vol_dir(vol.name) / f"{vol.name}-rebalance.vol").exists()
+    with pytest.raises(VolgenError, match="single"):
+        build_rebalance_graph(vol)
 
 
 def test_glusterd_writes_no_shd_volfile_for_distribute(created) -> None:
