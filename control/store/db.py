@@ -200,6 +200,14 @@ def _migration_8(db: pw.Database) -> None:
     ).execute()
 
 
+def _migration_11(db: pw.Database) -> None:
+    """Alerts: what the control service found wrong, with their lifecycle (firing, resolved).
+
+    Self-contained and idempotent: creates the table (and its indexes) only where missing.
+    """
+    db.create_tables([m.Alert], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -230,6 +238,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (11, _migration_11),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
