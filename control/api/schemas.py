@@ -369,3 +369,17 @@ class SessionPublic(Public):
     last_used_at: float | None
     expires_at: float
     current: bool  # the session of the token that asked
+
+
+class AlertPublic(Public):
+    """An alert: ``firing`` from ``since``; ``resolved`` at ``until``."""
+
+    id: int
+    cluster: str
+    kind: str  # node.unreachable, brick.offline, volume.degraded, volume.down, volume.capacity-warning, ...
+    subject: str  # the node, VOLUME:NODE:PATH for a brick, the volume, or the task id
+    severity: str  # warning, critical
+    summary: str
+    state: str  # firing, resolved
+    since: float
+    until: float | None
