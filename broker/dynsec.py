@@ -201,7 +201,8 @@ def node_acls(topics: Topics, cluster: str, node: str) -> list[Acl]:
 
 
 def monitor_acls(topics: Topics, cluster: str) -> list[Acl]:
-    """Read-only: the presence, heartbeat and task status of ``cluster``'s nodes, and the control presence."""
+    """Read-only: the presence, heartbeat and task status of ``cluster``'s nodes, its monitoring topics
+    (summary, volume status, alerts), and the control presence."""
     check_name("cluster", cluster)
     return _readable(topics.monitor_filters(cluster))
 

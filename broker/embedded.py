@@ -9,8 +9,8 @@ Identities (user names as in broker/dynsec.py, so that both brokers agree; ROOT 
   enrolment): publish only N's hello/presence/heartbeat/task-status, read only N's tasks and
   registration and the control presence; its last-will, if any, must be its own presence;
 * monitors (a glusterctl user name, or ``ROOT.user.NAME``, with that user's password): read the
-  presence, heartbeat and task-status topics of the clusters the user holds a viewer (or better)
-  role on; never publish; no last-will.
+  presence, heartbeat and task-status topics and the monitoring topics (summary, volume status,
+  alerts) of the clusters the user holds a viewer (or better) role on; never publish; no last-will.
 
 A login is checked before amqtt touches any session: a refused login never disturbs the live
 session that uses the same client id, and an accepted one may take over a client id only from
@@ -116,7 +116,7 @@ class AccessControl:
                 subscribe=(t.cluster_registrations_filter(cluster), t.control_presence()),
             )
         if kind == "user" and cluster and will_topic is None:
-            # a glusterctl user with viewer (or better) on some clusters reads those clusters' node topics
+            # a glusterctl user with viewer (or better) on some clusters reads those clusters' node and monitoring topics
             watched = self.authority.monitor_clusters(cluster, password)
             if watched:
                 filters = {f for name in watched for f in t.monitor_filters(name)}

@@ -59,6 +59,20 @@ class Topics:
     def task_status(self, cluster: str, node: str) -> str:
         return f"{self.node_prefix(cluster, node)}/task-status"
 
+    # published by the control service for third-party monitoring (retained)
+    def cluster_summary(self, cluster: str) -> str:
+        return f"{self.base}/clusters/{cluster}/summary"
+
+    def volume_status(self, cluster: str, volume: str) -> str:
+        return f"{self.base}/clusters/{cluster}/volumes/{volume}/status"
+
+    def alert(self, cluster: str, alert_id: str) -> str:
+        return f"{self.base}/clusters/{cluster}/alerts/{alert_id}"
+
+    def monitoring_filters(self, cluster: str = ANY) -> tuple[str, ...]:
+        """The monitoring topics of one cluster (or all): summary, every volume's status, every alert."""
+        return (self.cluster_summary(cluster), self.volume_status(cluster, ANY), self.alert(cluster, ANY))
+
     # what each client may publish and subscribe to (the embedded broker's ACL)
     def agent_publish_topics(self, cluster: str, node: str) -> tuple[str, ...]:
         """An agent publishes only its own hello, presence, heartbeat and task status."""
@@ -74,11 +88,13 @@ class Topics:
         return (self.registration(cluster, node), self.tasks_filter(cluster, node), self.control_presence())
 
     def monitor_filters(self, cluster: str = ANY) -> tuple[str, ...]:
-        """Read-only monitoring users see the nodes' presence, heartbeat and task status (of one cluster or all)."""
+        """Read-only monitoring users see the nodes' presence, heartbeat and task status, and the monitoring
+        topics (summary, volume status, alerts), of one cluster or all."""
         return (
             self.presence(cluster, ANY),
             self.heartbeat(cluster, ANY),
             self.task_status(cluster, ANY),
+            *self.monitoring_filters(cluster),
             self.control_presence(),
         )
 

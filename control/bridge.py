@@ -77,6 +77,8 @@ class Bridge:
         self._drop_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # called in the worker after every (re)connect, after the open tasks: what else to publish again
+        self.on_connected: list[Callable[[], object]] = []
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             # random per start and unrelated to the published instance: no one can guess it to take it over
@@ -221,6 +223,8 @@ class Bridge:
             try:
                 if data is None:  # "republish"
                     self.engine.republish_open()
+                    for republish in self.on_connected:
+                        republish()
                 elif callable(data):
                     data()
                 else:

@@ -26,6 +26,7 @@ from control.errors import Unauthorized
 from control.services import authz, clusters, enrolment, users
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
+from control.services.monitoring import Monitor
 from control.services.reconciler import Reconciler
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
@@ -200,13 +201,17 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
     engine.publisher = bridge
+    monitor = Monitor(topics, bridge)
+    bridge.on_connected.append(monitor.republish)
     bridge.start()
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
+    reconciler.after_pass.append(monitor.run)
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         reconciler.start(bridge.call_soon)
+        monitor.start(bridge.call_soon)
 
         app = create_app(engine, bridge, volumes, devices, feed.hub, metrics_token=settings.metrics_token)
         config = uvicorn.Config(
@@ -244,6 +249,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     finally:
         log.info("shutting down")
         await asyncio.to_thread(reconciler.stop)
+        await asyncio.to_thread(monitor.stop)
         await asyncio.to_thread(bridge.stop)
         await asyncio.to_thread(feed.stop)
         enrolment.use_accounts(enrolment.NoAccounts())

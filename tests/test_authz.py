@@ -87,6 +87,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
         OPERATE_N2,
     ),
     ("GET", "/api/v1/tasks"): ("/api/v1/tasks", {}, EVERYONE),
+    ("GET", "/api/v1/alerts"): ("/api/v1/alerts", {}, EVERYONE),  # lists only what the caller may read
     ("GET", "/api/v1/tasks/{task_id}"): ("/api/v1/tasks/GV1TASK", {}, READ_GV1 | READ_N2),
     ("POST", "/api/v1/clusters/{name}/devices"): (
         "/api/v1/clusters/default/devices",

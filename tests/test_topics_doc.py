@@ -20,7 +20,14 @@ def code_topics() -> set[str]:
         params = [p for p in inspect.signature(fn).parameters if p != "self"]
         if name.startswith("_") or name in ("parse_node_topic", "node_prefix"):
             continue
-        args = {"cluster": "{cluster}", "node": "{node}", "task_id": "{task_id}", "leaf": "hello"}
+        args = {
+            "cluster": "{cluster}",
+            "node": "{node}",
+            "task_id": "{task_id}",
+            "leaf": "hello",
+            "volume": "{volume}",
+            "alert_id": "{alert_id}",
+        }
         built = fn(*(args[p] for p in params))
         out.update([built] if isinstance(built, str) else built)
     assert out, "no topics built"

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from broker import __version__
 from control.api import schemas as s
+from control.api.alerts import router as alerts_router
 from control.api.deps import PUBLIC, permit
 from control.api.events import router as events_router
 from control.api.grow import router as grow_router
@@ -75,6 +76,7 @@ def create_app(
     app.include_router(volfiles_router)
     app.include_router(grow_router)
     app.include_router(metrics_router)
+    app.include_router(alerts_router)
 
     app.include_router(sessions_router)
 

@@ -404,3 +404,17 @@ class RebalanceStatus(BaseModel):
     state: str = Field(description="in progress while any node runs; else failed, stopped or completed")
     nodes: list[RebalanceNodeStatus]
     total: RebalanceCounters
+
+
+class AlertPublic(Public):
+    """An alert: ``firing`` from ``since``; ``resolved`` at ``until``."""
+
+    id: int
+    cluster: str
+    kind: str  # node.unreachable, brick.offline, volume.degraded, volume.down, volume.capacity-warning, ...
+    subject: str  # the node, VOLUME:NODE:PATH for a brick, the volume, or the task id
+    severity: str  # warning, critical
+    summary: str
+    state: str  # firing, resolved
+    since: float
+    until: float | None

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from broker.messages import NodeState, TaskState, VolumeState
+from control.services import alerts
 from control.services.capacity import BrickSpace, VolumeShape, subvolume_capacities, volume_capacity
 from control.services.health import Health, volume_health
 from control.store.models import Brick, Cluster, Node, Task, Volume
@@ -67,6 +68,7 @@ class StoreCollector(Collector):
         yield from self._volumes()
         yield from self._nodes()
         yield from self._tasks()
+        yield from self._alerts()
         yield from self._control()
 
     # ---- volumes and bricks ------------------------------------------------------------------
@@ -213,6 +215,15 @@ class StoreCollector(Collector):
             buckets.append(("+Inf", float(row["n"])))
             histogram.add_metric([row["kind"]], buckets, float(row["total"] or 0))
         yield histogram
+
+    # ---- alerts ---------------------------------------------------------------------------------------
+    def _alerts(self) -> Iterator[Metric]:
+        firing = _gauge("glusterctl_alerts_firing", "Alerts firing, by cluster and severity", ["cluster", "severity"])
+        counts = alerts.firing_counts()
+        for cluster in Cluster.select(Cluster.name):
+            for severity in alerts.Severity:
+                firing.add_metric([cluster.name, severity.value], counts.get((cluster.name, severity.value), 0))
+        yield firing
 
     # ---- the control service itself ----------------------------------------------------------------
     def _control(self) -> Iterator[Metric]:

@@ -87,6 +87,8 @@ class Reconciler:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # more work for every pass, after the reconciler's own (alert evaluation and monitoring topics)
+        self.after_pass: list[Callable[[], object]] = []
 
     def deadline(self, kind: str) -> float:
         return self.deadlines.get(kind, DEFAULT_DEADLINE)
@@ -106,6 +108,11 @@ class Reconciler:
                 "%d operations without tasks failed",
                 *report,
             )
+        for step in self.after_pass:
+            try:
+                step()
+            except Exception:
+                log.exception("reconciler pass: %s failed", getattr(step, "__qualname__", step))
         return report
 
     def fail_overdue(self, now: float) -> int:

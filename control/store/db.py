@@ -206,6 +206,14 @@ def _migration_10(db: pw.Database) -> None:
     db.create_tables([m.RebalanceNode], safe=True)
 
 
+def _migration_11(db: pw.Database) -> None:
+    """Alerts: what the control service found wrong, with their lifecycle (firing, resolved).
+
+    Self-contained and idempotent: creates the table (and its indexes) only where missing.
+    """
+    db.create_tables([m.Alert], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -237,6 +245,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (7, _migration_7),
     (8, _migration_8),
     (10, _migration_10),
+    (11, _migration_11),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 

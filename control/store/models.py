@@ -259,6 +259,25 @@ class Grant(BaseModel):
     created_at = pw.DoubleField(default=now)
 
 
+class Alert(BaseModel):
+    """A condition the control service found in a cluster: firing from ``since``, resolved at ``until``.
+
+    At most one firing row per (cluster, kind, subject); a condition that comes back opens a new row.
+    """
+
+    id = pw.AutoField()
+    cluster = pw.ForeignKeyField(Cluster, backref="alerts", on_delete="CASCADE")
+    cluster_id: int
+    kind = pw.CharField(max_length=32)
+    subject = pw.TextField(default="")
+    severity = pw.CharField(max_length=16)  # warning, critical
+    summary = pw.TextField(default="")
+    details = JSONField(default=dict)
+    state = pw.CharField(max_length=16, index=True)  # firing, resolved
+    since = pw.DoubleField(default=now)
+    until = pw.DoubleField(null=True)
+
+
 ALL_MODELS = [
     SchemaVersion,
     User,
@@ -273,4 +292,5 @@ ALL_MODELS = [
     Brick,
     SelfHealDaemon,
     Grant,
+    Alert,
 ]
