@@ -117,9 +117,16 @@ class BrickManager:
         self.logs = os.path.join(state_dir, "logs")
         os.makedirs(self.root, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
-        self._lock = threading.RLock()
+        # process work is serialised per volume: a slow start of one volume never holds up another's
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()  # guards _locks and _restarts
         self._restarts: dict[str, Restart] = {}
         self._stop = threading.Event()
+
+    def _volume_lock(self, volume_id: str) -> threading.RLock:
+        """The lock of one volume's desired state and processes (re-entrant: start calls ensure)."""
+        with self._locks_guard:
+            return self._locks.setdefault(volume_id, threading.RLock())
 
     # ---- files ----------------------------------------------------------------------------
     def _vdir(self, volume_id: str) -> str:
@@ -195,7 +202,7 @@ class BrickManager:
                 os.makedirs(os.path.join(path, ".glusterfs"), mode=0o600, exist_ok=True)
             except OSError as exc:
                 raise oserror(exc, f"preparing brick {path} on node {self.node}", path=path) from None
-        with self._lock:
+        with self._volume_lock(volume_id):
             desired = self.desired(volume_id) or {"name": name, "started": False, "bricks": {}, "shd": False}
             desired["name"] = name
             for brick in bricks:
@@ -216,7 +223,7 @@ class BrickManager:
             raise BrickError(f"NOGLUSTERFSD: glusterfsd is not installed on node {self.node}")
         if not self.volfile_port:
             raise BrickError(f"ENOTCONN: the volfile server of node {self.node} is not running")
-        with self._lock:
+        with self._volume_lock(volume_id):
             desired = self.desired(volume_id) or {"name": name, "bricks": {}}
             desired.update(name=name, started=True, shd=shd or False)
             for brick in bricks:
@@ -345,7 +352,7 @@ class BrickManager:
             raise BrickError(f"NOGLUSTERFSD: {argv[0]} is not installed on node {self.node}") from None
         except subprocess.TimeoutExpired:
             raise BrickError(
-                f"BRICKEXIT: {what} did not start within {START_TIMEOUT:.0f}s", path=path, port=port
+                f"ETIMEDOUT: {what} did not finish starting in {START_TIMEOUT:.0f} s", path=path, port=port
             ) from None
         if proc.returncode != 0:
             tail = log_tail(log_file) or proc.stderr.strip()
@@ -393,7 +400,7 @@ class BrickManager:
         return stopped
 
     def stop(self, volume_id: str, name: str) -> dict[str, Any]:
-        with self._lock:
+        with self._volume_lock(volume_id):
             desired = self.desired(volume_id)
             if desired is not None:
                 desired["started"] = False
@@ -403,7 +410,7 @@ class BrickManager:
         return {"stopped_pids": stopped}
 
     def delete(self, volume_id: str, name: str, bricks: list[dict[str, Any]], purge: bool) -> dict[str, Any]:
-        with self._lock:
+        with self._volume_lock(volume_id):
             self._stop_processes(volume_id, name)
             purged = []
             if purge:
@@ -426,7 +433,8 @@ class BrickManager:
                         raise oserror(exc, f"purging brick {path}", path=path) from None
                     purged.append(path)
             shutil.rmtree(self._vdir(volume_id), ignore_errors=True)
-            self._restarts = {k: v for k, v in self._restarts.items() if not k.startswith(volume_id)}
+            with self._locks_guard:
+                self._restarts = {k: v for k, v in self._restarts.items() if not k.startswith(volume_id)}
         return {"purged": purged}
 
     # ---- supervision and reports --------------------------------------------------------------
@@ -434,7 +442,7 @@ class BrickManager:
         """Restart, with backoff, the bricks and daemons of started volumes that are not running."""
         now = now or time.monotonic()
         for volume_id in self.volume_ids():
-            with self._lock:
+            with self._volume_lock(volume_id):
                 desired = self.desired(volume_id)
                 if not desired or not desired.get("started"):
                     continue
@@ -445,15 +453,17 @@ class BrickManager:
                 for what, brick in todo:
                     marker, pid_file, _log_file, _ = self._files(volume_id, name, what)
                     key = f"{volume_id}/{what}"
-                    if pid_running(pid_file, marker):
-                        if key in self._restarts and now >= self._restarts[key].not_before + 60:
-                            del self._restarts[key]  # ran a minute: forget past failures
-                        continue
-                    state = self._restarts.setdefault(key, Restart())
-                    if now < state.not_before:
-                        continue
-                    state.attempts += 1
-                    state.not_before = now + RESTART_BACKOFF[min(state.attempts - 1, len(RESTART_BACKOFF) - 1)]
+                    running = pid_running(pid_file, marker)
+                    with self._locks_guard:
+                        if running:
+                            if key in self._restarts and now >= self._restarts[key].not_before + 60:
+                                del self._restarts[key]  # ran a minute: forget past failures
+                            continue
+                        state = self._restarts.setdefault(key, Restart())
+                        if now < state.not_before:
+                            continue
+                        state.attempts += 1
+                        state.not_before = now + RESTART_BACKOFF[min(state.attempts - 1, len(RESTART_BACKOFF) - 1)]
                     log.warning("volume %s %s is not running: restarting (attempt %d)", name, what, state.attempts)
                     try:
                         if brick is not None:

@@ -21,6 +21,25 @@ from broker.paths import refuse_local
 log = logging.getLogger(__name__)
 
 XFS_INODE_SIZE = "512"  # what GlusterFS wants for its xattrs
+# how long each tool may take before the task fails with ETIMEDOUT (a hung disk must not hang the agent)
+BLKID_TIMEOUT = 30.0
+MKFS_TIMEOUT = 300.0  # mkfs.xfs discards (TRIMs) the whole device first: minutes on a large slow disk
+MOUNT_TIMEOUT = 60.0
+
+
+def run_tool(argv: list[str], timeout: float, node: str, device: str) -> subprocess.CompletedProcess[str]:
+    """Run a system tool with a deadline; a tool that does not finish is killed and the task fails
+    with ``ETIMEDOUT``, one that is not installed with ``ENOENT`` (both BrickError)."""
+    tool = os.path.basename(argv[0])
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        log.warning("node %s: %s %s did not finish in %.0f s: killed", node, tool, device, timeout)
+        raise BrickError(
+            f"ETIMEDOUT: {tool} did not finish in {timeout:.0f} s ({device} on node {node})", path=device
+        ) from None
+    except FileNotFoundError:
+        raise BrickError(f"ENOENT: {tool} is not installed on node {node}", path=device) from None
 
 
 def check_xattrs(path: str, node: str) -> None:
@@ -81,14 +100,14 @@ class DeviceManager:
         refuse_local([device], "--device", self.state_dir, BrickError, block_device=True)
         if not os.path.exists(device):
             raise BrickError(f"ENOENT: block device {device} does not exist on node {self.node}", path=device)
-        probe = subprocess.run(["blkid", "-p", device], capture_output=True, text=True)
+        probe = run_tool(["blkid", "-p", device], BLKID_TIMEOUT, self.node, device)
         if probe.returncode != 2:  # 2: nothing found, the device is empty
             raise BrickError(
                 f"EEXIST: {device} on node {self.node} is not empty ({probe.stdout.strip() or probe.stderr.strip()}); "
                 "wipe it first (wipefs -a) if its data is not needed",
                 path=device,
             )
-        mkfs = subprocess.run(["mkfs.xfs", "-i", f"size={XFS_INODE_SIZE}", device], capture_output=True, text=True)
+        mkfs = run_tool(["mkfs.xfs", "-i", f"size={XFS_INODE_SIZE}", device], MKFS_TIMEOUT, self.node, device)
         if mkfs.returncode != 0:
             raise BrickError(
                 f"EIO: mkfs.xfs {device} failed on node {self.node}: {mkfs.stderr.strip()[-300:]}", path=device
@@ -102,8 +121,8 @@ class DeviceManager:
     def _mount(self, device: str, mountpoint: str) -> None:
         if is_mounted(mountpoint):
             return
-        out = subprocess.run(
-            ["mount", "-t", "xfs", "-o", "noatime,inode64", device, mountpoint], capture_output=True, text=True
+        out = run_tool(
+            ["mount", "-t", "xfs", "-o", "noatime,inode64", device, mountpoint], MOUNT_TIMEOUT, self.node, device
         )
         if out.returncode != 0:
             raise BrickError(

@@ -36,7 +36,7 @@ from agent.devices import DeviceManager
 from agent.journal import Journal
 from agent.rebalance import RebalanceManager
 from agent.settings import AgentSettings
-from agent.tasks import HANDLERS, TaskContext, TaskFailed
+from agent.tasks import HANDLERS, RESUMABLE_KINDS, TaskContext, TaskFailed, check_params
 from agent.volfiles import Volfiles, VolfileServerError
 from broker.dynsec import enrol_username, node_username
 from broker.messages import (
@@ -64,6 +64,7 @@ EXIT_VOLFILE_SERVER = 3
 HELLO_RETRY_SECONDS = 5.0
 RECONNECT_MIN, RECONNECT_MAX = 1, 30
 TASK_WORKERS = 4
+INTERRUPTED_REASON = "INTERRUPTED: the agent restarted while the task ran; run the operation again"
 
 
 class Agent:
@@ -157,6 +158,7 @@ class Agent:
             return EXIT_VOLFILE_SERVER
         self.bricks.volfile_port = self.volfiles.port
         self.rebalance.restore()
+        self.fail_interrupted()
         self.devices.restore_mounts()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
@@ -413,6 +415,28 @@ class Agent:
         for task_id, state, reason, result in unsent:
             self._status(task_id, state, reason, result)
 
+    def fail_interrupted(self) -> list[str]:
+        """At start: the tasks the journal says were running when the agent stopped. A task of a kind that
+        is safe to run again (tasks.RESUMABLE_KINDS) runs again when it is redelivered; any other is
+        recorded FAILED (INTERRUPTED) and reported once registered, since running it twice is not safe."""
+        failed = []
+        for entry in self.journal.interrupted():
+            if entry.get("kind") in RESUMABLE_KINDS:
+                log.info(
+                    "task %s (%s) was interrupted by a restart: it resumes when redelivered", entry["id"], entry["kind"]
+                )
+                continue
+            log.warning(
+                "task %s (%s) was interrupted by a restart: reporting it FAILED (%s)",
+                entry["id"],
+                entry.get("kind") or "unknown kind",
+                INTERRUPTED_REASON,
+            )
+            self.journal.record(entry["id"], TaskState.FAILED.value, INTERRUPTED_REASON)
+            self._status(entry["id"], TaskState.FAILED, INTERRUPTED_REASON)
+            failed.append(entry["id"])
+        return failed
+
     def _on_task(self, task: TaskMessage) -> None:
         with self._lock:
             if task.id in self._running:
@@ -422,8 +446,13 @@ class Agent:
                 log.info("task %s (%s) already %s: acknowledging again", task.id, task.kind, done["state"])
                 self._status(task.id, TaskState(done["state"]), done["reason"], done["result"])
                 return
+            if done and task.kind not in RESUMABLE_KINDS:  # fail_interrupted settles these at start
+                log.warning("task %s (%s) was interrupted and may not run again: FAILED", task.id, task.kind)
+                self.journal.record(task.id, TaskState.FAILED.value, INTERRUPTED_REASON, kind=task.kind)
+                self._status(task.id, TaskState.FAILED, INTERRUPTED_REASON)
+                return
             if done:
-                log.warning("task %s (%s) was interrupted by an agent restart; running it again", task.id, task.kind)
+                log.info("task %s (%s) was interrupted by a restart: resuming it", task.id, task.kind)
             self._running.add(task.id)
         self._pool.submit(self._execute, task)
 
@@ -432,10 +461,11 @@ class Agent:
         try:
             handler = HANDLERS.get(task.kind)
             log.info("executing task %s (%s)", task.id, task.kind)
-            self.journal.record(task.id, TaskState.RUNNING.value)
+            self.journal.record(task.id, TaskState.RUNNING.value, kind=task.kind)
             self._status(task.id, TaskState.RUNNING)
             if handler is None:
                 raise TaskFailed(f"unknown task kind {task.kind!r}: upgrade the agent on node {self.node}")
+            check_params(task.kind, task.params)
             ctx = TaskContext(
                 node=self.node,
                 task_id=task.id,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +16,20 @@ from typing import Any
 from agent import facts, heal
 from agent.bricks import BrickError, BrickManager, oserror
 from agent.devices import DeviceManager, check_xattrs
+from agent.params import TaskFailed, brick_list, check_params, volume_ref
 from agent.rebalance import RebalanceError, RebalanceManager
 from agent.volfiles import SHD_PREFIX, VolfileError, Volfiles
-from broker.messages import CLUSTER_NAME_RE, TaskKind
+from broker.messages import TaskKind
 
+__all__ = ["HANDLERS", "RESUMABLE_KINDS", "TaskContext", "TaskFailed", "check_params"]
 
-class TaskFailed(Exception):
-    def __init__(self, reason: str, **details: Any) -> None:
-        super().__init__(reason)
-        self.details = details
+# Kinds an agent may run again after a restart interrupted them (kill -9, power loss) instead of
+# reporting them FAILED (INTERRUPTED): running them twice gives the same outcome as once.
+# volume.volfiles stores the complete set atomically and tells only the processes whose volfile
+# changed (a second run changes nothing); volume.heal reads heal info, or asks the self-heal
+# daemon for an index heal, which it may be asked for any number of times. Every other kind
+# formats, writes, measures or starts/stops processes midway and is reported, never run blindly.
+RESUMABLE_KINDS = frozenset({TaskKind.VOLUME_VOLFILES.value, TaskKind.VOLUME_HEAL.value})
 
 
 @dataclass
@@ -79,8 +83,6 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     }
     path = params.get("path")
     if path:
-        if not os.path.isabs(path):
-            raise TaskFailed(f"EINVAL: path {path!r} is not absolute")
         if not os.path.isdir(path):
             raise TaskFailed(f"ENOENT: directory {path} does not exist on node {ctx.node}")
         st = os.statvfs(path)
@@ -126,34 +128,9 @@ def device_add(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return ctx.devices.add_path(params["path"])
 
 
-def _volume(params: dict[str, Any]) -> tuple[str, str]:
-    """(id, name) of the task's volume, checked: both end up in paths and volfile keys."""
-    vol = params.get("volume")
-    if not isinstance(vol, dict):
-        raise TaskFailed("EINVAL: params.volume must be an object {id, name, type}")
-    volume_id, name = str(vol.get("id", "")), str(vol.get("name", ""))
-    try:
-        if str(uuid.UUID(volume_id)) != volume_id:
-            raise ValueError
-    except ValueError:
-        raise TaskFailed(f"EINVAL: volume id {volume_id!r} is not a UUID") from None
-    if not CLUSTER_NAME_RE.match(name):
-        raise TaskFailed(f"EINVAL: invalid volume name {name!r}")
-    return volume_id, name
-
-
-def _brick_list(params: dict[str, Any], with_port: bool = False) -> list[dict[str, Any]]:
-    bricks = params.get("bricks")
-    if not isinstance(bricks, list):
-        raise TaskFailed("EINVAL: params.bricks must be a list")
-    for b in bricks:
-        if not isinstance(b, dict) or not isinstance(b.get("index"), int) or b["index"] < 0:
-            raise TaskFailed("EINVAL: each brick needs an index (a number >= 0)")
-        if not isinstance(b.get("path"), str) or not os.path.isabs(b["path"]) or "\0" in b["path"]:
-            raise TaskFailed(f"EINVAL: brick {b['index']}: path must be absolute")
-        if with_port and not (isinstance(b.get("port"), int) and 0 < b["port"] < 65536):
-            raise TaskFailed(f"EINVAL: brick {b['index']}: port must be 1-65535")
-    return bricks
+# the handlers' names for the shared checks (agent/params.py)
+_volume = volume_ref
+_brick_list = brick_list
 
 
 @_brick_errors

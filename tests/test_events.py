@@ -231,3 +231,66 @@ def test_slow_client_does_not_slow_others(make_stack):
     finally:
         stalled.close()
         fast.close()
+
+
+GAP_HOLD_SECONDS = 5.0  # longer than events.GAP_WAIT_SECONDS (3 s): the old stream skipped the held id by then
+
+
+def test_postgres_event_committed_late_is_delivered_in_order(make_stack, postgres_url):
+    """A transaction that took an event id commits after later events did: the stream holds the
+    later events back and delivers the held one first; an id whose transaction rolled back is skipped."""
+    import psycopg2
+
+    st = make_stack(db=postgres_url).start()
+    reader = Reader(st.server.url, st.cli.token, {"after": 0})
+    held = psycopg2.connect(postgres_url)  # the same role as the server: its transaction is one a writer could hold
+    try:
+        st.cli.run("cluster", "add", "before")
+        wait_until(lambda: any(e["subject"] == "before" for e in reader.events()), what="the stream caught up")
+        with held.cursor() as cur:
+            cur.execute(
+                "INSERT INTO event (at, cluster, kind, subject, data) VALUES (%s, '', 'test.held', 'held', '{}') "
+                "RETURNING id",
+                (time.time(),),
+            )
+            held_id = cur.fetchone()[0]
+        for name in ("later1", "later2"):  # committed by the server while the held transaction is open
+            st.cli.run("cluster", "add", name)
+        deadline = time.monotonic() + GAP_HOLD_SECONDS
+        while time.monotonic() < deadline:  # "must not happen" for longer than the old gap wait
+            assert not any(e["id"] >= held_id for e in reader.events()), reader.events()
+            time.sleep(0.2)
+        held.commit()
+        wait_until(lambda: any(e["subject"] == "later2" for e in reader.events()), timeout=15, what="the held events")
+        ids = [e["id"] for e in reader.events()]
+        assert ids == sorted(ids) and len(ids) == len(set(ids))
+        subjects = [e["subject"] for e in reader.events()]
+        assert subjects.index("before") < subjects.index("held") < subjects.index("later1") < subjects.index("later2")
+
+        with held.cursor() as cur:  # a rolled-back id never appears: the stream moves past it
+            cur.execute(
+                "INSERT INTO event (at, cluster, kind, subject, data) VALUES (%s, '', 'test.gone', 'gone', '{}')",
+                (time.time(),),
+            )
+        held.rollback()
+        st.cli.run("cluster", "add", "after-rollback")
+        wait_until(
+            lambda: any(e["subject"] == "after-rollback" for e in reader.events()), timeout=15, what="past the gap"
+        )
+        assert not any(e["subject"] == "gone" for e in reader.events())
+    finally:
+        held.close()
+        reader.close()
+
+
+def test_sqlite_gap_is_skipped_after_the_wait():
+    """SQLite serialises writers: a gap is a rollback, skipped once GAP_WAIT_SECONDS passed (a new gap waits again)."""
+    from control.services.eventfeed import GapWatch
+
+    gaps = GapWatch(3.0, postgres=False)
+    assert not gaps.may_skip(5, 5, now=100.0) and gaps.waiting
+    assert not gaps.may_skip(5, 5, now=102.9)
+    assert gaps.may_skip(5, 5, now=103.0)
+    assert not gaps.may_skip(9, 9, now=103.5), "another gap starts its own wait"
+    gaps.clear()
+    assert not gaps.waiting

@@ -5,6 +5,11 @@ so a slow client only ever slows itself. The recorder's in-process listener runs
 recording transaction commits, so a wake-up is followed by a few quick re-reads, and every
 stream also re-reads on a timer as a fallback (events written by another process, a missed
 wake-up).
+
+Events go out strictly in id order, and none that commits is ever skipped: an id gap is held
+until ``eventfeed.GapWatch`` says the missing ids can no longer appear (on SQLite after
+GAP_WAIT_SECONDS, since writers are serialised; on PostgreSQL once no transaction that could
+hold them is still open, however long that takes).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ HEARTBEAT_SECONDS = 15.0  # a comment line at least this often keeps proxies fro
 POLL_SECONDS = 1.0  # fallback re-read of the Event table when no wake-up came
 HOT_POLL_SECONDS = 0.05  # re-read this often for HOT_SECONDS after a wake-up (the writer commits after it)
 HOT_SECONDS = 1.0
-GAP_WAIT_SECONDS = 3.0  # an id gap above the oldest row is a transaction still in flight; wait this long
+GAP_WAIT_SECONDS = 3.0  # SQLite: an id gap is a rolled-back write; skip it after this long (PostgreSQL: see GapWatch)
 BATCH = 500  # rows per read
 SHUTDOWN_CHECK_SECONDS = 0.25
 GRANTS_REFRESH_SECONDS = 5.0  # a stream re-reads its user's grants this often (grants given or revoked meanwhile)
@@ -176,7 +181,7 @@ async def _stream(
     last_sent = cursor
     last_write = time.monotonic()
     hot_until = 0.0
-    gap_seen: dict[int, float] = {}
+    gaps = eventfeed.GapWatch(GAP_WAIT_SECONDS)
     while True:
         rows = await run_in_threadpool(eventfeed.read_after, cursor, BATCH)
         scope = await visibility.scope()
@@ -188,12 +193,11 @@ async def _stream(
                 if first_missing < oldest:
                     chunks.append(_message("reset", {"after": cursor, "oldest_id": oldest}))
                 else:
-                    seen = gap_seen.setdefault(first_missing, time.monotonic())
-                    if time.monotonic() - seen < GAP_WAIT_SECONDS:
+                    if not await run_in_threadpool(gaps.may_skip, first_missing, event_id - 1):
                         hot_until = time.monotonic() + HOT_SECONDS
-                        break  # an earlier transaction has not committed yet: deliver in order
+                        break  # an earlier transaction may still commit: deliver in order
                     log.info("event ids %d..%d never appeared (rolled back); skipped", first_missing, event_id - 1)
-                gap_seen.clear()
+            gaps.clear()
             cursor = event_id
             if clusters and cluster not in clusters:
                 continue
@@ -221,7 +225,7 @@ async def _stream(
             return
         if getattr(getattr(request.receive, "__self__", None), "disconnected", False):
             return  # the client went away (or the connection was aborted at shutdown)
-        if len(rows) == BATCH and not gap_seen:
+        if len(rows) == BATCH and not gaps.waiting:
             continue
         timeout = HOT_POLL_SECONDS if now < hot_until else min(POLL_SECONDS, heartbeat)
         if await waker.wait(timeout):

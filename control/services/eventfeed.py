@@ -4,6 +4,25 @@ Every stream re-reads the Event table by id at its own pace; nothing is queued p
 thread that records an event only schedules wake-ups (``WakeHub``) and counts towards the next
 prune (``Pruner``), never waits. The server wires both to the recorder at start
 (``EventFeed.start``) and unwires them at stop.
+
+Id gaps (``GapWatch``): a stream delivers ids in order, so when it reads id N+2 but not N+1 it
+must tell "N+1 is not committed yet" from "N+1 will never exist" (its transaction rolled back)
+before moving past it.
+
+- SQLite serialises writers: ids are taken and committed in one write transaction at a time, so
+  a row is visible by the time any later id is. A gap is a rollback; the stream waits
+  ``wait_seconds`` (for a wake-up that raced the commit) and then skips it, as it always did.
+- PostgreSQL hands out ids from a sequence outside the transaction that uses them: the
+  transaction holding N+1 may commit long after N+2 did (a slow handler, a lock wait). Any
+  transaction that took N+1 started before the stream first saw the gap (it took N+1 before
+  N+2 was taken, and N+2 had committed when the stream read it). So the stream notes the
+  database's clock when it first sees the gap and skips the gap only after a check finds no
+  other open transaction of this database and role (``pg_stat_activity``: ``xact_start`` at or
+  before that moment) *and* a read after that check still misses the ids: whatever held them has
+  then committed (and that read returned it) or rolled back. A transaction left open for good
+  holds the stream back (a warning names its backend) rather than losing an event. Event
+  writers are the control service's own connections (one role), whose rows in
+  ``pg_stat_activity`` every connection of that role may read.
 """
 
 from __future__ import annotations
@@ -11,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +41,8 @@ from control.store.db import delete_where
 from control.store.models import Event
 
 log = logging.getLogger(__name__)
+
+GAP_WARN_SECONDS = 60.0  # a gap held open this long by a transaction gets a warning (once)
 
 # Event rows kept: older ones are pruned (a client that asks for them gets a `reset` first).
 DEFAULT_BACKLOG = 10000
@@ -54,6 +76,75 @@ def read_after(cursor: int, limit: int) -> list[FeedEvent]:
         .limit(limit)
     )
     return [FeedEvent(r.id, r.at, r.cluster, r.kind, r.subject, r.data) for r in query]
+
+
+def _postgres() -> bool:
+    database: Any = Event._meta.database
+    return isinstance(getattr(database, "obj", database), pw.PostgresqlDatabase)
+
+
+def db_clock() -> Any:
+    """The database server's clock (PostgreSQL), to compare with ``pg_stat_activity.xact_start``."""
+    return Event._meta.database.execute_sql("SELECT clock_timestamp()").fetchone()[0]
+
+
+def open_transactions_since(moment: Any) -> list[int]:
+    """Backend pids of other open transactions of this database and role that began at or before ``moment``."""
+    cursor = Event._meta.database.execute_sql(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND usename = current_user "
+        "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND xact_start <= %s ORDER BY pid",
+        (moment,),
+    )
+    return [int(row[0]) for row in cursor.fetchall()]
+
+
+class GapWatch:
+    """Decides, for one stream, when an id gap may be skipped (see the module docstring).
+
+    ``may_skip`` blocks on the database: call it from a worker thread. It returns True only once
+    the ids can no longer appear; the caller re-reads until then and delivers them if they do.
+    """
+
+    def __init__(self, wait_seconds: float, postgres: bool | None = None) -> None:
+        self.wait_seconds = wait_seconds
+        self.postgres = _postgres() if postgres is None else postgres
+        self.first_missing: int | None = None
+        self._since = 0.0  # monotonic, when the stream first saw this gap
+        self._since_db: Any = None  # the database's clock then (PostgreSQL)
+        self._settled = False  # a check found no transaction that could hold the ids
+        self._warned = False
+
+    def may_skip(self, first_missing: int, last_missing: int, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if first_missing != self.first_missing:
+            self.first_missing, self._since, self._settled, self._warned = first_missing, now, False, False
+            self._since_db = db_clock() if self.postgres else None
+            return False
+        if not self.postgres:
+            return now - self._since >= self.wait_seconds
+        if self._settled:
+            return True  # the read after the check still missed the ids: rolled back
+        holders = open_transactions_since(self._since_db)
+        if not holders:
+            self._settled = True  # skip only if the next read (after this check) misses them too
+        elif now - self._since >= GAP_WARN_SECONDS and not self._warned:
+            self._warned = True
+            log.warning(
+                "event ids %d..%d are held back for %.0f s by open transactions (backend pids %s): "
+                "event streams wait for them to commit or roll back",
+                first_missing,
+                last_missing,
+                now - self._since,
+                ", ".join(map(str, holders)),
+            )
+        return False
+
+    def clear(self) -> None:
+        self.first_missing = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.first_missing is not None
 
 
 def kind_matches(kind: str, filters: list[str]) -> bool:
