@@ -77,7 +77,8 @@ data: {{"id": 1234, "at": 1717171717.5, "cluster": "default", "kind": "node.stat
   `task.state` (subject: task id; `node`, `kind`, `state`, `reason`, and `fix` when FAILED),
   `volume.state` (subject: volume name; `state`, `reason`), `brick.state` (subject:
   `volume:node:path`; `state`, `pid`), `device.state` (subject: `node:path`; `state`),
-  `device.removed`.
+  `device.removed`, and `audit` (every change asked of the REST API, subject: the actor; `audit_id`,
+  `method`, `route`, `path`, `status`; global admins only, see `GET /api/v1/audit`).
 """
 
 

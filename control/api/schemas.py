@@ -369,3 +369,20 @@ class SessionPublic(Public):
     last_used_at: float | None
     expires_at: float
     current: bool  # the session of the token that asked
+
+
+# ---- audit ---------------------------------------------------------------------------------
+class AuditPublic(Public):
+    """One change asked of the REST API; ``actor`` is empty when the caller was not logged in."""
+
+    id: int
+    at: float
+    actor: str
+    address: str
+    method: str
+    route: str  # the route's template
+    path: str  # the concrete path: the target
+    cluster: str
+    params: dict[str, Any]  # "path", "query" and "body" (named, non-secret body fields only)
+    status: int
+    detail: str  # the problem detail of a refused or failed change

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker import __version__
-from control.cli import commands, completion, demo, volumes
+from control.cli import audit, commands, completion, demo, volumes
 from control.cli.errors import CliError
 from control.client import ApiError
 
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     volumes.add_parsers(sub, common, _cluster, _output)
     demo.add_parser(sub)
     completion.add_parser(sub)
+    audit.add_parser(sub, common, _output)
 
     # ---- tasks ----------------------------------------------------------------------------
     tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)

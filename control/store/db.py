@@ -200,6 +200,14 @@ def _migration_8(db: pw.Database) -> None:
     ).execute()
 
 
+def _migration_9(db: pw.Database) -> None:
+    """The audit log: every change asked of the REST API.
+
+    Self-contained and idempotent (``safe``): it creates only what is missing.
+    """
+    db.create_tables([m.AuditEntry], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -230,6 +238,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (9, _migration_9),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
