@@ -65,6 +65,7 @@ def test_every_change_is_audited_and_only_admins_read_it(stack):
     viewer, cadmin = _login(url, "viewer1"), _login(url, "cadmin")
 
     admin_stream = EventReader(url, admin)
+    admin_unfiltered = EventReader(url, admin, kind="")  # audit events only come when asked for
     viewer_stream = EventReader(url, viewer)
     cadmin_stream = EventReader(url, cadmin)
     try:
@@ -137,9 +138,11 @@ def test_every_change_is_audited_and_only_admins_read_it(stack):
         assert last.status_code == 422
         wait_until(lambda: any(e["data"]["status"] == 422 for e in admin_stream.events), what="the 422 event")
         assert viewer_stream.events == [] and cadmin_stream.events == []
+        kinds = {e["kind"] for e in admin_unfiltered.events}
+        assert "cluster.created" in kinds and "audit" not in kinds, kinds
         assert viewer_stream.status == 200 and cadmin_stream.status == 200
     finally:
-        for reader in (admin_stream, viewer_stream, cadmin_stream):
+        for reader in (admin_stream, admin_unfiltered, viewer_stream, cadmin_stream):
             reader.close()
 
     # the CLI

@@ -39,7 +39,7 @@ router = APIRouter(prefix="/api/v1")
     "empty when not logged in, and `address`), what (`method`, `route`), on what (`path`, `cluster`, "
     "`params`: path and query parameters and the named, non-secret fields of the body; never passwords or "
     "tokens) and how it ended (`status`, and `detail` for refusals and failures). Each entry is also an "
-    "`audit` event on `/api/v1/events`, for global admins only.",
+    "`audit` event on `/api/v1/events?kind=audit`, for global admins only.",
     dependencies=[permit(Action.ADMIN, GLOBAL)],
 )
 def list_audit(

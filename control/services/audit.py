@@ -5,7 +5,8 @@ refused (401, 403), invalid (422), conflicting (409), accepted or failed. An ent
 actor, the client address, the method, the route template, the concrete path, the path and
 query parameters, and only the request body fields named in ``BODY_FIELDS`` (never passwords
 or tokens: a name that looks secret is dropped even when listed). Each entry is also an
-``audit`` event on the event stream, which only global admins see.
+``audit`` event on the event stream, which only global admins see, on streams that ask for
+``kind=audit``.
 """
 
 from __future__ import annotations
