@@ -82,7 +82,9 @@ data: {{"id": 1234, "at": 1717171717.5, "cluster": "default", "kind": "node.stat
   `task.state` (subject: task id; `node`, `kind`, `state`, `reason`, and `fix` when FAILED),
   `volume.state` (subject: volume name; `state`, `reason`), `brick.state` (subject:
   `volume:node:path`; `state`, `pid`), `device.state` (subject: `node:path`; `state`),
-  `device.removed`.
+  `device.removed`, and `audit` (every change asked of the REST API, subject: the actor; `audit_id`,
+  `method`, `route`, `path`, `status`; see `GET /api/v1/audit`): only for global admins, and only on
+  streams that name it (`kind=audit`).
 """
 
 
@@ -201,6 +203,8 @@ async def _stream(
             cursor = event_id
             if clusters and cluster not in clusters:
                 continue
+            if kind == "audit" and "audit" not in kinds:
+                continue  # the audit log comes only to streams that ask for it (kind=audit)
             if not eventfeed.kind_matches(kind, kinds):
                 continue
             if not scope.sees_event(cluster, kind, subject, data):

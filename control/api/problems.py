@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+BODY_UNREADABLE = "There was an error parsing the body"  # FastAPI's 400 for a body that does not decode
 
 
 def title(status: int) -> str:
@@ -67,6 +68,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else title(exc.status_code)
+        if exc.status_code == 400 and detail == BODY_UNREADABLE:
+            detail = "the request body could not be read: send UTF-8 encoded JSON (Content-Type: application/json)"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"Not Found: no route {request.url.path} (see /docs)"
         return problem(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
@@ -91,6 +94,7 @@ def install_handlers(app: FastAPI) -> None:
 
 # ---- the OpenAPI side ------------------------------------------------------------------------
 ERROR_TEXT = {
+    400: "The request body could not be read: it is not UTF-8 encoded JSON",
     401: "No token, or an invalid, expired or revoked one: log in again",
     403: "The caller lacks the permission the detail names",
     404: "An object the request names does not exist",
@@ -137,6 +141,8 @@ def error_statuses(route: APIRoute, method: str) -> list[int]:
         codes.add(409)
     if has_input or changes:
         codes.add(422)
+    if dependant.body_params:
+        codes.add(400)  # a body that does not decode (not UTF-8) never reaches validation
     if route.path == "/api/v1/login":
         codes |= {401, 429}
     codes |= {int(c) for c in route.responses if str(c).isdigit() and int(c) >= 400}

@@ -418,3 +418,20 @@ class AlertPublic(Public):
     state: str  # firing, resolved
     since: float
     until: float | None
+
+
+# ---- audit ---------------------------------------------------------------------------------
+class AuditPublic(Public):
+    """One change asked of the REST API; ``actor`` is empty when the caller was not logged in."""
+
+    id: int
+    at: float
+    actor: str
+    address: str
+    method: str
+    route: str  # the route's template
+    path: str  # the concrete path: the target
+    cluster: str
+    params: dict[str, Any]  # "path", "query" and "body" (named, non-secret body fields only)
+    status: int
+    detail: str  # the problem detail of a refused or failed change

@@ -239,7 +239,9 @@ class Scope:
             raise Forbidden(reason)
 
     def sees_event(self, cluster: str, kind: str, subject: str, data: dict[str, Any]) -> bool:
-        """Events without a cluster (users) go to global readers; the rest follow their subject."""
+        """Audit events go to global admins, events without a cluster (users) to global readers; others by subject."""
+        if kind == "audit":  # the audit log is for global admins only
+            return self.allows(Action.ADMIN, EVERYTHING)
         if not cluster:
             return self.allows(Action.READ, EVERYTHING)
         if self.allows(Action.READ, on_cluster(cluster)):

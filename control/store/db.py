@@ -200,6 +200,14 @@ def _migration_8(db: pw.Database) -> None:
     ).execute()
 
 
+def _migration_9(db: pw.Database) -> None:
+    """The audit log: every change asked of the REST API.
+
+    Self-contained and idempotent (``safe``): it creates only what is missing.
+    """
+    db.create_tables([m.AuditEntry], safe=True)
+
+
 def _migration_10(db: pw.Database) -> None:
     """Rebalance status per volume and node. Self-contained and idempotent (``safe``): other branches'
     migrations may run before or after it."""
@@ -244,6 +252,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (9, _migration_9),
     (10, _migration_10),
     (11, _migration_11),
 ]

@@ -278,6 +278,29 @@ class Alert(BaseModel):
     until = pw.DoubleField(null=True)
 
 
+class AuditEntry(BaseModel):
+    """One change asked of the REST API: who, what (method and route), on what, and how it ended.
+
+    Written by the API's audit middleware for every non-GET request; never holds request bodies
+    beyond a few named, non-secret fields (``params``).
+    """
+
+    id = pw.AutoField()
+    at = pw.DoubleField(default=now, index=True)
+    actor = pw.CharField(max_length=64, default="", index=True)  # "" when the caller was not logged in
+    address = pw.CharField(max_length=64, default="")
+    method = pw.CharField(max_length=8)
+    route = pw.CharField(max_length=255)  # the route's template, e.g. /api/v1/clusters/{name}/volumes/{volume}
+    path = pw.TextField()  # the concrete path: the target
+    cluster = pw.CharField(max_length=64, default="", index=True)
+    params = JSONField(default=dict)  # path parameters, query parameters, named body fields
+    status = pw.IntegerField()
+    detail = pw.TextField(default="")  # the problem detail of a refused or failed change
+
+    class Meta:
+        table_name = "audit"
+
+
 ALL_MODELS = [
     SchemaVersion,
     User,
@@ -292,5 +315,7 @@ ALL_MODELS = [
     Brick,
     SelfHealDaemon,
     Grant,
+    RebalanceNode,
     Alert,
+    AuditEntry,
 ]
