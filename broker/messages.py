@@ -146,6 +146,8 @@ class Registration(_Msg):
     epoch: int
     nonce: str = ""
     reason: str = ""
+    # the control service's metadata signing key (Ed25519, base64 of the 32 raw bytes): agents pin it
+    metadata_key: str = Field(default="", max_length=64)
 
 
 class Presence(_Msg):
@@ -268,3 +270,37 @@ def node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int) -> 
 
 def check_node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int, proof: str) -> bool:
     return hmac.compare_digest(node_proof(key, cluster, node, agent_id, epoch), proof)
+
+
+# ---- signed cluster metadata (docs/recovery.md) ----------------------------------------------
+
+METADATA_SIGNATURE_CONTEXT = b"glusterctl-metadata-v1\n"
+
+
+class MetadataDocument(_Msg):
+    """Control -> agents (retained per cluster), and agent -> control as a copy: the cluster's metadata.
+
+    ``document`` is the JSON text that is signed, exactly as sent; ``cluster`` and ``version``
+    repeat what it holds, and a reader checks they agree.
+    """
+
+    cluster: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    issued_at: float = 0.0
+    document: str = Field(min_length=2, max_length=MAX_PAYLOAD_BYTES)
+    key: str = Field(default="", max_length=64)  # the signing key, base64 (a reader trusts only its pinned key)
+    signature: str = Field(min_length=1, max_length=128)  # Ed25519, base64
+
+
+class MetadataCopy(_Msg):
+    """Agent -> control: the newest metadata the agent verified and kept (None: it has none)."""
+
+    epoch: int = Field(ge=1)
+    copy_: MetadataDocument | None = Field(default=None, alias="copy")
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+def metadata_signed_bytes(cluster: str, version: int, document: str) -> bytes:
+    """What the control service signs: a fixed context, the cluster, the version and the document text."""
+    return METADATA_SIGNATURE_CONTEXT + f"{cluster}\n{version}\n".encode() + document.encode()
