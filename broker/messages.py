@@ -6,9 +6,11 @@ payload that fails validation is logged with its sender and dropped.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -299,6 +301,38 @@ class MetadataCopy(_Msg):
     copy_: MetadataDocument | None = Field(default=None, alias="copy")
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class MetadataRefused(ValueError):
+    """A metadata document that its reader does not accept; the message says why."""
+
+
+def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, Any]:
+    """The document of ``envelope`` if ``public_key`` (base64 Ed25519) signed it and it says what the envelope says."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
+        signature = base64.b64decode(envelope.signature, validate=True)
+    except ValueError as exc:
+        raise MetadataRefused(f"unusable key or signature: {exc}") from None
+    try:
+        key.verify(signature, metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document))
+    except InvalidSignature:
+        raise MetadataRefused(
+            "the signature does not verify with the pinned key (forged, or another server's)"
+        ) from None
+    try:
+        document = json.loads(envelope.document)
+    except ValueError:
+        raise MetadataRefused("the signed document is not JSON") from None
+    if not isinstance(document, dict) or (document.get("cluster"), document.get("version")) != (
+        envelope.cluster,
+        envelope.version,
+    ):
+        raise MetadataRefused("the envelope's cluster or version differs from the signed document's")
+    return document
 
 
 def metadata_signed_bytes(cluster: str, version: int, document: str) -> bytes:

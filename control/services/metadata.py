@@ -17,21 +17,26 @@ import base64
 import json
 import logging
 import os
+import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from broker.messages import MetadataDocument, metadata_signed_bytes
-from control.services import authz
+from broker.messages import MAX_PAYLOAD_BYTES, MetadataDocument, MetadataRefused, metadata_signed_bytes, verify_metadata
+from broker.topics import Topics
+from control.services import authz, events
+from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Device, Grant, Node, Volume
+from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEY_FILE = "metadata.key"
+DEBOUNCE_SECONDS = 0.5  # a burst of changes (a volume create) goes out as one document, this long after the last
+CHECK_INTERVAL = 5.0  # and every this often the versions are compared anyway (a change whose event came early)
 
 
 class MetadataError(Exception):
@@ -78,26 +83,11 @@ def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 
 def verify(envelope: MetadataDocument, public_key: str) -> dict[str, Any]:
-    """The document of ``envelope`` if ``public_key`` signed it and it says what the envelope says."""
+    """The document of ``envelope`` if ``public_key`` signed it (MetadataError says why not)."""
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
-        signature = base64.b64decode(envelope.signature, validate=True)
-    except ValueError as exc:
-        raise MetadataError(f"unusable key or signature: {exc}") from None
-    try:
-        key.verify(signature, metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document))
-    except InvalidSignature:
-        raise MetadataError("the signature does not verify with the pinned key (forged, or another server's)") from None
-    try:
-        document = json.loads(envelope.document)
-    except ValueError:
-        raise MetadataError("the signed document is not JSON") from None
-    if not isinstance(document, dict) or (document.get("cluster"), document.get("version")) != (
-        envelope.cluster,
-        envelope.version,
-    ):
-        raise MetadataError("the envelope's cluster or version differs from the signed document's")
-    return document
+        return verify_metadata(envelope, public_key)
+    except MetadataRefused as exc:
+        raise MetadataError(str(exc)) from None
 
 
 # ---- the document ----------------------------------------------------------------------------
@@ -196,3 +186,106 @@ def sign(document: dict[str, Any], key: Ed25519PrivateKey, now: float | None = N
         key=public_key_text(key),
         signature=base64.b64encode(signature).decode(),
     )
+
+
+# ---- publishing ----------------------------------------------------------------------------
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+
+def current(cluster_name: str) -> dict[str, Any] | None:
+    """The cluster's document read in one transaction; a cluster never versioned gets version 1 first."""
+    with db.atomic():
+        cluster = first(locked(Cluster.select().where(Cluster.name == cluster_name)))
+        if cluster is None:
+            return None
+        if cluster.metadata_version < 1:  # made before versions existed
+            events.bump(cluster.name)
+            cluster = Cluster.get_by_id(cluster.id)
+        return snapshot(cluster)
+
+
+class MetadataPublisher:
+    """Publishes each cluster's signed document (retained) at start and, debounced, after each change."""
+
+    def __init__(self, topics: Topics, publisher: Publisher, key: Ed25519PrivateKey) -> None:
+        self.topics, self.publisher, self.key = topics, publisher, key
+        self.public_key = public_key_text(key)
+        self._published: dict[str, int] = {}  # cluster -> version last published
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = False
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = events.subscribe(self._on_event)
+
+    def start(self, paused: bool = False) -> None:
+        """Start the loop; ``paused`` (a restore): nothing goes out until ``resume``."""
+        self._paused = paused
+        self._thread = threading.Thread(target=self._loop, name="metadata-publisher", daemon=True)
+        self._thread.start()
+
+    def resume(self) -> None:
+        self._paused = False
+        self.republish_all()
+
+    def stop(self) -> None:
+        self._unsubscribe()
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def republish_all(self) -> None:
+        """Publish every cluster's document again (after a broker reconnect: its retained copy may be gone)."""
+        self._published.clear()
+        self._wake.set()
+
+    def _on_event(self, event: object) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            woke = self._wake.wait(CHECK_INTERVAL)
+            if self._stop.is_set():
+                return
+            if woke:  # let the burst end and its transaction commit
+                self._wake.clear()
+                while self._wake.wait(DEBOUNCE_SECONDS) and not self._stop.is_set():
+                    self._wake.clear()
+            if self._paused:
+                continue
+            try:
+                self.publish_changed()
+            except Exception:
+                log.exception("publishing cluster metadata failed; retried in %.0fs", CHECK_INTERVAL)
+
+    def publish_changed(self) -> int:
+        """Publish the document of each cluster whose version differs from the last published; the count."""
+        count = 0
+        versions = {c.name: c.metadata_version for c in Cluster.select(Cluster.name, Cluster.metadata_version)}
+        for name in sorted(set(self._published) - set(versions)):  # deleted clusters: clear their document
+            self.publisher.publish(self.topics.cluster_metadata(name), b"", qos=1, retain=True)
+            del self._published[name]
+            log.info("cluster %s: metadata document cleared (cluster deleted)", name)
+        for name, version in sorted(versions.items()):
+            if self._published.get(name) == version:
+                continue
+            document = current(name)
+            if document is None:
+                continue
+            envelope = sign(document, self.key)
+            payload = envelope.model_dump_json().encode()
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                log.error(
+                    "cluster %s: metadata document version %d is %d bytes, over the limit of %d; not published",
+                    name,
+                    envelope.version,
+                    len(payload),
+                    MAX_PAYLOAD_BYTES,
+                )
+                continue
+            self.publisher.publish(self.topics.cluster_metadata(name), payload, qos=1, retain=True)
+            self._published[name] = envelope.version
+            log.info("cluster %s: metadata version %d published (%d bytes)", name, envelope.version, len(payload))
+            count += 1
+        return count
