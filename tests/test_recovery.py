@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import time
 
 import pytest
 
@@ -102,3 +107,119 @@ def test_signatures_verify_with_the_pinned_key_only(store, tmp_path):
     relabelled = envelope.model_copy(update={"version": envelope.version + 5})
     with pytest.raises(metadata.MetadataError):
         metadata.verify(relabelled, pinned)
+
+
+# ---- the whole loss and restore, on real bricks and a real mount -----------------------------------
+NODES = ("n1", "n2", "n3")
+# times, and the capacity the heartbeats measure (it moves while files are written): not metadata
+VOLATILE = ("_at", "last_seen", "uptime", "age", "free", "used", "percent")
+
+
+def _without_times(value):
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if not any(t in k for t in VOLATILE)}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def _views(st) -> dict:
+    views = {"volumes": st.cli.json("volume", "list"), "nodes": st.cli.json("node", "list")}
+    for name in ("va", "vb"):
+        views[f"info {name}"] = st.cli.json("volume", "info", name)
+        views[f"status {name}"] = st.cli.json("volume", "status", name)
+    return _without_times(views)
+
+
+def _kept(agent_dir) -> dict | None:
+    from agent.metadata import MetadataStore
+
+    newest = MetadataStore(str(agent_dir), "default").newest()
+    return json.loads(newest.document) if newest is not None else None
+
+
+def _mount_works(mnt, name: str) -> None:
+    path = os.path.join(mnt, name)
+    with open(path, "w") as fh:
+        fh.write(name)
+    with open(path) as fh:
+        assert fh.read() == name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and mounts need root")
+def test_a_lost_server_is_restored_from_the_agents_copies(stack, tmp_path):
+    from tests.helpers import Server, wait_until
+    from tests.test_live_volumes import stock_mount
+    from tests.test_volumes import brick, wait_bricks
+
+    st = stack
+    for node in NODES:
+        st.agent(node)
+        (st.tmp / "bricks" / node).mkdir(parents=True)
+    wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), what="three nodes Online")
+    st.cli.run("volume", "create", "va", "--replica", "3", *[brick(st, n, "va") for n in NODES], "--wait")
+    st.cli.run("volume", "create", "vb", *[brick(st, n, "vb") for n in NODES], "--wait")
+    st.cli.run("volume", "set", "va", "performance.quick-read", "off")
+    st.cli.run("volume", "set", "vb", "read-only", "on")
+    wait_bricks(st, "va", "Online")
+    wait_bricks(st, "vb", "Online")
+    mnt = stock_mount(st, "va")
+    _mount_works(mnt, "before")
+    before = _views(st)
+
+    def kept_everywhere():
+        docs = [_kept(st.tmp / f"agent-{n}") for n in NODES]
+        return all(
+            d and {v["name"]: v["options"] for v in d["volumes"]}.get("vb") == {"features.read-only": "on"}
+            for d in docs
+        )
+
+    wait_until(kept_everywhere, timeout=20, what="every agent keeps the newest metadata")
+    key = tmp_path / "metadata.key.backup"  # the operator's copy of the signing key, kept off the server
+    shutil.copy(st.server.data_dir / "metadata.key", key)
+
+    lost = st.server
+    lost.kill9()
+    shutil.rmtree(lost.data_dir)
+    _mount_works(mnt, "server-gone")
+
+    started = time.monotonic()
+    new = Server(st.tmp)
+    new.http_port, new.mqtt_port, new.url = lost.http_port, lost.mqtt_port, lost.url
+    new.argv = [*lost.argv, "--restore-from-agents", "--restore-key", str(key)]
+    st.procs.append(new)
+    st.server = new
+    new.start()
+    print(f"restore took {time.monotonic() - started:.1f}s")
+    log = new.log()
+    assert re.search(r"restore: cluster default: restored from node n[123], metadata version \d+", log), log[-3000:]
+    assert "not restored: users, API tokens and sessions" in log
+    _mount_works(mnt, "restored")
+
+    (st.tmp / "cli-config" / "token.json").unlink()  # the lost server's token means nothing to the new one
+    st.cli.bootstrap()  # users are not kept on agents: the first admin is created again
+    wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), timeout=30, what="nodes Online again")
+    try:
+        wait_until(lambda: _views(st) == before, timeout=20, what="the same views as before the loss")
+    finally:
+        after = _views(st)
+        for view in before:
+            assert after[view] == before[view], (view, _differences(before[view], after[view]))
+    for name in ("va", "vb"):  # same processes on the same ports
+        assert [(b["pid"], b["port"]) for b in after[f"status {name}"]["bricks"]] == [
+            (b["pid"], b["port"]) for b in before[f"status {name}"]["bricks"]
+        ]
+
+    st.cli.run("volume", "stop", "vb", "--wait")
+    st.cli.run("volume", "start", "vb", "--wait")
+    wait_bricks(st, "vb", "Online")
+    _mount_works(mnt, "after-operations")
+    subprocess.run(["umount", mnt], check=True)
