@@ -109,6 +109,40 @@ def test_signatures_verify_with_the_pinned_key_only(store, tmp_path):
         metadata.verify(relabelled, pinned)
 
 
+def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path, caplog):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.metadata import KEEP, MetadataStore
+    from control.services import metadata
+
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+    def doc(version: int, cluster: str = "c1", signer=key) -> bytes:
+        body = {"cluster": cluster, "version": version, "nodes": [], "volumes": [], "devices": []}
+        return metadata.sign(body, signer).model_dump_json().encode()
+
+    store = MetadataStore(str(tmp_path), "c1")
+    assert not store.receive(doc(1))  # nothing pinned yet
+    store.pin(metadata.public_key_text(key))
+    store.pin(metadata.public_key_text(other))  # a later, different key is not pinned
+    assert store.pinned() == metadata.public_key_text(key)
+    assert oct(os.stat(store.key_path).st_mode & 0o777) == "0o600"
+    assert store.receive(doc(3))
+    assert not store.receive(doc(4, signer=other)), "forged"
+    assert not store.receive(doc(2)), "older"
+    assert not store.receive(doc(5, cluster="c2")), "another cluster's"
+    assert store.newest().version == 3
+    for version in range(4, 4 + KEEP + 2):
+        assert store.receive(doc(version))
+    files = sorted(os.listdir(store.dir))
+    assert len(files) == KEEP and all(
+        oct(os.stat(os.path.join(store.dir, f)).st_mode & 0o777) == "0o600" for f in files
+    )
+    assert store.newest().version == 3 + KEEP + 2
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any("does not verify" in m for m in refusals) and any("is kept already" in m for m in refusals)
+
+
 # ---- the whole loss and restore, on real bricks and a real mount -----------------------------------
 NODES = ("n1", "n2", "n3")
 # times, and the capacity the heartbeats measure (it moves while files are written): not metadata
