@@ -34,6 +34,7 @@ from agent import credential, facts
 from agent.bricks import BrickManager
 from agent.devices import DeviceManager
 from agent.journal import Journal
+from agent.metadata import MetadataStore
 from agent.rebalance import RebalanceManager
 from agent.settings import AgentSettings
 from agent.tasks import HANDLERS, RESUMABLE_KINDS, TaskContext, TaskFailed, check_params
@@ -44,6 +45,7 @@ from broker.messages import (
     ControlPresence,
     Heartbeat,
     Hello,
+    MetadataCopy,
     NodeFacts,
     Presence,
     Registration,
@@ -83,6 +85,7 @@ class Agent:
         self.devices = DeviceManager(settings.state_dir, self.node)
         self.volfiles = Volfiles(settings.state_dir, self.address, settings.volfile_port)
         self.rebalance = RebalanceManager(self.bricks, self.volfiles.server)
+        self.metadata = MetadataStore(settings.state_dir, self.cluster)
         self.epoch = 0
         self.credential = settings.credential  # None until enrolled
         self._nonces: set[str] = set()  # of the hellos of this connection that are not answered yet
@@ -310,12 +313,25 @@ class Agent:
                     presence = ControlPresence.model_validate_json(msg.payload)
                     if presence.state == "online":
                         self._send_hello()
+                        self._offer_metadata()
+            elif msg.topic == self.topics.cluster_metadata(self.cluster):
+                if msg.payload:
+                    self.metadata.receive(bytes(msg.payload))
             elif filter_matches(self.topics.tasks_filter(self.cluster, self.node), msg.topic) and msg.payload:
                 self._on_task(TaskMessage.model_validate_json(msg.payload))
         except ValidationError as exc:
             log.warning("dropped malformed message on %s: %s", msg.topic, " ".join(str(exc).split())[:300])
         except Exception:
             log.exception("error handling message on %s", msg.topic)
+
+    def _offer_metadata(self) -> None:
+        """Offer the newest kept metadata copy (a restoring control service rebuilds from the newest offered)."""
+        if self.credential is None:
+            return  # the enrolment login may not publish it, and there is nothing kept yet
+        copy = MetadataCopy(epoch=self.epoch, copy=self.metadata.newest())
+        self.client.publish(
+            self.topics.metadata_copy(self.cluster, self.node), copy.model_dump_json(by_alias=True), qos=1
+        )
 
     def _on_registration(self, reg: Registration) -> None:
         if reg.epoch != self.epoch or reg.nonce not in self._nonces:
@@ -328,6 +344,7 @@ class Agent:
         if self.credential is None:
             self._enrolled()
             return
+        self.metadata.pin(reg.metadata_key)
         first = not self.registered.is_set()
         self.registered.set()
         if first:
@@ -338,7 +355,12 @@ class Agent:
                 qos=1,
                 retain=True,
             )
-            self.client.subscribe(self.topics.tasks_filter(self.cluster, self.node), qos=1)
+            self.client.subscribe(
+                [
+                    (self.topics.tasks_filter(self.cluster, self.node), 1),
+                    (self.topics.cluster_metadata(self.cluster), 1),
+                ]
+            )
             self._flush_unsent()
             self._publish_heartbeat()
             if self.on_ready:

@@ -6,9 +6,11 @@ payload that fails validation is logged with its sender and dropped.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -161,6 +163,8 @@ class Registration(_Msg):
     epoch: int
     nonce: str = ""
     reason: str = ""
+    # the control service's metadata signing key (Ed25519, base64 of the 32 raw bytes): agents pin it
+    metadata_key: str = Field(default="", max_length=64)
 
 
 class Presence(_Msg):
@@ -283,3 +287,69 @@ def node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int) -> 
 
 def check_node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int, proof: str) -> bool:
     return hmac.compare_digest(node_proof(key, cluster, node, agent_id, epoch), proof)
+
+
+# ---- signed cluster metadata (docs/recovery.md) ----------------------------------------------
+
+METADATA_SIGNATURE_CONTEXT = b"glusterctl-metadata-v1\n"
+
+
+class MetadataDocument(_Msg):
+    """Control -> agents (retained per cluster), and agent -> control as a copy: the cluster's metadata.
+
+    ``document`` is the JSON text that is signed, exactly as sent; ``cluster`` and ``version``
+    repeat what it holds, and a reader checks they agree.
+    """
+
+    cluster: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    issued_at: float = 0.0
+    document: str = Field(min_length=2, max_length=MAX_PAYLOAD_BYTES)
+    key: str = Field(default="", max_length=64)  # the signing key, base64 (a reader trusts only its pinned key)
+    signature: str = Field(min_length=1, max_length=128)  # Ed25519, base64
+
+
+class MetadataCopy(_Msg):
+    """Agent -> control: the newest metadata the agent verified and kept (None: it has none)."""
+
+    epoch: int = Field(ge=1)
+    copy_: MetadataDocument | None = Field(default=None, alias="copy")
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class MetadataRefused(ValueError):
+    """A metadata document that its reader does not accept; the message says why."""
+
+
+def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, Any]:
+    """The document of ``envelope`` if ``public_key`` (base64 Ed25519) signed it and it says what the envelope says."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
+        signature = base64.b64decode(envelope.signature, validate=True)
+    except ValueError as exc:
+        raise MetadataRefused(f"unusable key or signature: {exc}") from None
+    try:
+        key.verify(signature, metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document))
+    except InvalidSignature:
+        raise MetadataRefused(
+            "the signature does not verify with the pinned key (forged, or another server's)"
+        ) from None
+    try:
+        document = json.loads(envelope.document)
+    except ValueError:
+        raise MetadataRefused("the signed document is not JSON") from None
+    if not isinstance(document, dict) or (document.get("cluster"), document.get("version")) != (
+        envelope.cluster,
+        envelope.version,
+    ):
+        raise MetadataRefused("the envelope's cluster or version differs from the signed document's")
+    return document
+
+
+def metadata_signed_bytes(cluster: str, version: int, document: str) -> bytes:
+    """What the control service signs: a fixed context, the cluster, the version and the document text."""
+    return METADATA_SIGNATURE_CONTEXT + f"{cluster}\n{version}\n".encode() + document.encode()

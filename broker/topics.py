@@ -73,6 +73,15 @@ class Topics:
         """The monitoring topics of one cluster (or all): summary, every volume's status, every alert."""
         return (self.cluster_summary(cluster), self.volume_status(cluster, ANY), self.alert(cluster, ANY))
 
+    # cluster metadata and its copies on the agents (docs/recovery.md)
+    def cluster_metadata(self, cluster: str) -> str:
+        """The cluster's signed metadata document, retained; read by the cluster's nodes."""
+        return f"{self.base}/clusters/{cluster}/metadata"
+
+    def metadata_copy(self, cluster: str, node: str) -> str:
+        """An agent offers the newest metadata copy it kept (a restoring control service reads them)."""
+        return f"{self.node_prefix(cluster, node)}/metadata-copy"
+
     # what each client may publish and subscribe to (the embedded broker's ACL)
     def agent_publish_topics(self, cluster: str, node: str) -> tuple[str, ...]:
         """An agent publishes only its own hello, presence, heartbeat and task status."""
@@ -81,11 +90,17 @@ class Topics:
             self.presence(cluster, node),
             self.heartbeat(cluster, node),
             self.task_status(cluster, node),
+            self.metadata_copy(cluster, node),
         )
 
     def agent_subscribe_filters(self, cluster: str, node: str) -> tuple[str, ...]:
-        """An agent reads only its own registration and tasks, and the control presence."""
-        return (self.registration(cluster, node), self.tasks_filter(cluster, node), self.control_presence())
+        """An agent reads only its own registration and tasks, the control presence and its cluster's metadata."""
+        return (
+            self.registration(cluster, node),
+            self.tasks_filter(cluster, node),
+            self.control_presence(),
+            self.cluster_metadata(cluster),
+        )
 
     def monitor_filters(self, cluster: str = ANY) -> tuple[str, ...]:
         """Read-only monitoring users see the nodes' presence, heartbeat and task status, and the monitoring

@@ -33,12 +33,14 @@ from broker.messages import (
     ControlPresence,
     Heartbeat,
     Hello,
+    MetadataCopy,
     Presence,
     TaskStatus,
 )
 from broker.topics import Topics
 from broker.url import MqttUrl
 from control.services import nodes
+from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
 from control.store.db import ping as db_ping
 from control.store.models import database_proxy
@@ -57,6 +59,7 @@ AGENT_MESSAGES: dict[str, type[BaseModel]] = {
     "presence": Presence,
     "heartbeat": Heartbeat,
     "task-status": TaskStatus,
+    "metadata-copy": MetadataCopy,
 }
 # ("republish", None) after a (re)connect, ("message", (topic, payload)) per message, ("call", fn) for
 # work serialised with the handlers (reconciler passes); None stops the worker
@@ -69,6 +72,10 @@ class Bridge:
         self.topics = topics
         self.engine = engine
         self.instance = uuid.uuid4().hex
+        # the signed cluster metadata (control/services/metadata.py), and a restore collecting the
+        # agents' copies (control/services/restore.py): both set by the server before start()
+        self.metadata: MetadataPublisher | None = None
+        self.restore: Any = None
         self.connected = threading.Event()
         self.refused: str | None = None
         self._inbox: queue.Queue[InboxItem] = queue.Queue(maxsize=inbox_size)
@@ -95,6 +102,10 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+
+    def announce(self) -> None:
+        """Publish the online presence again: every agent says hello (and offers its metadata copy) anew."""
+        self.client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
 
     def _presence(self, state: str) -> bytes:
         return ControlPresence(state=state, instance=self.instance, at=time.time()).model_dump_json().encode()
@@ -225,6 +236,8 @@ class Bridge:
                     self.engine.republish_open()
                     for republish in self.on_connected:
                         republish()
+                    if self.metadata is not None:
+                        self.metadata.republish_all()
                 elif callable(data):
                     data()
                 else:
@@ -280,8 +293,15 @@ class Bridge:
             )
             return
         if isinstance(message, Hello):
+            if self.restore is not None and self.restore.holds(cluster, node):
+                return  # no answer while restoring: the agent asks again, and is known once restored
             answer = nodes.handle_hello(cluster, node, message)
+            if answer.accepted and self.metadata is not None:
+                answer.metadata_key = self.metadata.public_key
             self.publish(self.topics.registration(cluster, node), answer.model_dump_json().encode(), qos=1)
+        elif isinstance(message, MetadataCopy):
+            if self.restore is not None:
+                self.restore.offer(cluster, node, message)
         elif isinstance(message, Presence):
             nodes.handle_presence(cluster, node, message)
         elif isinstance(message, Heartbeat):

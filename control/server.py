@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.dynsec import DynsecError, control_username
 from broker.embedded import BrokerError, TlsListener, check_port_free, start_broker
@@ -23,11 +24,12 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, clusters, enrolment, users
+from control.services import authz, clusters, enrolment, metadata, users
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
 from control.services.monitoring import Monitor
 from control.services.reconciler import Reconciler
+from control.services.restore import AgentRestore, RestoreError, check_empty
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
@@ -59,8 +61,9 @@ def load_secret(data_dir: str) -> str:
 class StoreAuthority:
     """Answers the embedded broker's questions from the database."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, restore: AgentRestore | None = None) -> None:
         self._secret = secret
+        self._restore = restore
 
     def control_password(self) -> str:
         return self._secret
@@ -73,6 +76,8 @@ class StoreAuthority:
         row = first(
             Node.select(Node.credential_hash).join(Cluster).where((Cluster.name == cluster) & (Node.name == node))
         )
+        if row is None and self._restore is not None:
+            return self._restore.provisional_login(cluster, node, secret)
         return (
             row is not None
             and bool(row.credential_hash)
@@ -140,6 +145,39 @@ def mqtt_tls_listener(settings: ServerSettings, hosts: list[str]) -> TlsListener
     return TlsListener(host, port, cert.cert, cert.key)
 
 
+def signing_key_for(settings: ServerSettings) -> Ed25519PrivateKey:
+    """The metadata signing key: the data dir's, or the lost server's (--restore-key), installed in the data dir."""
+    if not settings.restore_key:
+        return metadata.load_or_create_key(settings.data_dir)
+    key = metadata.load_key(settings.restore_key)
+    path = os.path.join(settings.data_dir, metadata.KEY_FILE)
+    if not os.path.exists(path):
+        metadata.save_key(path, key)
+    elif metadata.public_key_text(metadata.load_key(path)) != metadata.public_key_text(key):
+        raise metadata.MetadataError(f"{path} holds another key than --restore-key {settings.restore_key}")
+    return key
+
+
+async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, bridge: Bridge) -> None:
+    """Collect the agents' copies, rebuild from the newest, then let the agents register again."""
+    log.info("restore: waiting for the agents' metadata copies (up to %.0fs)", settings.restore_timeout)
+    bridge.announce()
+    try:
+        await asyncio.to_thread(restore.wait, settings.restore_settle, settings.restore_timeout)
+        report = await asyncio.to_thread(restore.finish)
+    except RestoreError as exc:
+        raise StartupError(str(exc)) from None
+    bridge.restore = None
+    for cluster, node in await asyncio.to_thread(restore.impostors):
+        log.warning(
+            "restore: cluster %s node %s logged in with a credential that is not its own: closed", cluster, node
+        )
+        enrolment.accounts().node_removed(cluster, node)
+    for line in report.lines:
+        print(f"restore: {line}", flush=True)
+    bridge.announce()  # every agent says hello again, and is now known
+
+
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
@@ -147,6 +185,13 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         open_database(settings.db, settings.data_dir)
     except DatabaseError as exc:
         raise StartupError(str(exc)) from None
+    try:
+        signing_key = signing_key_for(settings)
+        if settings.restore_from_agents:
+            check_empty()
+    except (metadata.MetadataError, RestoreError) as exc:
+        raise StartupError(str(exc)) from None
+    restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
     clusters.ensure_default()
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
@@ -183,7 +228,11 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         secret = load_secret(settings.data_dir)
         try:
             embedded = await start_broker(
-                plain[0] if plain else "", plain[1] if plain else None, StoreAuthority(secret), topics, listener
+                plain[0] if plain else "",
+                plain[1] if plain else None,
+                StoreAuthority(secret, restore),
+                topics,
+                listener,
             )
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
@@ -203,6 +252,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
+    publisher = metadata.MetadataPublisher(topics, bridge, signing_key)
+    bridge.metadata, bridge.restore = publisher, restore
     bridge.start()
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     reconciler.after_pass.append(monitor.run)
@@ -210,6 +261,9 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
+        if restore is not None:
+            await restore_from_agents(settings, restore, bridge)
+        publisher.start()
         reconciler.start(bridge.call_soon)
         monitor.start(bridge.call_soon)
 
@@ -250,6 +304,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         log.info("shutting down")
         await asyncio.to_thread(reconciler.stop)
         await asyncio.to_thread(monitor.stop)
+        await asyncio.to_thread(publisher.stop)
         await asyncio.to_thread(bridge.stop)
         await asyncio.to_thread(feed.stop)
         enrolment.use_accounts(enrolment.NoAccounts())

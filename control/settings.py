@@ -71,6 +71,31 @@ class ServerSettings(BaseSettings):
 
     metrics_token: str | None = None  # when set, GET /metrics needs "Authorization: Bearer TOKEN"
 
+    # rebuild the clusters from the metadata copies the agents kept (docs/recovery.md): the lost
+    # server's signing key (its DATA_DIR/metadata.key), and how long to collect copies
+    restore_from_agents: bool = False
+    restore_key: str | None = None
+    restore_settle: float = 5.0  # seconds after the first usable copy, for the other agents to offer theirs
+    restore_timeout: float = 300.0  # give up when no usable copy came within this
+
+    @model_validator(mode="after")
+    def _restore(self) -> ServerSettings:
+        if self.restore_from_agents and not self.restore_key:
+            raise ValueError(
+                "--restore-from-agents needs --restore-key FILE: the lost server's DATA_DIR/metadata.key "
+                "(the agents trust only documents it signed; see docs/recovery.md)"
+            )
+        if self.restore_from_agents and self.mqtt_dynsec:
+            raise ValueError(
+                "--restore-from-agents does not work with --mqtt-dynsec yet (the broker's node users would be "
+                "reconciled away before the copies arrive): restore with the embedded broker, or from a backup"
+            )
+        if self.restore_key and not os.path.isfile(self.restore_key):
+            raise ValueError(f"--restore-key: no such file: {self.restore_key}")
+        if not 0 <= self.restore_settle <= 600 or not 1 <= self.restore_timeout <= 86400:
+            raise ValueError("restore_settle must be 0-600 seconds and restore_timeout 1-86400 seconds")
+        return self
+
     def port_range(self) -> tuple[int, int]:
         low, high = self.brick_ports.split("-")
         return int(low), int(high)

@@ -79,6 +79,8 @@ def server(args: argparse.Namespace) -> int:
                     "tls_key",
                     "token_ttl_days",
                     "metrics_token",
+                    "restore_from_agents",
+                    "restore_key",
                 ],
             )
         )

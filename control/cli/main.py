@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="GET /metrics needs 'Authorization: Bearer TOKEN' (default: public; prefer GLUSTERCTL_METRICS_TOKEN, "
         "command lines are visible to other users)",
     )
+    p.add_argument(
+        "--restore-from-agents",
+        action="store_const",
+        const=True,
+        help="on an empty data directory or database: rebuild the clusters from the newest metadata copy the "
+        "agents kept (see docs/recovery.md); needs --restore-key",
+    )
+    p.add_argument(
+        "--restore-key",
+        metavar="FILE",
+        help="the lost server's metadata signing key (its DATA_DIR/metadata.key): only copies it signed are used",
+    )
     p.set_defaults(func=commands.server)
 
     p = sub.add_parser(

@@ -7,11 +7,28 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from control.store.models import Event
+from control.store.models import Cluster, Event
 
 log = logging.getLogger(__name__)
 
 _listeners: list[Callable[[Event], None]] = []
+
+# the kinds that change a cluster's metadata (what a restore rebuilds: control/services/metadata.py);
+# each one raises the cluster's metadata version in the transaction that records it. Runtime state
+# (node presence, brick processes, tasks) is not metadata: it comes back from the agents.
+METADATA_KINDS = frozenset(
+    {
+        "cluster.created",
+        "node.registered",
+        "node.enrolled",
+        "node.removed",
+        "device.state",
+        "device.removed",
+        "volume.state",
+        "volume.option",
+        "volume.expand",
+    }
+)
 _lock = threading.Lock()
 
 
@@ -28,8 +45,15 @@ def subscribe(listener: Callable[[Event], None]) -> Callable[[], None]:
     return unsubscribe
 
 
+def bump(cluster: str) -> None:
+    """Raise ``cluster``'s metadata version (inside the transaction that changed its metadata)."""
+    Cluster.update(metadata_version=Cluster.metadata_version + 1).where(Cluster.name == cluster).execute()
+
+
 def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> Event:
     """Persist one event. Call inside the transaction that made the change."""
+    if cluster and kind in METADATA_KINDS:
+        bump(cluster)
     event = Event.create(kind=kind, cluster=cluster, subject=subject, data=data)
     with _lock:
         listeners = list(_listeners)

@@ -257,6 +257,8 @@ def grant(name: str, role: str, cluster: Cluster | None, scope: str, target: str
         if held is None:
             raise NotFound(f"the object of the grant for user {name} is gone")
         events.record("user.granted", subject=name, grant=str(held))
+        if cluster is not None:  # a grant within a cluster is part of its metadata
+            events.bump(cluster.name)
     log.info("user %s granted %s by %s", name, held, actor.name)
     return held
 
@@ -271,6 +273,8 @@ def revoke(name: str, role: str, cluster: Cluster | None, scope: str, target: st
         held = authz.held(row)
         row.delete_instance()
         events.record("user.revoked", subject=name, grant=str(held))
+        if cluster is not None:
+            events.bump(cluster.name)
     log.info("user %s: grant %s revoked by %s", name, held, actor.name)
 
 

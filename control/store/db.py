@@ -76,7 +76,11 @@ V3_MODELS = [m.SchemaVersion, *V1_MODELS, m.Device, m.Volume, m.Brick]
 
 def _migration_1(db: pw.Database) -> None:
     # the first release's tables, without the columns later migrations add
-    with _without_columns(m.Task, ("operation", "target")), _without_columns(m.Node, NODE_V5_COLUMNS):
+    with (
+        _without_columns(m.Task, ("operation", "target")),
+        _without_columns(m.Node, NODE_V5_COLUMNS),
+        _without_columns(m.Cluster, ("metadata_version",)),
+    ):
         db.create_tables(V1_MODELS)
 
 
@@ -222,6 +226,18 @@ def _migration_11(db: pw.Database) -> None:
     db.create_tables([m.Alert], safe=True)
 
 
+def _migration_12(db: pw.Database) -> None:
+    """Clusters count the changes of their metadata (the version of the document agents keep).
+
+    Self-contained and idempotent: adds the column only when the table lacks it.
+    """
+    if "metadata_version" in {c.name for c in db.get_columns("cluster")}:
+        return
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    apply(from_database(db).add_column("cluster", "metadata_version", m.Cluster.metadata_version))
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -255,6 +271,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (9, _migration_9),
     (10, _migration_10),
     (11, _migration_11),
+    (12, _migration_12),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 

@@ -58,6 +58,8 @@ class Cluster(BaseModel):
     join_secret = pw.CharField(max_length=128)
     created_at = pw.DoubleField(default=now)
     token_rotated_at = pw.DoubleField(default=now)
+    # grows with every change of the cluster's metadata (migration 12; control/services/metadata.py)
+    metadata_version = pw.BigIntegerField(default=0)
 
 
 class Node(BaseModel):

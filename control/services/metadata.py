@@ -1,0 +1,291 @@
+"""A cluster's metadata as one signed, versioned document: what agents keep and a restore rebuilds from.
+
+The document holds what a new control service needs to take over a running cluster: its nodes
+(names, addresses, agent ids and the verifiers of their credentials, so enrolled agents log in
+again), devices, and volumes with their bricks, ports, options, state and the volumes' own
+login (the bricks need it). What never leaves the server: user passwords, API tokens, sessions
+and the join token's secret (a restored cluster gets a new join token). Grants within the cluster
+are listed by user name so a restore can say which it could not bring back (users are not kept).
+
+The control service signs each document with its Ed25519 key (``DATA_DIR/metadata.key``, mode
+0600); agents learn the public key at registration, pin it, and keep only documents it signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from broker.messages import MAX_PAYLOAD_BYTES, MetadataDocument, MetadataRefused, metadata_signed_bytes, verify_metadata
+from broker.topics import Topics
+from control.services import authz, events
+from control.store.db import first, locked
+from control.store.models import Brick, Cluster, Device, Grant, Node, Volume
+from control.store.models import database_proxy as db
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+KEY_FILE = "metadata.key"
+DEBOUNCE_SECONDS = 0.5  # a burst of changes (a volume create) goes out as one document, this long after the last
+CHECK_INTERVAL = 5.0  # and every this often the versions are compared anyway (a change whose event came early)
+
+
+class MetadataError(Exception):
+    """A document or key that cannot be used; the message says why."""
+
+
+# ---- the signing key -------------------------------------------------------------------------
+def load_key(path: str) -> Ed25519PrivateKey:
+    """The private key in ``path`` (PEM, PKCS#8); MetadataError when it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            key = serialization.load_pem_private_key(fh.read(), password=None)
+    except OSError as exc:
+        raise MetadataError(f"cannot read the metadata signing key {path}: {exc.strerror}") from None
+    except ValueError:
+        raise MetadataError(f"{path} is not a PEM private key (expected the server's {KEY_FILE})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise MetadataError(f"{path} is not an Ed25519 key (expected the server's {KEY_FILE})")
+    return key
+
+
+def save_key(path: str, key: Ed25519PrivateKey) -> None:
+    """Write ``key`` to ``path`` with mode 0600 (refusing to overwrite)."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+
+
+def load_or_create_key(data_dir: str) -> Ed25519PrivateKey:
+    """The server's signing key, made once in the data dir."""
+    path = os.path.join(data_dir, KEY_FILE)
+    if not os.path.exists(path):
+        save_key(path, Ed25519PrivateKey.generate())
+        log.info("made the metadata signing key %s: keep a copy off this machine (docs/recovery.md)", path)
+    return load_key(path)
+
+
+def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The public key as base64 of its 32 raw bytes (what Registration carries and agents pin)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def verify(envelope: MetadataDocument, public_key: str) -> dict[str, Any]:
+    """The document of ``envelope`` if ``public_key`` signed it (MetadataError says why not)."""
+    try:
+        return verify_metadata(envelope, public_key)
+    except MetadataRefused as exc:
+        raise MetadataError(str(exc)) from None
+
+
+# ---- the document ----------------------------------------------------------------------------
+def snapshot(cluster: Cluster) -> dict[str, Any]:
+    """The cluster's metadata document (read in one transaction by the caller for a consistent view)."""
+    nodes = [
+        {
+            "name": n.name,
+            "address": n.address,
+            "hostname": n.hostname,
+            "agent_id": n.agent_id,
+            # sha256 of the node's secret: lets the node log in to a restored server; see docs/recovery.md
+            "credential_hash": n.credential_hash,
+            "created_at": n.created_at,
+        }
+        for n in Node.select().where(Node.cluster == cluster).order_by(Node.name)
+    ]
+    devices = [
+        {
+            "node": d.node_name,
+            "path": d.path,
+            "device": d.device,
+            "state": d.state,
+            "reason": d.reason,
+            "total_bytes": d.total_bytes,
+            "free_bytes": d.free_bytes,
+            "created_at": d.created_at,
+        }
+        for d in Device.select().where(Device.cluster == cluster).order_by(Device.node_name, Device.path)
+    ]
+    device_keys = {d.id: (d.node_name, d.path) for d in Device.select().where(Device.cluster == cluster)}
+    volumes = []
+    for v in Volume.select().where(Volume.cluster == cluster).order_by(Volume.name):
+        bricks = [
+            {
+                "index": b.index,
+                "node": b.node_name,
+                "path": b.path,
+                "port": b.port,
+                "device": list(device_keys[b.device_id]) if b.device_id in device_keys else None,
+                "state": b.state,
+                "pid": b.pid,
+            }
+            for b in Brick.select().where(Brick.volume == v).order_by(Brick.index)
+        ]
+        volumes.append(
+            {
+                "id": v.id,
+                "name": v.name,
+                "type": v.type,
+                "replica": v.replica,
+                "arbiter": v.arbiter,
+                "disperse": v.disperse,
+                "redundancy": v.redundancy,
+                "state": v.state,
+                "stable_state": v.stable_state,
+                "operation": v.operation,
+                "concluded_operation": v.concluded_operation,
+                "start_after_create": v.start_after_create,
+                "options": v.options or {},
+                "auth_username": v.auth_username,
+                "auth_password": v.auth_password,
+                "size_bytes": v.size_bytes,
+                "created_at": v.created_at,
+                "updated_at": v.updated_at,
+                "bricks": bricks,
+            }
+        )
+    grants = []
+    for g in Grant.select().where(Grant.cluster == cluster):
+        held = authz.held(g)
+        if held is not None:
+            grants.append({"user": g.user.name, "grant": str(held)})
+    return {
+        "format": FORMAT,
+        "cluster": cluster.name,
+        "version": cluster.metadata_version,
+        "created_at": cluster.created_at,
+        "nodes": nodes,
+        "devices": devices,
+        "volumes": volumes,
+        "grants": sorted(grants, key=lambda g: (g["user"], g["grant"])),
+    }
+
+
+def sign(document: dict[str, Any], key: Ed25519PrivateKey, now: float | None = None) -> MetadataDocument:
+    """The signed envelope of ``document``."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    cluster, version = str(document["cluster"]), int(document["version"])
+    signature = key.sign(metadata_signed_bytes(cluster, version, text))
+    return MetadataDocument(
+        cluster=cluster,
+        version=version,
+        issued_at=now or time.time(),
+        document=text,
+        key=public_key_text(key),
+        signature=base64.b64encode(signature).decode(),
+    )
+
+
+# ---- publishing ----------------------------------------------------------------------------
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+
+def current(cluster_name: str) -> dict[str, Any] | None:
+    """The cluster's document read in one transaction; a cluster never versioned gets version 1 first."""
+    with db.atomic():
+        cluster = first(locked(Cluster.select().where(Cluster.name == cluster_name)))
+        if cluster is None:
+            return None
+        if cluster.metadata_version < 1:  # made before versions existed
+            events.bump(cluster.name)
+            cluster = Cluster.get_by_id(cluster.id)
+        return snapshot(cluster)
+
+
+class MetadataPublisher:
+    """Publishes each cluster's signed document (retained) at start and, debounced, after each change."""
+
+    def __init__(self, topics: Topics, publisher: Publisher, key: Ed25519PrivateKey) -> None:
+        self.topics, self.publisher, self.key = topics, publisher, key
+        self.public_key = public_key_text(key)
+        self._published: dict[str, int] = {}  # cluster -> version last published
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = False
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = events.subscribe(self._on_event)
+
+    def start(self, paused: bool = False) -> None:
+        """Start the loop; ``paused`` (a restore): nothing goes out until ``resume``."""
+        self._paused = paused
+        self._thread = threading.Thread(target=self._loop, name="metadata-publisher", daemon=True)
+        self._thread.start()
+
+    def resume(self) -> None:
+        self._paused = False
+        self.republish_all()
+
+    def stop(self) -> None:
+        self._unsubscribe()
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def republish_all(self) -> None:
+        """Publish every cluster's document again (after a broker reconnect: its retained copy may be gone)."""
+        self._published.clear()
+        self._wake.set()
+
+    def _on_event(self, event: object) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            woke = self._wake.wait(CHECK_INTERVAL)
+            if self._stop.is_set():
+                return
+            if woke:  # let the burst end and its transaction commit
+                self._wake.clear()
+                while self._wake.wait(DEBOUNCE_SECONDS) and not self._stop.is_set():
+                    self._wake.clear()
+            if self._paused:
+                continue
+            try:
+                self.publish_changed()
+            except Exception:
+                log.exception("publishing cluster metadata failed; retried in %.0fs", CHECK_INTERVAL)
+
+    def publish_changed(self) -> int:
+        """Publish the document of each cluster whose version differs from the last published; the count."""
+        count = 0
+        versions = {c.name: c.metadata_version for c in Cluster.select(Cluster.name, Cluster.metadata_version)}
+        for name in sorted(set(self._published) - set(versions)):  # deleted clusters: clear their document
+            self.publisher.publish(self.topics.cluster_metadata(name), b"", qos=1, retain=True)
+            del self._published[name]
+            log.info("cluster %s: metadata document cleared (cluster deleted)", name)
+        for name, version in sorted(versions.items()):
+            if self._published.get(name) == version:
+                continue
+            document = current(name)
+            if document is None:
+                continue
+            envelope = sign(document, self.key)
+            payload = envelope.model_dump_json().encode()
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                log.error(
+                    "cluster %s: metadata document version %d is %d bytes, over the limit of %d; not published",
+                    name,
+                    envelope.version,
+                    len(payload),
+                    MAX_PAYLOAD_BYTES,
+                )
+                continue
+            self.publisher.publish(self.topics.cluster_metadata(name), payload, qos=1, retain=True)
+            self._published[name] = envelope.version
+            log.info("cluster %s: metadata version %d published (%d bytes)", name, envelope.version, len(payload))
+            count += 1
+        return count

@@ -1,0 +1,259 @@
+"""Versioned, signed cluster metadata on the agents, and restoring a lost server from their copies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from broker.messages import Hello, NodeFacts, join_proof, new_node_secret, node_key
+
+
+@pytest.fixture
+def store(tmp_path):
+    from control.services import clusters
+    from control.store import open_database
+
+    db = open_database(None, str(tmp_path))
+    clusters.ensure_default()
+    yield db
+    db.close()
+
+
+def _enrol(cluster, name: str) -> str:
+    from control.services import clusters, nodes
+
+    token = clusters.join_token(cluster)
+    secret = new_node_secret()
+    hello = Hello(
+        agent_id="a" * 32,
+        epoch=1,
+        proof=join_proof(token, name, "a" * 32, 1),
+        node_secret=secret,
+        facts=NodeFacts(address="192.0.2.1"),
+    )
+    assert nodes.handle_hello(cluster.name, name, hello).accepted
+    return secret
+
+
+def _version(name: str) -> int:
+    from control.store.models import Cluster
+
+    return Cluster.get(Cluster.name == name).metadata_version
+
+
+def test_metadata_changes_raise_the_version_and_runtime_state_does_not(store):
+    from broker.messages import Presence
+    from broker.topics import Topics
+    from control.services import clusters, nodes, users
+    from control.services.devices import DeviceService
+    from control.services.tasks import TaskEngine
+
+    cluster = clusters.add("c1")
+    assert _version("c1") == 1
+    _enrol(cluster, "n1")
+    after_enrol = _version("c1")
+    assert after_enrol == 2
+    nodes.handle_presence("c1", "n1", Presence(state="offline", epoch=1))  # presence is runtime state
+    assert _version("c1") == after_enrol
+    DeviceService(TaskEngine(Topics())).add(cluster, "n1", "/exports/b1", None)
+    assert _version("c1") == after_enrol + 1
+    admin = users.create_user("boss", "correct-horse-battery", admin=True)
+    users.create_user("viewer1", "correct-horse-battery", actor=admin)
+    users.grant("viewer1", "viewer", cluster, "cluster", "", admin)
+    assert _version("c1") == after_enrol + 2
+    assert _version("default") == 1  # another cluster's changes are not this one's
+
+
+def test_the_document_carries_what_a_restore_needs_and_no_user_secrets(store):
+    from control.services import clusters, metadata, users
+
+    cluster = clusters.add("c2")
+    secret = _enrol(cluster, "n1")
+    users.create_user("boss", "correct-horse-battery", admin=True)
+    doc = metadata.snapshot(clusters.get("c2"))
+    assert doc["cluster"] == "c2" and doc["version"] == _version("c2")
+    assert doc["nodes"][0]["name"] == "n1" and doc["nodes"][0]["credential_hash"] == node_key(secret)
+    text = json.dumps(doc)
+    assert "password_hash" not in text and "token_hash" not in text
+    assert cluster.join_secret not in text
+    assert "correct-horse" not in text
+
+
+def test_signatures_verify_with_the_pinned_key_only(store, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from control.services import clusters, metadata
+
+    key = metadata.load_or_create_key(str(tmp_path))
+    assert oct((tmp_path / metadata.KEY_FILE).stat().st_mode & 0o777) == "0o600"
+    assert metadata.public_key_text(metadata.load_or_create_key(str(tmp_path))) == metadata.public_key_text(key)
+    envelope = metadata.sign(metadata.snapshot(clusters.get("default")), key)
+    pinned = metadata.public_key_text(key)
+    assert metadata.verify(envelope, pinned)["cluster"] == "default"
+
+    other = Ed25519PrivateKey.generate()
+    forged = metadata.sign(metadata.snapshot(clusters.get("default")), other)
+    with pytest.raises(metadata.MetadataError, match="does not verify"):
+        metadata.verify(forged, pinned)
+    tampered = envelope.model_copy(update={"document": envelope.document.replace('"nodes"', '"nodez"')})
+    with pytest.raises(metadata.MetadataError, match="does not verify"):
+        metadata.verify(tampered, pinned)
+    relabelled = envelope.model_copy(update={"version": envelope.version + 5})
+    with pytest.raises(metadata.MetadataError):
+        metadata.verify(relabelled, pinned)
+
+
+def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path, caplog):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.metadata import KEEP, MetadataStore
+    from control.services import metadata
+
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+    def doc(version: int, cluster: str = "c1", signer=key) -> bytes:
+        body = {"cluster": cluster, "version": version, "nodes": [], "volumes": [], "devices": []}
+        return metadata.sign(body, signer).model_dump_json().encode()
+
+    store = MetadataStore(str(tmp_path), "c1")
+    assert not store.receive(doc(1))  # nothing pinned yet
+    store.pin(metadata.public_key_text(key))
+    store.pin(metadata.public_key_text(other))  # a later, different key is not pinned
+    assert store.pinned() == metadata.public_key_text(key)
+    assert oct(os.stat(store.key_path).st_mode & 0o777) == "0o600"
+    assert store.receive(doc(3))
+    assert not store.receive(doc(4, signer=other)), "forged"
+    assert not store.receive(doc(2)), "older"
+    assert not store.receive(doc(5, cluster="c2")), "another cluster's"
+    assert store.newest().version == 3
+    for version in range(4, 4 + KEEP + 2):
+        assert store.receive(doc(version))
+    files = sorted(os.listdir(store.dir))
+    assert len(files) == KEEP and all(
+        oct(os.stat(os.path.join(store.dir, f)).st_mode & 0o777) == "0o600" for f in files
+    )
+    assert store.newest().version == 3 + KEEP + 2
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any("does not verify" in m for m in refusals) and any("is kept already" in m for m in refusals)
+
+
+# ---- the whole loss and restore, on real bricks and a real mount -----------------------------------
+NODES = ("n1", "n2", "n3")
+# times, and the capacity the heartbeats measure (it moves while files are written): not metadata
+VOLATILE = ("_at", "last_seen", "uptime", "age", "free", "used", "percent")
+
+
+def _without_times(value):
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if not any(t in k for t in VOLATILE)}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def _views(st) -> dict:
+    views = {"volumes": st.cli.json("volume", "list"), "nodes": st.cli.json("node", "list")}
+    for name in ("va", "vb"):
+        views[f"info {name}"] = st.cli.json("volume", "info", name)
+        views[f"status {name}"] = st.cli.json("volume", "status", name)
+    return _without_times(views)
+
+
+def _kept(agent_dir) -> dict | None:
+    from agent.metadata import MetadataStore
+
+    newest = MetadataStore(str(agent_dir), "default").newest()
+    return json.loads(newest.document) if newest is not None else None
+
+
+def _mount_works(mnt, name: str) -> None:
+    path = os.path.join(mnt, name)
+    with open(path, "w") as fh:
+        fh.write(name)
+    with open(path) as fh:
+        assert fh.read() == name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and mounts need root")
+def test_a_lost_server_is_restored_from_the_agents_copies(stack, tmp_path):
+    from tests.helpers import Server, wait_until
+    from tests.test_live_volumes import stock_mount
+    from tests.test_volumes import brick, wait_bricks
+
+    st = stack
+    for node in NODES:
+        st.agent(node)
+        (st.tmp / "bricks" / node).mkdir(parents=True)
+    wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), what="three nodes Online")
+    st.cli.run("volume", "create", "va", "--replica", "3", *[brick(st, n, "va") for n in NODES], "--wait")
+    st.cli.run("volume", "create", "vb", *[brick(st, n, "vb") for n in NODES], "--wait")
+    st.cli.run("volume", "set", "va", "performance.quick-read", "off")
+    st.cli.run("volume", "set", "vb", "read-only", "on")
+    wait_bricks(st, "va", "Online")
+    wait_bricks(st, "vb", "Online")
+    mnt = stock_mount(st, "va")
+    _mount_works(mnt, "before")
+    before = _views(st)
+
+    def kept_everywhere():
+        docs = [_kept(st.tmp / f"agent-{n}") for n in NODES]
+        return all(
+            d and {v["name"]: v["options"] for v in d["volumes"]}.get("vb") == {"features.read-only": "on"}
+            for d in docs
+        )
+
+    wait_until(kept_everywhere, timeout=20, what="every agent keeps the newest metadata")
+    key = tmp_path / "metadata.key.backup"  # the operator's copy of the signing key, kept off the server
+    shutil.copy(st.server.data_dir / "metadata.key", key)
+
+    lost = st.server
+    lost.kill9()
+    shutil.rmtree(lost.data_dir)
+    _mount_works(mnt, "server-gone")
+
+    started = time.monotonic()
+    new = Server(st.tmp)
+    new.http_port, new.mqtt_port, new.url = lost.http_port, lost.mqtt_port, lost.url
+    new.argv = [*lost.argv, "--restore-from-agents", "--restore-key", str(key)]
+    st.procs.append(new)
+    st.server = new
+    new.start()
+    print(f"restore took {time.monotonic() - started:.1f}s")
+    log = new.log()
+    assert re.search(r"restore: cluster default: restored from node n[123], metadata version \d+", log), log[-3000:]
+    assert "not restored: users, API tokens and sessions" in log
+    _mount_works(mnt, "restored")
+
+    (st.tmp / "cli-config" / "token.json").unlink()  # the lost server's token means nothing to the new one
+    st.cli.bootstrap()  # users are not kept on agents: the first admin is created again
+    wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), timeout=30, what="nodes Online again")
+    try:
+        wait_until(lambda: _views(st) == before, timeout=20, what="the same views as before the loss")
+    finally:
+        after = _views(st)
+        for view in before:
+            assert after[view] == before[view], (view, _differences(before[view], after[view]))
+    for name in ("va", "vb"):  # same processes on the same ports
+        assert [(b["pid"], b["port"]) for b in after[f"status {name}"]["bricks"]] == [
+            (b["pid"], b["port"]) for b in before[f"status {name}"]["bricks"]
+        ]
+
+    st.cli.run("volume", "stop", "vb", "--wait")
+    st.cli.run("volume", "start", "vb", "--wait")
+    wait_bricks(st, "vb", "Online")
+    _mount_works(mnt, "after-operations")
+    subprocess.run(["umount", mnt], check=True)
