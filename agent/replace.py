@@ -2,8 +2,8 @@
 
 After a brick is replaced, nothing on the surviving bricks says that the new one lacks every
 file (they were written while all bricks were up), so an index heal would find nothing to do.
-glusterd (``glusterd_handle_replicate_brick_ops``) mounts the volume with the self-heal daemon's
-client pid (-6) and sets the virtual xattr ``trusted.replace-brick`` = the client xlator name of
+glusterd (``glusterd_handle_replicate_brick_ops``) mounts the volume with a special client pid
+and sets the virtual xattr ``trusted.replace-brick`` = the client xlator name of
 the new brick (``VOL-client-N``) on the mount's root; afr then marks the root pending towards
 that brick on the others (metadata and entry), and self-heal walks the tree from there. The
 mount here is a short-lived ``glusterfs`` FUSE client of the node's own volfile server.
@@ -11,6 +11,7 @@ mount here is a short-lived ``glusterfs`` FUSE client of the node's own volfile 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -22,7 +23,10 @@ from agent.bricks import BrickError, find_exe, log_tail
 log = logging.getLogger(__name__)
 
 REPLACE_BRICK_XATTR = "trusted.replace-brick"
-SELF_HEAL_CLIENT_PID = "-6"  # GF_CLIENT_PID_SELF_HEALD: afr accepts the xattr only from it
+# GF_CLIENT_PID_ADD_REPLICA_MOUNT: afr 10.3 accepts the xattr only from it (older afr wanted the
+# self-heal daemon's -6; checked against glusterfs 10.3 here: -6 gets EPERM, -12 "New brick")
+MARK_CLIENT_PID = "-12"
+RETRYABLE = (errno.ENOTCONN, errno.EAGAIN, errno.EIO, errno.ENOENT, errno.ESTALE)
 MOUNT_TIMEOUT = 30.0  # until the FUSE mount is up
 MARK_TIMEOUT = 60.0  # until afr accepts the mark (it needs a lock on a live brick of the set)
 UMOUNT_TIMEOUT = 15.0
@@ -54,7 +58,7 @@ def mark_empty_brick(
         str(port),
         "--volfile-id",
         name,
-        f"--client-pid={SELF_HEAL_CLIENT_PID}",
+        f"--client-pid={MARK_CLIENT_PID}",
         "-l",
         log_file,
         mnt,
@@ -77,7 +81,7 @@ def mark_empty_brick(
                 os.setxattr(mnt, REPLACE_BRICK_XATTR, client_xlator.encode())
                 break
             except OSError as exc:
-                if time.monotonic() > deadline:
+                if exc.errno not in RETRYABLE or time.monotonic() > deadline:
                     raise BrickError(
                         f"EHEALMARK: afr refused the replace-brick mark for {client_xlator} ({exc.strerror}); "
                         f"log tail: {log_tail(log_file)}"

@@ -17,6 +17,7 @@ from control.api.events import router as events_router
 from control.api.grow import router as grow_router
 from control.api.heal import router as heal_router
 from control.api.options import router as options_router
+from control.api.replace import router as replace_router
 from control.api.routes import router
 from control.api.volfiles import router as volfiles_router
 from control.api.volumes import router as volumes_router
@@ -66,6 +67,7 @@ def create_app(
     app.include_router(heal_router)
     app.include_router(volfiles_router)
     app.include_router(grow_router)
+    app.include_router(replace_router)
 
     @app.exception_handler(GlusterctlError)
     async def domain_error(request: Request, exc: GlusterctlError) -> JSONResponse:

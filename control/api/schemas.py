@@ -350,3 +350,9 @@ class RebalanceStatus(BaseModel):
     state: str = Field(description="in progress while any node runs; else failed, stopped or completed")
     nodes: list[RebalanceNodeStatus]
     total: RebalanceCounters
+
+
+class VolumeReplaceBrick(BaseModel):
+    old: str = Field(description="the brick to replace, NODE:/path as the volume lists it (its node may be gone)")
+    new: str = Field(description="the new brick NODE:/path; it takes the old one's place in its replica/disperse set")
+    force: bool = Field(default=False, description="allow the new brick on a node that holds another brick of the set")
