@@ -409,6 +409,38 @@ class BrickManager:
         log.info("volume %s stopped on this node (pids %s)", name, stopped)
         return {"stopped_pids": stopped}
 
+    def release(self, volume_id: str, name: str, index: int, path: str, last_goes: bool = True) -> dict[str, Any]:
+        """A replaced brick: stop its process and forget it, if brick `index` here is still `path` (a
+        retried replace finds the new brick there and leaves it). With no brick of the volume left on
+        this node (and `last_goes`), its self-heal daemon stops and the volume's state here goes too.
+        Data stays."""
+        with self._volume_lock(volume_id):
+            desired = self.desired(volume_id)
+            entry = (desired or {}).get("bricks", {}).get(str(index))
+            if desired is None or entry is None or entry.get("path") != path:
+                return {"released": False, "left": len((desired or {}).get("bricks", {}))}
+            marker, pid_file, _, _ = self._files(volume_id, name, f"brick-{index}")
+            pid = pid_running(pid_file, marker)
+            if pid:
+                self._kill(pid)
+            try:
+                os.unlink(pid_file)
+            except FileNotFoundError:
+                pass
+            del desired["bricks"][str(index)]
+            with self._locks_guard:
+                self._restarts.pop(f"{volume_id}/brick-{index}", None)
+            left = len(desired["bricks"])
+            if left or not last_goes:
+                self._save_desired(volume_id, desired)
+            else:
+                self._stop_processes(volume_id, name)
+                shutil.rmtree(self._vdir(volume_id), ignore_errors=True)
+                with self._locks_guard:
+                    self._restarts = {k: v for k, v in self._restarts.items() if not k.startswith(volume_id)}
+        log.info("volume %s brick %d (%s) released (pid %s); %d bricks left here", name, index, path, pid, left)
+        return {"released": True, "stopped_pid": pid, "left": left}
+
     def delete(self, volume_id: str, name: str, bricks: list[dict[str, Any]], purge: bool) -> dict[str, Any]:
         with self._volume_lock(volume_id):
             self._stop_processes(volume_id, name)

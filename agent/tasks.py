@@ -7,13 +7,14 @@ errno name when there is one (ENOENT, EACCES, ...) so the failure report can exp
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent import facts, heal
+from agent import facts, heal, replace
 from agent.bricks import BrickError, BrickManager, oserror
 from agent.devices import DeviceManager, check_xattrs
 from agent.params import TaskFailed, brick_list, check_params, volume_ref
@@ -188,6 +189,54 @@ def volume_expand(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return {**prepared, **ctx.bricks.start(volume_id, name, bricks, shd), "changed": changed}
 
 
+CLIENT_XLATOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}-client-[0-9]{1,6}$")
+
+
+@_brick_errors
+def volume_replace_brick(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Replace a brick on this node: with `drop`, stop and forget the old brick (if brick `index` is still
+    that path here); with `bricks` (the new one), prepare it, serve the node's volfiles and, with `start`,
+    start it and, with `mark` (its client xlator), mark the volume's root pending heal towards it."""
+    volume_id, name = _volume(params)
+    drop = params.get("drop")
+    if drop is not None:
+        if not isinstance(drop, dict) or not isinstance(drop.get("index"), int) or drop["index"] < 0:
+            raise TaskFailed("EINVAL: drop must be {index, path} of the replaced brick")
+        if not isinstance(drop.get("path"), str) or not os.path.isabs(drop["path"]):
+            raise TaskFailed("EINVAL: drop.path must be absolute")
+    bricks = _brick_list(params, with_port=True) if params.get("bricks") else []
+    shd, mark = params.get("shd"), params.get("mark")
+    if shd is not None and shd != SHD_PREFIX + name:
+        raise TaskFailed(f"EINVAL: shd must be {SHD_PREFIX + name!r} or null")
+    if mark is not None and (
+        not isinstance(mark, str) or not CLIENT_XLATOR_RE.match(mark) or not mark.startswith(name)
+    ):
+        raise TaskFailed(f"EINVAL: mark must be the new brick's client xlator ({name}-client-N) or null")
+    keys = set((params.get("volfiles") or {}).keys())
+    missing = [b.get("volfile_id") for b in bricks if not b.get("volfile_id") or b["volfile_id"] not in keys]
+    if missing:
+        raise TaskFailed(f"EINVAL: every brick needs a volfile_id with its volfile in volfiles (missing: {missing})")
+    result: dict[str, Any] = {}
+    if drop is not None:
+        ctx.report("STOPPING")
+        result["dropped"] = ctx.bricks.release(volume_id, name, drop["index"], drop["path"], last_goes=not bricks)
+        if not bricks and not result["dropped"]["left"] and result["dropped"]["released"]:
+            ctx.volfiles.remove_volume(volume_id)  # no brick of the volume left here
+    if not bricks:
+        return result
+    result.update(ctx.bricks.prepare(volume_id, name, bricks))
+    result["changed"], _ = _apply_volfiles(ctx, volume_id, name, params)
+    if not params.get("start"):
+        return result
+    ctx.report("STARTING")
+    result.update(ctx.bricks.start(volume_id, name, bricks, shd))
+    if mark:
+        log_file = os.path.join(ctx.bricks.logs, f"{name}-replace-brick.log")
+        host, port = ctx.bricks.volfile_host, ctx.bricks.volfile_port
+        result.update(replace.mark_empty_brick(name, mark, host, port, ctx.bricks.state_dir, log_file))
+    return result
+
+
 def volume_volfiles(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     volume_id, name = _volume(params)
     changed, notified = _apply_volfiles(ctx, volume_id, name, params)
@@ -277,4 +326,5 @@ HANDLERS: dict[str, Handler] = {
     TaskKind.VOLUME_HEAL.value: volume_heal,
     TaskKind.VOLUME_EXPAND.value: volume_expand,
     TaskKind.VOLUME_REBALANCE.value: volume_rebalance,
+    TaskKind.VOLUME_REPLACE_BRICK.value: volume_replace_brick,
 }

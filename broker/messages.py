@@ -85,6 +85,8 @@ class VolumeState(str, enum.Enum):
     DELETE_FAILED = "DeleteFailed"
     EXPANDING = "Expanding"
     EXPAND_FAILED = "ExpandFailed"
+    REPLACING = "Replacing"  # a brick is being replaced (replace-brick); back to the previous state when done
+    REPLACE_FAILED = "ReplaceFailed"
 
     @property
     def failed(self) -> bool:
@@ -106,6 +108,7 @@ class TaskKind(str, enum.Enum):
     VOLUME_HEAL = "volume.heal"  # heal info / split-brain / summary through glfsheal, or an index heal
     VOLUME_EXPAND = "volume.expand"  # prepare (and start) a node's new bricks of a growing volume
     VOLUME_REBALANCE = "volume.rebalance"  # start, stop or read the node's rebalance process
+    VOLUME_REPLACE_BRICK = "volume.replace-brick"  # stop a replaced brick; prepare and start the one taking its place
 
 
 class RebalanceState(str, enum.Enum):

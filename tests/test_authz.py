@@ -122,6 +122,11 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
         {"json": {"bricks": ["no-colon"]}},
         OPERATE_GV1,
     ),
+    ("POST", "/api/v1/clusters/{name}/volumes/{volume}/replace-brick"): (
+        f"{V}/replace-brick",
+        {"json": {"old": "no-colon", "new": "no-colon"}},
+        OPERATE_GV1,
+    ),
     ("POST", "/api/v1/clusters/{name}/volumes/{volume}/rebalance/start"): (
         f"{V}/rebalance/start",
         {"json": {"fix_layout": "maybe"}},

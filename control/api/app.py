@@ -20,6 +20,7 @@ from control.api.heal import router as heal_router
 from control.api.metrics import router as metrics_router
 from control.api.options import router as options_router
 from control.api.problems import document_errors, install_handlers
+from control.api.replace import router as replace_router
 from control.api.routes import router
 from control.api.sessions import router as sessions_router
 from control.api.volfiles import router as volfiles_router
@@ -79,6 +80,8 @@ def create_app(
     app.include_router(grow_router)
     app.include_router(metrics_router)
     app.include_router(alerts_router)
+
+    app.include_router(replace_router)
 
     app.include_router(sessions_router)
     app.include_router(audit_router)

@@ -435,3 +435,9 @@ class AuditPublic(Public):
     params: dict[str, Any]  # "path", "query" and "body" (named, non-secret body fields only)
     status: int
     detail: str  # the problem detail of a refused or failed change
+
+
+class VolumeReplaceBrick(BaseModel):
+    old: str = Field(description="the brick to replace, NODE:/path as the volume lists it (its node may be gone)")
+    new: str = Field(description="the new brick NODE:/path; it takes the old one's place in its replica/disperse set")
+    force: bool = Field(default=False, description="allow the new brick on a node that holds another brick of the set")

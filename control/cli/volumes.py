@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from broker.messages import TaskState, VolumeState
-from control.cli import heal, rebalance
+from control.cli import heal, rebalance, replace
 from control.cli import options as option_commands
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, follow_volume, report
@@ -28,6 +28,7 @@ FINAL: dict[str, set[str]] = {
     "stop": {VolumeState.STOPPED},
     "delete": {VOLUME_DELETED},
     "expand": {VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED},  # back where it was
+    "replace-brick": {VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED},
 }
 
 
@@ -166,6 +167,7 @@ def add_parsers(
     option_commands.add_parsers(volumes, common, cluster, output)
     heal.add_parser(volumes, common, cluster, output)
     rebalance.add_parser(volumes, common, cluster, output)
+    replace.add_parser(volumes, common, cluster, _wait)
 
     p = sub.add_parser(
         "mount",

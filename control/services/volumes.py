@@ -36,19 +36,22 @@ FINAL = frozenset(s.value for s in FINAL_TASK_STATES)
 S = VolumeState
 TRANSITIONS: dict[VolumeState, frozenset[VolumeState]] = {
     S.CREATING: frozenset({S.CREATED, S.CREATE_FAILED}),
-    S.CREATED: frozenset({S.STARTING, S.DELETING, S.EXPANDING}),
+    S.CREATED: frozenset({S.STARTING, S.DELETING, S.EXPANDING, S.REPLACING}),
     S.CREATE_FAILED: frozenset({S.CREATING, S.DELETING}),
     S.STARTING: frozenset({S.STARTED, S.START_FAILED}),
-    S.STARTED: frozenset({S.STOPPING, S.EXPANDING}),
+    S.STARTED: frozenset({S.STOPPING, S.EXPANDING, S.REPLACING}),
     S.START_FAILED: frozenset({S.STARTING, S.STOPPING}),
     S.STOPPING: frozenset({S.STOPPED, S.STOP_FAILED}),
-    S.STOPPED: frozenset({S.STARTING, S.DELETING, S.EXPANDING}),
+    S.STOPPED: frozenset({S.STARTING, S.DELETING, S.EXPANDING, S.REPLACING}),
     S.STOP_FAILED: frozenset({S.STOPPING, S.STARTING}),
     S.DELETING: frozenset({S.DELETE_FAILED}),
     S.DELETE_FAILED: frozenset({S.DELETING}),
     # expand returns to the state it started from (control/services/expand.py)
     S.EXPANDING: frozenset({S.STARTED, S.STOPPED, S.CREATED, S.EXPAND_FAILED}),
     S.EXPAND_FAILED: frozenset({S.EXPANDING, S.STOPPING}),
+    # replace-brick likewise (control/services/replace.py)
+    S.REPLACING: frozenset({S.STARTED, S.STOPPED, S.CREATED, S.REPLACE_FAILED}),
+    S.REPLACE_FAILED: frozenset({S.REPLACING, S.STOPPING}),
 }
 # operation task kind -> (state while it runs, state when all tasks are DONE, state when one FAILED)
 OPERATIONS: dict[str, tuple[VolumeState, VolumeState | None, VolumeState]] = {
@@ -102,6 +105,9 @@ class VolumeService:
         from control.services.rebalance import RebalanceService
 
         self.rebalancing = RebalanceService(engine)
+        from control.services.replace import ReplaceService
+
+        self.replacement = ReplaceService(engine, port_range)
 
     @staticmethod
     def get(cluster: Cluster, name: str) -> Volume:
