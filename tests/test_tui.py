@@ -102,6 +102,39 @@ def test_nodes_live_kill_restart_and_banner(stack):
     run(scenario)
 
 
+def test_alert_fires_and_resolves_live_when_an_agent_stops_and_returns(stack):
+    """A stopped agent makes its node Unreachable: the node.unreachable alert appears in the alerts view and the
+    overview's critical count from the event stream, and leaves the firing view when the agent is back."""
+    agent = stack.agent("n1")
+    wait_until(lambda: stack.node_state("n1") == "Online", what="n1 Online")
+    app = GlusterApp(stack.server.url, stack.cli.token)
+
+    def alert_rows() -> str:
+        return table_text(app, "alerts-table")
+
+    def critical() -> str:
+        return str(app.query_one("#clusters-table").get_row("default")[-2])
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected and app.model.loaded, 10, "connected")
+            await pilot.press("6")
+            assert "node.unreachable" not in alert_rows() and critical() == "0"
+            agent.kill9()
+            await until(pilot, lambda: "node.unreachable" in alert_rows(), 15, "the node.unreachable alert")
+            row = next(r for r in alert_rows().splitlines() if "node.unreachable" in r)
+            assert " critical firing node.unreachable n1 node n1 is Unreachable" in row, row
+            assert critical() == "1"
+            agent.start()
+            await until(pilot, lambda: "node.unreachable" not in alert_rows(), 20, "the alert resolved")
+            assert critical() == "0"
+            await pilot.press("a")
+            await until(pilot, lambda: "resolved" in alert_rows(), 5, "the resolved alert with 'a'")
+            assert "node.unreachable n1" in alert_rows()
+
+    run(scenario)
+
+
 def test_burst_of_events_does_not_freeze(stack):
     app = GlusterApp(stack.server.url, stack.cli.token)
 
