@@ -117,6 +117,44 @@ def test_metrics_of_a_real_volume_and_a_killed_brick(stack):
 TOKEN = "m" * 24
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and mounts need root")
+def test_heal_count_from_the_latest_heal_info(stack):
+    """gluster_volume_heal_count per brick, from the latest real heal info: 0 on a healthy volume; with one
+    replica's brick down, the entries written meanwhile on the other one, and no series for the down brick."""
+    st = stack
+    (st.tmp / "bricks").mkdir()
+    agents = {node: st.agent(node) for node in ("n1", "n2")}
+    wait_until(lambda: all(st.node_state(n) == "Online" for n in ("n1", "n2")), what="n1 and n2 Online")
+    paths = {n: str(st.tmp / "bricks" / f"hc-{n}") for n in ("n1", "n2")}
+    st.cli.run("volume", "create", "hc", "--replica", "2", *[f"{n}:{p}" for n, p in paths.items()], "--force")
+    wait_until(lambda: st.cli.json("volume", "status", "hc")["health"] == "Healthy", what="hc Healthy", timeout=60)
+    v = {"cluster": "default", "volume": "hc"}
+    assert "gluster_volume_heal_count" not in scrape(st.server.url)  # no heal info yet: unknown, not 0
+
+    assert [b["entries"] for b in st.cli.json("volume", "heal", "hc", "info")["bricks"]] == [0, 0]
+    m = scrape(st.server.url)
+    for node, path in paths.items():
+        assert one(m, "gluster_volume_heal_count", host=node, brick_path=path, **v) == 0
+
+    mnt = st.tmp / "mnt-hc"
+    mnt.mkdir()
+    st.cli.run("mount", "hc", str(mnt))
+    try:
+        # n2's agent stops first, or its supervisor would start the brick again
+        pid = next(b["pid"] for b in st.cli.json("volume", "status", "hc")["bricks"] if b["node"] == "n2")
+        agents["n2"].stop()
+        os.kill(pid, signal.SIGKILL)
+        for i in range(20):
+            (mnt / f"f{i:02d}").write_text(f"file {i}\n")
+        info = {b["brick"]: b["entries"] for b in st.cli.json("volume", "heal", "hc", "info")["bricks"]}
+        assert info[f"n1:{paths['n1']}"] >= 20 and info[f"n2:{paths['n2']}"] is None, info
+        m = scrape(st.server.url)
+        assert one(m, "gluster_volume_heal_count", host="n1", **v) == info[f"n1:{paths['n1']}"]
+        assert not [k for k in m["gluster_volume_heal_count"] if ("host", "n2") in k]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 @pytest.fixture
 def token_server(tmp_path):
     server = Server(tmp_path, extra=["--metrics-token", TOKEN])

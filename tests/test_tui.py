@@ -102,6 +102,39 @@ def test_nodes_live_kill_restart_and_banner(stack):
     run(scenario)
 
 
+def test_alert_fires_and_resolves_live_when_an_agent_stops_and_returns(stack):
+    """A stopped agent makes its node Unreachable: the node.unreachable alert appears in the alerts view and the
+    overview's critical count from the event stream, and leaves the firing view when the agent is back."""
+    agent = stack.agent("n1")
+    wait_until(lambda: stack.node_state("n1") == "Online", what="n1 Online")
+    app = GlusterApp(stack.server.url, stack.cli.token)
+
+    def alert_rows() -> str:
+        return table_text(app, "alerts-table")
+
+    def critical() -> str:
+        return str(app.query_one("#clusters-table").get_row("default")[-2])
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected and app.model.loaded, 10, "connected")
+            await pilot.press("6")
+            assert "node.unreachable" not in alert_rows() and critical() == "0"
+            agent.kill9()
+            await until(pilot, lambda: "node.unreachable" in alert_rows(), 15, "the node.unreachable alert")
+            row = next(r for r in alert_rows().splitlines() if "node.unreachable" in r)
+            assert " critical firing node.unreachable n1 node n1 is Unreachable" in row, row
+            assert critical() == "1"
+            agent.start()
+            await until(pilot, lambda: "node.unreachable" not in alert_rows(), 20, "the alert resolved")
+            assert critical() == "0"
+            await pilot.press("a")
+            await until(pilot, lambda: "resolved" in alert_rows(), 5, "the resolved alert with 'a'")
+            assert "node.unreachable n1" in alert_rows()
+
+    run(scenario)
+
+
 def test_burst_of_events_does_not_freeze(stack):
     app = GlusterApp(stack.server.url, stack.cli.token)
 
@@ -265,7 +298,48 @@ def sample() -> Snapshot:
         },
     ]
     clusters = [{"name": "prod", "created_at": NOW - 86400, "nodes": 3, "nodes_online": 2}]
-    return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes)
+    alert = {"cluster": "prod", "state": "firing", "until": None}
+    alerts = [
+        {
+            **alert,
+            "id": 4,
+            "kind": "volume.capacity-warning",
+            "subject": "vol1",
+            "severity": "warning",
+            "summary": "volume vol1 is 85.0% full (at least 80%)",
+            "since": NOW - 30,
+        },
+        {
+            **alert,
+            "id": 3,
+            "kind": "node.unreachable",
+            "subject": "node3",
+            "severity": "critical",
+            "summary": "node node3 is Unreachable",
+            "since": NOW - 90,
+        },
+        {
+            **alert,
+            "id": 2,
+            "kind": "volume.degraded",
+            "subject": "vol1",
+            "severity": "warning",
+            "summary": "volume vol1 is Degraded: bricks are down, every subvolume still serves",
+            "since": NOW - 95,
+        },
+        {
+            **alert,
+            "id": 1,
+            "kind": "brick.offline",
+            "subject": "vol1:node1:/bricks/b0",
+            "severity": "critical",
+            "summary": "brick node1:/bricks/b0 of volume vol1 is Offline",
+            "state": "resolved",
+            "since": NOW - 600,
+            "until": NOW - 500,
+        },
+    ]
+    return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes, alerts=alerts)
 
 
 class StandInApi(AsyncClient):
@@ -321,11 +395,16 @@ def test_view_snapshots():
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.connected and app.model.loaded, 5, "the sample loaded")
-            for key, name in (("1", "overview"), ("2", "nodes"), ("3", "volumes"), ("4", "tasks"), ("5", "failures")):
+            views = (("1", "overview"), ("2", "nodes"), ("3", "volumes"), ("4", "tasks"), ("5", "failures"))
+            for key, name in (*views, ("6", "alerts")):
                 await pilot.press(key)
                 await pilot.pause(0.1)
                 assert app.query_one(TabbedContent).active == name
                 check_snapshot(f"tui_{name}", screen_text(app))
+            await pilot.press("a")  # resolved alerts too
+            await pilot.pause(0.1)
+            check_snapshot("tui_alerts_all", screen_text(app))
+            await pilot.press("a")
             await pilot.press("3", "enter")
             await pilot.pause(0.2)
             assert isinstance(app.screen, VolumeDetailScreen)
@@ -500,6 +579,52 @@ def test_set_and_reset_an_option_on_the_volume_screen(stack):
             await pilot.press("y")
             await until(pilot, lambda: options_rows() == "network.ping-timeout 20", 10, "the row gone after reset")
         assert stack.cli.json("volume", "info", "to1")["options"] == {"network.ping-timeout": "20"}
+
+    run(scenario)
+
+
+def alert_event(event_id: int, kind: str, alert_id: int, **data: Any) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "at": NOW,
+        "cluster": "prod",
+        "kind": kind,
+        "subject": "vol1:node2:/bricks/b1",
+        "data": {
+            "id": alert_id,
+            "kind": "brick.offline",
+            "severity": "critical",
+            "summary": "brick node2:/bricks/b1 of volume vol1 is Offline",
+            "since": NOW - 5,
+            "until": NOW if kind == "alert.resolved" else None,
+            **data,
+        },
+    }
+
+
+def test_alert_events_update_the_alerts_view_and_the_overview_counts():
+    app, api = stand_in_app()
+
+    def overview_alerts() -> tuple[str, str]:
+        row = app.query_one("#clusters-table").get_row("prod")
+        return str(row[-2]), str(row[-1])
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.loaded, 5, "the sample loaded")
+            assert overview_alerts() == ("1", "2")
+            await pilot.press("6")
+            await api.feed.put(alert_event(101, "alert.firing", 5))
+            await until(pilot, lambda: "node2:/bricks/b1" in table_text(app, "alerts-table"), 5, "the firing alert")
+            assert overview_alerts() == ("2", "2")
+            assert table_text(app, "alerts-table").splitlines()[0].startswith("5s ago prod critical firing")
+            await api.feed.put(alert_event(102, "alert.resolved", 5))
+            await until(pilot, lambda: "node2:/bricks/b1" not in table_text(app, "alerts-table"), 5, "resolved")
+            assert overview_alerts() == ("1", "2")
+            await pilot.press("a")
+            await pilot.pause(0.1)
+            rows = table_text(app, "alerts-table")
+            assert "resolved 0s ago" in rows and "node2:/bricks/b1" in rows and "node1:/bricks/b0" in rows, rows
 
     run(scenario)
 

@@ -28,6 +28,7 @@ from tui.screens.confirm import ConfirmScreen
 from tui.screens.not_logged_in import NotLoggedInScreen
 from tui.screens.progress import ProgressScreen
 from tui.screens.volume_detail import VolumeDetailScreen
+from tui.widgets.alerts_table import AlertsTable
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.clusters_table import ClustersTable
 from tui.widgets.failures_table import FailuresTable
@@ -43,7 +44,15 @@ LOGIN_CHECK_SECONDS = 1.0
 STREAM_HEARTBEAT = 5.0
 REPLAY_KEEP = 5000  # recent events kept to re-apply over a snapshot that was read while they arrived
 
-AREA_TABLES = {"clusters": ClustersTable, "nodes": NodesTable, "volumes": VolumesTable, "tasks": TasksTable}
+AREA_TABLES = {
+    "clusters": ClustersTable,
+    "nodes": NodesTable,
+    "volumes": VolumesTable,
+    "tasks": TasksTable,
+    "alerts": AlertsTable,
+}
+ALERTS_FIRING_CAPTION = "Firing alerts, newest first (a: resolved ones too)"
+ALERTS_ALL_CAPTION = "Firing and resolved alerts, newest first (a: firing only)"
 
 
 class GlusterApp(App[None]):
@@ -57,6 +66,8 @@ class GlusterApp(App[None]):
         Binding("3", "show_tab('volumes')", "Volumes"),
         Binding("4", "show_tab('tasks')", "Tasks"),
         Binding("5", "show_tab('failures')", "Failures"),
+        Binding("6", "show_tab('alerts')", "Alerts"),
+        Binding("a", "toggle_resolved_alerts", "Resolved too", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("r", "reload", "Refresh"),
         Binding("s", "volume_action('start')", "Start vol", show=False),
@@ -108,13 +119,16 @@ class GlusterApp(App[None]):
                 yield TasksTable(id="tasks-table")
             with TabPane("5 Failures", id="failures"):
                 yield FailuresTable(id="failures-table")
+            with TabPane("6 Alerts", id="alerts"):
+                yield Static(ALERTS_FIRING_CAPTION, id="alerts-caption")
+                yield AlertsTable(id="alerts-table")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).disabled = True  # hidden until "/": keys go to the tables
         self.query_one("#volumes-unavailable").display = False
         self.active_table().focus()
-        self.set_interval(CLOCK_SECONDS, lambda: self.redraw({"clusters", "nodes", "tasks", "volumes"}))
+        self.set_interval(CLOCK_SECONDS, lambda: self.redraw({"clusters", "nodes", "tasks", "volumes", "alerts"}))
         self.set_interval(REFRESH_SECONDS, self._periodic_reload)
         if not self.live:
             return
@@ -260,6 +274,13 @@ class GlusterApp(App[None]):
         if pane is None:
             return self.query_one(NodesTable)
         return pane.query_one(ModelTable)
+
+    def action_toggle_resolved_alerts(self) -> None:
+        table = self.query_one(AlertsTable)
+        table.show_resolved = not table.show_resolved
+        caption = ALERTS_ALL_CAPTION if table.show_resolved else ALERTS_FIRING_CAPTION
+        self.query_one("#alerts-caption", Static).update(caption)
+        table.sync(self.model)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

@@ -16,6 +16,9 @@ from control.client import Event, Snapshot
 from control.client.states import VOLUME_DELETED, task_failed, task_final, volume_failed
 
 TASK_LIMIT = 2000  # newest tasks kept in memory
+RESOLVED_ALERT_LIMIT = 1000  # newest resolved alerts kept in memory (every firing one is kept)
+ALERT_FIRING = "firing"
+ALERT_RESOLVED = "resolved"
 RECENT_FAILURE_SECONDS = 24 * 3600
 
 UNREACHABLE_FIX = "start the node's agent again; its tasks wait QUEUED until it returns"
@@ -23,7 +26,7 @@ UNREACHABLE_FIX = "start the node's agent again; its tasks wait QUEUED until it 
 
 @dataclass
 class Changes:
-    areas: set[str] = field(default_factory=set)  # "clusters", "nodes", "volumes", "tasks"
+    areas: set[str] = field(default_factory=set)  # "clusters", "nodes", "volumes", "tasks", "alerts"
     reload: set[str] = field(default_factory=set)  # areas whose rows must be fetched again
 
     def __bool__(self) -> bool:
@@ -51,12 +54,15 @@ class Dashboard:
         self.volumes: dict[tuple[str, str], dict[str, Any]] = {}
         self.volumes_supported = False
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.alerts: dict[int, dict[str, Any]] = {}  # by alert id, in GET /api/v1/alerts's shape
         self.last_event_id: int | None = None
         self.events_applied = 0
         self.loaded = False
 
     # ---- loading --------------------------------------------------------------------------
-    def load(self, snap: Snapshot, areas: Iterable[str] = ("clusters", "nodes", "tasks", "volumes")) -> Changes:
+    def load(
+        self, snap: Snapshot, areas: Iterable[str] = ("clusters", "nodes", "tasks", "volumes", "alerts")
+    ) -> Changes:
         wanted = set(areas)
         if "clusters" in wanted:
             self.clusters = {c["name"]: dict(c) for c in snap.clusters}
@@ -67,8 +73,10 @@ class Dashboard:
         if "volumes" in wanted:
             self.volumes_supported = snap.volumes is not None
             self.volumes = {(v["cluster"], v["name"]): dict(v) for v in snap.volumes or []}
+        if "alerts" in wanted:
+            self.alerts = {a["id"]: dict(a) for a in snap.alerts}
         self.loaded = True
-        return Changes(areas={"clusters", "nodes", "tasks", "volumes"} & (wanted | {"clusters"}))
+        return Changes(areas={"clusters", "nodes", "tasks", "volumes", "alerts"} & (wanted | {"clusters"}))
 
     # ---- events -----------------------------------------------------------------------------
     def apply(self, event: Event) -> Changes:
@@ -155,6 +163,9 @@ class Dashboard:
                 else:
                     options[data["key"]] = data["value"]
                 ch.areas.add("volumes")
+        elif kind in ("alert.firing", "alert.resolved"):
+            self._apply_alert(event, at)
+            ch.areas |= {"alerts", "clusters"}
         elif kind in ("cluster.created", "cluster.deleted"):
             ch.reload.add("clusters")
             if kind == "cluster.deleted":
@@ -162,10 +173,39 @@ class Dashboard:
                 ch.areas.add("clusters")
         return ch
 
+    def _apply_alert(self, event: Event, at: float) -> None:
+        data = event.data
+        try:
+            alert_id = int(data["id"])
+        except (KeyError, TypeError, ValueError):
+            return  # not an alert this model can key
+        alert = self.alerts.setdefault(alert_id, {"id": alert_id, "since": data.get("since") or at, "until": None})
+        alert.update(
+            cluster=event.cluster,
+            subject=event.subject,
+            kind=data.get("kind", alert.get("kind", "")),
+            severity=data.get("severity", alert.get("severity", "")),
+            summary=data.get("summary", alert.get("summary", "")),
+        )
+        if event.kind == "alert.firing":
+            alert["state"] = ALERT_FIRING
+        else:
+            alert["state"], alert["until"] = ALERT_RESOLVED, data.get("until") or at
+            resolved = [a for a in self.alerts.values() if a["state"] == ALERT_RESOLVED]
+            if len(resolved) > RESOLVED_ALERT_LIMIT:
+                resolved.sort(key=lambda a: (a.get("until") or 0, a["id"]))
+                for old in resolved[: len(resolved) - RESOLVED_ALERT_LIMIT]:
+                    del self.alerts[old["id"]]
+
     # ---- views --------------------------------------------------------------------------------
     def cluster_rows(self) -> list[dict[str, Any]]:
         now = self.clock()
         names = sorted(set(self.clusters) | {c for c, _ in self.nodes} | {c for c, _ in self.volumes})
+        firing: dict[tuple[str, str], int] = {}
+        for alert in self.alerts.values():
+            if alert.get("state") == ALERT_FIRING:
+                key = (alert.get("cluster", ""), alert.get("severity", ""))
+                firing[key] = firing.get(key, 0) + 1
         rows = []
         for name in names:
             nodes = [n for (c, _), n in self.nodes.items() if c == name]
@@ -188,6 +228,8 @@ class Dashboard:
                     "unreachable": sum(1 for n in nodes if n["state"] != NodeState.ONLINE),
                     "volumes": ", ".join(f"{count} {state}" for state, count in sorted(by_state.items())) or "-",
                     "failures": len(failed),
+                    "critical": firing.get((name, "critical"), 0),
+                    "warning": firing.get((name, "warning"), 0),
                 }
             )
         return rows
@@ -197,6 +239,11 @@ class Dashboard:
 
     def volume_rows(self) -> list[dict[str, Any]]:
         return [self.volumes[k] for k in sorted(self.volumes)]
+
+    def alert_rows(self, include_resolved: bool = False) -> list[dict[str, Any]]:
+        """Firing alerts (``include_resolved``: resolved ones too), newest first."""
+        rows = [a for a in self.alerts.values() if include_resolved or a.get("state") == ALERT_FIRING]
+        return sorted(rows, key=lambda a: (a.get("since") or 0, a["id"]), reverse=True)
 
     def task_rows(self) -> list[dict[str, Any]]:
         return sorted(self.tasks.values(), key=lambda t: (t.get("updated_at") or 0, t["id"]), reverse=True)

@@ -34,6 +34,7 @@ class DashboardCommands(Provider):
             ("volumes", "Volumes"),
             ("tasks", "Tasks"),
             ("failures", "Failure report"),
+            ("alerts", "Alerts"),
         ):
             yield f"Show {label}", partial(app.action_show_tab, tab), f"switch to the {label.lower()} view"
         yield "Refresh", app.action_reload, "reload everything from the server"

@@ -25,6 +25,10 @@ STATE_STYLES = {
     "Healthy": "green",
     "Degraded": "yellow",
     "Down": "red",
+    # alerts: state and severity
+    "firing": "red",
+    "critical": "red",
+    "warning": "yellow",
 }
 
 

@@ -21,6 +21,8 @@ from control.client.models import Down, Snapshot, StreamItem
 from control.client.sse import SseDecoder, aparse_sse
 
 SNAPSHOT_TASK_LIMIT = 500
+SNAPSHOT_RESOLVED_ALERT_LIMIT = 500  # newest alerts (firing or resolved); every firing one is read as well
+SNAPSHOT_FIRING_ALERT_LIMIT = 5000
 
 
 class AsyncClient(BaseClient):
@@ -51,11 +53,12 @@ class AsyncClient(BaseClient):
         return self.answer(response, path, raw)
 
     async def snapshot(self) -> Snapshot:
-        """Clusters, nodes, the newest tasks and every cluster's volumes."""
-        clusters, nodes, tasks = await asyncio.gather(
+        """Clusters, nodes, the newest tasks, every cluster's volumes, firing and recently resolved alerts."""
+        clusters, nodes, tasks, alerts = await asyncio.gather(
             self.request("GET", "/api/v1/clusters"),
             self.request("GET", "/api/v1/nodes"),
             self.request("GET", "/api/v1/tasks", params={"limit": SNAPSHOT_TASK_LIMIT}),
+            self.alerts(),
         )
         volumes: list[dict[str, Any]] = []
         for cluster in clusters:
@@ -63,9 +66,24 @@ class AsyncClient(BaseClient):
                 volumes.extend(await self.request("GET", f"/api/v1/clusters/{cluster['name']}/volumes"))
             except ApiError as exc:
                 if exc.status == 404 and "Not Found" in str(exc):  # a server without volume endpoints
-                    return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=None)
+                    return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=None, alerts=alerts)
                 raise
-        return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes)
+        return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes, alerts=alerts)
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """Every firing alert and the newest resolved ones, newest first ([] from a server without alerts)."""
+        try:
+            firing, recent = await asyncio.gather(
+                self.request("GET", "/api/v1/alerts", params={"limit": SNAPSHOT_FIRING_ALERT_LIMIT}),
+                self.request("GET", "/api/v1/alerts", params={"all": "true", "limit": SNAPSHOT_RESOLVED_ALERT_LIMIT}),
+            )
+        except ApiError as exc:
+            if exc.status == 404 and "Not Found" in str(exc):  # a server from before alerts
+                return []
+            raise
+        by_id = {a["id"]: a for a in recent}
+        by_id.update({a["id"]: a for a in firing})
+        return sorted(by_id.values(), key=lambda a: (a["since"], a["id"]), reverse=True)
 
     def events(
         self,

@@ -63,3 +63,4 @@ class Snapshot:
     nodes: list[dict[str, Any]]
     tasks: list[dict[str, Any]]
     volumes: list[dict[str, Any]] | None  # None: the server has no volume endpoints
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # firing ones and the newest resolved ones

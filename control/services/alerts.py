@@ -250,37 +250,62 @@ def snapshots(cluster_names: set[str] | None = None, now: float | None = None) -
     return list(by_id.values())
 
 
-def heal_pending(volume_ids: list[str], now: float) -> dict[str, int]:
-    """Entries waiting for self-heal per volume, from each volume's latest heal info or summary (if recent)."""
+@dataclass(frozen=True)
+class BrickHeal:
+    """One brick's count from a heal info or summary: entries waiting for self-heal."""
+
+    brick: str  # as glfsheal names it: ADDRESS:/path (ADDRESS as in the client volfile)
+    entries: int | None  # None: glfsheal could not tell (the brick was not connected)
+
+
+def latest_heal_counts(volume_ids: list[str], now: float) -> dict[str, list[BrickHeal]]:
+    """Per volume id, each brick's count from the volume's latest heal info or summary, if it finished within
+    ``HEAL_INFO_MAX_AGE_SECONDS``; volumes without one are left out."""
     if not volume_ids:
         return {}
-    targets = {f"volume:{v.name}": v.id for v in Volume.select(Volume.id, Volume.name).where(Volume.id.in_(volume_ids))}
-    out: dict[str, int] = {}
+    volumes = Volume.select(Volume.id, Volume.name, Volume.cluster).where(Volume.id.in_(volume_ids))
+    targets = {(v.cluster_id, f"volume:{v.name}"): v.id for v in volumes}
+    if not targets:
+        return {}
     query = (
-        Task.select(Task.target, Task.params, Task.result, Task.finished_at)
+        Task.select(Task.cluster, Task.target, Task.params, Task.result, Task.finished_at)
         .where(
             (Task.kind == TaskKind.VOLUME_HEAL.value)
             & (Task.state == TaskState.DONE.value)
-            & Task.target.in_(list(targets))
+            & Task.cluster.in_(list({c for c, _ in targets}))
+            & Task.target.in_(list({t for _, t in targets}))
             & (Task.finished_at > now - HEAL_INFO_MAX_AGE_SECONDS)
         )
         .order_by(Task.finished_at.desc())
     )
-    seen: set[str] = set()
+    out: dict[str, list[BrickHeal]] = {}
     for task in query:
-        if (task.params or {}).get("op") not in ("info", "summary") or task.target in seen:
+        volume_id = targets.get((task.cluster_id, task.target))
+        if volume_id is None or volume_id in out or (task.params or {}).get("op") not in ("info", "summary"):
             continue
-        seen.add(task.target)
-        total = 0
-        for brick in (task.result or {}).get("bricks") or []:
-            counts = brick.get("files") if isinstance(brick.get("files"), dict) else {}
-            value = counts.get("pending", brick.get("entries", 0)) if counts else brick.get("entries", 0)
-            try:
-                total += int(value or 0)
-            except (TypeError, ValueError):
-                continue
-        out[targets[task.target]] = total
+        out[volume_id] = [
+            BrickHeal(str(brick.get("brick") or ""), _pending_entries(brick))
+            for brick in (task.result or {}).get("bricks") or []
+            if isinstance(brick, dict)
+        ]
     return out
+
+
+def _pending_entries(brick: dict[str, Any]) -> int | None:
+    counts = brick.get("files") if isinstance(brick.get("files"), dict) else {}
+    value = counts.get("pending", brick.get("entries")) if counts else brick.get("entries")
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def heal_pending(volume_ids: list[str], now: float) -> dict[str, int]:
+    """Entries waiting for self-heal per volume, from each volume's latest heal info or summary (if recent)."""
+    return {
+        volume_id: sum(b.entries or 0 for b in bricks)
+        for volume_id, bricks in latest_heal_counts(volume_ids, now).items()
+    }
 
 
 # ---- making the store agree ----------------------------------------------------------------------

@@ -9,11 +9,15 @@ Names and meanings follow gluster-prometheus (the GlusterFS exporter) where it h
 with a ``cluster`` label added (the cluster's name); the control plane's own figures are
 ``glusterctl_*``. ``gluster_brick_up`` leaves out gluster-prometheus's ``pid`` and ``peer_id``
 labels: a pid label starts a new series on every brick restart, which breaks alerts' ``for``.
+``gluster_volume_heal_count`` comes from each started volume's latest heal info or summary (the
+alerts' heal-backlog query): no series for a volume without a recent one, nor for a brick glfsheal
+could not reach.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -56,6 +60,7 @@ def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
 
 
 BRICK_LABELS = ["cluster", "host", "id", "brick_path", "volume", "subvolume"]
+HEAL_LABELS = ["cluster", "volume", "brick_path", "host"]
 
 
 class StoreCollector(Collector):
@@ -66,6 +71,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._volumes()
+        yield from self._heal()
         yield from self._nodes()
         yield from self._tasks()
         yield from self._alerts()
@@ -161,6 +167,38 @@ class StoreCollector(Collector):
                 family.add_metric([cluster], tally[name])
         yield from (brick_up, *brick_fams.values(), sub_used, sub_total, brick_count, vol_up, health)
         yield from (size, used, free, *counts.values())
+
+    # ---- self-heal backlog -----------------------------------------------------------------------
+    def _heal(self) -> Iterator[Metric]:
+        heal = _gauge("gluster_volume_heal_count", "self heal count for volume", HEAL_LABELS)
+        started = {
+            v.id: v
+            for v in Volume.select(Volume, Cluster).join(Cluster).where(Volume.state == VolumeState.STARTED.value)
+        }
+        counts = alerts.latest_heal_counts(list(started), time.time())
+        if counts:
+            # glfsheal names a brick ADDRESS:/path by its node's address in the client volfile (nodes may share
+            # one address): label it with the node holding that path
+            address = {
+                (n.cluster_id, n.name): n.address or n.name
+                for n in Node.select(Node.cluster, Node.name, Node.address).where(
+                    Node.cluster.in_(list({v.cluster_id for v in started.values()}))
+                )
+            }
+            holder: dict[tuple[str, str], str] = {}
+            for b in Brick.select(Brick.volume, Brick.node_name, Brick.path).where(Brick.volume.in_(list(counts))):
+                cluster_id = started[b.volume_id].cluster_id
+                holder[(b.volume_id, f"{address.get((cluster_id, b.node_name), b.node_name)}:{b.path}")] = b.node_name
+                holder.setdefault((b.volume_id, f"{b.node_name}:{b.path}"), b.node_name)
+            for volume_id, bricks in counts.items():
+                volume = started[volume_id]
+                for brick in bricks:
+                    host, sep, path = brick.brick.partition(":/")
+                    if brick.entries is None or not sep:
+                        continue
+                    node = holder.get((volume_id, brick.brick), host)
+                    heal.add_metric([volume.cluster.name, volume.name, "/" + path, node], brick.entries)
+        yield heal
 
     # ---- nodes ---------------------------------------------------------------------------------
     def _nodes(self) -> Iterator[Metric]:

@@ -1,4 +1,4 @@
-"""Clusters overview: nodes online/unreachable, volumes by state, recent failures."""
+"""Clusters overview: nodes online/unreachable, volumes by state, recent failures, firing alerts."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ class ClustersTable(ModelTable):
         ("unreachable", "UNREACHABLE"),
         ("volumes", "VOLUMES"),
         ("failures", "FAILED TASKS (24h)"),
+        ("critical", "CRITICAL ALERTS"),
+        ("warning", "WARNING ALERTS"),
     ]
 
     def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
@@ -31,6 +33,8 @@ class ClustersTable(ModelTable):
                         "online": Text(str(r["online"]), style="green" if r["online"] else ""),
                         "unreachable": Text(str(r["unreachable"]), style="bold red" if r["unreachable"] else ""),
                         "failures": Text(str(r["failures"]), style="bold red" if r["failures"] else ""),
+                        "critical": Text(str(r["critical"]), style="bold red" if r["critical"] else ""),
+                        "warning": Text(str(r["warning"]), style="yellow" if r["warning"] else ""),
                         "volumes": r["volumes"] if model.volumes_supported else "n/a",
                     },
                 )
