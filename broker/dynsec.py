@@ -23,6 +23,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -37,7 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.messages import check_name
-from broker.topics import Topics
+from broker.topics import ANY, Topics
 from broker.url import MqttUrl
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,9 @@ def monitor_username(topics: Topics, user: str) -> str:
 
 
 def monitor_rolename(topics: Topics, cluster: str) -> str:
+    """The shared read-only role of ``cluster``; ``ANY``: every cluster (a name no cluster can have)."""
+    if cluster == ANY:
+        return f"{topics.root}.monitor-all"
     return f"{topics.root}.monitor.{check_name('cluster', cluster)}"
 
 
@@ -202,8 +207,9 @@ def node_acls(topics: Topics, cluster: str, node: str) -> list[Acl]:
 
 def monitor_acls(topics: Topics, cluster: str) -> list[Acl]:
     """Read-only: the presence, heartbeat and task status of ``cluster``'s nodes, its monitoring topics
-    (summary, volume status, alerts), and the control presence."""
-    check_name("cluster", cluster)
+    (summary, volume status, alerts), and the control presence; ``ANY``: of every cluster."""
+    if cluster != ANY:
+        check_name("cluster", cluster)
     return _readable(topics.monitor_filters(cluster))
 
 
@@ -244,8 +250,14 @@ class DynsecClient:
             clean_session=True,
         )
         self._client.username_pw_set(url.username, url.password)
+        if url.tls:
+            try:
+                self._client.tls_set_context(url.tls_context())
+            except ValueError as exc:
+                raise DynsecConnectError(str(exc)) from None
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -288,6 +300,19 @@ class DynsecClient:
             client.disconnect()
             return
         client.subscribe(RESPONSE_TOPIC, qos=1)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """A broker whose certificate the CA did not sign is refused for good (paho calls this in its except)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            trusted = f"the CA {self.url.ca}" if self.url.ca else "the system's CAs"
+            self._refused = (
+                f"its certificate is not signed by {trusted} ({exc.verify_message or exc}): "
+                "pass the broker's CA with --mqtt-ca FILE"
+            )
+            log.error("dynsec admin: refusing %s: %s", self.url.redacted(), self._refused)
+        elif exc is not None:
+            log.warning("dynsec admin: cannot connect to %s: %s; retrying", self.url.redacted(), exc)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], properties: Properties | None
@@ -405,11 +430,12 @@ class DynsecClient:
         roles = tuple(str(r["rolename"]) for r in data.get("roles", []))
         return ClientInfo(str(data.get("username", username)), roles, bool(data.get("disabled", False)))
 
-    def ensure_client(self, username: str, password: str | None, roles: Sequence[str]) -> bool:
-        """Create the user, or give it exactly ``roles`` and (if not None) ``password``; True if anything was sent.
+    def ensure_client(self, username: str, password: str | None, roles: Sequence[str], enabled: bool = True) -> bool:
+        """Create the user, or give it exactly ``roles``, (if not None) ``password`` and ``enabled``; True if
+        anything was sent.
 
-        Mosquitto disconnects the user's live sessions when its roles or password change, so
-        roles are only sent when they differ, and the password only when one is given.
+        Mosquitto disconnects the user's live sessions when its roles or password change or it is
+        disabled, so roles are only sent when they differ, and the password only when one is given.
         """
         current = self.get_client(username)
         role_list = [{"rolename": r} for r in roles]
@@ -418,20 +444,23 @@ class DynsecClient:
             if password is not None:
                 fields["password"] = password
             self.run_one("createClient", **fields)
-            log.info("dynsec: created user %s with roles %s", username, list(roles))
+            if not enabled:
+                self.run_one("disableClient", username=username)
+            log.info("dynsec: created user %s with roles %s%s", username, list(roles), "" if enabled else " (disabled)")
             return True
         changes: dict[str, Any] = {}
         if set(current.roles) != set(roles):
             changes["roles"] = role_list
         if password is not None:
             changes["password"] = password
-        if current.disabled:
-            self.run_one("enableClient", username=username)
-        if not changes:
-            return current.disabled
-        self.run_one("modifyClient", username=username, **changes)
-        log.info("dynsec: updated user %s (%s)", username, ", ".join(sorted(changes)))
-        return True
+        if changes:
+            self.run_one("modifyClient", username=username, **changes)
+            log.info("dynsec: updated user %s (%s)", username, ", ".join(sorted(changes)))
+        if current.disabled == enabled:
+            self.run_one("enableClient" if enabled else "disableClient", username=username)
+            log.info("dynsec: user %s %s", username, "enabled" if enabled else "disabled")
+            return True
+        return bool(changes)
 
     def set_password(self, username: str, password: str) -> None:
         """New password for an existing user; its live sessions are disconnected."""
@@ -491,14 +520,27 @@ def remove_node(dynsec: DynsecClient, topics: Topics, cluster: str, node: str) -
 
 
 def ensure_monitor(
-    dynsec: DynsecClient, topics: Topics, user: str, password: str | None, clusters: Sequence[str]
+    dynsec: DynsecClient,
+    topics: Topics,
+    user: str,
+    password: str | None,
+    clusters: Sequence[str],
+    known_roles: set[str] | None = None,
 ) -> str:
-    """A read-only user that sees exactly ``clusters`` (one shared monitor role per cluster)."""
+    """A read-only user that sees exactly ``clusters`` (one shared monitor role per cluster; ``ANY``: all).
+
+    Without clusters the user is kept, password and all, but disabled: it cannot log in until a
+    grant gives it something to read (the control service never learns the password again).
+    Roles in ``known_roles`` are taken as up to date; the ones ensured here are added to it.
+    """
     roles = []
     for cluster in clusters:
         rolename = monitor_rolename(topics, cluster)
-        dynsec.ensure_role(rolename, monitor_acls(topics, cluster))
+        if known_roles is None or rolename not in known_roles:
+            dynsec.ensure_role(rolename, monitor_acls(topics, cluster))
+            if known_roles is not None:
+                known_roles.add(rolename)
         roles.append(rolename)
     username = monitor_username(topics, user)
-    dynsec.ensure_client(username, password, roles)
+    dynsec.ensure_client(username, password, roles, enabled=bool(roles))
     return username

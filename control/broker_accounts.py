@@ -7,12 +7,23 @@ enrolment user per cluster (password: the join token's secret) and one user per 
 RECONCILE_SECONDS it brings the broker in line with the database: join tokens that changed,
 clusters added or deleted, nodes removed. Node passwords are never reset (the database holds
 only verifiers); a node whose user went missing must enrol again.
+
+Monitors: each glusterctl user has the broker user ``ROOT.user.NAME`` whose roles are the shared
+read-only roles of exactly the clusters the user may read (``authz.Scope.monitor_clusters``),
+disabled while there are none. Its password is the user's own, which the server sees only at
+``user create`` and at login: it is handed to the broker then (the database keeps only its
+argon2 hash), so a user created before ``--mqtt-dynsec`` was turned on must log in once before
+MQTT monitoring works. Grant changes, user and cluster deletions reach the broker through the
+same reconcile pass as the node users.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -22,8 +33,8 @@ from broker.dynsec import DynsecClient, DynsecError
 from broker.embedded import GlusterctlBroker
 from broker.topics import Topics
 from broker.url import MqttUrl
-from control.services import events
-from control.store.models import Cluster, Event, Node
+from control.services import authz, events
+from control.store.models import Cluster, Event, Node, User
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,12 @@ class EmbeddedAccounts:
     def clusters_changed(self) -> None:
         return None  # enrolment logins are checked against the current join token
 
+    def user_password(self, user: str, password: str) -> None:
+        return None  # monitor logins are checked against the database
+
+    def grants_changed(self) -> None:
+        return None  # a monitor's clusters are read from its grants at login
+
 
 class DynsecAccounts:
     """Users and roles in Mosquitto's dynamic security plugin (see docs/mosquitto.md)."""
@@ -68,6 +85,14 @@ class DynsecAccounts:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        # monitors: passwords waiting for the next pass (held only until then), what the broker has
+        self._password_lock = threading.Lock()
+        self._passwords: dict[str, str] = {}
+        self._given: dict[str, bytes] = {}  # user -> keyed digest of the password the broker has
+        self._digest_key = secrets.token_bytes(32)
+        self._monitors: dict[str, tuple[str, ...]] = {}  # user -> clusters its broker user reads
+        self._monitor_roles: set[str] = set()  # shared monitor roles known to be up to date
+        self._monitors_due = True
 
     @property
     def control_username(self) -> str:
@@ -110,11 +135,20 @@ class DynsecAccounts:
 
     # ---- reconcile
     def reconcile(self, full: bool) -> None:
-        """Enrolment users follow the join tokens; with ``full`` also the control user, node users and leftovers."""
+        """Enrolment users follow the join tokens, monitors their grants (when due); with ``full`` also the control
+        user, node users and leftovers."""
         with self._lock:
             clusters = {c.name: c.join_secret for c in Cluster.select(Cluster.name, Cluster.join_secret)}
             if full:
                 dynsec.ensure_control(self.client, self.topics, self.control_password)
+                self._monitor_roles.clear()
+            if full or self._monitors_due or self._passwords:
+                self._monitors_due = False
+                try:
+                    self._reconcile_monitors(full)
+                except BaseException:
+                    self._monitors_due = True
+                    raise
             for name, secret in clusters.items():
                 if self._secrets.get(name) != secret:
                     dynsec.ensure_enrolment(self.client, self.topics, name, secret)
@@ -134,6 +168,7 @@ class DynsecAccounts:
                 if kind == "enrol" and cluster not in clusters:
                     self.client.delete_client(username)
                     self.client.delete_role(username)
+                    self._delete_monitor_role(str(cluster))
                     self._secrets.pop(str(cluster), None)
                 elif kind == "node" and (cluster, node) not in enrolled and not self._is_fresh(cluster, node):
                     self.client.delete_client(username)
@@ -144,6 +179,10 @@ class DynsecAccounts:
                     )  # roles and ACLs, not the password
                     enrolled.discard((cluster, node))
             if full:
+                monitor_prefix = dynsec.monitor_rolename(self.topics, "x")[:-1]
+                for rolename in self.client.list_roles():
+                    if rolename.startswith(monitor_prefix) and rolename[len(monitor_prefix) :] not in clusters:
+                        self._delete_monitor_role(rolename[len(monitor_prefix) :])
                 for cluster, node in sorted(enrolled):
                     log.error(
                         "dynsec: enrolled node %s of cluster %s has no broker user (dynsec file restored?): it must "
@@ -154,6 +193,57 @@ class DynsecAccounts:
                         cluster,
                         node,
                     )
+
+    def _reconcile_monitors(self, full: bool) -> None:
+        """Each user's broker user reads exactly the clusters its grants let it read (caller holds ``_lock``)."""
+        with self._password_lock:
+            passwords, self._passwords = self._passwords, {}
+        try:
+            present = {
+                parsed[1]
+                for name in self.client.list_clients()
+                if (parsed := dynsec.parse_username(self.topics, name)) is not None and parsed[0] == "user"
+            }
+            accounts = list(User.select())
+            for account in accounts:
+                watched = tuple(authz.Scope.of(account).monitor_clusters())
+                password = passwords.get(account.name)
+                if not full and password is None and self._monitors.get(account.name) == watched:
+                    continue
+                if password is None and account.name not in present:
+                    if watched and self._monitors.get(account.name) != watched:
+                        log.info(
+                            "dynsec: user %s may monitor %s over MQTT once it logs in (glusterctl login): the "
+                            "broker needs its password",
+                            account.name,
+                            ", ".join(watched),
+                        )
+                    self._monitors[account.name] = watched
+                    self._given.pop(account.name, None)  # the broker lost it: the next login hands it over
+                    continue
+                dynsec.ensure_monitor(self.client, self.topics, account.name, password, watched, self._monitor_roles)
+                self._monitors[account.name] = watched
+                if password is not None:
+                    self._given[account.name] = self._digest(password)
+                    passwords.pop(account.name)
+            names = {a.name for a in accounts}
+            for name in present - names:
+                self.client.delete_client(dynsec.monitor_username(self.topics, str(name)))
+            for name in set(self._monitors) - names:
+                self._monitors.pop(name, None)
+                self._given.pop(name, None)
+        finally:
+            with self._password_lock:  # not handed over yet (an error): try again at the next pass
+                self._passwords = {**passwords, **self._passwords}
+
+    def _delete_monitor_role(self, cluster: str) -> None:
+        rolename = dynsec.monitor_rolename(self.topics, cluster)
+        if self.client.delete_role(rolename):
+            log.info("dynsec: deleted the monitor role of cluster %s", cluster)
+        self._monitor_roles.discard(rolename)
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
 
     def _is_fresh(self, cluster: str | None, node: str | None) -> bool:
         made = self._fresh.get((str(cluster), str(node)))
@@ -173,7 +263,27 @@ class DynsecAccounts:
 
     def clusters_changed(self) -> None:
         """Called after the change committed: the new join token works as soon as the caller returns."""
+        self._monitors_due = True  # a deleted cluster's monitor role goes, and with it the users' access
         try:
             self.reconcile(full=False)
         except DynsecError as exc:
             log.warning("dynsec: enrolment users not updated now (retrying every %gs): %s", RECONCILE_SECONDS, exc)
+
+    def grants_changed(self) -> None:
+        """Called after a grant, revoke or user deletion committed: access follows before the caller returns."""
+        self._monitors_due = True
+        try:
+            self.reconcile(full=False)
+        except DynsecError as exc:
+            log.warning("dynsec: monitor users not updated now (retrying every %gs): %s", RECONCILE_SECONDS, exc)
+
+    def user_password(self, user: str, password: str) -> None:
+        """The user's password, seen at create or login: the next pass gives it to the broker (never blocks).
+
+        A password the broker already has is not sent again (that would disconnect the user's sessions).
+        """
+        if hmac.compare_digest(self._given.get(user, b""), self._digest(password)):
+            return
+        with self._password_lock:
+            self._passwords[user] = password
+        self._wake.set()

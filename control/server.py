@@ -25,6 +25,7 @@ from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
 from control.services import authz, clusters, enrolment, metadata, users
+from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
 from control.services.monitoring import Monitor
@@ -257,6 +258,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     bridge.start()
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     reconciler.after_pass.append(monitor.run)
+    reconciler.after_pass.append(AuditPruner(settings.audit_keep_days).run)
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"

@@ -27,6 +27,7 @@ class ServerSettings(BaseSettings):
     db: str | None = None
     brick_ports: str = "49152-60999"
     event_backlog: int = 10000
+    audit_keep_days: float = 90.0  # audit log entries older than this are pruned (the reconciler's pass)
     log_level: str = "INFO"
     # the reconciler: seconds between passes, and per task kind the seconds before an open task
     # fails with TIMEOUT ("node.probe=300,volume.start=3600"; kinds not named keep their defaults)
@@ -151,6 +152,13 @@ class ServerSettings(BaseSettings):
                 "(see docs/mosquitto.md)"
             )
         return self
+
+    @field_validator("audit_keep_days")
+    @classmethod
+    def _audit_keep(cls, v: float) -> float:
+        if not 1 <= v <= 36500:
+            raise ValueError("use a number of days from 1 to 36500 (the audit log keeps entries this long)")
+        return v
 
     @field_validator("token_ttl_days")
     @classmethod

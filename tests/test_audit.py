@@ -180,3 +180,32 @@ def test_migration_9_is_self_contained_and_idempotent(tmp_path):
         assert 9 in {r.version for r in SchemaVersion.select()}
     finally:
         db.close()
+
+
+def test_audit_entries_are_pruned_after_keep_days(tmp_path):
+    from pydantic import ValidationError
+
+    from control.services import audit
+    from control.settings import ServerSettings
+    from control.store import open_database
+    from control.store.models import AuditEntry
+
+    day = 86400.0
+    now = 1_800_000_000.0
+    db = open_database(None, str(tmp_path))
+    try:
+        for age_days in (200, 91, 89, 1):
+            entry = audit.record(audit.Change("admin", "127.0.0.1", "POST", "/api/v1/users", "/api/v1/users", 201))
+            AuditEntry.update(at=now - age_days * day).where(AuditEntry.id == entry.id).execute()
+        pruner = audit.AuditPruner(keep_days=90, every=3600)
+        assert pruner.run(now=now) == 2
+        assert sorted(round((now - e.at) / day) for e in AuditEntry.select()) == [1, 89]
+        # within the hour it does not prune again; later the 89-day entry, 91 days old by then, goes
+        assert pruner.run(now=now + 1800) is None
+        assert pruner.run(now=now + 2 * day) == 1
+        assert [round((now - e.at) / day) for e in AuditEntry.select()] == [1]
+        with pytest.raises(ValidationError, match="from 1 to 36500"):
+            ServerSettings(data_dir=str(tmp_path), audit_keep_days=0)
+        assert ServerSettings(data_dir=str(tmp_path)).audit_keep_days == audit.KEEP_DAYS
+    finally:
+        db.close()

@@ -18,6 +18,7 @@ from broker import dynsec
 from broker.dynsec import Acl, AclType, DynsecClient, DynsecCommandError, DynsecConnectError, DynsecTimeout
 from broker.topics import Topics
 from broker.url import MqttUrl
+from control.tls import ServerCert
 from tests.helpers import Proc, free_port, port_open, unique, wait_until
 from tests.mqtt_raw import RawClient
 
@@ -45,17 +46,21 @@ class Mosquitto:
     port: int
     admin_password: str
     proc: Proc
+    tls_port: int | None = None  # a second listener with MQTT over TLS, when started with a certificate
 
     def admin_url(self, password: str | None = None) -> MqttUrl:
         return MqttUrl("127.0.0.1", self.port, ADMIN, password or self.admin_password)
 
 
-def start_mosquitto(tmp: Path, with_plugin: bool = True) -> Mosquitto:
-    """A private Mosquitto on a free loopback port, with its own config and dynsec file."""
+def start_mosquitto(tmp: Path, with_plugin: bool = True, tls_cert: ServerCert | None = None) -> Mosquitto:
+    """A private Mosquitto on a free loopback port, with its own config and dynsec file (and a TLS listener)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    tls_port = free_port() if tls_cert else None
     password = secrets.token_hex(16)
     lines = [f"listener {port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type all"]
+    if tls_cert:
+        lines += [f"listener {tls_port} 127.0.0.1", f"certfile {tls_cert.cert}", f"keyfile {tls_cert.key}"]
     if with_plugin:
         config_file = tmp / "dynamic-security.json"
         subprocess.run(
@@ -74,12 +79,15 @@ def start_mosquitto(tmp: Path, with_plugin: bool = True) -> Mosquitto:
     conf.write_text("\n".join(lines) + "\n")
     proc = Proc("mosquitto", ["mosquitto", "-c", str(conf)], tmp / "mosquitto.log").start()
     try:
-        wait_until(lambda: port_open("127.0.0.1", port) or not proc.alive(), 15, what="mosquitto listening")
+        ports = [port] + ([tls_port] if tls_port else [])
+        wait_until(
+            lambda: all(port_open("127.0.0.1", p) for p in ports) or not proc.alive(), 15, what="mosquitto listening"
+        )
         assert proc.alive(), f"mosquitto exited:\n{proc.log()[-2000:]}"
     except BaseException:
         proc.stop()
         raise
-    return Mosquitto(port, password, proc)
+    return Mosquitto(port, password, proc, tls_port)
 
 
 @pytest.fixture(scope="module")

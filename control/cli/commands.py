@@ -73,6 +73,7 @@ def server(args: argparse.Namespace) -> int:
                     "db",
                     "brick_ports",
                     "event_backlog",
+                    "audit_keep_days",
                     "log_level",
                     "tls",
                     "tls_cert",

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)"
     )
     p.add_argument(
+        "--audit-keep-days", type=float, help="audit log entries older than this many days are pruned (default: 90)"
+    )
+    p.add_argument(
         "--tls",
         choices=["auto", "off"],
         help="auto: serve HTTPS with the server's own CA and certificate, made on the first start in DATA_DIR/tls "

@@ -7,12 +7,18 @@ query parameters, and only the request body fields named in ``BODY_FIELDS`` (nev
 or tokens: a name that looks secret is dropped even when listed). Each entry is also an
 ``audit`` event on the event stream, which only global admins see, on streams that ask for
 ``kind=audit``.
+
+Entries are kept ``--audit-keep-days`` (default KEEP_DAYS): ``AuditPruner`` deletes older ones at
+most every PRUNE_SECONDS, from the reconciler's pass. Their ``audit`` events live in the event
+table with every other event and share its backlog (``--event-backlog``), so a stream can
+replay only the recent ones; the audit table is the record.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +62,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
 CLUSTER_ROUTES = "/api/v1/clusters/{name}"  # routes under it name their cluster in the path parameter "name"
 LOGIN_ROUTE = "/api/v1/login"
+KEEP_DAYS = 90.0  # default of --audit-keep-days
+PRUNE_SECONDS = 3600.0  # at most one pruning delete per this many seconds
 
 
 def is_secret(name: str) -> bool:
@@ -178,3 +186,31 @@ def entries(
     if since is not None:
         query = query.where(AuditEntry.at >= since)
     return list(query.order_by(AuditEntry.id.desc()).limit(limit))
+
+
+def prune(keep_days: float, now: float | None = None) -> int:
+    """Delete the entries older than ``keep_days``; how many went."""
+    if keep_days <= 0:
+        raise InvalidInput(f"keep_days must be above 0, not {keep_days}")
+    cutoff = (time.time() if now is None else now) - keep_days * 86400
+    deleted = int(AuditEntry.delete().where(AuditEntry.at < cutoff).execute())
+    if deleted:
+        log.info("audit: pruned %d entries older than %g days", deleted, keep_days)
+    return deleted
+
+
+class AuditPruner:
+    """Prunes the audit log when called (each reconciler pass), at most once per ``every`` seconds."""
+
+    def __init__(self, keep_days: float = KEEP_DAYS, every: float = PRUNE_SECONDS) -> None:
+        self.keep_days = keep_days
+        self.every = every
+        self._last: float | None = None
+
+    def run(self, now: float | None = None) -> int | None:
+        """Entries deleted, or None when the last pruning is too recent."""
+        now = time.time() if now is None else now
+        if self._last is not None and 0 <= now - self._last < self.every:
+            return None
+        self._last = now
+        return prune(self.keep_days, now)

@@ -39,6 +39,15 @@ class BrokerAccounts(Protocol):
     def clusters_changed(self) -> None:
         """A cluster was added or deleted, or its join token rotated: bring the enrolment users up to date."""
 
+    def user_password(self, user: str, password: str) -> None:
+        """A user's password, seen at create or login (after it committed): its monitor's broker password.
+
+        Must not block on the broker (it runs in the login request) and must never log the password.
+        """
+
+    def grants_changed(self) -> None:
+        """A grant was given or revoked, or a user deleted (committed): monitors read what the grants allow."""
+
 
 class NoAccounts:
     """A broker that checks every login against the database itself, or that has no users at all."""
@@ -50,6 +59,12 @@ class NoAccounts:
         return None
 
     def clusters_changed(self) -> None:
+        return None
+
+    def user_password(self, user: str, password: str) -> None:
+        return None
+
+    def grants_changed(self) -> None:
         return None
 
 

@@ -23,7 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from broker.messages import check_name
 from control.errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unauthorized
-from control.services import authz, events
+from control.services import authz, enrolment, events
 from control.services.authz import SCOPES, Held, Role
 from control.store.db import delete_where, first
 from control.store.models import ApiToken, Cluster, Grant, User
@@ -119,6 +119,7 @@ def create_user(name: str, password: str, admin: bool = False, actor: User | Non
         user = User.create(name=name, password_hash=_hasher.hash(password), is_admin=first or admin)
         events.record("user.created", subject=name, admin=user.is_admin)
     log.info("user %s created (admin=%s)", name, user.is_admin)
+    enrolment.accounts().user_password(name, password)  # the broker's monitor user (Mosquitto dynsec)
     return user
 
 
@@ -148,6 +149,7 @@ def login(name: str, password: str, address: str = "") -> str:
     token = secrets.token_urlsafe(32)
     row = ApiToken.create(user=user, token_hash=_hash_token(token))
     log.info("user %s logged in from %s (session %d)", name, address or "?", row.id)
+    enrolment.accounts().user_password(user.name, password)  # the only other moment the server sees it
     return token
 
 
@@ -218,6 +220,7 @@ def delete_user(name: str, actor: User) -> None:
     with db.atomic():
         user.delete_instance(recursive=True)
         events.record("user.deleted", subject=name)
+    enrolment.accounts().grants_changed()
 
 
 # ---- grants -------------------------------------------------------------------------------
@@ -260,6 +263,7 @@ def grant(name: str, role: str, cluster: Cluster | None, scope: str, target: str
         if cluster is not None:  # a grant within a cluster is part of its metadata
             events.bump(cluster.name)
     log.info("user %s granted %s by %s", name, held, actor.name)
+    enrolment.accounts().grants_changed()
     return held
 
 
@@ -276,6 +280,7 @@ def revoke(name: str, role: str, cluster: Cluster | None, scope: str, target: st
         if cluster is not None:
             events.bump(cluster.name)
     log.info("user %s: grant %s revoked by %s", name, held, actor.name)
+    enrolment.accounts().grants_changed()
 
 
 def grants(name: str) -> list[Held]:
