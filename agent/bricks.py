@@ -290,7 +290,7 @@ class BrickManager:
         while not port_open(port, self.address):
             if not pid_running(pid_file, marker):
                 tail = log_tail(log_file)
-                code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
+                code = self._start_failure(tail, port)
                 raise BrickError(
                     f"{code}: glusterfsd for brick {brick['path']} (port {port}) exited at start; log tail: {tail}",
                     path=brick["path"],
@@ -335,6 +335,18 @@ class BrickManager:
         log.info("volume %s self-heal daemon running: pid %d", name, pid)
         return pid
 
+    def _start_failure(self, tail: str, port: int) -> str:
+        """EADDRINUSE when the process could not listen because another one holds its port, else BRICKEXIT.
+
+        glusterfsd logs "Address already in use" only sometimes within the tail; "creation of listener
+        failed" with the port answering after the process exited says the same.
+        """
+        if "Address already in use" in tail:
+            return "EADDRINUSE"
+        if port and "creation of listener failed" in tail and port_open(port, self.address):
+            return "EADDRINUSE"
+        return "BRICKEXIT"
+
     def _spawn(
         self, argv: list[str], pid_file: str, marker: str, log_file: str, what: str, path: str, port: int
     ) -> int:
@@ -356,7 +368,7 @@ class BrickManager:
             ) from None
         if proc.returncode != 0:
             tail = log_tail(log_file) or proc.stderr.strip()
-            code = "EADDRINUSE" if "Address already in use" in tail else "BRICKEXIT"
+            code = self._start_failure(tail, port)
             raise BrickError(
                 f"{code}: {what} exited at start (status {proc.returncode}); log tail: {tail}", path=path, port=port
             )

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from broker.messages import VolumeState
 from control.client import (
     ApiError,
     AsyncClient,
@@ -107,7 +108,11 @@ def test_stream_state_types_items_and_tracks_the_cursor():
 def test_state_sets_come_from_the_shared_enums():
     assert task_final("DONE") and task_final("FAILED") and not task_final("RUNNING") and not task_final(None)
     assert task_failed("FAILED") and not task_failed("DONE")
-    assert {str(s.value) for s in VOLUME_FAILED_STATES} == {"CreateFailed", "StartFailed", "StopFailed", "DeleteFailed"}
+    # every ...Failed state of the contract, and only those
+    assert {str(s.value) for s in VOLUME_FAILED_STATES} == {s.value for s in VolumeState if s.value.endswith("Failed")}
+    assert {"CreateFailed", "StartFailed", "StopFailed", "DeleteFailed", "ExpandFailed"} <= {
+        str(s.value) for s in VOLUME_FAILED_STATES
+    }
     assert volume_failed("StopFailed") and not volume_failed("Deleted") and not volume_failed("")
 
 

@@ -71,8 +71,9 @@ def test_embedded_broker_acl(stack):
     st.agent("n2")
     first = st.agent("n1")
     wait_until(lambda: st.node_state("n2") == st.node_state("n1") == "Online", what="n1 and n2 Online")
-    first.stop()
+    # the node is Online once its enrolment is accepted; the agent stores its credential right after
     _, secret = read_credential(first.state_dir)
+    first.stop()
     n1_user = node_username(topics, "default", "n1")
     port = st.server.mqtt_port
 

@@ -86,7 +86,8 @@ def test_enrolment_then_the_token_is_not_needed(st: Stack) -> None:
     mode = stat.S_IMODE(os.stat(n1.state_dir / "node.secret").st_mode)
     assert node == "n1" and len(secret) >= 32 and mode == 0o600
     assert not (n1.state_dir / "node.secret.pending").exists()
-    assert "enrolled in cluster default" in n1.log()
+    # the agent logs its enrolment right after storing the credential
+    wait_until(lambda: "enrolled in cluster default" in n1.log(), what="the enrolment in the agent's log")
 
     # restart without a token: the agent logs in with its own credential
     n1.stop()

@@ -25,6 +25,7 @@ from typing import Any
 
 from control.errors import InvalidInput
 from control.services import events
+from control.store.db import delete_where
 from control.store.models import AuditEntry
 from control.store.models import database_proxy as db
 
@@ -193,7 +194,7 @@ def prune(keep_days: float, now: float | None = None) -> int:
     if keep_days <= 0:
         raise InvalidInput(f"keep_days must be above 0, not {keep_days}")
     cutoff = (time.time() if now is None else now) - keep_days * 86400
-    deleted = int(AuditEntry.delete().where(AuditEntry.at < cutoff).execute())
+    deleted = delete_where(AuditEntry, AuditEntry.at < cutoff)
     if deleted:
         log.info("audit: pruned %d entries older than %g days", deleted, keep_days)
     return deleted
