@@ -23,9 +23,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
-from broker.messages import TaskKind, TaskState, VolumeState
+from broker.messages import TaskKind, VolumeState
 from control.errors import Conflict, InvalidInput
-from control.services import events
+from control.services import events, phases
 from control.services.layout import Layout, check_layout, parse_bricks
 from control.services.placement import check_paths_free, place_by_size
 from control.services.ports import allocate_ports
@@ -224,25 +224,15 @@ class ExpandService:
             return
         publish: list[Task] = []
         with db.atomic():
-            volume = first(
-                locked(
-                    Volume.select().where((Volume.operation == task.operation) & (Volume.state == S.EXPANDING.value))
-                )
-            )
-            if volume is None:
+            progress = phases.settled(task.operation, EXPAND, S.EXPANDING)
+            if progress is None:
                 return
-            tasks = list(Task.select().where(Task.operation == task.operation).order_by(Task.created_at))
-            phase1 = [t for t in tasks if t.kind == EXPAND]
-            phase2 = [t for t in tasks if t.kind == VOLFILES]
-            current = phase2 or phase1
-            if not all(TaskState(t.state).final for t in current):
+            volume = progress.volume
+            if progress.failed:
+                step = progress.step("adding the bricks")
+                _move(volume, S.EXPAND_FAILED, f"{step} failed on {', '.join(progress.failed)}")
                 return
-            failed = sorted({t.node_name for t in current if t.state != TaskState.DONE.value})
-            if failed:
-                step = "switching the volfiles" if phase2 else "adding the bricks"
-                _move(volume, S.EXPAND_FAILED, f"{step} failed on {', '.join(failed)}")
-                return
-            if not phase2:
+            if not progress.second:
                 publish = push_volfiles(self.engine, volume, operation=volume.operation, publish=False)
                 log.info(
                     "cluster %s volume %s: new bricks ready, volfiles go to %d nodes",
@@ -251,6 +241,6 @@ class ExpandService:
                     len(publish),
                 )
             else:
-                resume = str((phase1[0].params or {}).get("resume") or S.STARTED.value) if phase1 else S.STARTED.value
+                resume = str(progress.first_params("resume").get("resume") or S.STARTED.value)
                 _move(volume, S(resume), "expanded: every node serves the new volfiles")
         self.engine.publish(publish)

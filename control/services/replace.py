@@ -27,16 +27,16 @@ import logging
 import uuid
 from typing import Any
 
-from broker.messages import NodeState, TaskKind, TaskState, VolumeState
+from broker.messages import NodeState, TaskKind, VolumeState
 from broker.paths import normalise
 from control.errors import Conflict, GlusterctlError, InvalidInput, NotFound
-from control.services import events, heal
+from control.services import events, heal, phases
 from control.services.expand import layout_of
 from control.services.layout import parse_bricks
 from control.services.placement import check_paths_free
 from control.services.ports import allocate_ports
 from control.services.tasks import TaskEngine
-from control.services.volfiles import bricks_of, node_volfiles, shd_key, spec_of, volfiles_params
+from control.services.volfiles import bricks_of, node_volfiles, push_volfiles, shd_key, spec_of
 from control.services.volumes import _move
 from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Node, Task, Volume
@@ -252,28 +252,18 @@ class ReplaceService:
         publish: list[Task] = []
         healing: Volume | None = None
         with db.atomic():
-            volume = first(
-                locked(
-                    Volume.select().where((Volume.operation == task.operation) & (Volume.state == S.REPLACING.value))
-                )
-            )
-            if volume is None:
+            progress = phases.settled(task.operation, REPLACE, S.REPLACING)
+            if progress is None:
                 return
-            tasks = list(Task.select().where(Task.operation == task.operation).order_by(Task.created_at))
-            phase1 = [t for t in tasks if t.kind == REPLACE]
-            phase2 = [t for t in tasks if t.kind == VOLFILES]
-            current = phase2 or phase1
-            if not all(TaskState(t.state).final for t in current):
+            volume = progress.volume
+            if progress.failed:
+                step = progress.step("replacing the brick")
+                _move(volume, S.REPLACE_FAILED, f"{step} failed on {', '.join(progress.failed)}")
                 return
-            failed = sorted({t.node_name for t in current if t.state != TaskState.DONE.value})
-            if failed:
-                step = "switching the volfiles" if phase2 else "replacing the brick"
-                _move(volume, S.REPLACE_FAILED, f"{step} failed on {', '.join(failed)}")
-                return
-            if not phase2:
+            if not progress.second:
                 publish = self._push_volfiles(volume)
             else:
-                params = next((t.params or {} for t in phase1 if (t.params or {}).get("bricks")), {})
+                params = progress.first_params("bricks")
                 resume = S(str(params.get("resume") or S.STARTED.value))
                 _move(volume, resume, f"brick {params.get('new', '?')} replaced: every node serves the new volfiles")
                 if resume == S.STARTED:
@@ -284,25 +274,7 @@ class ReplaceService:
 
     def _push_volfiles(self, volume: Volume) -> list[Task]:
         """Phase 2: every node holding bricks gets its new volfile set; only Online nodes count."""
-        rows = bricks_of(volume)
-        params_for = volfiles_params(volume, rows)
-        online = _online(volume.cluster)
-        by_node: dict[str, list[Brick]] = {}
-        for brick in rows:
-            by_node.setdefault(brick.node_name, []).append(brick)
-        ref = {"id": volume.id, "name": volume.name, "type": volume.type}
-        tasks = [
-            self.engine.submit(
-                volume.cluster,
-                node,
-                VOLFILES,
-                {"volume": ref, **params_for(node_bricks)},
-                operation=volume.operation if node in online else "",
-                target=f"volume:{volume.name}",
-            )
-            for node, node_bricks in sorted(by_node.items())
-            if Node.select().where((Node.cluster == volume.cluster) & (Node.name == node)).exists()
-        ]
+        tasks = push_volfiles(self.engine, volume, operation=volume.operation, publish=False)
         log.info(
             "cluster %s volume %s: new brick ready, volfiles go to %d nodes",
             volume.cluster.name,

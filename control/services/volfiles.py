@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from broker.messages import TaskKind
+from broker.messages import NodeState, TaskKind
 from control.services.tasks import TaskEngine
 from control.store.models import Brick, Node, Task, Volume
 from control.volgen import (
@@ -109,12 +109,18 @@ def push_volfiles(engine: TaskEngine, volume: Volume, operation: str = "", publi
     """Send every node holding bricks of `volume` its complete volfile set (`volume.volfiles`):
     the agents serve them and tell the running processes whose volfile changed, which pick the
     change up without a restart. Publishes the tasks (unless not `publish`: inside a transaction,
-    the caller publishes after commit) and returns them; `operation`: the volume operation they belong to."""
+    the caller publishes after commit) and returns them.
+
+    `operation`: the volume operation the tasks of Online nodes belong to. A node that is not Online
+    gets its task outside the operation (it waits QUEUED and applies when the node is back), so the
+    operation never waits for it; a node that was removed (its bricks Lost) gets none.
+    """
     rows = bricks_of(volume)
     params_for = volfiles_params(volume, rows)
     by_node: dict[str, list[Brick]] = {}
     for brick in rows:
         by_node.setdefault(brick.node_name, []).append(brick)
+    states = {n.name: n.state for n in Node.select(Node.name, Node.state).where(Node.cluster == volume.cluster)}
     ref = {"id": volume.id, "name": volume.name, "type": volume.type}
     tasks = [
         engine.submit(
@@ -122,10 +128,11 @@ def push_volfiles(engine: TaskEngine, volume: Volume, operation: str = "", publi
             node,
             TaskKind.VOLUME_VOLFILES.value,
             {"volume": ref, **params_for(node_bricks)},
-            operation=operation,
+            operation=operation if states[node] == NodeState.ONLINE.value else "",
             target=f"volume:{volume.name}",
         )
         for node, node_bricks in sorted(by_node.items())
+        if node in states
     ]
     if publish:
         engine.publish(tasks)
