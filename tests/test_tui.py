@@ -4,6 +4,7 @@ of every view from a fixed data set (an app factory with a stand-in API and a fr
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -342,6 +343,39 @@ def sample() -> Snapshot:
     return Snapshot(clusters=clusters, nodes=nodes, tasks=tasks, volumes=volumes, alerts=alerts)
 
 
+REBALANCE_COUNTERS = ("files", "size", "lookups", "failures", "skipped")
+
+
+def rebalance_sample(run: str | None, nodes: list[dict[str, Any]], state: str = "not started") -> dict[str, Any]:
+    """GET .../rebalance's answer: per node rows and their sums, as control.services.rebalance.status makes it."""
+    return {
+        "volume": "vol1",
+        "run": run,
+        "command": "full" if run else None,
+        "state": state,
+        "nodes": nodes,
+        "total": {
+            **{k: sum(n[k] for n in nodes) for k in REBALANCE_COUNTERS},
+            "run_time": max((n["run_time"] for n in nodes), default=0.0),
+        },
+    }
+
+
+def rebalance_node(node: str, state: str, files: int, lookups: int, failures: int, run_time: float) -> dict[str, Any]:
+    return {
+        "node": node,
+        "state": state,
+        "files": files,
+        "size": files * 1024**2,
+        "lookups": lookups,
+        "failures": failures,
+        "skipped": 0,
+        "run_time": run_time,
+        "error": "",
+        "updated_at": NOW,
+    }
+
+
 class StandInApi(AsyncClient):
     """Answers from ``sample()`` and records requests; stream items come from ``feed``. Not a server."""
 
@@ -350,9 +384,14 @@ class StandInApi(AsyncClient):
         self.requests: list[tuple[str, str]] = []
         self.snapshots = 0
         self.feed: asyncio.Queue = asyncio.Queue()
+        self.rebalance_status: dict[str, Any] = rebalance_sample(run=None, nodes=[])
+        self.read_delay = 0.0
 
     async def request(self, method: str, path: str, body: Any = None, params: dict | None = None, raw=False) -> Any:
         self.requests.append((method, path))
+        if method == "GET" and path.endswith("/rebalance"):
+            await asyncio.sleep(self.read_delay)
+            return copy.deepcopy(self.rebalance_status)
         if path.endswith("/start"):
             vol = {**sample().volumes[1], "state": "Starting"}
             return {"volume": vol, "tasks": ["c" * 32]}
@@ -579,6 +618,86 @@ def test_set_and_reset_an_option_on_the_volume_screen(stack):
             await pilot.press("y")
             await until(pilot, lambda: options_rows() == "network.ping-timeout 20", 10, "the row gone after reset")
         assert stack.cli.json("volume", "info", "to1")["options"] == {"network.ping-timeout": "20"}
+
+    run(scenario)
+
+
+def test_volume_screen_shows_rebalance_and_rereads_it_on_events():
+    """The volume screen reads the rebalance status when it opens (per node rows and the overall line), and
+    again after rebalance.state/volume.rebalance events for its volume; a burst costs a couple of reads."""
+    app, api = stand_in_app()
+    path = "/api/v1/clusters/prod/volumes/vol1/rebalance"
+    api.rebalance_status = rebalance_sample(
+        "r1",
+        [
+            rebalance_node("node1", "in progress", 120, 300, 0, 65),
+            rebalance_node("node2", "completed", 80, 250, 2, 42),
+        ],
+        state="in progress",
+    )
+
+    def reads() -> int:
+        return api.requests.count(("GET", path))
+
+    def rebalance_rows() -> str:
+        if not isinstance(app.screen, VolumeDetailScreen):
+            return ""
+        table = app.screen.query_one("#rebalance")
+        return "\n".join(" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
+
+    def event(event_id: int, kind: str, subject: str, **data: Any) -> dict[str, Any]:
+        return {"id": event_id, "at": NOW, "cluster": "prod", "kind": kind, "subject": subject, "data": data}
+
+    async def scenario() -> None:
+        async with app.run_test(size=(132, 30)) as pilot:
+            await until(pilot, lambda: app.model.loaded, 5, "the sample loaded")
+            await pilot.press("3", "enter")
+            await until(pilot, lambda: "node1" in rebalance_rows(), 5, "the rebalance rows")
+            assert reads() == 1
+            assert rebalance_rows().splitlines() == [
+                "node1 in progress 120 300 0 0 120.0 MiB 0:01:05 ",
+                "node2 completed 80 250 2 0 80.0 MiB 0:00:42 ",
+            ]
+            text = screen_text(app)
+            assert "Rebalance (full, run r1): in progress  migrated 200/550 scanned  failures 2" in text, text
+            check_snapshot("tui_volume_rebalance", text)
+
+            # node1 completes: the event's figures at once, then the read brings the rest
+            api.rebalance_status = rebalance_sample(
+                "r1",
+                [
+                    rebalance_node("node1", "completed", 150, 310, 1, 90),
+                    rebalance_node("node2", "completed", 80, 250, 2, 42),
+                ],
+                state="completed",
+            )
+            await api.feed.put(event(101, "rebalance.state", "vol1@node1", run="r1", state="completed", files=150))
+            await until(pilot, lambda: "node1 completed 150 310 1" in rebalance_rows(), 5, "node1 completed")
+            assert reads() == 2
+            assert "Rebalance (full, run r1): completed  migrated 230/560 scanned  failures 3" in screen_text(app)
+
+            # another volume's events read nothing
+            await api.feed.put(event(102, "volume.rebalance", "vol2", op="start", run="r2", command="full"))
+            await api.feed.put(event(103, "rebalance.state", "vol2@node1", run="r2", state="in progress"))
+            await until(pilot, lambda: (app.model.last_event_id or 0) >= 103, 5, "the vol2 events")
+            await pilot.pause(0.2)
+            assert reads() == 2
+
+            # a burst for this volume while reads are slow: a new run, read a few times, not once per event
+            api.read_delay = 0.5
+            api.rebalance_status = rebalance_sample(
+                "r3", [rebalance_node("node1", "stopped", 5, 9, 0, 3)], state="stopped"
+            )
+            await api.feed.put(event(104, "volume.rebalance", "vol1", op="start", run="r3", command="full"))
+            for i in range(15):  # spread over several batches, each arriving while a read is under way
+                await api.feed.put(event(105 + i, "rebalance.state", "vol1@node1", run="r3", state="in progress"))
+                await pilot.pause(0.03)
+            await until(pilot, lambda: (app.model.last_event_id or 0) >= 119, 5, "the burst")
+            await until(pilot, lambda: rebalance_rows() == "node1 stopped 5 9 0 0 5.0 MiB 0:00:03 ", 5, "run r3")
+            await pilot.pause(0.6)
+            burst_reads = reads() - 2
+            assert app.batches > 5 and 1 <= burst_reads <= 6, f"{burst_reads} reads for {app.batches} batches of events"
+            assert "Rebalance (full, run r3): stopped" in screen_text(app)
 
     run(scenario)
 

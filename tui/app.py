@@ -215,6 +215,13 @@ class GlusterApp(App[None]):
     def _periodic_reload(self) -> None:
         if self.connected:
             self._reload(frozenset(AREA_TABLES))
+            self._reload_rebalances()
+
+    def _reload_rebalances(self) -> None:
+        """Open volume screens read their rebalance status again (its counters change without events)."""
+        for screen in self.screen_stack:
+            if isinstance(screen, VolumeDetailScreen):
+                screen.reload_rebalance()
 
     # ---- messages ---------------------------------------------------------------------------------
     def on_stream_up(self, _: StreamUp) -> None:
@@ -250,6 +257,11 @@ class GlusterApp(App[None]):
         self._recent.extend(batch)
         if changes.reload:
             self._reload(frozenset(changes.reload))
+        if changes.rebalance:
+            for screen in self.screen_stack:
+                if isinstance(screen, VolumeDetailScreen) and screen.key in changes.rebalance:
+                    screen.redraw_rebalance()  # what the events carry, until the read brings the rest
+                    screen.reload_rebalance()
         self.redraw(changes.areas)
 
     def redraw(self, areas: set[str]) -> None:
@@ -309,6 +321,7 @@ class GlusterApp(App[None]):
 
     def action_reload(self) -> None:
         self._reload(frozenset(AREA_TABLES))
+        self._reload_rebalances()
 
     @on(DataTable.RowSelected, "#volumes-table")
     def volume_selected(self, event: DataTable.RowSelected) -> None:

@@ -28,13 +28,15 @@ UNREACHABLE_FIX = "start the node's agent again; its tasks wait QUEUED until it 
 class Changes:
     areas: set[str] = field(default_factory=set)  # "clusters", "nodes", "volumes", "tasks", "alerts"
     reload: set[str] = field(default_factory=set)  # areas whose rows must be fetched again
+    rebalance: set[tuple[str, str]] = field(default_factory=set)  # volumes whose rebalance status changed
 
     def __bool__(self) -> bool:
-        return bool(self.areas or self.reload)
+        return bool(self.areas or self.reload or self.rebalance)
 
     def merge(self, other: Changes) -> None:
         self.areas |= other.areas
         self.reload |= other.reload
+        self.rebalance |= other.rebalance
 
 
 @dataclass
@@ -55,6 +57,8 @@ class Dashboard:
         self.volumes_supported = False
         self.tasks: dict[str, dict[str, Any]] = {}
         self.alerts: dict[int, dict[str, Any]] = {}  # by alert id, in GET /api/v1/alerts's shape
+        # by volume, in GET .../volumes/V/rebalance's shape; read for the volumes a screen shows
+        self.rebalance: dict[tuple[str, str], dict[str, Any]] = {}
         self.last_event_id: int | None = None
         self.events_applied = 0
         self.loaded = False
@@ -163,6 +167,12 @@ class Dashboard:
                 else:
                     options[data["key"]] = data["value"]
                 ch.areas.add("volumes")
+        elif kind == "volume.rebalance":
+            ch.rebalance.add((cluster, subject))
+        elif kind == "rebalance.state":
+            volume, _, on_node = subject.rpartition("@")
+            self._apply_rebalance_state((cluster, volume), on_node, data)
+            ch.rebalance.add((cluster, volume))
         elif kind in ("alert.firing", "alert.resolved"):
             self._apply_alert(event, at)
             ch.areas |= {"alerts", "clusters"}
@@ -172,6 +182,27 @@ class Dashboard:
                 self.clusters.pop(subject, None)
                 ch.areas.add("clusters")
         return ch
+
+    def set_rebalance(self, key: tuple[str, str], status: dict[str, Any] | None) -> None:
+        """Store a volume's rebalance status as read from REST (None: the server has no rebalance)."""
+        if status is None:
+            self.rebalance.pop(key, None)
+        else:
+            self.rebalance[key] = status
+
+    def _apply_rebalance_state(self, key: tuple[str, str], node: str, data: dict[str, Any]) -> None:
+        """What a ``rebalance.state`` event carries, until the status is read again."""
+        status = self.rebalance.get(key)
+        if status is None or status.get("run") != data.get("run"):
+            return  # not shown, or another run: the reload brings it
+        for row in status.get("nodes") or []:
+            if row.get("node") == node:
+                row.update({k: data[k] for k in ("state", "files", "failures") if k in data})
+
+    def rebalance_status(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """The volume's rebalance status when it was ever rebalanced, else None."""
+        status = self.rebalance.get(key)
+        return status if status and status.get("nodes") else None
 
     def _apply_alert(self, event: Event, at: float) -> None:
         data = event.data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -84,6 +85,17 @@ class AsyncClient(BaseClient):
         by_id = {a["id"]: a for a in recent}
         by_id.update({a["id"]: a for a in firing})
         return sorted(by_id.values(), key=lambda a: (a["since"], a["id"]), reverse=True)
+
+    async def rebalance(self, cluster: str, volume: str) -> dict[str, Any] | None:
+        """The stored rebalance status of a volume (GET .../rebalance); None from a server without rebalance."""
+        path = f"/api/v1/clusters/{quote(cluster, safe='')}/volumes/{quote(volume, safe='')}/rebalance"
+        try:
+            answer: dict[str, Any] | None = await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404 and "Not Found" in str(exc):  # a server from before rebalance
+                return None
+            raise
+        return answer
 
     def events(
         self,

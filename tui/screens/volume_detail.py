@@ -1,7 +1,11 @@
-"""One volume: bricks with node/path/port/pid/state, self-heal daemons, options.
+"""One volume: bricks with node/path/port/pid/state, self-heal daemons, options, rebalance status.
 
 "o" sets an option (OptionSetScreen), "O" resets the option selected in the options table after a
 confirmation. The options table follows the model, which the ``volume.option`` events update.
+
+The rebalance section (shown once the volume was ever rebalanced) is read through REST when the
+screen opens and again after ``volume.rebalance``/``rebalance.state`` events for the volume; a
+burst of them while a read is under way costs one more read, not one per event.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
 
 from control.client import ApiError
-from control.client.format import capacity
+from control.client.format import capacity, size
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.option_set import OptionSetScreen
 from tui.widgets.model_table import state_text
@@ -34,6 +38,21 @@ def sent_text(answer: dict[str, Any], verb: str) -> str:
     if answer.get("tasks"):
         text += f"\nNew volfiles sent to {len(answer['tasks'])} node(s)."
     return text
+
+
+def run_time(seconds: float | None) -> str:
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def rebalance_line(status: dict[str, Any]) -> str:
+    """The overall line of a rebalance status: aggregate state and the sums over the nodes."""
+    total = status.get("total") or {}
+    return (
+        f"Rebalance ({status.get('command') or 'full'}, run {status.get('run')}): [b]{status.get('state')}[/b]  "
+        f"migrated {total.get('files', 0)}/{total.get('lookups', 0)} scanned  failures {total.get('failures', 0)}  "
+        f"skipped {total.get('skipped', 0)}  {size(total.get('size', 0))}  run time {run_time(total.get('run_time'))}"
+    )
 
 
 class VolumeDetailScreen(Screen[None]):
@@ -60,16 +79,26 @@ class VolumeDetailScreen(Screen[None]):
             yield DataTable(id="shds", cursor_type="row")
             yield Label("Options", classes="section")
             yield DataTable(id="options", cursor_type="row")
+            yield Label(id="rebalance-summary", classes="section")
+            yield DataTable(id="rebalance", cursor_type="row")
         yield Footer()
 
     _drawn_once = False
+    _rebalance_wanted = False  # a read is due
+    _rebalance_reading = False  # the reader worker runs
+    rebalance_reads = 0  # how many times the status was read (coalescing shows here)
+    rebalance_error = ""
 
     def on_mount(self) -> None:
         self._drawn_once = True
         self.query_one("#bricks", DataTable).add_columns("#", "NODE", "PATH", "PORT", "PID", "STATE")
         self.query_one("#shds", DataTable).add_columns("NODE", "STATE")
         self.query_one("#options", DataTable).add_columns("OPTION", "VALUE")
+        self.query_one("#rebalance", DataTable).add_columns(
+            "NODE", "STATE", "MIGRATED", "SCANNED", "FAILURES", "SKIPPED", "SIZE", "RUN TIME", "ERROR"
+        )
         self.redraw()
+        self.reload_rebalance()
 
     def redraw(self) -> None:
         if not self._drawn_once and not self.is_mounted:
@@ -107,6 +136,56 @@ class VolumeDetailScreen(Screen[None]):
             options.add_row(name, str(vol["options"][name]), key=name)
         if selected in names:
             options.move_cursor(row=names.index(selected), animate=False)
+        self.redraw_rebalance()
+
+    # ---- rebalance ----------------------------------------------------------------------------
+    def redraw_rebalance(self) -> None:
+        status = self.app.model.rebalance_status(self.key)  # type: ignore[attr-defined]
+        summary = self.query_one("#rebalance-summary", Label)
+        table = self.query_one("#rebalance", DataTable)
+        summary.display = bool(status or self.rebalance_error)
+        table.display = status is not None
+        if status is None:
+            summary.update(f"Rebalance: {self.rebalance_error}")
+            return
+        summary.update(rebalance_line(status) + (f"  ({self.rebalance_error})" if self.rebalance_error else ""))
+        table.clear()
+        for n in status["nodes"]:
+            table.add_row(
+                n.get("node", ""),
+                n.get("state", ""),
+                str(n.get("files", 0)),
+                str(n.get("lookups", 0)),
+                str(n.get("failures", 0)),
+                str(n.get("skipped", 0)),
+                size(n.get("size", 0)),
+                run_time(n.get("run_time")),
+                n.get("error") or "",
+            )
+
+    def reload_rebalance(self) -> None:
+        """Read the rebalance status again; while a read runs, one more follows it (bursts coalesce)."""
+        self._rebalance_wanted = True
+        if not self._rebalance_reading:
+            self._rebalance_reading = True
+            self._read_rebalance()
+
+    @work(group="rebalance")
+    async def _read_rebalance(self) -> None:
+        try:
+            while self._rebalance_wanted:
+                self._rebalance_wanted = False
+                self.rebalance_reads += 1
+                try:
+                    status = await self.app.api.rebalance(*self.key)  # type: ignore[attr-defined]
+                except ApiError as exc:
+                    self.rebalance_error = f"cannot read the status: {exc}"
+                else:
+                    self.rebalance_error = ""
+                    self.app.model.set_rebalance(self.key, status)  # type: ignore[attr-defined]
+                self.redraw_rebalance()
+        finally:
+            self._rebalance_reading = False
 
     # ---- options ------------------------------------------------------------------------------
     def selected_option(self) -> str | None:
