@@ -300,3 +300,24 @@ def test_self_heal_daemon_rows_follow_heartbeats(database):
     assert SelfHealDaemon.select().count() == 1
     forget_node(node)
     assert SelfHealDaemon.select().count() == 0
+
+
+def test_volume_stop_is_refused_while_a_rebalance_runs(database):
+    from broker.messages import RebalanceState
+    from broker.topics import Topics
+    from control.errors import Conflict
+    from control.services.tasks import TaskEngine
+    from control.services.volumes import VolumeService
+    from control.store.models import RebalanceNode
+
+    cluster, _, volume = _volume_with_node()
+    service = VolumeService(TaskEngine(Topics()))
+    row = RebalanceNode.create(
+        volume=volume, node_name="n1", run="r1", command="full", state=RebalanceState.IN_PROGRESS.value
+    )
+    with pytest.raises(Conflict, match="rebalance of volume 'gv1' is in progress on n1: stop it first"):
+        service.stop(cluster, "gv1")
+    row.state = RebalanceState.COMPLETED.value
+    row.save()
+    stopped, _ = service.stop(cluster, "gv1")  # n1 holds no brick: no task, the volume moves on
+    assert stopped.state == "Stopping"

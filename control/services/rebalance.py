@@ -94,15 +94,10 @@ class RebalanceService:
             "volfile": volfile,
         }
         with db.atomic():
-            running = [
-                r.node_name
-                for r in RebalanceNode.select().where(
-                    (RebalanceNode.volume == volume) & RebalanceNode.state.in_([R.IN_PROGRESS.value])
-                )
-            ]
+            running = self.running_nodes(volume)
             if running:
                 raise Conflict(
-                    f"a rebalance of volume {volume.name!r} is in progress on {', '.join(sorted(running))}: "
+                    f"a rebalance of volume {volume.name!r} is in progress on {', '.join(running)}: "
                     f"wait for it or stop it (glusterctl volume rebalance stop -c {cluster.name} {volume.name})"
                 )
             delete_where(RebalanceNode, RebalanceNode.volume == volume)
@@ -125,6 +120,14 @@ class RebalanceService:
         )
         self.engine.publish(tasks)
         return run, tasks
+
+    @staticmethod
+    def running_nodes(volume: Volume) -> list[str]:
+        """The nodes whose rebalance process of ``volume`` is in progress, sorted."""
+        query = RebalanceNode.select(RebalanceNode.node_name).where(
+            (RebalanceNode.volume == volume) & (RebalanceNode.state == R.IN_PROGRESS.value)
+        )
+        return sorted(r.node_name for r in query)
 
     def _each_node(self, cluster: Cluster, volume: Volume, op: str) -> list[Task]:
         rows = list(RebalanceNode.select().where(RebalanceNode.volume == volume))

@@ -227,6 +227,12 @@ class VolumeService:
             volume = self.get(cluster, name)
             if volume.state in (S.STOPPED.value, S.CREATED.value):
                 raise Conflict(f"volume {name!r} is not started ({volume.state})")
+            running = self.rebalancing.running_nodes(volume)
+            if running:  # as glusterd: its bricks going away would fail the rebalance half-way
+                raise Conflict(
+                    f"a rebalance of volume {name!r} is in progress on {', '.join(running)}: stop it first "
+                    f"(glusterctl volume rebalance stop -c {cluster.name} {name}) or wait for it to complete"
+                )
             _move(volume, S.STOPPING, "stop requested")
             tasks = self._submit(volume, "volume.stop", bricks_of(volume), lambda bs: {"bricks": _brick_params(bs)})
         self.engine.publish(tasks)
