@@ -62,6 +62,24 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener on ``host:port`` would fail: a listener holds it, or a connection uses it.
+
+    Connecting finds only listeners; an outgoing connection whose ephemeral local port is this one
+    (the kernel's ephemeral range overlaps GlusterFS's brick ports) is found only by binding.
+    """
+    if port_open(port, host):
+        return True
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as glusterfsd binds
+        try:
+            probe.bind((host, port))
+            probe.listen(1)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def pid_running(pid_file: str, marker: str) -> int | None:
     """The pid in ``pid_file`` if that process runs and its command line contains ``marker``."""
     try:
@@ -261,7 +279,7 @@ class BrickManager:
             )
         os.makedirs(SOCKET_DIR, exist_ok=True)
         port = int(brick["port"])
-        if port_open(port, self.address):
+        if port_taken(port, self.address):
             raise BrickError(
                 f"EADDRINUSE: port {port} for brick {brick['path']} is already in use on node {self.node}",
                 path=brick["path"],
@@ -336,14 +354,14 @@ class BrickManager:
         return pid
 
     def _start_failure(self, tail: str, port: int) -> str:
-        """EADDRINUSE when the process could not listen because another one holds its port, else BRICKEXIT.
+        """EADDRINUSE when the process could not listen on its port, else BRICKEXIT.
 
-        glusterfsd logs "Address already in use" only sometimes within the tail; "creation of listener
-        failed" with the port answering after the process exited says the same.
+        glusterfsd logs "Address already in use" only sometimes within the tail, and the holder may
+        be an outgoing connection that is gone by the time we look (the kernel's ephemeral range
+        overlaps the brick ports), so "creation of listener failed" counts as the same: the control
+        service then moves the brick to another port, a bounded number of times.
         """
-        if "Address already in use" in tail:
-            return "EADDRINUSE"
-        if port and "creation of listener failed" in tail and port_open(port, self.address):
+        if "Address already in use" in tail or (port and "creation of listener failed" in tail):
             return "EADDRINUSE"
         return "BRICKEXIT"
 
