@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from typing import Any
+
+from agent import clock
 
 KEEP_SECONDS = 7 * 86400.0  # final entries remembered this long
 COMPACT_MIN_LINES = 1000  # never rewrite the file for fewer stale lines than this
@@ -67,7 +68,7 @@ class Journal:
         with self._lock:
             kind = kind or self._entries.get(task_id, {}).get("kind", "")
             entry = {"id": task_id, "kind": kind, "state": state, "reason": reason, "result": result}
-            entry["at"] = time.time() if now is None else now
+            entry["at"] = clock.now() if now is None else now
             self._entries[task_id] = entry
             self._fh.write(json.dumps(entry) + "\n")
             self._fh.flush()
@@ -79,7 +80,7 @@ class Journal:
     def _compact(self, now: float | None = None, force: bool = False) -> None:
         """Drop final entries older than KEEP_SECONDS and rewrite the file with one line per entry
         (atomically: a crash leaves the old file or the new one)."""
-        cutoff = (time.time() if now is None else now) - KEEP_SECONDS
+        cutoff = (clock.now() if now is None else now) - KEEP_SECONDS
         keep = sorted(
             (e for e in self._entries.values() if e["state"] not in FINAL_STATES or e.get("at", 0) >= cutoff),
             key=lambda e: e.get("at", 0),

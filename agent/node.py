@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from agent import credential, facts
+from agent import clock, credential, facts
 from agent.bricks import BrickManager
 from agent.devices import DeviceManager
 from agent.journal import Journal
@@ -135,7 +135,7 @@ class Agent:
                 last = int(fh.read().strip() or 0)
         except (OSError, ValueError):
             pass
-        epoch = max(last + 1, int(time.time() * 1000))
+        epoch = max(last + 1, int(clock.now() * 1000))
         tmp = path + ".tmp"
         with open(tmp, "w") as fh:
             fh.write(f"{epoch}\n")
@@ -188,7 +188,7 @@ class Agent:
         if self.client.is_connected() and self.registered.is_set():
             info = self.client.publish(
                 self.topics.presence(self.cluster, self.node),
-                Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json(),
+                Presence(state="offline", epoch=self.epoch, at=clock.now()).model_dump_json(),
                 qos=1,
                 retain=True,
             )
@@ -210,7 +210,7 @@ class Agent:
         if self.credential is None:
             client.will_clear()  # the enrolment user may not have one, and there is no presence to guard yet
         else:
-            will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json()
+            will = Presence(state="offline", epoch=self.epoch, at=clock.now()).model_dump_json()
             client.will_set(self.topics.presence(self.cluster, self.node), will, qos=1, retain=True)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -351,7 +351,7 @@ class Agent:
             log.info("registered as node %s in cluster %s (epoch %d)", self.node, self.cluster, self.epoch)
             self.client.publish(
                 self.topics.presence(self.cluster, self.node),
-                Presence(state="online", epoch=self.epoch, at=time.time()).model_dump_json(),
+                Presence(state="online", epoch=self.epoch, at=clock.now()).model_dump_json(),
                 qos=1,
                 retain=True,
             )
@@ -411,7 +411,7 @@ class Agent:
         beat = Heartbeat(
             epoch=self.epoch,
             seq=self._seq,
-            at=time.time(),
+            at=clock.now(),
             facts=NodeFacts(**facts.node_facts(self.address, self.s.heartbeat), volfile_port=self.volfiles.port),
             bricks=bricks,
             shds=shds,
@@ -428,7 +428,7 @@ class Agent:
                 self._unsent.append((task_id, state, reason, result))
                 return
             epoch = self.epoch
-        status = TaskStatus(task_id=task_id, state=state, epoch=epoch, reason=reason, result=result)
+        status = TaskStatus(task_id=task_id, state=state, epoch=epoch, at=clock.now(), reason=reason, result=result)
         self.client.publish(self.topics.task_status(self.cluster, self.node), status.model_dump_json(), qos=1)
 
     def _flush_unsent(self) -> None:

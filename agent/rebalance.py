@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any
 
-from agent import brickop
+from agent import brickop, clock
 from agent.bricks import BrickError, BrickManager, find_exe, gone, log_tail, pid_running
 from agent.volfile_server import VolfileServer
 from broker.messages import RebalanceState
@@ -170,7 +170,7 @@ class RebalanceManager:
                 "run": run,
                 "command": command,
                 "commit_hash": commit_hash,
-                "started_at": time.time(),
+                "started_at": clock.now(),
                 "final": False,
                 "status": {**parse_status({"status": "1"}), "state": RebalanceState.IN_PROGRESS.value},
                 "source": "start",
@@ -278,13 +278,13 @@ class RebalanceManager:
             return None
         state["status"] = parse_status(reply.output)
         state["source"] = "poll"
-        state["polled_at"] = time.time()
+        state["polled_at"] = clock.now()
         self._save(volume_id, state)
         return state
 
     def _finish(self, volume_id: str, status: dict[str, Any], source: str) -> dict[str, Any]:
         state = self.load(volume_id) or {}
-        state.update(status={**state.get("status", {}), **status}, final=True, source=source, finished_at=time.time())
+        state.update(status={**state.get("status", {}), **status}, final=True, source=source, finished_at=clock.now())
         self._save(volume_id, state)
         if state.get("name"):
             self.server.remove_volfile(KEY_PREFIX + state["name"])
@@ -312,7 +312,7 @@ class RebalanceManager:
 
     def supervise_once(self, now: float | None = None) -> None:
         """Poll running rebalances; record a process that ended without reporting as failed."""
-        now = now or time.time()
+        now = now or clock.now()
         for volume_id in self.bricks.volume_ids():
             with self._lock:
                 state = self.load(volume_id)

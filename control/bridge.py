@@ -7,7 +7,9 @@ payload is logged with the node that sent it and dropped (design invariant 5).
 Nothing acknowledged is lost: paho acknowledges a QoS 1 message when ``on_message`` returns, so
 when the inbox is full ``on_message`` waits for room (backpressure on the broker) instead of
 dropping. Only a message that arrives while the bridge stops is dropped; every drop, for any
-reason, is logged and counted in ``Bridge.dropped`` (by reason) for metrics.
+reason, is logged and counted in ``Bridge.dropped`` (by reason) for metrics. A message whose
+handling fails because the database cannot take writes (restarting, out of disk space: see
+``control.store.db.outage``) is tried again until it is stored, and the messages behind it wait.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from broker.url import MqttUrl
 from control.services import nodes
 from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
+from control.store.db import outage
 from control.store.db import ping as db_ping
 from control.store.models import database_proxy
 
@@ -51,6 +54,7 @@ SWEEP_INTERVAL = 1.0
 KEEPALIVE = 15
 INBOX_SIZE = 10_000  # messages waiting for the worker; past that on_message waits (backpressure)
 INBOX_WAIT_SECONDS = 0.5  # how often a waiting on_message checks whether the bridge stops
+DB_RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between tries of a message while the database is out
 SCHEDULE_TIMEOUT = 5.0  # how long a scheduled call waits for room in the inbox
 
 # the leaf of an agent topic -> the payload published there
@@ -241,7 +245,7 @@ class Bridge:
                 elif callable(data):
                     data()
                 else:
-                    self.handle(*data)
+                    self._handle_durably(*data)
             except Exception:
                 if kind == "message":
                     self._count_drop("handler-error")
@@ -249,6 +253,32 @@ class Bridge:
             finally:
                 if not database_proxy.is_closed() and database_proxy.in_transaction():
                     database_proxy.rollback()
+
+    def _handle_durably(self, topic: str, payload: bytes) -> None:
+        """``handle``, tried again while the database cannot take writes (the broker was already told
+        the message is ours); any other error goes up (and the message is dropped and counted)."""
+        tries = 0
+        while True:
+            try:
+                self.handle(topic, payload)
+                if tries:
+                    log.info("message on %s stored after %d tries: the database is back", topic, tries + 1)
+                return
+            except Exception as exc:
+                if not database_proxy.is_closed() and database_proxy.in_transaction():
+                    database_proxy.rollback()
+                why = outage(exc)
+                if why is None or self._stop.is_set():
+                    raise
+                if not tries:
+                    log.warning(
+                        "database %s while handling %s (%s): trying again until it is stored",
+                        "out of disk space" if why == "full" else "unavailable",
+                        topic,
+                        " ".join(str(exc).split())[:200],
+                    )
+                self._stop.wait(DB_RETRY_SECONDS[min(tries, len(DB_RETRY_SECONDS) - 1)])
+                tries += 1
 
     def _sweep(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +262,47 @@ def cleanup_gluster(path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+@contextlib.contextmanager
+def private_postgres_cluster() -> Iterator[tuple[str, Callable[..., None]]]:
+    """A PostgreSQL instance of the caller alone, on a free port (restarting the shared one would
+    disturb other tests): yields its URL and ``ctl(*args)``, which runs pg_ctl on it (stop, start,
+    restart). Needs the PostgreSQL 15 server binaries and root (it runs them as ``postgres``)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="gct-pg-"))  # pytest's tmp dirs are closed to the postgres user
+    try:
+        os.chmod(base, 0o755)
+        data = base / "data"
+        data.mkdir()
+        shutil.chown(data, "postgres", "postgres")
+        port = free_port()
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        quiet: dict[str, Any] = {
+            "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.DEVNULL,
+        }  # the postmaster keeps pipes
+        subprocess.run(
+            [*as_pg, f"{PG_BIN}/initdb", "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, **quiet
+        )
+        options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+
+        def ctl(*args: str) -> None:
+            subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-o", options, "-w", "-t", "30", *args],
+                           check=True, timeout=60, **quiet)  # fmt: skip
+
+        ctl("start", "-l", str(data / "server.log"))
+        try:
+            wait_until(lambda: port_open("127.0.0.1", port), 30, what="private PostgreSQL up")
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres", ctl
+        finally:
+            subprocess.run(
+                [*as_pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], timeout=60, **quiet
+            )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -290,43 +290,15 @@ def test_server_times_out_tasks_and_admins_reset_and_remove(make_stack, monkeypa
 
 
 # ---- PostgreSQL: connections that survive a server restart ---------------------------------------
-PG_BIN = "/usr/lib/postgresql/15/bin"
-
-
 @pytest.fixture
 def private_postgres():
     """A PostgreSQL instance of this test alone (restarting the shared one would disturb other tests)."""
-    import os
-    import shutil
-    import subprocess
-    import tempfile
+    from tests.helpers import PG_BIN, private_postgres_cluster
 
-    from tests.helpers import free_port, port_open
-
-    if not os.path.exists(f"{PG_BIN}/initdb") or shutil.which("runuser") is None:
+    if not Path(f"{PG_BIN}/initdb").exists():
         pytest.skip("PostgreSQL 15 server binaries are not installed")
-    base = Path(tempfile.mkdtemp(prefix="gct-pg-"))  # pytest's tmp dirs are closed to the postgres user
-    os.chmod(base, 0o755)
-    data = base / "data"
-    data.mkdir()
-    shutil.chown(data, "postgres", "postgres")
-    port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # the postmaster keeps pipes open
-    subprocess.run([*as_pg, f"{PG_BIN}/initdb", "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, **quiet)
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-
-    def ctl(*args: str) -> None:
-        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-o", options, "-w", "-t", "30", *args],
-                       check=True, timeout=60, **quiet)  # fmt: skip
-
-    ctl("start", "-l", str(data / "server.log"))
-    wait_until(lambda: port_open("127.0.0.1", port), 30, what="private PostgreSQL up")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", ctl
-    finally:
-        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], timeout=60, **quiet)
-        shutil.rmtree(base, ignore_errors=True)
+    with private_postgres_cluster() as (url, ctl):
+        yield url, ctl
 
 
 def test_connections_survive_a_postgresql_restart(private_postgres, tmp_path):

@@ -20,16 +20,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control.api import schemas as s
 from control.api.deps import LOGIN, PUBLIC, Permission
 from control.errors import GlusterctlError, TooManyRequests
+from control.store.db import outage
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+DATABASE_FULL = (
+    "the control service's database is out of disk space: nothing was changed. Free space on the "
+    "database's filesystem (SQLite: the server's --data-dir; PostgreSQL: its data directory) and try again"
+)
+DATABASE_DOWN = "the control service's database does not answer (restarting?): nothing was changed; try again shortly"
 BODY_UNREADABLE = "There was an error parsing the body"  # FastAPI's 400 for a body that does not decode
 
 
@@ -87,6 +94,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        why = await run_in_threadpool(outage, exc)
+        if why == "full":
+            log.error("%s %s failed: the database is out of disk space (%s)", request.method, request.url.path, exc)
+            return problem(request, 507, DATABASE_FULL)
+        if why == "down":
+            log.error("%s %s failed: the database does not answer (%s)", request.method, request.url.path, exc)
+            return problem(request, 503, DATABASE_DOWN, headers={"Retry-After": "5"})
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         detail = f"internal error ({type(exc).__name__}) in {request.method} {request.url.path}: see the server log"
         return problem(request, 500, detail)
@@ -101,6 +115,8 @@ ERROR_TEXT = {
     409: "The request conflicts with the object's current state",
     422: "Invalid input: the detail (and for malformed requests the errors list) says what is allowed",
     429: "Too many failed logins: wait the Retry-After seconds",
+    503: "The database does not answer (restarting?): nothing was changed; try again after Retry-After seconds",
+    507: "The database is out of disk space: nothing was changed; free space and try again",
 }
 
 

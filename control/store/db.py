@@ -61,6 +61,30 @@ def ping(db: pw.Database | None = None) -> bool:
         return False
 
 
+# what a full disk looks like: SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100) and its write errors
+_FULL_TEXTS = ("database or disk is full", "no space left on device", "could not extend file")
+_FULL_SQLSTATES = ("53100",)
+
+
+def outage(exc: BaseException) -> str | None:
+    """Whether ``exc`` means the database cannot take writes right now: "full" (out of disk
+    space), "down" (it does not answer: restarting, unreachable), or None for any other error
+    (a bug, a constraint) that trying again would not cure. "down" costs a health check."""
+    if not isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
+        return None
+    # SQLite rolls a transaction back by itself when its COMMIT finds the disk full, so peewee's own
+    # ROLLBACK then fails ("no transaction is active"): the cause is further down the chain
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        text = str(seen).lower()
+        if getattr(seen, "pgcode", None) in _FULL_SQLSTATES or any(t in text for t in _FULL_TEXTS):
+            return "full"
+        seen = seen.__cause__ or seen.__context__
+    return None if ping() else "down"
+
+
 M = TypeVar("M", bound=pw.Model)
 
 
