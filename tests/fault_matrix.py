@@ -251,6 +251,8 @@ def run(st, scenario: str, spec: Scenario | Callable[[Any], None], name: str = "
         spec = Scenario(spec, phase="start" if scenario.endswith("(start)") else "create")
     began = time.monotonic()
     outcome = Outcome(scenario, expect=spec.expect)
+    st.fm.state["volume"] = name
+    since = time.time()  # this scenario's tasks (an environment may have run others before)
     watch = EventWatch(st)
     if spec.before:
         spec.before(st)
@@ -284,7 +286,7 @@ def run(st, scenario: str, spec: Scenario | Callable[[Any], None], name: str = "
     if spec.expect == "Started" and spec.phase != "option":  # a real operation after the fault
         st.cli.run("volume", "set", name, *OPTION, "--wait", timeout=90)
         wait_until(lambda: _option_applied(st, name), SETTLE_TIMEOUT, what=f"{scenario}: option applied")
-    tasks = _tasks(st)
+    tasks = [t for t in _tasks(st) if t["created_at"] >= since]
     outcome.tasks = len(tasks)
     outcome.failed = [t.get("reason") or "" for t in tasks if t["state"] == "FAILED"]
     outcome.executed_twice = sorted(t for t, n in _executions(st).items() if n > 1)
@@ -292,6 +294,9 @@ def run(st, scenario: str, spec: Scenario | Callable[[Any], None], name: str = "
         wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), 20, what="three nodes Online")
     except AssertionError:
         outcome.nodes_not_online = [n for n in NODES if st.node_state(n) != "Online"]
+    dropped = st.server.log().count("error while handling message")
+    if dropped:
+        outcome.problems.append(f"the bridge dropped {dropped} messages it had acknowledged (see the server log)")
     if spec.check:
         spec.check(st, outcome)
     watch.finish(outcome)
@@ -353,6 +358,12 @@ def fill(path: Path) -> Path:
                 if exc.errno != errno.ENOSPC:
                     raise
     return filler
+
+
+def environment_key(scenario: Scenario) -> tuple[Any, ...]:
+    """Scenarios with the same key can run one after another on one environment (each its own volume)."""
+    env = tuple(sorted((node, tuple(sorted(e.items()))) for node, e in scenario.agent_env.items()))
+    return (scenario.db, scenario.broker, scenario.data_dir, scenario.full_brick_fs, env)
 
 
 @contextlib.contextmanager
@@ -592,9 +603,10 @@ def check_enospc(st, outcome: Outcome) -> None:
         shown = st.cli.api("GET", f"/api/v1/tasks/{n3[0]['id']}").json()
         if not shown.get("fix"):
             outcome.problems.append(f"the ENOSPC failure has no fix: {shown}")
-    st.cli.run("volume", "delete", "fm", "--wait", timeout=90)
-    if st.cli.api("GET", "/api/v1/clusters/default/volumes/fm").status_code != 404:
-        outcome.problems.append("volume fm still exists after delete")
+    name = st.fm.state["volume"]
+    st.cli.run("volume", "delete", name, "--wait", timeout=90)
+    if st.cli.api("GET", f"/api/v1/clusters/default/volumes/{name}").status_code != 404:
+        outcome.problems.append(f"volume {name} still exists after delete")
     if any(t["state"] in OPEN_STATES for t in _tasks(st)):
         outcome.problems.append("open tasks after the delete")
 

@@ -302,9 +302,11 @@ def private_postgres():
 
 
 def test_connections_survive_a_postgresql_restart(private_postgres, tmp_path):
+    import peewee as pw
+
     from control.services import clusters
     from control.store import open_database
-    from control.store.db import ping
+    from control.store.db import outage, ping
     from control.store.models import Cluster
     from control.store.models import database_proxy as db
 
@@ -315,6 +317,9 @@ def test_connections_survive_a_postgresql_restart(private_postgres, tmp_path):
         assert ping()
         ctl("stop", "-m", "fast")
         assert not ping()  # the health check sees the outage
+        with pytest.raises(pw.DatabaseError) as failed:
+            Cluster.select().count()
+        assert outage(failed.value) == "down"  # the bridge tries again, the API answers 503
         ctl("start")
         # the thread's old connection is dead: the next transaction reconnects at BEGIN
         with db.atomic():
@@ -323,5 +328,7 @@ def test_connections_survive_a_postgresql_restart(private_postgres, tmp_path):
         assert ping()
         ctl("restart", "-m", "fast")
         assert Cluster.select().count() == 2  # a statement outside a transaction reconnects too
+        assert outage(pw.OperationalError('relation "nothing" does not exist')) is None  # a bug: not retried
+        assert outage(pw.OperationalError(RuntimeError("database or disk is full"))) == "full"
     finally:
         database.close()

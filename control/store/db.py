@@ -74,13 +74,15 @@ def outage(exc: BaseException) -> str | None:
         return None
     # SQLite rolls a transaction back by itself when its COMMIT finds the disk full, so peewee's own
     # ROLLBACK then fails ("no transaction is active"): the cause is further down the chain
+    # (peewee keeps the driver's exception, which has PostgreSQL's SQLSTATE, in ``orig``)
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
             break
-        text = str(seen).lower()
-        if getattr(seen, "pgcode", None) in _FULL_SQLSTATES or any(t in text for t in _FULL_TEXTS):
-            return "full"
+        for error in (seen, getattr(seen, "orig", None)):
+            text = str(error).lower()
+            if getattr(error, "pgcode", None) in _FULL_SQLSTATES or any(t in text for t in _FULL_TEXTS):
+                return "full"
         seen = seen.__cause__ or seen.__context__
     return None if ping() else "down"
 
