@@ -60,6 +60,7 @@ class Outcome:
     executed_twice: list[str] = field(default_factory=list)
     nodes_not_online: list[str] = field(default_factory=list)
     events_seen: int = 0
+    stream_reconnects: int = 0  # how often the stream was down (and resumed with Last-Event-ID)
     events_missing: list[int] = field(default_factory=list)
     events_twice: list[int] = field(default_factory=list)
     events_unknown: list[int] = field(default_factory=list)
@@ -237,6 +238,7 @@ class EventWatch:
         self.stream.close()
         seen = [i for i in self.seen if not stored or i <= stored[-1]]
         outcome.events_seen = len(seen)
+        outcome.stream_reconnects = self.downs
         outcome.events_missing = sorted(set(stored) - set(seen))
         outcome.events_unknown = sorted(set(seen) - set(stored))
         outcome.events_twice = sorted(i for i, n in Counter(seen).items() if n > 1)
@@ -458,7 +460,21 @@ def restart_mosquitto(st) -> None:
 
 
 def restart_postgres(st) -> None:
-    st.fm.pg_ctl("restart", "-m", "fast")
+    """Stop the private PostgreSQL, ask for a change while it is down (503 with Retry-After: nothing
+    was changed), and start it again."""
+    st.fm.pg_ctl("stop", "-m", "fast")
+    try:
+        answer = st.cli.api("POST", "/api/v1/clusters", json={"name": unique("pg")})
+        st.fm.state["down_answer"] = (answer.status_code, answer.headers.get("content-type"), answer.text)
+        st.fm.state["down_retry_after"] = answer.headers.get("retry-after")
+    finally:
+        st.fm.pg_ctl("start")
+
+
+def check_postgres_down(st, outcome: Outcome) -> None:
+    status, media, text = st.fm.state["down_answer"]
+    if status != 503 or media != "application/problem+json" or not st.fm.state["down_retry_after"]:
+        outcome.problems.append(f"a change while PostgreSQL was down answered {status} {media}: {text[:300]}")
 
 
 def _epochs(agent) -> list[int]:
@@ -665,8 +681,10 @@ FAULTS: dict[str, Scenario] = {
     "server disk full, SQLite (create)": Scenario(server_disk_full, data_dir="tmpfs", check=check_server_disk_full),
     "server kill -9, PostgreSQL (create)": Scenario(kill_server, db="postgres"),
     "server kill -9, PostgreSQL (start)": Scenario(kill_server, phase="start", db="postgres"),
-    "PostgreSQL restart (create)": Scenario(restart_postgres, db="private-postgres"),
-    "PostgreSQL restart (start)": Scenario(restart_postgres, phase="start", db="private-postgres"),
+    "PostgreSQL restart (create)": Scenario(restart_postgres, db="private-postgres", check=check_postgres_down),
+    "PostgreSQL restart (start)": Scenario(
+        restart_postgres, phase="start", db="private-postgres", check=check_postgres_down
+    ),
 }
 
 
@@ -681,7 +699,9 @@ def table(outcomes: list[Outcome]) -> str:
                 str(o.tasks),
                 str(len(o.failed)),
                 str(len(o.executed_twice)),
-                f"{o.events_seen}" + (f" ({lost} wrong)" if lost else ""),
+                f"{o.events_seen}"
+                + (f" ({lost} wrong)" if lost else "")
+                + (f", stream down {o.stream_reconnects}x" if o.stream_reconnects else ""),
                 "yes" if o.retried else "no",
                 f"{o.recovery_seconds:.1f} s",
                 f"{o.duration_seconds:.1f} s",
