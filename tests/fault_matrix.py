@@ -296,9 +296,13 @@ def run(st, scenario: str, spec: Scenario | Callable[[Any], None], name: str = "
         wait_until(lambda: all(st.node_state(n) == "Online" for n in NODES), 20, what="three nodes Online")
     except AssertionError:
         outcome.nodes_not_online = [n for n in NODES if st.node_state(n) != "Online"]
-    dropped = st.server.log().count("error while handling message")
+    server_log = st.server.log()
+    dropped = server_log.count("error while handling message")
     if dropped:
         outcome.problems.append(f"the bridge dropped {dropped} messages it had acknowledged (see the server log)")
+    left = server_log.count(": final-state hook failed\n")  # left for the reconciler's replay
+    if left:
+        outcome.problems.append(f"{left} final-state hooks failed (see the server log)")
     if spec.check:
         spec.check(st, outcome)
     watch.finish(outcome)

@@ -125,6 +125,35 @@ def test_a_hook_that_failed_after_commit_is_replayed_once(services, monkeypatch)
     assert _volume(cluster, "gv1").state == "Starting"
 
 
+def test_a_hook_that_meets_a_full_disk_runs_again_at_once(services, monkeypatch):
+    """A final hook that fails because the database cannot take writes is tried again right away,
+    not left for the reconciler's next pass (another error still is: see the test above)."""
+    import peewee as pw
+
+    from control.services import tasks as task_service
+    from control.services.volumes import VolumeService
+
+    cluster, engine, volumes, reconciler, recorder, tmp = services  # noqa: RUF059
+    _, tasks = _create(volumes, cluster, tmp, start=False)
+    real = VolumeService._conclude
+    calls = {"n": 0, "failed": 0}
+
+    def full_once(self, *args, **kw):
+        calls["n"] += 1
+        if not calls["failed"]:
+            calls["failed"] = 1
+            raise pw.OperationalError("database or disk is full")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(VolumeService, "_conclude", full_once)
+    monkeypatch.setattr(task_service, "HOOK_RETRY_SECONDS", (0.01,))
+    for task in tasks:
+        _status(engine, task, TaskState.DONE)
+    assert calls["failed"] == 1 and calls["n"] >= 2
+    assert _volume(cluster, "gv1").state == "Created"
+    assert reconciler.run_once().replayed == 0
+
+
 def test_a_running_state_without_tasks_fails_its_operation(services):
     from control.store.db import delete_where
     from control.store.models import Task, TaskEvent

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
+import peewee as pw
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -92,8 +93,9 @@ def install_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {msg}" if where else msg)
         return problem(request, 422, "; ".join(parts), errors=errors)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(pw.OperationalError)
+    @app.exception_handler(pw.InterfaceError)
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
         why = await run_in_threadpool(outage, exc)
         if why == "full":
             log.error("%s %s failed: the database is out of disk space (%s)", request.method, request.url.path, exc)
@@ -101,6 +103,10 @@ def install_handlers(app: FastAPI) -> None:
         if why == "down":
             log.error("%s %s failed: the database does not answer (%s)", request.method, request.url.path, exc)
             return problem(request, 503, DATABASE_DOWN, headers={"Retry-After": "5"})
+        return await unexpected(request, exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         detail = f"internal error ({type(exc).__name__}) in {request.method} {request.url.path}: see the server log"
         return problem(request, 500, detail)

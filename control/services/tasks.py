@@ -19,13 +19,16 @@ from broker.messages import MAX_PAYLOAD_BYTES, TASK_TRANSITIONS, TaskMessage, Ta
 from broker.topics import Topics
 from control.errors import InvalidInput, NotFound
 from control.services import events, failures
-from control.store.db import first, locked
+from control.store.db import first, locked, outage
 from control.store.models import Cluster, Node, Task, TaskEvent
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 
 OPEN_STATES = [s.value for s in TaskState if not s.final]
+# a final hook that fails because the database cannot take writes (restarting, disk full) runs again
+# after each of these waits (about 20 s in all) before it is left to the reconciler's replay
+HOOK_RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 5.0, 5.0)
 
 
 class Publisher(Protocol):
@@ -130,12 +133,28 @@ class TaskEngine:
         return self.apply_status(task.cluster.name, task.node_name, status)
 
     def run_final_hooks(self, task: Task) -> None:
-        """Run every final-state hook for ``task``; a failing hook is logged (the reconciler replays)."""
+        """Run every final-state hook for ``task``. Hooks are idempotent: one that fails because the
+        database cannot take writes runs again (HOOK_RETRY_SECONDS); any other failure is logged,
+        and the reconciler replays the hook later."""
         for hook in self.on_final:
-            try:
-                hook(task)
-            except Exception:
-                log.exception("cluster %s task %s: final-state hook failed", task.cluster.name, task.id)
+            for wait in (*HOOK_RETRY_SECONDS, None):
+                try:
+                    hook(task)
+                    break
+                except Exception as exc:
+                    if not db.is_closed() and db.in_transaction():
+                        db.rollback()
+                    why = outage(exc) if wait is not None else None
+                    if why is None or wait is None:
+                        log.exception("cluster %s task %s: final-state hook failed", task.cluster.name, task.id)
+                        break
+                    log.warning(
+                        "cluster %s task %s: final-state hook failed, the database %s; trying again",
+                        task.cluster.name,
+                        task.id,
+                        "is out of disk space" if why == "full" else "does not answer",
+                    )
+                    time.sleep(wait)
 
     # ---- status from agents -------------------------------------------------------------
     def apply_status(self, cluster_name: str, node_name: str, status: TaskStatus) -> Task | None:
