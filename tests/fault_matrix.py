@@ -685,6 +685,9 @@ FAULTS: dict[str, Scenario] = {
     "server disk full, SQLite (create)": Scenario(server_disk_full, data_dir="tmpfs", check=check_server_disk_full),
     "server kill -9, PostgreSQL (create)": Scenario(kill_server, db="postgres"),
     "server kill -9, PostgreSQL (start)": Scenario(kill_server, phase="start", db="postgres"),
+    "duplicate QoS 1 task and status, PostgreSQL (create)": Scenario(
+        duplicate_delivery, db="postgres", before=listen_to_n1, check=check_duplicate_delivery
+    ),
     "PostgreSQL restart (create)": Scenario(restart_postgres, db="private-postgres", check=check_postgres_down),
     "PostgreSQL restart (start)": Scenario(
         restart_postgres, phase="start", db="private-postgres", check=check_postgres_down

@@ -321,3 +321,20 @@ def test_volume_stop_is_refused_while_a_rebalance_runs(database):
     row.save()
     stopped, _ = service.stop(cluster, "gv1")  # n1 holds no brick: no task, the volume moves on
     assert stopped.state == "Stopping"
+
+
+def test_agent_clock_offset(monkeypatch):
+    """The agent's wall clock and its test-only offset (tests/fault_matrix.py sets it to +-10 minutes)."""
+    import time
+
+    from agent import clock
+
+    monkeypatch.setenv(clock.OFFSET_ENV, "-600")
+    assert clock._offset() == -600.0
+    monkeypatch.setenv(clock.OFFSET_ENV, "")
+    assert clock._offset() == 0.0
+    monkeypatch.setenv(clock.OFFSET_ENV, "ten minutes")
+    with pytest.raises(SystemExit, match="must be a number of seconds, not 'ten minutes'"):
+        clock._offset()
+    monkeypatch.setattr(clock, "OFFSET", 600.0)
+    assert abs(clock.now() - time.time() - 600.0) < 1

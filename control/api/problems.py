@@ -167,6 +167,9 @@ def error_statuses(route: APIRoute, method: str) -> list[int]:
         codes.add(400)  # a body that does not decode (not UTF-8) never reaches validation
     if route.path == "/api/v1/login":
         codes |= {401, 429}
+    codes.add(503)  # the database does not answer (restarting)
+    if changes:
+        codes.add(507)  # the database is out of disk space
     codes |= {int(c) for c in route.responses if str(c).isdigit() and int(c) >= 400}
     return sorted(codes)
 
