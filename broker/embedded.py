@@ -63,6 +63,9 @@ class Authority(Protocol):
     def monitor_clusters(self, user: str, password: str) -> list[str] | None:
         """The clusters a monitoring user may watch (``ANY``: all of them), or None when refused."""
 
+    def monitor_clusters_now(self, user: str) -> list[str]:
+        """The clusters ``user`` may watch as its grants stand now (empty once it has none or is deleted)."""
+
 
 @dataclass
 class Identity:
@@ -70,6 +73,7 @@ class Identity:
     username: str = ""
     publish: tuple[str, ...] = ()  # topic filters
     subscribe: tuple[str, ...] = ()
+    watched: tuple[str, ...] = ()  # a monitor's clusters when it logged in
 
 
 @dataclass
@@ -120,7 +124,7 @@ class AccessControl:
             watched = self.authority.monitor_clusters(cluster, password)
             if watched:
                 filters = {f for name in watched for f in t.monitor_filters(name)}
-                return Identity("monitor", username, subscribe=tuple(sorted(filters)))
+                return Identity("monitor", username, subscribe=tuple(sorted(filters)), watched=tuple(sorted(watched)))
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:
@@ -284,15 +288,37 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         """Close every live session of ``username`` (its credential was revoked); the number closed."""
         closed = 0
         for client_id, (session, handler) in list(self._sessions.items()):
-            if session.username != username or not session.transitions.is_connected():
-                continue
-            self.access.identities.pop(client_id, None)  # no rights left, even before the socket closes
-            if handler is not None and handler.writer is not None:
-                await handler.writer.close()
-            closed += 1
+            if session.username == username and session.transitions.is_connected():
+                await self._cut(client_id, handler)
+                closed += 1
         if closed:
             log.info("disconnected %d session(s) of MQTT user %s", closed, username)
         return closed
+
+    async def recheck_monitors(self) -> int:
+        """Close each monitor session whose clusters are no longer those it logged in with; the number closed.
+
+        Grants were given or revoked, a user or a cluster deleted. As Mosquitto's dynamic security
+        kicks a client whose roles change, the monitor must log in again and gets its current rights
+        (or is refused when it has none left).
+        """
+        closed = 0
+        for client_id, (session, handler) in list(self._sessions.items()):
+            ident = self.access.identities.get(client_id)
+            if ident is None or ident.role != "monitor" or not session.transitions.is_connected():
+                continue
+            now = await asyncio.to_thread(self.access.authority.monitor_clusters_now, ident.username)
+            if tuple(sorted(now)) == ident.watched:
+                continue
+            await self._cut(client_id, handler)
+            log.info("disconnected MQTT monitor %s: the clusters it may watch changed", ident.username)
+            closed += 1
+        return closed
+
+    async def _cut(self, client_id: str, handler: Any) -> None:
+        self.access.identities.pop(client_id, None)  # no rights left, even before the socket closes
+        if handler is not None and handler.writer is not None:
+            await handler.writer.close()
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

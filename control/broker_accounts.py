@@ -45,7 +45,8 @@ DISCONNECT_TIMEOUT = 5.0
 
 
 class EmbeddedAccounts:
-    """The embedded broker checks each login against the database; a revoked node's live session is closed."""
+    """The embedded broker checks each login against the database; a revoked node's live session is closed,
+    and so is a monitor's whose clusters changed (a grant revoked, its user or a cluster deleted)."""
 
     def __init__(self, broker: GlusterctlBroker, loop: asyncio.AbstractEventLoop, topics: Topics) -> None:
         self.broker, self.loop, self.topics = broker, loop, topics
@@ -61,14 +62,23 @@ class EmbeddedAccounts:
     def node_removed(self, cluster: str, node: str) -> None:
         self._disconnect(cluster, node)
 
+    def _recheck_monitors(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.broker.recheck_monitors(), self.loop)
+        try:
+            future.result(DISCONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("the embedded broker did not recheck its MQTT monitors within %.0fs", DISCONNECT_TIMEOUT)
+
     def clusters_changed(self) -> None:
-        return None  # enrolment logins are checked against the current join token
+        # enrolment logins are checked against the current join token; a deleted cluster's monitors go
+        self._recheck_monitors()
 
     def user_password(self, user: str, password: str) -> None:
         return None  # monitor logins are checked against the database
 
     def grants_changed(self) -> None:
-        return None  # a monitor's clusters are read from its grants at login
+        # a monitor's clusters are read from its grants at login; a session whose clusters changed is closed
+        self._recheck_monitors()
 
 
 class DynsecAccounts:

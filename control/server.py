@@ -35,7 +35,7 @@ from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
 from control.store.db import DatabaseError, first, open_database, redact_db_url
-from control.store.models import Cluster, Node
+from control.store.models import Cluster, Node, User
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ class StoreAuthority:
             log.warning("MQTT monitor %s refused: no viewer (or better) role on any cluster", user)
             return None
         return clusters
+
+    def monitor_clusters_now(self, user: str) -> list[str]:
+        account = User.get_or_none(User.name == user)
+        return authz.Scope.of(account).monitor_clusters() if account is not None else []
 
 
 def https_certificate(settings: ServerSettings, hosts: list[str]) -> tls.ServerCert | None:
