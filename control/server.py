@@ -147,7 +147,7 @@ def mqtt_tls_listener(settings: ServerSettings, hosts: list[str]) -> TlsListener
         tls.fingerprint(cert.ca),
         cert.ca,
     )
-    return TlsListener(host, port, cert.cert, cert.key)
+    return TlsListener(host, port, cert.cert, cert.key, cert.ca)
 
 
 def signing_key_for(settings: ServerSettings) -> Ed25519PrivateKey:
@@ -242,6 +242,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
         enrolment.use_accounts(EmbeddedAccounts(embedded, asyncio.get_running_loop(), topics))
+        # node certificates of the server's own CA enrol over its TLS listener (docs: "Node certificates")
+        enrolment.use_node_ca(listener.cafile if listener is not None else None)
         if plain:  # the bridge takes the plain listener when there is one (loopback: nothing to protect)
             url = MqttUrl(_connect_host(plain[0]), plain[1], control_username(topics), secret)
         else:

@@ -75,6 +75,12 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
         {"params": {"force": "maybe"}},
         CLUSTER_ADMINS,
     ),
+    # without a CA of its own (no --mqtts) the server signs nothing: allowed callers get 409
+    ("POST", "/api/v1/clusters/{name}/nodes/{node}/certificate"): (
+        "/api/v1/clusters/default/nodes/n2/certificate",
+        {"json": {"csr": "nope"}},
+        CLUSTER_ADMINS,
+    ),
     # a node that does not exist: allowed callers get 404, nothing changes
     ("POST", "/api/v1/clusters/{name}/nodes/{node}/reenrol"): (
         "/api/v1/clusters/default/nodes/ghost/reenrol",

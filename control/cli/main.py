@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the system's CAs); an unverified broker makes the agent exit 2",
     )
     p.add_argument(
+        "--mqtt-cert",
+        metavar="FILE",
+        help="node certificate (PEM) from 'glusterctl node certificate': presented to an mqtts:// broker and, "
+        "with no join token, used to enrol (the embedded broker's TLS listener)",
+    )
+    p.add_argument("--mqtt-key", metavar="FILE", help="the node certificate's private key (PEM, keep it mode 0600)")
+    p.add_argument(
         "--token",
         help="the cluster's join token (glusterctl cluster token CLUSTER); needed only until the node is enrolled",
     )
@@ -280,6 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster(p)
     p.add_argument("node")
     p.set_defaults(func=commands.node_reenrol)
+    p = nodes.add_parser(
+        "certificate",
+        parents=[common],
+        help="sign a node certificate that enrols the node instead of the join token (admins only)",
+        description="Sign a client certificate for NODE with the server's own CA, from a certificate signing "
+        "request made on the node, so that the key never leaves it: 'openssl req -new -newkey ec -pkeyopt "
+        "ec_paramgen_curve:P-256 -nodes -keyout node.key -subj /CN=NODE -out node.csr'. The agent then enrols "
+        "over the embedded broker's TLS listener (server --mqtts) with --mqtt-cert/--mqtt-key and no join token. "
+        "An enrolled name still needs 'node reenrol' or 'node remove' first.",
+    )
+    _cluster(p)
+    p.add_argument("node")
+    p.add_argument("--csr", required=True, metavar="FILE", help="the PEM certificate signing request")
+    p.add_argument("--out", metavar="FILE", help="write the certificate here (default: print it)")
+    p.add_argument("--ca-out", metavar="FILE", help="also write the server's CA certificate here (agent --mqtt-ca)")
+    p.add_argument("--days", type=int, default=365, help="validity in days, 1-1095 (default: 365)")
+    _output(p)
+    p.set_defaults(func=commands.node_certificate)
     p = nodes.add_parser(
         "probe", parents=[common], help="ask a node's agent for glusterfs version, kernel, free space, xattr support"
     )
