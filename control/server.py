@@ -24,7 +24,7 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, clusters, enrolment, metadata, users
+from control.services import authz, backup, clusters, enrolment, metadata, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
@@ -193,6 +193,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     except (metadata.MetadataError, RestoreError) as exc:
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
+    backup.use_data_dir(settings.data_dir)
     clusters.ensure_default()
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)

@@ -335,8 +335,8 @@ def first(query: pw.ModelSelect[M]) -> M | None:
     return None
 
 
-def migrate(db: pw.Database) -> int:
-    """Apply the migrations the database lacks; return the schema version."""
+def migrate(db: pw.Database, only: set[int] | None = None) -> int:
+    """Apply the migrations the database lacks (``only``: just these, a restore's older schema); the schema version."""
     with db.atomic():
         db.create_tables([m.SchemaVersion])
         # each migration is applied once, by number: branches that add migrations in parallel
@@ -349,7 +349,7 @@ def migrate(db: pw.Database) -> int:
                 "upgrade glusterctl"
             )
         for version, step in sorted(MIGRATIONS, key=lambda pair: pair[0]):
-            if version not in applied:
+            if version not in applied and (only is None or version in only):
                 log.info("applying schema migration %d", version)
                 step(db)
                 m.SchemaVersion.create(version=version)
