@@ -37,14 +37,15 @@ def _fill() -> None:
 
 
 def test_a_backup_restores_across_databases_and_bad_files_and_targets_are_refused(store, tmp_path, postgres_url):
-    from control.services import backup
+    from control.services import backup, metadata
     from control.store import models as m
 
     _fill()
+    metadata.load_or_create_key(str(tmp_path / "src"))
     body = backup.make(store, str(tmp_path / "src"), "boss", "test")
     assert body["schema_version"] == max(body["migrations"]) and body["counts"]["user"] == 2
     assert body["counts"]["api_token"] == 1 and body["counts"]["node"] == 1
-    assert set(body["files"]) == {"metadata.key"} or not body["files"]
+    assert set(body["files"]) == {"metadata.key"}
     path = tmp_path / "b.json"
     backup.write_file(str(path), backup.dumps(body))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -54,6 +55,11 @@ def test_a_backup_restores_across_databases_and_bad_files_and_targets_are_refuse
 
     # SQLite -> PostgreSQL -> SQLite: every row as it was
     backup.restore(backup.load(str(path)), postgres_url, str(tmp_path / "pg"))
+    key = tmp_path / "pg" / "metadata.key"
+    assert (
+        key.read_bytes() == (tmp_path / "src" / "metadata.key").read_bytes()
+        and stat.S_IMODE(key.stat().st_mode) == 0o600
+    )
     again = backup.make(m.database_proxy, None, "boss", "test")
     assert again["database"] == "postgresql" and again["tables"] == original
     backup.restore(again, None, str(tmp_path / "sqlite2"))

@@ -23,8 +23,8 @@ class BackupFailed(GlusterctlError):
     summary="A backup of the whole control service (global admins only)",
     description="One consistent snapshot of the database, read while the server runs (SQLite's online backup "
     "API, or one REPEATABLE READ transaction on PostgreSQL), as one portable JSON file: format and schema "
-    "version, row counts, a SHA-256 checksum, every table, and the data directory's metadata.key and "
-    "control.secret. **It holds secrets** (password and token hashes, node credential verifiers, join token "
+    "version, row counts, a SHA-256 checksum, every table, and the data directory's metadata.key, "
+    "control.secret and own CA (tls/ca.pem, tls/ca.key). **It holds secrets** (password and token hashes, node credential verifiers, join token "
     "secrets, volume logins, the metadata signing key): keep it like the data directory. POST so that every "
     "backup is in the audit log (who, when). `glusterctl backup FILE` saves it with mode 0600; "
     "`glusterctl restore FILE` restores it into an empty database.",

@@ -12,7 +12,7 @@ from control.client import Client
 
 SECRETS = (
     "The file holds secrets (password and API token hashes, node credential verifiers, join token secrets, "
-    "volume logins, the metadata signing key): it is written with mode 0600; keep it like the data directory."
+    "volume logins, the metadata signing key, the CA key): it is written with mode 0600; keep it like the data directory."
 )
 DEFAULT_DATA_DIR = "/var/lib/glusterctl"
 
@@ -41,7 +41,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Restore a backup made by 'glusterctl backup' into an EMPTY database: the SQLite database of "
         "--data-dir (default), or --db (a new PostgreSQL database). The file is checked first (checksum, counts, "
         "references, schema version no newer than this glusterctl's); a database that holds anything is refused. "
-        "The data directory gets the backup's metadata.key and control.secret. Then start 'glusterctl server' "
+        "The data directory gets the backup's metadata.key, control.secret and CA (tls/). Then start 'glusterctl server' "
         "with the same --data-dir/--db: agents log in again with their own credentials and running bricks are "
         "not touched. Users, logins and API tokens come back as they were.",
     )

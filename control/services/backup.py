@@ -6,7 +6,7 @@ one read-only REPEATABLE READ transaction on a connection of its own. The file i
 not depend on the database it came from: every table's rows by field name, in Python values (a
 SQLite backup restores into PostgreSQL and back). It carries its format version, the schema
 migrations of the database it came from, each table's row count, the data directory's keys
-(``metadata.key``, ``control.secret``) and a SHA-256 checksum over all of it.
+(``metadata.key``, ``control.secret``, the CA of ``tls/``) and a SHA-256 checksum over all of it.
 
 The file holds secrets (password hashes, API token hashes, node credential verifiers, join token
 secrets, volume logins, the metadata signing key): it is written with mode 0600 and must be kept
@@ -37,10 +37,8 @@ FORMAT = "glusterctl-backup"
 FORMAT_VERSION = 1
 # every table but the schema versions, parents before children (foreign keys)
 TABLES: list[type[m.BaseModel]] = [model for model in m.ALL_MODELS if model is not m.SchemaVersion]
-FILES = (
-    "metadata.key",
-    "control.secret",
-)  # the data directory's keys: agents pin the first, the broker knows the second
+# the data directory's keys: agents pin the first, the broker knows the second, clients and agents trust the CA
+FILES = ("metadata.key", "control.secret", "tls/ca.pem", "tls/ca.key")
 INSERT_BATCH = 200
 
 _data_dir: str | None = None
@@ -349,6 +347,7 @@ def restore(body: dict[str, Any], url: str | None, data_dir: str) -> list[str]:
         database.close()
     for name, text in sorted((body.get("files") or {}).items()):
         path = os.path.join(data_dir, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         if not os.path.exists(path):
             write_file(path, text.encode())
     counts = body["counts"]
