@@ -125,6 +125,13 @@ def _views(st) -> dict:
     )
 
 
+def _kept_version(st, node: str) -> int:
+    from agent.metadata import MetadataStore
+
+    newest = MetadataStore(str(st.tmp / f"agent-{node}"), "default").newest()
+    return newest.version if newest is not None else 0
+
+
 def _pids(st) -> list:
     return [(b["pid"], b["port"]) for b in st.cli.json("volume", "status", "vb")["bricks"]]
 
@@ -161,6 +168,17 @@ def test_a_running_servers_backup_restores_into_sqlite_and_postgresql(stack, tmp
     refused = st.cli.run("backup", str(file), check=False)
     assert refused.returncode == 1 and "exists: give a new file name" in refused.stderr
 
+    # a change after the backup: the agents keep a newer metadata version than the backup's
+    st.cli.run("user", "create", "late", "--password-stdin", input="correct-horse-late\n")
+    st.cli.run("user", "grant", "late", "viewer", "-c", "default")
+    wait_until(
+        lambda: all(
+            _kept_version(st, n) > json.loads(file.read_text())["tables"]["cluster"][0]["metadata_version"]
+            for n in ("n1", "n2")
+        ),
+        timeout=20,
+        what="the agents keep the post-backup metadata",
+    )
     lost = st.server
     lost.stop()
     targets = {
@@ -168,6 +186,7 @@ def test_a_running_servers_backup_restores_into_sqlite_and_postgresql(stack, tmp
         "postgresql": (["--data-dir", str(tmp_path / "pg"), "--db", postgres_url], ["--db", postgres_url]),
     }
     for kind, (where, db) in targets.items():
+        stale = max(_kept_version(st, n) for n in ("n1", "n2"))  # newer than the backup's
         started = time.monotonic()
         out = st.cli.run("restore", str(file), *where)
         assert "restore: done" in out.stdout and "1 volumes, 2 bricks, 1 users" in out.stdout, out.stdout
@@ -191,6 +210,12 @@ def test_a_running_servers_backup_restores_into_sqlite_and_postgresql(stack, tmp
             ),
             timeout=30,
             what=f"agents back on the server restored into {kind}",
+        )
+        # this server moved its version past the agents' copies, so they keep its documents again
+        wait_until(
+            lambda: all(_kept_version(st, n) > stale for n in ("n1", "n2")),
+            timeout=20,
+            what="the agents keep the restored server's metadata",
         )
         after = _views(st)
         assert after == before, (kind, _differences(before, after))
