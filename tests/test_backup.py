@@ -225,3 +225,22 @@ def test_a_running_servers_backup_restores_into_sqlite_and_postgresql(stack, tmp
     for node in ("n1", "n2"):  # the restored server signs with the lost one's key: the agents keep its documents
         log = (st.tmp / f"agent-{node}.log").read_text()
         assert "does not verify" not in log and "is pinned" not in log and "verified and kept" in log, log[-2000:]
+
+
+def test_a_backup_of_an_older_schema_restores_through_the_later_migrations(store, tmp_path):
+    from control.services import backup
+    from control.store import models as m
+
+    _fill()
+    body = backup.make(store, None, "boss", "test")
+    # as taken before migration 12 (clusters had no metadata version)
+    body["migrations"] = [v for v in body["migrations"] if v != 12]
+    body["schema_version"] = max(body["migrations"])
+    for row in body["tables"]["cluster"]:
+        del row["metadata_version"]
+    body["checksum"] = backup.checksum(body)
+    lines = backup.restore(body, None, str(tmp_path / "old"))
+    assert "schema version 12" in lines[0]
+    assert sorted(c.name for c in m.Cluster.select()) == ["c1", "default"]
+    assert {c.metadata_version for c in m.Cluster.select()} == {0}  # migration 12's default
+    assert m.Node.get(m.Node.name == "n1").credential_hash

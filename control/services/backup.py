@@ -318,7 +318,7 @@ def restore(body: dict[str, Any], url: str | None, data_dir: str) -> list[str]:
         raise BackupError(f"cannot open database {where}: {' '.join(str(exc).split())}") from None
     m.database_proxy.initialize(database)
     try:
-        with database.atomic():
+        with store.sqlite_foreign_keys_off(database), database.atomic():
             held = holdings(database)
             if held:
                 raise BackupError(
@@ -328,9 +328,7 @@ def restore(body: dict[str, Any], url: str | None, data_dir: str) -> list[str]:
             store.migrate(database, only=set(body["migrations"]))  # the schema the backup was taken at
             tables = body["tables"]
             for model in TABLES:
-                rows = tables[model._meta.table_name]
-                for start in range(0, len(rows), INSERT_BATCH):
-                    model.insert_many(rows[start : start + INSERT_BATCH]).execute()
+                _insert(database, model, tables[model._meta.table_name])
             if isinstance(database, pw.PostgresqlDatabase):
                 _move_sequences(database)
             schema = store.migrate(database)  # then what this glusterctl adds
@@ -341,6 +339,9 @@ def restore(body: dict[str, Any], url: str | None, data_dir: str) -> list[str]:
             ]
             if wrong:
                 raise BackupError("the restored counts differ from the backup's: " + "; ".join(wrong))
+            store.check_foreign_keys(database)  # PostgreSQL checked each row as it went in
+    except store.DatabaseError as exc:
+        raise BackupError(f"the restored database is inconsistent: {exc}") from None
     except pw.IntegrityError as exc:
         raise BackupError(f"the backup does not fit the schema: {' '.join(str(exc).split())}") from None
     finally:
@@ -358,6 +359,25 @@ def restore(body: dict[str, Any], url: str | None, data_dir: str) -> list[str]:
         f"{counts['brick']} bricks, {counts['user']} users",
         *(f"data directory {data_dir}: {name}" for name in sorted(body.get("files") or {})),
     ]
+
+
+def _insert(database: pw.Database, model: type[m.BaseModel], rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` into the columns the table has at the backup's schema (a later migration adds the rest)."""
+    present = {column.name for column in database.get_columns(model._meta.table_name)}
+    fields = [f for f in _columns(model) if f.column_name in present]
+    # a plain table, not the model: the model would add every field it has, including ones the table lacks yet
+    table: Any = pw.Table(model._meta.table_name, [f.column_name for f in fields]).bind(database)
+    columns = [getattr(table, f.column_name) for f in fields]
+    values = []
+    for row in rows:
+        values.append(tuple(f.db_value(row[f.name] if f.name in row else _default(f)) for f in fields))
+    for start in range(0, len(values), INSERT_BATCH):
+        table.insert(values[start : start + INSERT_BATCH], columns=columns).execute()
+
+
+def _default(field: Any) -> Any:
+    default = field.default
+    return default() if callable(default) else default
 
 
 def _move_sequences(database: pw.Database) -> None:
