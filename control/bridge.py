@@ -302,6 +302,8 @@ class Bridge:
         elif isinstance(message, MetadataCopy):
             if self.restore is not None:
                 self.restore.offer(cluster, node, message)
+            elif self.metadata is not None:
+                self.metadata.offered(cluster, node, message)
         elif isinstance(message, Presence):
             nodes.handle_presence(cluster, node, message)
         elif isinstance(message, Heartbeat):

@@ -84,8 +84,11 @@ class EmbeddedAccounts:
 class DynsecAccounts:
     """Users and roles in Mosquitto's dynamic security plugin (see docs/mosquitto.md)."""
 
-    def __init__(self, admin_url: MqttUrl, topics: Topics, control_password: str) -> None:
+    def __init__(self, admin_url: MqttUrl, topics: Topics, control_password: str, hold_nodes: bool = False) -> None:
         self.topics = topics
+        # a restore from the agents' copies (control/services/restore.py): the database has no nodes yet, and
+        # the agents log in with their node users to offer their copies; keep every node user until released
+        self.holding_nodes = hold_nodes
         self.control_password = control_password
         self.client = DynsecClient(admin_url)
         self._lock = threading.Lock()
@@ -180,6 +183,8 @@ class DynsecAccounts:
                     self.client.delete_role(username)
                     self._delete_monitor_role(str(cluster))
                     self._secrets.pop(str(cluster), None)
+                elif kind == "node" and (cluster, node) not in enrolled and self.holding_nodes:
+                    continue  # restoring: its node may come back from the copies
                 elif kind == "node" and (cluster, node) not in enrolled and not self._is_fresh(cluster, node):
                     self.client.delete_client(username)
                     self.client.delete_role(username)
@@ -203,6 +208,12 @@ class DynsecAccounts:
                         cluster,
                         node,
                     )
+
+    def release_nodes(self) -> None:
+        """The restore is done: node users of nodes that did not come back go, the others get their roles again."""
+        with self._lock:
+            self.holding_nodes = False
+        self.reconcile(full=True)
 
     def _reconcile_monitors(self, full: bool) -> None:
         """Each user's broker user reads exactly the clusters its grants let it read (caller holds ``_lock``)."""

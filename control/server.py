@@ -24,7 +24,7 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, clusters, enrolment, metadata, users
+from control.services import authz, backup, clusters, enrolment, metadata, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed
@@ -163,7 +163,9 @@ def signing_key_for(settings: ServerSettings) -> Ed25519PrivateKey:
     return key
 
 
-async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, bridge: Bridge) -> None:
+async def restore_from_agents(
+    settings: ServerSettings, restore: AgentRestore, bridge: Bridge, accounts: DynsecAccounts | None
+) -> None:
     """Collect the agents' copies, rebuild from the newest, then let the agents register again."""
     log.info("restore: waiting for the agents' metadata copies (up to %.0fs)", settings.restore_timeout)
     bridge.announce()
@@ -173,6 +175,11 @@ async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, b
     except RestoreError as exc:
         raise StartupError(str(exc)) from None
     bridge.restore = None
+    if accounts is not None:  # Mosquitto checked each node's own password: keep the restored nodes' users
+        try:
+            await asyncio.to_thread(accounts.release_nodes)
+        except DynsecError as exc:
+            log.warning("restore: the broker's node users are reconciled later (every few seconds): %s", exc)
     for cluster, node in await asyncio.to_thread(restore.impostors):
         log.warning(
             "restore: cluster %s node %s logged in with a credential that is not its own: closed", cluster, node
@@ -197,6 +204,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     except (metadata.MetadataError, RestoreError) as exc:
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
+    backup.use_data_dir(settings.data_dir)
     clusters.ensure_default()
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
@@ -217,7 +225,9 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         url = MqttUrl.parse(settings.mqtt_url, ca=settings.mqtt_ca)
         if settings.mqtt_dynsec:
             # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
-            accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
+            accounts = DynsecAccounts(
+                url, topics, load_secret(settings.data_dir), hold_nodes=settings.restore_from_agents
+            )
             try:
                 await asyncio.to_thread(accounts.start)
             except DynsecError as exc:
@@ -270,7 +280,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         if restore is not None:
-            await restore_from_agents(settings, restore, bridge)
+            await restore_from_agents(settings, restore, bridge, accounts)
         publisher.start()
         reconciler.start(bridge.call_soon)
         monitor.start(bridge.call_soon)

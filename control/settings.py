@@ -86,11 +86,6 @@ class ServerSettings(BaseSettings):
                 "--restore-from-agents needs --restore-key FILE: the lost server's DATA_DIR/metadata.key "
                 "(the agents trust only documents it signed; see docs/recovery.md)"
             )
-        if self.restore_from_agents and self.mqtt_dynsec:
-            raise ValueError(
-                "--restore-from-agents does not work with --mqtt-dynsec yet (the broker's node users would be "
-                "reconciled away before the copies arrive): restore with the embedded broker, or from a backup"
-            )
         if self.restore_key and not os.path.isfile(self.restore_key):
             raise ValueError(f"--restore-key: no such file: {self.restore_key}")
         if not 0 <= self.restore_settle <= 600 or not 1 <= self.restore_timeout <= 86400:

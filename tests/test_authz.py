@@ -155,6 +155,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
     ("GET", "/api/v1/sessions"): ("/api/v1/sessions", {}, EVERYONE),  # one's own; admins everyone's
     ("DELETE", "/api/v1/sessions/{session_id}"): ("/api/v1/sessions/999999", {}, EVERYONE),  # others': 404
     ("GET", "/api/v1/audit"): ("/api/v1/audit", {}, ADMINS),
+    ("POST", "/api/v1/backup"): ("/api/v1/backup", {}, ADMINS),  # the whole database, secrets included
 }
 
 

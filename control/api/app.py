@@ -13,6 +13,7 @@ from control.api import schemas as s
 from control.api.alerts import router as alerts_router
 from control.api.audit import AuditMiddleware
 from control.api.audit import router as audit_router
+from control.api.backup import router as backup_router
 from control.api.deps import PUBLIC, permit
 from control.api.events import router as events_router
 from control.api.grow import router as grow_router
@@ -85,6 +86,7 @@ def create_app(
 
     app.include_router(sessions_router)
     app.include_router(audit_router)
+    app.include_router(backup_router)
     app.add_middleware(AuditMiddleware)  # every change (non-GET request) goes to the audit log
 
     install_handlers(app)

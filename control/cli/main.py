@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker import __version__
-from control.cli import alerts, audit, commands, completion, demo, volumes
+from control.cli import alerts, audit, backup, commands, completion, demo, volumes
 from control.cli.errors import CliError
 from control.client import ApiError
 
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion.add_parser(sub)
     alerts.add_parser(sub, common, _output)
     audit.add_parser(sub, common, _output)
+    backup.add_parsers(sub, common)
 
     # ---- tasks ----------------------------------------------------------------------------
     tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)

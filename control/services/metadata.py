@@ -24,7 +24,14 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from broker.messages import MAX_PAYLOAD_BYTES, MetadataDocument, MetadataRefused, metadata_signed_bytes, verify_metadata
+from broker.messages import (
+    MAX_PAYLOAD_BYTES,
+    MetadataCopy,
+    MetadataDocument,
+    MetadataRefused,
+    metadata_signed_bytes,
+    verify_metadata,
+)
 from broker.topics import Topics
 from control.services import authz, events
 from control.store.db import first, locked
@@ -239,6 +246,36 @@ class MetadataPublisher:
         """Publish every cluster's document again (after a broker reconnect: its retained copy may be gone)."""
         self._published.clear()
         self._wake.set()
+
+    def offered(self, cluster: str, node: str, message: MetadataCopy) -> bool:
+        """An agent's kept copy (offered at each server start): when its version is above the database's
+        (the server was restored from an older backup), move the version past it so agents keep this server's
+        documents again, and a later restore from the agents cannot pick a copy this database no longer matches.
+        """
+        envelope = message.copy_
+        if envelope is None or envelope.cluster != cluster:
+            return False
+        try:
+            verify(envelope, self.public_key)  # only a copy this key signed counts
+        except MetadataError:
+            return False
+        with db.atomic():
+            row = first(locked(Cluster.select().where(Cluster.name == cluster)))
+            if row is None or row.metadata_version >= envelope.version:
+                return False
+            before = row.metadata_version
+            Cluster.update(metadata_version=envelope.version + 1).where(Cluster.id == row.id).execute()
+        log.warning(
+            "cluster %s: node %s keeps metadata version %d, newer than this server's %d (restored from an older "
+            "backup?): the metadata now has version %d, and the agents keep it",
+            cluster,
+            node,
+            envelope.version,
+            before,
+            envelope.version + 1,
+        )
+        self._wake.set()
+        return True
 
     def _on_event(self, event: object) -> None:
         self._wake.set()
