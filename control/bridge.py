@@ -86,6 +86,9 @@ class Bridge:
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
         self.on_connected: list[Callable[[], object]] = []
+        # whether this server leads (control/services/leader.py): only the leader subscribes to the
+        # agents' topics, publishes the control presence and sweeps; the others only publish tasks
+        self.is_leader: Callable[[], bool] = lambda: True
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             # random per start and unrelated to the published instance: no one can guess it to take it over
@@ -102,6 +105,23 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+
+    def take_over(self) -> None:
+        """This server became the leader: read the agents, say online (every agent says hello again),
+        and publish the open tasks and the retained topics again (from the election thread)."""
+        if self.connected.is_set():
+            self._subscribe_agents(self.client)
+            self.announce()
+            self._inbox.put(("republish", None))
+
+    def step_down(self) -> None:
+        """Another server leads now: stop reading the agents' topics."""
+        if self.connected.is_set():
+            self.client.unsubscribe([*self.topics.agent_filters(), self.topics.control_presence()])
+
+    def _subscribe_agents(self, client: mqtt.Client) -> None:
+        # the control presence too: a follower's last will ("offline") is answered with "online" again
+        client.subscribe([(f, 1) for f in [*self.topics.agent_filters(), self.topics.control_presence()]])
 
     def announce(self) -> None:
         """Publish the online presence again: every agent says hello (and offers its metadata copy) anew."""
@@ -130,7 +150,7 @@ class Bridge:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.connected.is_set():
+        if self.connected.is_set() and self.is_leader():
             info = self.client.publish(self.topics.control_presence(), self._presence("offline"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
@@ -187,11 +207,12 @@ class Bridge:
             log.error("MQTT broker %s refused the control service: %s", self.url.redacted(), reason_code)
             return
         self.refused = None
-        client.subscribe([(f, 1) for f in self.topics.agent_filters()])
-        client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
         log.info("connected to MQTT broker %s", self.url.redacted())
-        self._inbox.put(("republish", None))
-        self.connected.set()
+        self.connected.set()  # first: a leadership gained from now on subscribes itself (take_over)
+        if self.is_leader():
+            self._subscribe_agents(client)
+            client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
+            self._inbox.put(("republish", None))
 
     def _on_disconnect(
         self,
@@ -233,6 +254,8 @@ class Bridge:
             kind, data = item
             try:
                 if data is None:  # "republish"
+                    if not self.is_leader():
+                        continue
                     self.engine.republish_open()
                     for republish in self.on_connected:
                         republish()
@@ -253,12 +276,17 @@ class Bridge:
     def _sweep(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):
             self.last_tick = time.monotonic()
+            if not self.is_leader():
+                continue
             try:
                 nodes.sweep_silent()
             except Exception:
                 log.exception("node sweep failed")
 
     def handle(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.control_presence():
+            self._control_presence(payload)
+            return
         parsed = self.topics.parse_node_topic(topic)
         if parsed is None:
             return
@@ -318,6 +346,19 @@ class Bridge:
                 )
                 return
             self.engine.apply_status(cluster, node, message)
+
+    def _control_presence(self, payload: bytes) -> None:
+        """Another server's last will (or its stop) said the control service is offline: it is not, while this
+        server leads."""
+        if not self.is_leader() or len(payload) > MAX_PAYLOAD_BYTES:
+            return
+        try:
+            presence = ControlPresence.model_validate_json(payload) if payload else None
+        except ValidationError:
+            presence = None
+        if presence is None or (presence.instance != self.instance and presence.state != "online"):
+            log.info("the control presence said offline (another server stopped): this leader says online again")
+            self.announce()
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -27,7 +27,8 @@ from control.errors import Unauthorized
 from control.services import authz, clusters, enrolment, metadata, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
-from control.services.eventfeed import EventFeed
+from control.services.eventfeed import EventFeed, EventListener
+from control.services.leader import DataDirLock, Leadership, LeadershipError, postgres_connector
 from control.services.monitoring import Monitor
 from control.services.reconciler import Reconciler
 from control.services.restore import AgentRestore, RestoreError, check_empty
@@ -35,7 +36,7 @@ from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
 from control.store.db import DatabaseError, first, open_database, redact_db_url
-from control.store.models import Cluster, Node
+from control.store.models import Cluster, Node, database_proxy
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,53 @@ async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, b
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
+    dir_lock = DataDirLock(settings.data_dir)
+    postgres = bool(settings.db) and not str(settings.db).startswith("sqlite")
+    try:
+        dir_lock.acquire(
+            "give each server its own --data-dir"
+            if postgres
+            else "one server per SQLite database; several servers need PostgreSQL (--db) and an external "
+            "broker (--mqtt-url), see docs/ha.md"
+        )
+    except LeadershipError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        await _serve(settings, ready)
+    finally:
+        dir_lock.release()
+
+
+def elect(settings: ServerSettings) -> Leadership:
+    """Who leads: PostgreSQL with an external broker elects one of several servers; otherwise this one.
+
+    With the embedded broker on PostgreSQL this server must be the only one: refused if another holds
+    the lock.
+    """
+    connect = postgres_connector(database_proxy)
+    leadership = Leadership(connect, settings.mqtt_root, settings.leader_interval)
+    if connect is None:
+        return leadership
+    try:
+        leads = leadership.try_once()
+    except Exception as exc:
+        raise StartupError(f"cannot take part in the leader election: {exc}") from None
+    if not settings.mqtt_url and not leads:
+        leadership.stop()
+        raise StartupError(
+            "another glusterctl server already runs on this database: several servers need an external broker "
+            "(--mqtt-url), each with the same --mqtt-root (see docs/ha.md)"
+        )
+    log.info(
+        "leader election on PostgreSQL: %s",
+        "this server leads"
+        if leads
+        else "another server leads; this one serves REST and events and takes over if it goes",
+    )
+    return leadership
+
+
+async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None) -> None:
     try:
         open_database(settings.db, settings.data_dir)
     except DatabaseError as exc:
@@ -194,6 +242,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
     clusters.ensure_default()
+    leadership = elect(settings)
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
     http_host, http_port = parse_host_port(settings.http, 8080, "--http")
@@ -214,6 +263,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         if settings.mqtt_dynsec:
             # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
             accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
+            accounts.is_leader = leadership.is_leader
             try:
                 await asyncio.to_thread(accounts.start)
             except DynsecError as exc:
@@ -245,11 +295,14 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             ca = os.path.join(settings.data_dir, "tls", "ca.pem")
             url = MqttUrl(_connect_host(listener.host), listener.port, control_username(topics), secret, True, ca)
 
-    feed = EventFeed(settings.event_backlog)
+    feed = EventFeed(settings.event_backlog, leadership.is_leader)
     feed.start()
+    event_listener = EventListener(postgres_connector(database_proxy), feed.hub.notify)
+    event_listener.start()
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
+    bridge.is_leader = leadership.is_leader
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
@@ -259,15 +312,36 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     reconciler.after_pass.append(monitor.run)
     reconciler.after_pass.append(AuditPruner(settings.audit_keep_days).run)
+    if leadership.elected:
+        reconciler.after_pass.append(feed.prune)  # streams on other servers record events the leader never counts
+
+    def leader_schedule(fn: Callable[[], object]) -> bool:
+        """Periodic work runs on the leader only; on the others a round is a no-op."""
+        return bridge.call_soon(fn) if leadership.is_leader() else True
+
+    def gained() -> None:
+        bridge.take_over()
+        publisher.resume()
+        leader_schedule(reconciler.run_once)  # conclude what the previous leader left half-done, now
+
+    def lost() -> None:
+        bridge.step_down()
+        publisher.pause()
+
+    leadership.on_gain.append(gained)
+    leadership.on_lose.append(lost)
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         if restore is not None:
+            if not leadership.is_leader():
+                raise StartupError("another server leads this database: stop every other server before a restore")
             await restore_from_agents(settings, restore, bridge)
-        publisher.start()
-        reconciler.start(bridge.call_soon)
-        monitor.start(bridge.call_soon)
+        publisher.start(paused=not leadership.is_leader())
+        reconciler.start(leader_schedule)
+        monitor.start(leader_schedule)
+        leadership.start()
 
         app = create_app(engine, bridge, volumes, devices, feed.hub, metrics_token=settings.metrics_token)
         config = uvicorn.Config(
@@ -308,6 +382,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         await asyncio.to_thread(monitor.stop)
         await asyncio.to_thread(publisher.stop)
         await asyncio.to_thread(bridge.stop)
+        await asyncio.to_thread(leadership.stop)  # after the bridge: another server takes over a quiet broker link
+        await asyncio.to_thread(event_listener.stop)
         await asyncio.to_thread(feed.stop)
         enrolment.use_accounts(enrolment.NoAccounts())
         if accounts is not None:

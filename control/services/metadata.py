@@ -224,6 +224,10 @@ class MetadataPublisher:
         self._thread = threading.Thread(target=self._loop, name="metadata-publisher", daemon=True)
         self._thread.start()
 
+    def pause(self) -> None:
+        """Publish nothing until ``resume`` (another server leads)."""
+        self._paused = True
+
     def resume(self) -> None:
         self._paused = False
         self.republish_all()
