@@ -99,7 +99,7 @@ def create_app(
             version=__version__,
             mqtt_connected=connected,
             database_ok=database_ok,
-            leader=bridge is None or bridge.is_leader(),
+            leader=bool(getattr(bridge, "is_leader", lambda: True)()),
         )
 
     return app
