@@ -24,7 +24,9 @@ def _cluster(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)"
+        "--url",
+        help="control server URL; several servers of one control plane separated by commas, tried in order when "
+        "one cannot be reached (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)",
     )
     common.add_argument(
         "--ca",
