@@ -238,6 +238,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         signing_key = signing_key_for(settings)
         if settings.restore_from_agents:
             check_empty()
+        metadata.check_shared_key(signing_key)
     except (metadata.MetadataError, RestoreError) as exc:
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None

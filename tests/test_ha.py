@@ -83,8 +83,9 @@ def test_two_servers_take_over_from_each_other(postgres_url, make_stack):
     b = Server(st.tmp / "b", broker="mosquitto", db=postgres_url, mqtt_root=a.mqtt_root, extra=a.argv[-2:])
     b.env["GLUSTERCTL_RECONCILE_INTERVAL"] = "2"
     st.procs.append(b)
-    # the servers of one control plane sign the agents' metadata with one key
-    (b.data_dir).mkdir(parents=True)
+    # the servers of one control plane sign the agents' metadata with one key: without it, refused
+    b.start(wait=False)
+    assert b.wait_exit(30) != 0 and "copy DATA_DIR/metadata.key" in b.log()
     shutil.copy(a.data_dir / "metadata.key", b.data_dir / "metadata.key")
     b.start()
     assert leads(a) and not leads(b)

@@ -12,6 +12,9 @@ once; a leader that loses the database loses the lock with the session. Every ``
 seconds each server checks: the leader that its session still holds the lock (a failed or slow
 check steps it down at once), the others whether the lock is free (the first to take it leads).
 A takeover therefore takes at most about ``interval`` seconds plus one connection attempt.
+A leader that stops checking without dying (frozen, cut off from the database) is ended by
+PostgreSQL's ``idle_session_timeout`` on that session (``idle_timeout_ms``, PostgreSQL 14 and
+later; older servers: TCP keepalives), which frees the lock.
 
 On SQLite (one server by design) the single server always leads; ``DataDirLock`` refuses a
 second server on the same data directory.
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0  # seconds between two checks of the lock (the takeover bound, plus a connect)
 CHECK_TIMEOUT_MS = 2000  # a check that takes longer steps the leader down
+IDLE_TIMEOUT_SECONDS = 5.0  # the least idle_session_timeout of the lock's session
+IDLE_TIMEOUT_CHECKS = 5  # ... and at least this many check intervals
 LOCK_CLASS = 0x67637463  # the advisory lock's first key: "gctc"; the second comes from the topic root
 LOCK_FILE = "server.lock"
 
@@ -143,7 +148,15 @@ class Leadership:
         with conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {CHECK_TIMEOUT_MS}")
             cur.execute("SET application_name = 'glusterctl leader lock'")
+            # a leader that stops checking (frozen, cut off) loses its session, and the lock, this fast
+            cur.execute("SELECT current_setting('server_version_num')::int")
+            if int(cur.fetchone()[0]) >= 140000:
+                cur.execute(f"SET idle_session_timeout = {self.idle_timeout_ms()}")
         return conn
+
+    def idle_timeout_ms(self) -> int:
+        """How long PostgreSQL keeps the session of a server that stopped checking (PostgreSQL 14 and later)."""
+        return int(max(IDLE_TIMEOUT_SECONDS, IDLE_TIMEOUT_CHECKS * self.interval) * 1000)
 
     def _drop(self, why: str) -> None:
         conn, self._conn = self._conn, None

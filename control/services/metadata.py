@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+import peewee as pw
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -28,7 +29,7 @@ from broker.messages import MAX_PAYLOAD_BYTES, MetadataDocument, MetadataRefused
 from broker.topics import Topics
 from control.services import authz, events
 from control.store.db import first, locked
-from control.store.models import Brick, Cluster, Device, Grant, Node, Volume
+from control.store.models import Brick, Cluster, ControlSetting, Device, Grant, Node, Volume
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,32 @@ def sign(document: dict[str, Any], key: Ed25519PrivateKey, now: float | None = N
         key=public_key_text(key),
         signature=base64.b64encode(signature).decode(),
     )
+
+
+# ---- one key for every server of the control plane ----------------------------------------------
+SHARED_KEY = "metadata_key"
+
+
+def check_shared_key(key: Ed25519PrivateKey) -> None:
+    """The first server records its key's public half in the database; every later one must sign with the same
+    key (agents pin the first key they see and refuse documents signed by another): MetadataError if not."""
+    text = public_key_text(key)
+    for _ in range(2):  # two first servers at once: the slower one's insert fails, and it reads the other's
+        try:
+            with db.atomic():
+                row = ControlSetting.get_or_none(ControlSetting.name == SHARED_KEY)
+                if row is None:
+                    ControlSetting.create(name=SHARED_KEY, value=text)
+                    return
+        except pw.IntegrityError:
+            continue
+        if row.value != text:
+            raise MetadataError(
+                f"this server's metadata signing key ({KEY_FILE} in its data directory) is not the key the other "
+                "servers of this database sign with: copy DATA_DIR/metadata.key from one of them into this "
+                "server's data directory (or start it once with --restore-key FILE); see docs/ha.md"
+            )
+        return
 
 
 # ---- publishing ----------------------------------------------------------------------------
