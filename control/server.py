@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable
 
 import uvicorn
@@ -200,20 +201,26 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         dir_lock.release()
 
 
+EXCLUSIVE_WAIT_SECONDS = 5.0  # a server with the embedded broker waits this long for a killed one's lock
+
+
 def elect(settings: ServerSettings) -> Leadership:
     """Who leads: PostgreSQL with an external broker elects one of several servers; otherwise this one.
 
-    With the embedded broker on PostgreSQL this server must be the only one: refused if another holds
-    the lock.
+    With the embedded broker on PostgreSQL this server must be the only one (agents reach only its
+    broker): it holds the lock all along, and is refused if another server holds it.
     """
     connect = postgres_connector(database_proxy)
     leadership = Leadership(connect, settings.mqtt_root, settings.leader_interval)
     if connect is None:
         return leadership
+    deadline = time.monotonic() + (0 if settings.mqtt_url else EXCLUSIVE_WAIT_SECONDS)
     try:
-        leads = leadership.try_once()
+        while not leadership.try_once() and time.monotonic() < deadline:
+            time.sleep(0.5)
     except Exception as exc:
         raise StartupError(f"cannot take part in the leader election: {exc}") from None
+    leads = leadership.is_leader()
     if not settings.mqtt_url and not leads:
         leadership.stop()
         raise StartupError(
@@ -243,7 +250,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
     clusters.ensure_default()
-    leadership = elect(settings)
+    leadership = await asyncio.to_thread(elect, settings)
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
     http_host, http_port = parse_host_port(settings.http, 8080, "--http")
@@ -264,7 +271,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         if settings.mqtt_dynsec:
             # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
             accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
-            accounts.is_leader = leadership.is_leader
+            accounts.is_leader = leadership.is_leader  # external broker: elected
             try:
                 await asyncio.to_thread(accounts.start)
             except DynsecError as exc:
@@ -296,14 +303,17 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
             ca = os.path.join(settings.data_dir, "tls", "ca.pem")
             url = MqttUrl(_connect_host(listener.host), listener.port, control_username(topics), secret, True, ca)
 
-    feed = EventFeed(settings.event_backlog, leadership.is_leader)
+    # several servers only with an external broker; with the embedded one the lock only keeps others out
+    elected = leadership.elected and bool(settings.mqtt_url)
+    is_leader: Callable[[], bool] = leadership.is_leader if elected else (lambda: True)
+    feed = EventFeed(settings.event_backlog, is_leader)
     feed.start()
     event_listener = EventListener(postgres_connector(database_proxy), feed.hub.notify)
     event_listener.start()
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
-    bridge.is_leader = leadership.is_leader
+    bridge.is_leader = is_leader
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
@@ -313,12 +323,12 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     reconciler.after_pass.append(monitor.run)
     reconciler.after_pass.append(AuditPruner(settings.audit_keep_days).run)
-    if leadership.elected:
+    if elected:
         reconciler.after_pass.append(feed.prune)  # streams on other servers record events the leader never counts
 
     def leader_schedule(fn: Callable[[], object]) -> bool:
         """Periodic work runs on the leader only; on the others a round is a no-op."""
-        return bridge.call_soon(fn) if leadership.is_leader() else True
+        return bridge.call_soon(fn) if is_leader() else True
 
     def gained() -> None:
         bridge.take_over()
@@ -329,17 +339,18 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         bridge.step_down()
         publisher.pause()
 
-    leadership.on_gain.append(gained)
-    leadership.on_lose.append(lost)
+    if elected:
+        leadership.on_gain.append(gained)
+        leadership.on_lose.append(lost)
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         if restore is not None:
-            if not leadership.is_leader():
+            if not is_leader():
                 raise StartupError("another server leads this database: stop every other server before a restore")
             await restore_from_agents(settings, restore, bridge)
-        publisher.start(paused=not leadership.is_leader())
+        publisher.start(paused=not is_leader())
         reconciler.start(leader_schedule)
         monitor.start(leader_schedule)
         leadership.start()

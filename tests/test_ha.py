@@ -83,9 +83,17 @@ def test_two_servers_take_over_from_each_other(postgres_url, make_stack):
     b = Server(st.tmp / "b", broker="mosquitto", db=postgres_url, mqtt_root=a.mqtt_root, extra=a.argv[-2:])
     b.env["GLUSTERCTL_RECONCILE_INTERVAL"] = "2"
     st.procs.append(b)
-    # the servers of one control plane sign the agents' metadata with one key: without it, refused
+    # the servers of one control plane sign the agents' metadata with one key: without it, refused;
+    # and a second server with the embedded broker (agents could not reach it) is refused
+    (st.tmp / "c").mkdir()
+    c = Server(st.tmp / "c", db=postgres_url, mqtt_root=a.mqtt_root)
+    st.procs.append(c)
+    c.data_dir.mkdir()
+    shutil.copy(a.data_dir / "metadata.key", c.data_dir / "metadata.key")
     b.start(wait=False)
+    c.start(wait=False)
     assert b.wait_exit(30) != 0 and "copy DATA_DIR/metadata.key" in b.log()
+    assert c.wait_exit(30) != 0 and "several servers need an external broker" in c.log()
     shutil.copy(a.data_dir / "metadata.key", b.data_dir / "metadata.key")
     b.start()
     assert leads(a) and not leads(b)
