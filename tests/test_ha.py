@@ -124,6 +124,7 @@ def test_two_servers_take_over_from_each_other(postgres_url, make_stack):
     killed = time.monotonic()
     a.kill9()
     first = takeover(b, killed, "kill -9 during volume create")
+    assert "\nglusterctl_leader 1.0\n" in httpx.get(f"{b.url}/metrics", timeout=10).text
     n3.start()
     # the CLI's first server is dead: it goes on with the second
     wait_until(lambda: st.cli.json("volume", "info", "gv")["state"] == "Started", timeout=40, what="gv Started")
