@@ -342,6 +342,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
     if elected:
         leadership.on_gain.append(gained)
         leadership.on_lose.append(lost)
+        leadership.eligible = bridge.connected.is_set
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"

@@ -9,6 +9,7 @@ has every event the database has, in order, and the CLI given both servers keeps
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ import psycopg2
 
 from control.client import Client
 from control.client.models import Event
+from control.services.leader import Leadership
 from tests.helpers import Server, wait_until
 
 NODES = ("n1", "n2", "n3")
@@ -177,3 +179,30 @@ def test_a_second_server_on_one_sqlite_data_dir_is_refused(make_stack):
     again.start(wait=False)
     assert again.wait_exit(20) != 0
     assert "another glusterctl server" in again.log() and "docs/ha.md" in again.log()
+
+
+def test_leadership_follows_the_lock_session_and_the_broker_link(postgres_url):
+    """Two elections on one database: one leads; its session's end or a lost broker link hands over."""
+    connect = functools.partial(psycopg2.connect, postgres_url)
+    first, second = Leadership(connect, "r1", interval=0.2), Leadership(connect, "r1", interval=0.2)
+    other_root = Leadership(connect, "r2", interval=0.2)
+    try:
+        assert first.try_once() and not second.try_once() and other_root.try_once()
+        first.start()
+        second.start()
+        # the leader's session ends (as when its process is killed): the other takes over
+        with psycopg2.connect(postgres_url) as admin, admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s",
+                (first._conn.get_backend_pid(),),
+            )
+        wait_until(second.is_leader, timeout=3, interval=0.05, what="the second leads")
+        wait_until(lambda: not first.is_leader(), timeout=3, interval=0.05, what="the first stepped down")
+        # a leader without its broker link gives the lock up after the grace; the connected one takes it
+        second.grace = 0.3
+        second.eligible = lambda: False
+        wait_until(first.is_leader, timeout=3, interval=0.05, what="the first leads again")
+        assert not second.is_leader()
+    finally:
+        for election in (first, second, other_root):
+            election.stop()

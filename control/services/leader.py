@@ -36,6 +36,7 @@ import psycopg2
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0  # seconds between two checks of the lock (the takeover bound, plus a connect)
+INELIGIBLE_GRACE_SECONDS = 10.0  # a leader without its broker link gives up the lock after this long
 CHECK_TIMEOUT_MS = 2000  # a check that takes longer steps the leader down
 IDLE_TIMEOUT_SECONDS = 5.0  # the least idle_session_timeout of the lock's session
 IDLE_TIMEOUT_CHECKS = 5  # ... and at least this many check intervals
@@ -75,6 +76,11 @@ class Leadership:
         self.on_gain: list[Callable[[], object]] = []
         self.on_lose: list[Callable[[], object]] = []
         self.since = 0.0  # time.time() when this server last became the leader
+        # whether this server can do the leader's work (its broker link is up): one that cannot does not
+        # take the lock, and a leader that could not for ``grace`` seconds gives it up
+        self.eligible: Callable[[], bool] = lambda: True
+        self.grace = INELIGIBLE_GRACE_SECONDS
+        self._ineligible_since: float | None = None
         if connect is None:
             self._leader.set()
             self.since = time.time()
@@ -112,6 +118,17 @@ class Leadership:
             self._round()
 
     def _round(self) -> None:
+        if not self.eligible():
+            now = time.monotonic()
+            if self._ineligible_since is None:
+                self._ineligible_since = now
+            if not self.is_leader():
+                return  # another server, with a broker link, should lead
+            if now - self._ineligible_since > self.grace:
+                self._drop(f"its broker link has been down for {self.grace:.0f}s: another server may lead")
+                return
+        else:
+            self._ineligible_since = None
         try:
             if self._conn is None:
                 self._conn = self._open()
