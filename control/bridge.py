@@ -89,6 +89,8 @@ class Bridge:
         # whether this server leads (control/services/leader.py): only the leader subscribes to the
         # agents' topics, publishes the control presence and sweeps; the others only publish tasks
         self.is_leader: Callable[[], bool] = lambda: True
+        # several servers: the leader also reads the control presence, to answer a follower's last will
+        self.watch_presence = False
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             # random per start and unrelated to the published instance: no one can guess it to take it over
@@ -117,11 +119,14 @@ class Bridge:
     def step_down(self) -> None:
         """Another server leads now: stop reading the agents' topics."""
         if self.connected.is_set():
-            self.client.unsubscribe([*self.topics.agent_filters(), self.topics.control_presence()])
+            self.client.unsubscribe(self._leader_filters())
+
+    def _leader_filters(self) -> list[str]:
+        # the control presence too: a follower's last will ("offline") is answered with "online" again
+        return [*self.topics.agent_filters(), *([self.topics.control_presence()] if self.watch_presence else [])]
 
     def _subscribe_agents(self, client: mqtt.Client) -> None:
-        # the control presence too: a follower's last will ("offline") is answered with "online" again
-        client.subscribe([(f, 1) for f in [*self.topics.agent_filters(), self.topics.control_presence()]])
+        client.subscribe([(f, 1) for f in self._leader_filters()])
 
     def announce(self) -> None:
         """Publish the online presence again: every agent says hello (and offers its metadata copy) anew."""

@@ -313,7 +313,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
-    bridge.is_leader = is_leader
+    bridge.is_leader, bridge.watch_presence = is_leader, elected
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
