@@ -91,6 +91,7 @@ class Bridge:
         self.is_leader: Callable[[], bool] = lambda: True
         # several servers: the leader also reads the control presence, to answer a follower's last will
         self.watch_presence = False
+        self._leading = threading.Lock()  # the connect and a takeover: one subscribes, never neither
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             # random per start and unrelated to the published instance: no one can guess it to take it over
@@ -111,10 +112,14 @@ class Bridge:
     def take_over(self) -> None:
         """This server became the leader: read the agents, say online (every agent says hello again),
         and publish the open tasks and the retained topics again (from the election thread)."""
-        if self.connected.is_set():
-            self._subscribe_agents(self.client)
-            self.announce()
-            self._inbox.put(("republish", None))
+        with self._leading:
+            if self.connected.is_set():
+                self._subscribe_agents(self.client)
+                self.announce()
+                try:  # never block the election thread: a full inbox leaves it to the reconciler's passes
+                    self._inbox.put_nowait(("republish", None))
+                except queue.Full:
+                    log.warning("taking over: the inbox is full; the open tasks go out again at the next pass")
 
     def step_down(self) -> None:
         """Another server leads now: stop reading the agents' topics."""
@@ -182,10 +187,11 @@ class Bridge:
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def call_soon(self, fn: Callable[[], object]) -> bool:
-        """Run ``fn`` in the worker thread, after the messages already received; False if there was no room."""
+    def call_soon(self, fn: Callable[[], object], timeout: float = SCHEDULE_TIMEOUT) -> bool:
+        """Run ``fn`` in the worker thread, after the messages already received; False if there was no room
+        within ``timeout`` seconds."""
         try:
-            self._inbox.put(("call", fn), timeout=SCHEDULE_TIMEOUT)
+            self._inbox.put(("call", fn), timeout=timeout) if timeout > 0 else self._inbox.put_nowait(("call", fn))
             return True
         except queue.Full:
             return False
@@ -213,10 +219,13 @@ class Bridge:
             return
         self.refused = None
         log.info("connected to MQTT broker %s", self.url.redacted())
-        self.connected.set()  # first: a leadership gained from now on subscribes itself (take_over)
-        if self.is_leader():
-            self._subscribe_agents(client)
-            client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
+        with self._leading:  # a leadership gained meanwhile subscribes either here or in take_over
+            leads = self.is_leader()
+            if leads:
+                self._subscribe_agents(client)
+                client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
+            self.connected.set()  # after the subscribe: whoever waits for it may rely on it
+        if leads:
             self._inbox.put(("republish", None))
 
     def _on_disconnect(

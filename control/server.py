@@ -333,7 +333,8 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
     def gained() -> None:
         bridge.take_over()
         publisher.resume()
-        leader_schedule(reconciler.run_once)  # conclude what the previous leader left half-done, now
+        if not bridge.call_soon(reconciler.run_once, timeout=0):  # what the previous leader left half-done, now
+            log.warning("taking over: the worker is busy; the reconciler's next pass runs as scheduled")
 
     def lost() -> None:
         bridge.step_down()
