@@ -21,6 +21,7 @@ import psycopg2
 
 from control.client import Client
 from control.client.models import Event
+from control.services.eventfeed import NOTIFY_CHANNEL, EventListener
 from control.services.leader import Leadership
 from tests.helpers import Server, wait_until
 
@@ -206,3 +207,21 @@ def test_leadership_follows_the_lock_session_and_the_broker_link(postgres_url):
     finally:
         for election in (first, second, other_root):
             election.stop()
+
+
+def test_a_stream_wakes_for_events_another_server_committed(postgres_url):
+    """EventListener: the NOTIFY an event's transaction sends wakes this server at the commit, not before."""
+    woke = threading.Event()
+    listener = EventListener(functools.partial(psycopg2.connect, postgres_url), woke.set)
+    listener.start()
+    try:
+        wait_until(woke.is_set, timeout=5, interval=0.02, what="the first wake-up once listening")
+        woke.clear()
+        with psycopg2.connect(postgres_url) as other, other.cursor() as cur:
+            cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            assert not woke.wait(0.3), "woken before the commit"
+        started = time.monotonic()  # the with block committed
+        assert woke.wait(2), "no wake-up after the commit"
+        print(f"\nanother server's commit woke this server's streams after {time.monotonic() - started:.3f}s")
+    finally:
+        listener.stop()
