@@ -138,6 +138,10 @@ def test_errors_carry_the_servers_detail_and_status(stack):
     assert "cannot reach the control server" in str(all_down.value)
     with pytest.raises(ApiError, match=r"invalid control server URL 'ftp://x'.*separated by commas"):
         Client(f"{stack.server.url},ftp://x")
+    from control.cli.main import build_parser
+
+    args = build_parser().parse_args(["volume", "list", "--url", dead, "--url", stack.server.url])
+    assert args.url == f"{dead},{stack.server.url}"
     clusters = asyncio.run(
         AsyncClient(f"{dead},{stack.server.url}", token=stack.cli.token).request("GET", "/api/v1/clusters")
     )

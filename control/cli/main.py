@@ -21,12 +21,24 @@ def _cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster name (default: %(default)s)")
 
 
+class _UrlList(argparse.Action):
+    """``--url`` given again adds servers to the list (as commas do)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option: object = None
+    ) -> None:
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        help="control server URL; several servers of one control plane separated by commas, tried in order when "
-        "one cannot be reached (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)",
+        action=_UrlList,
+        help="control server URL; several servers of one control plane separated by commas (or --url given "
+        "again), tried in order when one cannot be reached (default: $GLUSTERCTL_URL, the saved login, or "
+        "http://127.0.0.1:8080)",
     )
     common.add_argument(
         "--ca",
