@@ -89,6 +89,9 @@ class DynsecAccounts:
         # a restore from the agents' copies (control/services/restore.py): the database has no nodes yet, and
         # the agents log in with their node users to offer their copies; keep every node user until released
         self.holding_nodes = hold_nodes
+        # several servers (docs/ha.md): only the leader, which handles the enrolments, deletes node users
+        # it does not find in the database (another server's enrolment in flight is not in its ``_fresh``)
+        self.is_leader: Callable[[], bool] = lambda: True
         self.control_password = control_password
         self.client = DynsecClient(admin_url)
         self._lock = threading.Lock()
@@ -109,7 +112,8 @@ class DynsecAccounts:
 
     @property
     def control_username(self) -> str:
-        return dynsec.control_username(self.topics)
+        """This server's own user: servers sharing the broker (docs/ha.md) each have theirs."""
+        return dynsec.control_username(self.topics, dynsec.control_server_id(self.control_password))
 
     # ---- lifecycle
     def start(self) -> None:
@@ -153,7 +157,9 @@ class DynsecAccounts:
         with self._lock:
             clusters = {c.name: c.join_secret for c in Cluster.select(Cluster.name, Cluster.join_secret)}
             if full:
-                dynsec.ensure_control(self.client, self.topics, self.control_password)
+                dynsec.ensure_control(
+                    self.client, self.topics, self.control_password, dynsec.control_server_id(self.control_password)
+                )
                 self._monitor_roles.clear()
             if full or self._monitors_due or self._passwords:
                 self._monitors_due = False
@@ -185,7 +191,12 @@ class DynsecAccounts:
                     self._secrets.pop(str(cluster), None)
                 elif kind == "node" and (cluster, node) not in enrolled and self.holding_nodes:
                     continue  # restoring: its node may come back from the copies
-                elif kind == "node" and (cluster, node) not in enrolled and not self._is_fresh(cluster, node):
+                elif (
+                    kind == "node"
+                    and (cluster, node) not in enrolled
+                    and not self._is_fresh(cluster, node)
+                    and self.is_leader()
+                ):
                     self.client.delete_client(username)
                     self.client.delete_role(username)
                 elif kind == "node" and full and cluster and node:

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable
 
 import uvicorn
@@ -27,7 +28,8 @@ from control.errors import Unauthorized
 from control.services import authz, backup, clusters, enrolment, metadata, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
-from control.services.eventfeed import EventFeed
+from control.services.eventfeed import EventFeed, EventListener
+from control.services.leader import DataDirLock, Leadership, LeadershipError, postgres_connector
 from control.services.monitoring import Monitor
 from control.services.reconciler import Reconciler
 from control.services.restore import AgentRestore, RestoreError, check_empty
@@ -35,7 +37,7 @@ from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
 from control.store.db import DatabaseError, first, open_database, redact_db_url
-from control.store.models import Cluster, Node, User
+from control.store.models import Cluster, Node, User, database_proxy
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,59 @@ async def restore_from_agents(
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
+    dir_lock = DataDirLock(settings.data_dir)
+    postgres = bool(settings.db) and not str(settings.db).startswith("sqlite")
+    try:
+        dir_lock.acquire(
+            "give each server its own --data-dir"
+            if postgres
+            else "one server per SQLite database; several servers need PostgreSQL (--db) and an external "
+            "broker (--mqtt-url), see docs/ha.md"
+        )
+    except LeadershipError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        await _serve(settings, ready)
+    finally:
+        dir_lock.release()
+
+
+EXCLUSIVE_WAIT_SECONDS = 5.0  # a server with the embedded broker waits this long for a killed one's lock
+
+
+def elect(settings: ServerSettings) -> Leadership:
+    """Who leads: PostgreSQL with an external broker elects one of several servers; otherwise this one.
+
+    With the embedded broker on PostgreSQL this server must be the only one (agents reach only its
+    broker): it holds the lock all along, and is refused if another server holds it.
+    """
+    connect = postgres_connector(database_proxy)
+    leadership = Leadership(connect, settings.mqtt_root, settings.leader_interval)
+    if connect is None:
+        return leadership
+    deadline = time.monotonic() + (0 if settings.mqtt_url else EXCLUSIVE_WAIT_SECONDS)
+    try:
+        while not leadership.try_once() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    except Exception as exc:
+        raise StartupError(f"cannot take part in the leader election: {exc}") from None
+    leads = leadership.is_leader()
+    if not settings.mqtt_url and not leads:
+        leadership.stop()
+        raise StartupError(
+            "another glusterctl server already runs on this database: several servers need an external broker "
+            "(--mqtt-url), each with the same --mqtt-root (see docs/ha.md)"
+        )
+    log.info(
+        "leader election on PostgreSQL: %s",
+        "this server leads"
+        if leads
+        else "another server leads; this one serves REST and events and takes over if it goes",
+    )
+    return leadership
+
+
+async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None) -> None:
     try:
         open_database(settings.db, settings.data_dir)
     except DatabaseError as exc:
@@ -201,11 +256,13 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         signing_key = signing_key_for(settings)
         if settings.restore_from_agents:
             check_empty()
+        metadata.check_shared_key(signing_key)
     except (metadata.MetadataError, RestoreError) as exc:
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
     backup.use_data_dir(settings.data_dir)
     clusters.ensure_default()
+    leadership = await asyncio.to_thread(elect, settings)
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
     http_host, http_port = parse_host_port(settings.http, 8080, "--http")
@@ -228,6 +285,7 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             accounts = DynsecAccounts(
                 url, topics, load_secret(settings.data_dir), hold_nodes=settings.restore_from_agents
             )
+            accounts.is_leader = leadership.is_leader  # external broker: elected
             try:
                 await asyncio.to_thread(accounts.start)
             except DynsecError as exc:
@@ -261,11 +319,17 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             ca = os.path.join(settings.data_dir, "tls", "ca.pem")
             url = MqttUrl(_connect_host(listener.host), listener.port, control_username(topics), secret, True, ca)
 
-    feed = EventFeed(settings.event_backlog)
+    # several servers only with an external broker; with the embedded one the lock only keeps others out
+    elected = leadership.elected and bool(settings.mqtt_url)
+    is_leader: Callable[[], bool] = leadership.is_leader if elected else (lambda: True)
+    feed = EventFeed(settings.event_backlog, is_leader)
     feed.start()
+    event_listener = EventListener(postgres_connector(database_proxy), feed.hub.notify)
+    event_listener.start()
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
+    bridge.is_leader, bridge.watch_presence = is_leader, elected
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
@@ -275,15 +339,39 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     reconciler.after_pass.append(monitor.run)
     reconciler.after_pass.append(AuditPruner(settings.audit_keep_days).run)
+    if elected:
+        reconciler.after_pass.append(feed.prune)  # streams on other servers record events the leader never counts
+
+    def leader_schedule(fn: Callable[[], object]) -> bool:
+        """Periodic work runs on the leader only; on the others a round is a no-op."""
+        return bridge.call_soon(fn) if is_leader() else True
+
+    def gained() -> None:
+        bridge.take_over()
+        publisher.resume()
+        if not bridge.call_soon(reconciler.run_once, timeout=0):  # what the previous leader left half-done, now
+            log.warning("taking over: the worker is busy; the reconciler's next pass runs as scheduled")
+
+    def lost() -> None:
+        bridge.step_down()
+        publisher.pause()
+
+    if elected:
+        leadership.on_gain.append(gained)
+        leadership.on_lose.append(lost)
+        leadership.eligible = bridge.connected.is_set
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         if restore is not None:
+            if not is_leader():
+                raise StartupError("another server leads this database: stop every other server before a restore")
             await restore_from_agents(settings, restore, bridge, accounts)
-        publisher.start()
-        reconciler.start(bridge.call_soon)
-        monitor.start(bridge.call_soon)
+        publisher.start(paused=not is_leader())
+        reconciler.start(leader_schedule)
+        monitor.start(leader_schedule)
+        leadership.start()
 
         app = create_app(engine, bridge, volumes, devices, feed.hub, metrics_token=settings.metrics_token)
         config = uvicorn.Config(
@@ -324,6 +412,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         await asyncio.to_thread(monitor.stop)
         await asyncio.to_thread(publisher.stop)
         await asyncio.to_thread(bridge.stop)
+        await asyncio.to_thread(leadership.stop)  # after the bridge: another server takes over a quiet broker link
+        await asyncio.to_thread(event_listener.stop)
         await asyncio.to_thread(feed.stop)
         enrolment.use_accounts(enrolment.NoAccounts())
         if accounts is not None:

@@ -32,6 +32,8 @@ class ServerSettings(BaseSettings):
     # the reconciler: seconds between passes, and per task kind the seconds before an open task
     # fails with TIMEOUT ("node.probe=300,volume.start=3600"; kinds not named keep their defaults)
     reconcile_interval: float = 30.0
+    # several servers on one PostgreSQL: seconds between two checks of the leader lock (docs/ha.md)
+    leader_interval: float = 1.0
     task_deadlines: str = ""
 
     def deadlines(self) -> dict[str, float]:
@@ -45,6 +47,13 @@ class ServerSettings(BaseSettings):
         from control.services.reconciler import parse_deadlines
 
         parse_deadlines(v)
+        return v
+
+    @field_validator("leader_interval")
+    @classmethod
+    def _leader_interval(cls, v: float) -> float:
+        if not 0.2 <= v <= 60:
+            raise ValueError("use a number of seconds between 0.2 and 60")
         return v
 
     @field_validator("reconcile_interval")

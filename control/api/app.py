@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from threading import Event
 from typing import Protocol
 
@@ -71,7 +72,8 @@ def create_app(
     app.state.hub = hub or WakeHub()
     app.state.options = options or OptionService(engine)
     app.state.metrics_token = metrics_token
-    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None)
+    leads: Callable[[], bool] | None = getattr(bridge, "is_leader", None)
+    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None, leads)
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)
@@ -101,6 +103,7 @@ def create_app(
             version=__version__,
             mqtt_connected=connected,
             database_ok=database_ok,
+            leader=leads() if leads is not None else True,
         )
 
     return app

@@ -123,6 +123,8 @@ class Health(Public):
     version: str
     mqtt_connected: bool
     database_ok: bool = True  # a real round trip (SELECT 1) answered in time
+    # this server handles the agents' messages and runs the periodic work (several servers: docs/ha.md)
+    leader: bool = True
 
 
 # ---- devices ------------------------------------------------------------------------------

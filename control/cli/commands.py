@@ -162,7 +162,8 @@ def login(args: argparse.Namespace) -> int:
     if not username:
         raise CliError("no user name: pass --username")
     answer = client.post("/api/v1/login", {"username": username, "password": _read_password(args)}, auth=False)
-    path = save_login(client.url, answer["token"], client.ca if client.url.startswith("https://") else None)
+    https = any(url.startswith("https://") for url in client.urls)
+    path = save_login(client.servers, answer["token"], client.ca if https else None)  # every server of the list
     print(f"Logged in successfully. The token is saved to {path}")
     return 0
 

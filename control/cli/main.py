@@ -21,10 +21,24 @@ def _cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster name (default: %(default)s)")
 
 
+class _UrlList(argparse.Action):
+    """``--url`` given again adds servers to the list (as commas do)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option: object = None
+    ) -> None:
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)"
+        "--url",
+        action=_UrlList,
+        help="control server URL; several servers of one control plane separated by commas (or --url given "
+        "again), tried in order when one cannot be reached (default: $GLUSTERCTL_URL, the saved login, or "
+        "http://127.0.0.1:8080)",
     )
     common.add_argument(
         "--ca",
@@ -45,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
         help="run the control service (REST API, embedded MQTT broker, store)",
         description="Run the control service. Every flag can also be set as GLUSTERCTL_<FLAG> "
-        "(e.g. GLUSTERCTL_DATA_DIR).",
+        "(e.g. GLUSTERCTL_DATA_DIR). Several servers on one PostgreSQL database (--db) and one external "
+        "broker (--mqtt-url), each with its own --data-dir and the same metadata.key, form one control "
+        "plane: one leads (PostgreSQL advisory lock, checked every GLUSTERCTL_LEADER_INTERVAL seconds, "
+        "default 1), another takes over when it dies (docs/ha.md). SQLite and the embedded broker allow "
+        "one server.",
     )
     p.add_argument("--data-dir", help="state directory: SQLite database, broker secret (default: /var/lib/glusterctl)")
     p.add_argument("--http", help="REST API listen address HOST:PORT (default: 127.0.0.1:8080)")
@@ -62,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mqtt-url",
-        help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT or mqtts://...",
+        help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT or mqtts://... "
+        "(needed for several servers, docs/ha.md)",
     )
     p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate (PEM) that verifies an mqtts:// --mqtt-url")
     p.add_argument(
@@ -74,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mqtt-root", help="topic root, to share a broker between control planes (default: glusterctl)")
     p.add_argument(
-        "--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB"
+        "--db",
+        help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB "
+        "(PostgreSQL: several servers may share it, docs/ha.md)",
     )
     p.add_argument("--brick-ports", help="port range for bricks on each node, LOW-HIGH (default: 49152-60999)")
     p.add_argument(

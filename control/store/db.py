@@ -242,6 +242,14 @@ def _migration_12(db: pw.Database) -> None:
     apply(from_database(db).add_column("cluster", "metadata_version", m.Cluster.metadata_version))
 
 
+def _migration_14(db: pw.Database) -> None:
+    """Settings the servers of one control plane share (the metadata signing key's public half).
+
+    Self-contained and idempotent: creates the table only where missing.
+    """
+    db.create_tables([m.ControlSetting], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -276,6 +284,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (10, _migration_10),
     (11, _migration_11),
     (12, _migration_12),
+    (14, _migration_14),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
