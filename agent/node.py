@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from agent import clock, credential, facts
 from agent.bricks import BrickManager
+from agent.certificate import certificate_proof
 from agent.devices import DeviceManager
 from agent.journal import Journal
 from agent.metadata import MetadataStore
@@ -52,6 +53,7 @@ from broker.messages import (
     TaskMessage,
     TaskState,
     TaskStatus,
+    certificate_enrolment_message,
     join_proof,
     node_proof,
     parse_join_token,
@@ -75,7 +77,7 @@ class Agent:
         self.cluster = settings.cluster
         self.node = settings.node
         self.topics = Topics(settings.mqtt_root)
-        self.url = MqttUrl.parse(settings.mqtt_url, ca=settings.mqtt_ca)
+        self.url = MqttUrl.parse(settings.mqtt_url, settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key)
         self.on_ready = on_ready
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
         self.agent_id = self._load_agent_id()
@@ -229,13 +231,23 @@ class Agent:
         elif exc is not None:
             log.warning("cannot connect to the MQTT broker %s: %s; retrying", self.url.redacted(), exc)
 
-    def _login(self) -> tuple[str, str]:
-        """The broker user and password: the node's own once enrolled, else the cluster's enrolment user."""
+    def _login(self) -> tuple[str, str | None]:
+        """The broker user and password: the node's own once enrolled, else the cluster's enrolment user
+        (no password when the node certificate presented over TLS enrols instead of the join token)."""
         if self.credential is not None:
             return node_username(self.topics, self.cluster, self.node), self.credential.secret
+        if self.s.enrols_with_certificate:
+            return enrol_username(self.topics, self.cluster), None
         return enrol_username(self.topics, self.cluster), parse_join_token(self.s.token)[1]
 
     def _refused_login_message(self, reason: ReasonCode) -> str:
+        if self.credential is None and self.s.enrols_with_certificate:
+            return (
+                f"the MQTT broker {self.url.redacted()} refused the enrolment of node {self.node} in cluster "
+                f"{self.cluster} with the node certificate {self.s.mqtt_cert} ({reason}): node certificates enrol "
+                "only on the embedded broker's TLS listener (glusterctl server --mqtts) that issued them; "
+                "elsewhere enrol with the join token (--token)"
+            )
         if self.credential is None:
             return (
                 f"the MQTT broker {self.url.redacted()} refused the enrolment login of cluster {self.cluster} "
@@ -289,6 +301,21 @@ class Agent:
         if self.credential is not None:
             proof = node_proof(self.credential.key, self.cluster, self.node, self.agent_id, self.epoch)
             hello = Hello(agent_id=self.agent_id, epoch=self.epoch, proof=proof, nonce=nonce, facts=node_facts)
+        elif self.s.enrols_with_certificate:
+            enrol = credential.pending(self.s.state_dir, self.cluster, self.node)
+            message = certificate_enrolment_message(self.cluster, self.node, self.agent_id, self.epoch, enrol.secret)
+            assert self.s.mqtt_cert and self.s.mqtt_key
+            pem, digest, signature = certificate_proof(self.s.mqtt_cert, self.s.mqtt_key, message)
+            hello = Hello(
+                agent_id=self.agent_id,
+                epoch=self.epoch,
+                proof=digest,
+                nonce=nonce,
+                node_secret=enrol.secret,
+                certificate=pem,
+                signature=signature,
+                facts=node_facts,
+            )
         else:
             enrol = credential.pending(self.s.state_dir, self.cluster, self.node)
             hello = Hello(

@@ -8,6 +8,7 @@ from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent import credential
+from agent.certificate import CertificateError, certificate_node
 from agent.credential import NodeCredential
 from broker.messages import check_name, parse_join_token
 from broker.topics import DEFAULT_ROOT, Topics
@@ -19,6 +20,8 @@ class AgentSettings(BaseSettings):
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_ca: str | None = None  # the CA file that verifies an mqtts:// broker (default: the system's CAs)
+    mqtt_cert: str | None = None  # the node certificate (PEM): presented over TLS, enrols instead of the token
+    mqtt_key: str | None = None
     token: str = ""  # the join token: needed only until the node is enrolled
     token_file: str | None = None
     node: str = ""
@@ -77,10 +80,34 @@ class AgentSettings(BaseSettings):
                 if self.credential is None:
                     raise ValueError(f"cannot read the join token file {self.token_file}: {exc.strerror}") from None
         enrolled = self.credential
-        if not self.token and enrolled is None:
+        if bool(self.mqtt_cert) != bool(self.mqtt_key):
+            raise ValueError("--mqtt-cert and --mqtt-key go together")
+        if self.mqtt_cert:
+            if not MqttUrl.parse(self.mqtt_url).tls:
+                raise ValueError("--mqtt-cert needs an mqtts:// --mqtt-url (the certificate is presented over TLS)")
+            MqttUrl.parse(
+                self.mqtt_url, self.mqtt_ca, self.mqtt_cert, self.mqtt_key
+            ).tls_context()  # readable, matching
+            try:
+                named = certificate_node(self.mqtt_cert)
+            except CertificateError as exc:
+                raise ValueError(str(exc)) from None
+            if not self.token and enrolled is None:
+                if named is None:
+                    raise ValueError(
+                        f"{self.mqtt_cert} is not a node certificate (make one with 'glusterctl node certificate')"
+                    )
+                if self.node and self.node != named[1]:
+                    raise ValueError(
+                        f"{self.mqtt_cert} is the certificate of node {named[1]} (cluster {named[0]}): "
+                        f"use --node {named[1]} or that node's certificate"
+                    )
+                self.node = named[1]
+        if not self.token and enrolled is None and not self.mqtt_cert:
             raise ValueError(
                 f"no join token and no node credential in {self.state_dir}: for the first start pass --token, "
-                "--token-file or set GLUSTERCTL_TOKEN (print it with 'glusterctl cluster token CLUSTER')"
+                "--token-file or set GLUSTERCTL_TOKEN (print it with 'glusterctl cluster token CLUSTER'), "
+                "or a node certificate with --mqtt-cert/--mqtt-key ('glusterctl node certificate')"
             )
         if self.token:
             parse_join_token(self.token)
@@ -115,4 +142,13 @@ class AgentSettings(BaseSettings):
     @property
     def cluster(self) -> str:
         enrolled = self.credential
-        return enrolled.cluster if enrolled is not None else parse_join_token(self.token)[0]
+        if enrolled is not None:
+            return enrolled.cluster
+        if not self.token and self.mqtt_cert and (named := certificate_node(self.mqtt_cert)):
+            return named[0]  # read (and checked) when the settings were made
+        return parse_join_token(self.token)[0]
+
+    @property
+    def enrols_with_certificate(self) -> bool:
+        """True while the node is not enrolled and its node certificate, not a join token, will enrol it."""
+        return self.credential is None and not self.token and bool(self.mqtt_cert)

@@ -21,8 +21,10 @@ publish to is accepted at CONNECT and silently never delivered.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
+import re
 import ssl
 import sys
 import threading
@@ -126,9 +128,23 @@ class DynsecCommandError(DynsecError):
 # ---- names and ACLs --------------------------------------------------------------------------
 
 
-def control_username(topics: Topics) -> str:
-    """The control service's own broker user (publishes tasks and registrations, reads agents)."""
+CONTROL_SERVER_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def control_username(topics: Topics, server: str = "") -> str:
+    """The control service's own broker user (publishes tasks and registrations, reads agents); with
+    ``server`` (see ``control_server_id``) one server's own user, so several servers never reset each
+    other's password (every such user has the role named ``control_username(topics)``)."""
+    if server:
+        if not CONTROL_SERVER_RE.match(server):
+            raise ValueError(f"invalid control server id {server!r}: 16 hex digits")
+        return f"{topics.root}.control.{server}"
     return f"{topics.root}.control"
+
+
+def control_server_id(secret: str) -> str:
+    """A server's id in its broker user name, derived from its own secret (stable per data directory)."""
+    return hashlib.sha256(b"glusterctl control user\0" + secret.encode()).hexdigest()[:16]
 
 
 def enrol_username(topics: Topics, cluster: str) -> str:
@@ -161,7 +177,7 @@ def parse_username(topics: Topics, username: str) -> tuple[str, str | None, str 
         return None
     kind, _, rest = username[len(prefix) :].partition(".")
     try:
-        if kind == "control" and not rest:
+        if kind == "control" and (not rest or CONTROL_SERVER_RE.match(rest)):
             return kind, None, None
         if kind == "enrol":
             return kind, check_name("cluster", rest), None
@@ -486,12 +502,13 @@ class DynsecClient:
 # ---- what the control service keeps -------------------------------------------------------------
 
 
-def ensure_control(dynsec: DynsecClient, topics: Topics, password: str | None) -> str:
-    """The control service's own user and role, and deny-by-default; returns the user name."""
+def ensure_control(dynsec: DynsecClient, topics: Topics, password: str | None, server: str = "") -> str:
+    """The control service's own user (one per ``server``) and role, and deny-by-default; returns the user name."""
     dynsec.ensure_default_acl_access()
-    username = control_username(topics)
-    dynsec.ensure_role(username, control_acls(topics))
-    dynsec.ensure_client(username, password, [username])
+    rolename = control_username(topics)
+    username = control_username(topics, server)
+    dynsec.ensure_role(rolename, control_acls(topics))
+    dynsec.ensure_client(username, password, [rolename])
     return username
 
 

@@ -37,6 +37,7 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
 from broker.dynsec import parse_username
+from broker.messages import node_of_uri
 from broker.topics import Topics, filter_matches
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class Authority(Protocol):
     def monitor_clusters(self, user: str, password: str) -> list[str] | None:
         """The clusters a monitoring user may watch (``ANY``: all of them), or None when refused."""
 
+    def monitor_clusters_now(self, user: str) -> list[str]:
+        """The clusters ``user`` may watch as its grants stand now (empty once it has none or is deleted)."""
+
 
 @dataclass
 class Identity:
@@ -70,6 +74,7 @@ class Identity:
     username: str = ""
     publish: tuple[str, ...] = ()  # topic filters
     subscribe: tuple[str, ...] = ()
+    watched: tuple[str, ...] = ()  # a monitor's clusters when it logged in
 
 
 @dataclass
@@ -78,12 +83,33 @@ class AccessControl:
     topics: Topics
     identities: dict[str, Identity] = field(default_factory=dict)
 
-    def identify(self, username: str | None, password: str | None, will_topic: str | None) -> Identity | None:
-        if not username or password is None:
+    def identify(
+        self,
+        username: str | None,
+        password: str | None,
+        will_topic: str | None,
+        peer: tuple[str, str] | None = None,
+    ) -> Identity | None:
+        """Who this login is, or None when refused.
+
+        ``peer`` is the (cluster, node) of a verified TLS client certificate issued by the control
+        service's CA: the enrolment login of that cluster then needs no join token, and may enrol
+        that one node only (the control service checks the certificate again in the hello).
+        """
+        if not username:
             return None
         t = self.topics
         parsed = parse_username(t, username)
         kind, cluster, node = parsed if parsed is not None else ("user", username, None)
+        if kind == "enrol" and peer is not None and peer[0] == cluster and not password and will_topic is None:
+            return Identity(
+                "enrol",
+                username,
+                publish=(t.hello(cluster, peer[1]),),
+                subscribe=(t.registration(cluster, peer[1]), t.control_presence()),
+            )
+        if password is None:
+            return None
         if kind == "control":
             return Identity("control", username) if password == self.authority.control_password() else None
         if kind == "node" and cluster and node:
@@ -120,7 +146,7 @@ class AccessControl:
             watched = self.authority.monitor_clusters(cluster, password)
             if watched:
                 filters = {f for name in watched for f in t.monitor_filters(name)}
-                return Identity("monitor", username, subscribe=tuple(sorted(filters)))
+                return Identity("monitor", username, subscribe=tuple(sorted(filters)), watched=tuple(sorted(watched)))
         return None
 
     def allowed(self, client_id: str, topic: str, action: Action) -> bool:
@@ -149,7 +175,8 @@ class GlusterctlAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is un
         access: AccessControl = self.config.access
         will = session.will_topic if session.will_flag else None
         try:
-            ident = await asyncio.to_thread(access.identify, session.username, session.password, will)
+            peer = getattr(session, "glusterctl_peer", None)
+            ident = await asyncio.to_thread(access.identify, session.username, session.password, will, peer)
         except Exception:
             log.exception("authentication of client %s failed with an error", session.client_id)
             ident = None
@@ -235,6 +262,7 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             if isinstance(exc, MQTTError):
                 await writer.close()
             raise AMQTTError(exc) from exc
+        session.glusterctl_peer = _peer_node(writer)
         refusal = await self._check_login(session)
         if refusal is not None:
             log.warning(
@@ -284,15 +312,37 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         """Close every live session of ``username`` (its credential was revoked); the number closed."""
         closed = 0
         for client_id, (session, handler) in list(self._sessions.items()):
-            if session.username != username or not session.transitions.is_connected():
-                continue
-            self.access.identities.pop(client_id, None)  # no rights left, even before the socket closes
-            if handler is not None and handler.writer is not None:
-                await handler.writer.close()
-            closed += 1
+            if session.username == username and session.transitions.is_connected():
+                await self._cut(client_id, handler)
+                closed += 1
         if closed:
             log.info("disconnected %d session(s) of MQTT user %s", closed, username)
         return closed
+
+    async def recheck_monitors(self) -> int:
+        """Close each monitor session whose clusters are no longer those it logged in with; the number closed.
+
+        Grants were given or revoked, a user or a cluster deleted. As Mosquitto's dynamic security
+        kicks a client whose roles change, the monitor must log in again and gets its current rights
+        (or is refused when it has none left).
+        """
+        closed = 0
+        for client_id, (session, handler) in list(self._sessions.items()):
+            ident = self.access.identities.get(client_id)
+            if ident is None or ident.role != "monitor" or not session.transitions.is_connected():
+                continue
+            now = await asyncio.to_thread(self.access.authority.monitor_clusters_now, ident.username)
+            if tuple(sorted(now)) == ident.watched:
+                continue
+            await self._cut(client_id, handler)
+            log.info("disconnected MQTT monitor %s: the clusters it may watch changed", ident.username)
+            closed += 1
+        return closed
+
+    async def _cut(self, client_id: str, handler: Any) -> None:
+        self.access.identities.pop(client_id, None)  # no rights left, even before the socket closes
+        if handler is not None and handler.writer is not None:
+            await handler.writer.close()
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
@@ -311,6 +361,15 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         ]
         if sends:
             await asyncio.wait(sends)
+
+
+def _peer_node(writer: Any) -> tuple[str, str] | None:
+    """The (cluster, node) of the client's certificate, when it sent one that our CA verified."""
+    get_ssl_info = getattr(writer, "get_ssl_info", None)
+    ssl_object = get_ssl_info() if get_ssl_info is not None else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None  # only a verified one
+    named = {n for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI" and (n := node_of_uri(value))}
+    return named.pop() if len(named) == 1 else None
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -335,6 +394,7 @@ class TlsListener:
     port: int
     certfile: str
     keyfile: str
+    cafile: str | None = None  # verifies client certificates (node certificates), when given
 
 
 async def start_broker(
@@ -348,6 +408,8 @@ async def start_broker(
     if tls is not None:
         check_port_free(tls.host, tls.port)
         tls_listener = {"bind": f"{tls.host}:{tls.port}", "ssl": True, "certfile": tls.certfile, "keyfile": tls.keyfile}
+        if tls.cafile:  # without it amqtt would trust the system's CAs for client certificates
+            tls_listener["cafile"] = tls.cafile
         listeners["tls"] = {"type": "tcp", "max_connections": 0, **tls_listener}
         if "default" not in listeners:  # amqtt's default listener is the one it always has
             listeners["default"] = listeners.pop("tls")

@@ -147,7 +147,8 @@ class Hello(_Msg):
     ``proof`` is keyed with the join token's secret (``join_proof``) and ``node_secret`` is the
     secret the agent made for itself, its credential from then on. Any other hello comes from
     the node's own identity: ``proof`` is keyed with the node key (``node_proof``), which the
-    join token's holders do not know. ``nonce`` is echoed in the Registration so that the agent
+    join token's holders do not know. A node certificate can stand in for the join token at
+    enrolment (``certificate``, ``signature``). ``nonce`` is echoed in the Registration so that the agent
     can tell the answer to its own hello from one to someone else's.
     """
 
@@ -156,6 +157,11 @@ class Hello(_Msg):
     proof: str = Field(min_length=64, max_length=64)
     nonce: str = Field(default="", max_length=64)
     node_secret: str | None = Field(default=None, min_length=32, max_length=128)
+    # enrolment with a node certificate instead of the join token: the certificate (PEM, issued by
+    # the control service's CA for this node) and a signature with its key over
+    # ``certificate_enrolment_message``; ``proof`` is then the certificate's SHA-256 (hex)
+    certificate: str | None = Field(default=None, max_length=8192)
+    signature: str = Field(default="", max_length=1024)
     facts: NodeFacts = NodeFacts()
 
 
@@ -290,6 +296,32 @@ def node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int) -> 
 
 def check_node_proof(key: str, cluster: str, node: str, agent_id: str, epoch: int, proof: str) -> bool:
     return hmac.compare_digest(node_proof(key, cluster, node, agent_id, epoch), proof)
+
+
+NODE_URI_PREFIX = "urn:glusterctl:node:"
+
+
+def node_uri(cluster: str, node: str) -> str:
+    """The URI in a node certificate's subjectAltName that names the one node it may enrol."""
+    return f"{NODE_URI_PREFIX}{cluster}:{node}"
+
+
+def node_of_uri(uri: str) -> tuple[str, str] | None:
+    """(cluster, node) of a node certificate's URI, or None when it is not one."""
+    if not uri.startswith(NODE_URI_PREFIX):
+        return None
+    cluster, sep, node = uri[len(NODE_URI_PREFIX) :].partition(":")
+    try:
+        check_name("cluster", cluster)
+        check_name("node", node)
+    except ValueError:
+        return None
+    return (cluster, node) if sep else None
+
+
+def certificate_enrolment_message(cluster: str, node: str, agent_id: str, epoch: int, node_secret: str) -> bytes:
+    """What an agent signs with its node certificate's key to enrol: binds the hello to its new secret."""
+    return f"certificate-enrolment\n{cluster}\n{node}\n{agent_id}\n{epoch}\n{node_key(node_secret)}".encode()
 
 
 # ---- signed cluster metadata (docs/recovery.md) ----------------------------------------------

@@ -20,9 +20,11 @@ class MqttUrl:
     password: str | None = None
     tls: bool = False
     ca: str | None = None  # the CA file that verifies the broker (tls only); None: the system's CAs
+    cert: str | None = None  # the client certificate presented to the broker (tls only), with its key
+    key: str | None = None
 
     @classmethod
-    def parse(cls, url: str, ca: str | None = None) -> MqttUrl:
+    def parse(cls, url: str, ca: str | None = None, cert: str | None = None, key: str | None = None) -> MqttUrl:
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
         if parsed.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
             raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://[USER:PASS@]HOST[:PORT] or mqtts://...")
@@ -40,6 +42,8 @@ class MqttUrl:
             password=unquote(parsed.password) if parsed.password else None,
             tls=tls,
             ca=ca if tls else None,
+            cert=cert if tls else None,
+            key=key if tls else None,
         )
 
     def redacted(self) -> str:
@@ -53,6 +57,13 @@ class MqttUrl:
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"cannot use {self.ca} as the CA certificate of the MQTT broker: {exc}") from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"cannot use the client certificate {self.cert} with the key {self.key}: {exc}"
+                ) from None
         return context
 
     def tls_refusal(self, timeout: float = 5.0) -> str | None:

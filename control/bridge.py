@@ -90,6 +90,12 @@ class Bridge:
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
         self.on_connected: list[Callable[[], object]] = []
+        # whether this server leads (control/services/leader.py): only the leader subscribes to the
+        # agents' topics, publishes the control presence and sweeps; the others only publish tasks
+        self.is_leader: Callable[[], bool] = lambda: True
+        # several servers: the leader also reads the control presence, to answer a follower's last will
+        self.watch_presence = False
+        self._leading = threading.Lock()  # the connect and a takeover: one subscribes, never neither
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             # random per start and unrelated to the published instance: no one can guess it to take it over
@@ -106,6 +112,30 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+
+    def take_over(self) -> None:
+        """This server became the leader: read the agents, say online (every agent says hello again),
+        and publish the open tasks and the retained topics again (from the election thread)."""
+        with self._leading:
+            if self.connected.is_set():
+                self._subscribe_agents(self.client)
+                self.announce()
+                try:  # never block the election thread: a full inbox leaves it to the reconciler's passes
+                    self._inbox.put_nowait(("republish", None))
+                except queue.Full:
+                    log.warning("taking over: the inbox is full; the open tasks go out again at the next pass")
+
+    def step_down(self) -> None:
+        """Another server leads now: stop reading the agents' topics."""
+        if self.connected.is_set():
+            self.client.unsubscribe(self._leader_filters())
+
+    def _leader_filters(self) -> list[str]:
+        # the control presence too: a follower's last will ("offline") is answered with "online" again
+        return [*self.topics.agent_filters(), *([self.topics.control_presence()] if self.watch_presence else [])]
+
+    def _subscribe_agents(self, client: mqtt.Client) -> None:
+        client.subscribe([(f, 1) for f in self._leader_filters()])
 
     def announce(self) -> None:
         """Publish the online presence again: every agent says hello (and offers its metadata copy) anew."""
@@ -134,7 +164,7 @@ class Bridge:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.connected.is_set():
+        if self.connected.is_set() and self.is_leader():
             info = self.client.publish(self.topics.control_presence(), self._presence("offline"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
@@ -161,10 +191,11 @@ class Bridge:
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def call_soon(self, fn: Callable[[], object]) -> bool:
-        """Run ``fn`` in the worker thread, after the messages already received; False if there was no room."""
+    def call_soon(self, fn: Callable[[], object], timeout: float = SCHEDULE_TIMEOUT) -> bool:
+        """Run ``fn`` in the worker thread, after the messages already received; False if there was no room
+        within ``timeout`` seconds."""
         try:
-            self._inbox.put(("call", fn), timeout=SCHEDULE_TIMEOUT)
+            self._inbox.put(("call", fn), timeout=timeout) if timeout > 0 else self._inbox.put_nowait(("call", fn))
             return True
         except queue.Full:
             return False
@@ -191,11 +222,15 @@ class Bridge:
             log.error("MQTT broker %s refused the control service: %s", self.url.redacted(), reason_code)
             return
         self.refused = None
-        client.subscribe([(f, 1) for f in self.topics.agent_filters()])
-        client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
         log.info("connected to MQTT broker %s", self.url.redacted())
-        self._inbox.put(("republish", None))
-        self.connected.set()
+        with self._leading:  # a leadership gained meanwhile subscribes either here or in take_over
+            leads = self.is_leader()
+            if leads:
+                self._subscribe_agents(client)
+                client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
+            self.connected.set()  # after the subscribe: whoever waits for it may rely on it
+        if leads:
+            self._inbox.put(("republish", None))
 
     def _on_disconnect(
         self,
@@ -237,6 +272,8 @@ class Bridge:
             kind, data = item
             try:
                 if data is None:  # "republish"
+                    if not self.is_leader():
+                        continue
                     self.engine.republish_open()
                     for republish in self.on_connected:
                         republish()
@@ -283,12 +320,17 @@ class Bridge:
     def _sweep(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):
             self.last_tick = time.monotonic()
+            if not self.is_leader():
+                continue
             try:
                 nodes.sweep_silent()
             except Exception:
                 log.exception("node sweep failed")
 
     def handle(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.control_presence():
+            self._control_presence(payload)
+            return
         parsed = self.topics.parse_node_topic(topic)
         if parsed is None:
             return
@@ -332,6 +374,8 @@ class Bridge:
         elif isinstance(message, MetadataCopy):
             if self.restore is not None:
                 self.restore.offer(cluster, node, message)
+            elif self.metadata is not None:
+                self.metadata.offered(cluster, node, message)
         elif isinstance(message, Presence):
             nodes.handle_presence(cluster, node, message)
         elif isinstance(message, Heartbeat):
@@ -348,6 +392,19 @@ class Bridge:
                 )
                 return
             self.engine.apply_status(cluster, node, message)
+
+    def _control_presence(self, payload: bytes) -> None:
+        """Another server's last will (or its stop) said the control service is offline: it is not, while this
+        server leads."""
+        if not self.is_leader() or len(payload) > MAX_PAYLOAD_BYTES:
+            return
+        try:
+            presence = ControlPresence.model_validate_json(payload) if payload else None
+        except ValidationError:
+            presence = None
+        if presence is None or (presence.instance != self.instance and presence.state != "online"):
+            log.info("the control presence said offline (another server stopped): this leader says online again")
+            self.announce()
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -45,7 +45,8 @@ DISCONNECT_TIMEOUT = 5.0
 
 
 class EmbeddedAccounts:
-    """The embedded broker checks each login against the database; a revoked node's live session is closed."""
+    """The embedded broker checks each login against the database; a revoked node's live session is closed,
+    and so is a monitor's whose clusters changed (a grant revoked, its user or a cluster deleted)."""
 
     def __init__(self, broker: GlusterctlBroker, loop: asyncio.AbstractEventLoop, topics: Topics) -> None:
         self.broker, self.loop, self.topics = broker, loop, topics
@@ -61,21 +62,36 @@ class EmbeddedAccounts:
     def node_removed(self, cluster: str, node: str) -> None:
         self._disconnect(cluster, node)
 
+    def _recheck_monitors(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.broker.recheck_monitors(), self.loop)
+        try:
+            future.result(DISCONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("the embedded broker did not recheck its MQTT monitors within %.0fs", DISCONNECT_TIMEOUT)
+
     def clusters_changed(self) -> None:
-        return None  # enrolment logins are checked against the current join token
+        # enrolment logins are checked against the current join token; a deleted cluster's monitors go
+        self._recheck_monitors()
 
     def user_password(self, user: str, password: str) -> None:
         return None  # monitor logins are checked against the database
 
     def grants_changed(self) -> None:
-        return None  # a monitor's clusters are read from its grants at login
+        # a monitor's clusters are read from its grants at login; a session whose clusters changed is closed
+        self._recheck_monitors()
 
 
 class DynsecAccounts:
     """Users and roles in Mosquitto's dynamic security plugin (see docs/mosquitto.md)."""
 
-    def __init__(self, admin_url: MqttUrl, topics: Topics, control_password: str) -> None:
+    def __init__(self, admin_url: MqttUrl, topics: Topics, control_password: str, hold_nodes: bool = False) -> None:
         self.topics = topics
+        # a restore from the agents' copies (control/services/restore.py): the database has no nodes yet, and
+        # the agents log in with their node users to offer their copies; keep every node user until released
+        self.holding_nodes = hold_nodes
+        # several servers (docs/ha.md): only the leader, which handles the enrolments, deletes node users
+        # it does not find in the database (another server's enrolment in flight is not in its ``_fresh``)
+        self.is_leader: Callable[[], bool] = lambda: True
         self.control_password = control_password
         self.client = DynsecClient(admin_url)
         self._lock = threading.Lock()
@@ -96,7 +112,8 @@ class DynsecAccounts:
 
     @property
     def control_username(self) -> str:
-        return dynsec.control_username(self.topics)
+        """This server's own user: servers sharing the broker (docs/ha.md) each have theirs."""
+        return dynsec.control_username(self.topics, dynsec.control_server_id(self.control_password))
 
     # ---- lifecycle
     def start(self) -> None:
@@ -140,7 +157,9 @@ class DynsecAccounts:
         with self._lock:
             clusters = {c.name: c.join_secret for c in Cluster.select(Cluster.name, Cluster.join_secret)}
             if full:
-                dynsec.ensure_control(self.client, self.topics, self.control_password)
+                dynsec.ensure_control(
+                    self.client, self.topics, self.control_password, dynsec.control_server_id(self.control_password)
+                )
                 self._monitor_roles.clear()
             if full or self._monitors_due or self._passwords:
                 self._monitors_due = False
@@ -170,7 +189,14 @@ class DynsecAccounts:
                     self.client.delete_role(username)
                     self._delete_monitor_role(str(cluster))
                     self._secrets.pop(str(cluster), None)
-                elif kind == "node" and (cluster, node) not in enrolled and not self._is_fresh(cluster, node):
+                elif kind == "node" and (cluster, node) not in enrolled and self.holding_nodes:
+                    continue  # restoring: its node may come back from the copies
+                elif (
+                    kind == "node"
+                    and (cluster, node) not in enrolled
+                    and not self._is_fresh(cluster, node)
+                    and self.is_leader()
+                ):
                     self.client.delete_client(username)
                     self.client.delete_role(username)
                 elif kind == "node" and full and cluster and node:
@@ -193,6 +219,12 @@ class DynsecAccounts:
                         cluster,
                         node,
                     )
+
+    def release_nodes(self) -> None:
+        """The restore is done: node users of nodes that did not come back go, the others get their roles again."""
+        with self._lock:
+            self.holding_nodes = False
+        self.reconcile(full=True)
 
     def _reconcile_monitors(self, full: bool) -> None:
         """Each user's broker user reads exactly the clusters its grants let it read (caller holds ``_lock``)."""

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable
 
 import uvicorn
@@ -24,10 +25,11 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, clusters, enrolment, metadata, users
+from control.services import authz, backup, clusters, enrolment, metadata, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
-from control.services.eventfeed import EventFeed
+from control.services.eventfeed import EventFeed, EventListener
+from control.services.leader import DataDirLock, Leadership, LeadershipError, postgres_connector
 from control.services.monitoring import Monitor
 from control.services.reconciler import Reconciler
 from control.services.restore import AgentRestore, RestoreError, check_empty
@@ -35,7 +37,7 @@ from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
 from control.settings import ServerSettings
 from control.store.db import DatabaseError, first, open_database, redact_db_url
-from control.store.models import Cluster, Node
+from control.store.models import Cluster, Node, User, database_proxy
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,10 @@ class StoreAuthority:
             return None
         return clusters
 
+    def monitor_clusters_now(self, user: str) -> list[str]:
+        account = User.get_or_none(User.name == user)
+        return authz.Scope.of(account).monitor_clusters() if account is not None else []
+
 
 def https_certificate(settings: ServerSettings, hosts: list[str]) -> tls.ServerCert | None:
     """The HTTPS certificate: the operator's (--tls-cert/--tls-key), the server's own CA's, or None (plain HTTP)."""
@@ -143,7 +149,7 @@ def mqtt_tls_listener(settings: ServerSettings, hosts: list[str]) -> TlsListener
         tls.fingerprint(cert.ca),
         cert.ca,
     )
-    return TlsListener(host, port, cert.cert, cert.key)
+    return TlsListener(host, port, cert.cert, cert.key, cert.ca)
 
 
 def signing_key_for(settings: ServerSettings) -> Ed25519PrivateKey:
@@ -159,7 +165,9 @@ def signing_key_for(settings: ServerSettings) -> Ed25519PrivateKey:
     return key
 
 
-async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, bridge: Bridge) -> None:
+async def restore_from_agents(
+    settings: ServerSettings, restore: AgentRestore, bridge: Bridge, accounts: DynsecAccounts | None
+) -> None:
     """Collect the agents' copies, rebuild from the newest, then let the agents register again."""
     log.info("restore: waiting for the agents' metadata copies (up to %.0fs)", settings.restore_timeout)
     bridge.announce()
@@ -169,6 +177,11 @@ async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, b
     except RestoreError as exc:
         raise StartupError(str(exc)) from None
     bridge.restore = None
+    if accounts is not None:  # Mosquitto checked each node's own password: keep the restored nodes' users
+        try:
+            await asyncio.to_thread(accounts.release_nodes)
+        except DynsecError as exc:
+            log.warning("restore: the broker's node users are reconciled later (every few seconds): %s", exc)
     for cluster, node in await asyncio.to_thread(restore.impostors):
         log.warning(
             "restore: cluster %s node %s logged in with a credential that is not its own: closed", cluster, node
@@ -182,6 +195,59 @@ async def restore_from_agents(settings: ServerSettings, restore: AgentRestore, b
 async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None = None) -> None:
     """Run until SIGINT/SIGTERM. ``ready()`` is called once the DB, broker and HTTP are up."""
     os.makedirs(settings.data_dir, exist_ok=True)
+    dir_lock = DataDirLock(settings.data_dir)
+    postgres = bool(settings.db) and not str(settings.db).startswith("sqlite")
+    try:
+        dir_lock.acquire(
+            "give each server its own --data-dir"
+            if postgres
+            else "one server per SQLite database; several servers need PostgreSQL (--db) and an external "
+            "broker (--mqtt-url), see docs/ha.md"
+        )
+    except LeadershipError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        await _serve(settings, ready)
+    finally:
+        dir_lock.release()
+
+
+EXCLUSIVE_WAIT_SECONDS = 5.0  # a server with the embedded broker waits this long for a killed one's lock
+
+
+def elect(settings: ServerSettings) -> Leadership:
+    """Who leads: PostgreSQL with an external broker elects one of several servers; otherwise this one.
+
+    With the embedded broker on PostgreSQL this server must be the only one (agents reach only its
+    broker): it holds the lock all along, and is refused if another server holds it.
+    """
+    connect = postgres_connector(database_proxy)
+    leadership = Leadership(connect, settings.mqtt_root, settings.leader_interval)
+    if connect is None:
+        return leadership
+    deadline = time.monotonic() + (0 if settings.mqtt_url else EXCLUSIVE_WAIT_SECONDS)
+    try:
+        while not leadership.try_once() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    except Exception as exc:
+        raise StartupError(f"cannot take part in the leader election: {exc}") from None
+    leads = leadership.is_leader()
+    if not settings.mqtt_url and not leads:
+        leadership.stop()
+        raise StartupError(
+            "another glusterctl server already runs on this database: several servers need an external broker "
+            "(--mqtt-url), each with the same --mqtt-root (see docs/ha.md)"
+        )
+    log.info(
+        "leader election on PostgreSQL: %s",
+        "this server leads"
+        if leads
+        else "another server leads; this one serves REST and events and takes over if it goes",
+    )
+    return leadership
+
+
+async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | None) -> None:
     try:
         open_database(settings.db, settings.data_dir)
     except DatabaseError as exc:
@@ -190,10 +256,13 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         signing_key = signing_key_for(settings)
         if settings.restore_from_agents:
             check_empty()
+        metadata.check_shared_key(signing_key)
     except (metadata.MetadataError, RestoreError) as exc:
         raise StartupError(str(exc)) from None
     restore = AgentRestore(metadata.public_key_text(signing_key)) if settings.restore_from_agents else None
+    backup.use_data_dir(settings.data_dir)
     clusters.ensure_default()
+    leadership = await asyncio.to_thread(elect, settings)
     users.set_token_ttl(settings.token_ttl_days * 86400)
     topics = Topics(settings.mqtt_root)
     http_host, http_port = parse_host_port(settings.http, 8080, "--http")
@@ -213,7 +282,10 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         url = MqttUrl.parse(settings.mqtt_url, ca=settings.mqtt_ca)
         if settings.mqtt_dynsec:
             # the URL's user is the dynsec admin: it makes the control user, which the bridge logs in as
-            accounts = DynsecAccounts(url, topics, load_secret(settings.data_dir))
+            accounts = DynsecAccounts(
+                url, topics, load_secret(settings.data_dir), hold_nodes=settings.restore_from_agents
+            )
+            accounts.is_leader = leadership.is_leader  # external broker: elected
             try:
                 await asyncio.to_thread(accounts.start)
             except DynsecError as exc:
@@ -238,6 +310,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
         enrolment.use_accounts(EmbeddedAccounts(embedded, asyncio.get_running_loop(), topics))
+        # node certificates of the server's own CA enrol over its TLS listener (docs: "Node certificates")
+        enrolment.use_node_ca(listener.cafile if listener is not None else None)
         if plain:  # the bridge takes the plain listener when there is one (loopback: nothing to protect)
             url = MqttUrl(_connect_host(plain[0]), plain[1], control_username(topics), secret)
         else:
@@ -245,11 +319,17 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
             ca = os.path.join(settings.data_dir, "tls", "ca.pem")
             url = MqttUrl(_connect_host(listener.host), listener.port, control_username(topics), secret, True, ca)
 
-    feed = EventFeed(settings.event_backlog)
+    # several servers only with an external broker; with the embedded one the lock only keeps others out
+    elected = leadership.elected and bool(settings.mqtt_url)
+    is_leader: Callable[[], bool] = leadership.is_leader if elected else (lambda: True)
+    feed = EventFeed(settings.event_backlog, is_leader)
     feed.start()
+    event_listener = EventListener(postgres_connector(database_proxy), feed.hub.notify)
+    event_listener.start()
     engine = TaskEngine(topics)
     volumes, devices = VolumeService(engine, settings.port_range()), DeviceService(engine)
     bridge = Bridge(url, topics, engine)
+    bridge.is_leader, bridge.watch_presence = is_leader, elected
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
@@ -259,15 +339,39 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
     reconciler.after_pass.append(monitor.run)
     reconciler.after_pass.append(AuditPruner(settings.audit_keep_days).run)
+    if elected:
+        reconciler.after_pass.append(feed.prune)  # streams on other servers record events the leader never counts
+
+    def leader_schedule(fn: Callable[[], object]) -> bool:
+        """Periodic work runs on the leader only; on the others a round is a no-op."""
+        return bridge.call_soon(fn) if is_leader() else True
+
+    def gained() -> None:
+        bridge.take_over()
+        publisher.resume()
+        if not bridge.call_soon(reconciler.run_once, timeout=0):  # what the previous leader left half-done, now
+            log.warning("taking over: the worker is busy; the reconciler's next pass runs as scheduled")
+
+    def lost() -> None:
+        bridge.step_down()
+        publisher.pause()
+
+    if elected:
+        leadership.on_gain.append(gained)
+        leadership.on_lose.append(lost)
+        leadership.eligible = bridge.connected.is_set
     try:
         if not await asyncio.to_thread(bridge.wait_connected, BROKER_CONNECT_TIMEOUT):
             why = bridge.refused or (url.tls and await asyncio.to_thread(url.tls_refusal)) or "no answer"
             raise StartupError(f"cannot connect to the MQTT broker {url.redacted()} ({why}): check --mqtt-url")
         if restore is not None:
-            await restore_from_agents(settings, restore, bridge)
-        publisher.start()
-        reconciler.start(bridge.call_soon)
-        monitor.start(bridge.call_soon)
+            if not is_leader():
+                raise StartupError("another server leads this database: stop every other server before a restore")
+            await restore_from_agents(settings, restore, bridge, accounts)
+        publisher.start(paused=not is_leader())
+        reconciler.start(leader_schedule)
+        monitor.start(leader_schedule)
+        leadership.start()
 
         app = create_app(engine, bridge, volumes, devices, feed.hub, metrics_token=settings.metrics_token)
         config = uvicorn.Config(
@@ -308,6 +412,8 @@ async def serve(settings: ServerSettings, ready: Callable[[Bridge], object] | No
         await asyncio.to_thread(monitor.stop)
         await asyncio.to_thread(publisher.stop)
         await asyncio.to_thread(bridge.stop)
+        await asyncio.to_thread(leadership.stop)  # after the bridge: another server takes over a quiet broker link
+        await asyncio.to_thread(event_listener.stop)
         await asyncio.to_thread(feed.stop)
         enrolment.use_accounts(enrolment.NoAccounts())
         if accounts is not None:

@@ -32,6 +32,8 @@ class ServerSettings(BaseSettings):
     # the reconciler: seconds between passes, and per task kind the seconds before an open task
     # fails with TIMEOUT ("node.probe=300,volume.start=3600"; kinds not named keep their defaults)
     reconcile_interval: float = 30.0
+    # several servers on one PostgreSQL: seconds between two checks of the leader lock (docs/ha.md)
+    leader_interval: float = 1.0
     task_deadlines: str = ""
 
     def deadlines(self) -> dict[str, float]:
@@ -45,6 +47,13 @@ class ServerSettings(BaseSettings):
         from control.services.reconciler import parse_deadlines
 
         parse_deadlines(v)
+        return v
+
+    @field_validator("leader_interval")
+    @classmethod
+    def _leader_interval(cls, v: float) -> float:
+        if not 0.2 <= v <= 60:
+            raise ValueError("use a number of seconds between 0.2 and 60")
         return v
 
     @field_validator("reconcile_interval")
@@ -85,11 +94,6 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 "--restore-from-agents needs --restore-key FILE: the lost server's DATA_DIR/metadata.key "
                 "(the agents trust only documents it signed; see docs/recovery.md)"
-            )
-        if self.restore_from_agents and self.mqtt_dynsec:
-            raise ValueError(
-                "--restore-from-agents does not work with --mqtt-dynsec yet (the broker's node users would be "
-                "reconciled away before the copies arrive): restore with the embedded broker, or from a backup"
             )
         if self.restore_key and not os.path.isfile(self.restore_key):
             raise ValueError(f"--restore-key: no such file: {self.restore_key}")

@@ -139,7 +139,7 @@ MUST_NOT_ARRIVE_SECONDS = 1.5  # how long a refused publish is given to show up 
 class Watcher:
     """A plain paho MQTT client that keeps the last payload of every topic it receives."""
 
-    def __init__(self, port: int, user: str, password: str) -> None:
+    def __init__(self, port: int, user: str, password: str, timeout: float = 30) -> None:
         import threading
 
         import paho.mqtt.client as mqtt
@@ -154,7 +154,19 @@ class Watcher:
         self.client.on_subscribe = lambda c, u, mid, codes, props: self.granted.__setitem__(mid, codes)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        wait_until(self.client.is_connected, what=f"{user} connected to the broker")
+        try:
+            wait_until(self.client.is_connected, timeout=timeout, what=f"{user} connected to the broker")
+        except AssertionError:
+            self.close()
+            raise
+
+    @classmethod
+    def attempt(cls, port: int, user: str, password: str) -> Watcher | None:
+        """A connected watcher, or None when the broker refuses the login."""
+        try:
+            return cls(port, user, password, timeout=5)
+        except (AssertionError, ConnectionError):
+            return None
 
     def _on_message(self, client, userdata, msg) -> None:
         with self.lock:
@@ -318,5 +330,12 @@ def test_a_read_only_user_follows_a_brick_that_dies_and_comes_back(stack):
         watcher.client.publish(fake, b'{"kind": "fake"}', qos=1, retain=True)
         with pytest.raises(AssertionError):
             wait_until(lambda: fake in watcher.last, timeout=MUST_NOT_ARRIVE_SECONDS, what="a refused publish")
+
+        # revoking the viewer's grant cuts its live MQTT session, and it cannot log in again
+        revoked = cli.api("DELETE", "/api/v1/users/watch/grants", params={"role": "viewer", "cluster": "default"})
+        assert revoked.status_code == 204, revoked.text
+        wait_until(lambda: not watcher.client.is_connected(), what="the revoked viewer's MQTT session closed")
+        again = Watcher.attempt(st.server.mqtt_port, "watch", PASSWORD)
+        assert again is None, "a user without any grant logged in to the broker"
     finally:
         watcher.close()

@@ -75,6 +75,12 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
         {"params": {"force": "maybe"}},
         CLUSTER_ADMINS,
     ),
+    # without a CA of its own (no --mqtts) the server signs nothing: allowed callers get 409
+    ("POST", "/api/v1/clusters/{name}/nodes/{node}/certificate"): (
+        "/api/v1/clusters/default/nodes/n2/certificate",
+        {"json": {"csr": "nope"}},
+        CLUSTER_ADMINS,
+    ),
     # a node that does not exist: allowed callers get 404, nothing changes
     ("POST", "/api/v1/clusters/{name}/nodes/{node}/reenrol"): (
         "/api/v1/clusters/default/nodes/ghost/reenrol",
@@ -149,6 +155,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict, set[str]]] = {
     ("GET", "/api/v1/sessions"): ("/api/v1/sessions", {}, EVERYONE),  # one's own; admins everyone's
     ("DELETE", "/api/v1/sessions/{session_id}"): ("/api/v1/sessions/999999", {}, EVERYONE),  # others': 404
     ("GET", "/api/v1/audit"): ("/api/v1/audit", {}, ADMINS),
+    ("POST", "/api/v1/backup"): ("/api/v1/backup", {}, ADMINS),  # the whole database, secrets included
 }
 
 

@@ -128,6 +128,24 @@ def test_errors_carry_the_servers_detail_and_status(stack):
     with pytest.raises(ApiError) as down:
         Client(f"http://127.0.0.1:{free_port()}", token="").get("/api/v1/clusters")
     assert down.value.status == 0 and "cannot reach the control server" in str(down.value)
+    # several servers (docs/ha.md): one that cannot be reached is passed over, in both clients
+    dead = f"http://127.0.0.1:{free_port()}"
+    listed = Client(f"{dead}, {stack.server.url}/", token=stack.cli.token)
+    assert listed.servers == f"{dead},{stack.server.url}"
+    assert [c["name"] for c in listed.get("/api/v1/clusters")] == ["default"] and listed.url == stack.server.url
+    with pytest.raises(ApiError) as all_down:
+        Client(f"{dead},http://127.0.0.1:{free_port()}", token="").get("/api/v1/clusters")
+    assert "cannot reach the control server" in str(all_down.value)
+    with pytest.raises(ApiError, match=r"invalid control server URL 'ftp://x'.*separated by commas"):
+        Client(f"{stack.server.url},ftp://x")
+    from control.cli.main import build_parser
+
+    args = build_parser().parse_args(["volume", "list", "--url", dead, "--url", stack.server.url])
+    assert args.url == f"{dead},{stack.server.url}"
+    clusters = asyncio.run(
+        AsyncClient(f"{dead},{stack.server.url}", token=stack.cli.token).request("GET", "/api/v1/clusters")
+    )
+    assert [c["name"] for c in clusters] == ["default"]
 
     async def scenario() -> None:
         with pytest.raises(NotLoggedIn):  # the dashboard asks nothing without a login

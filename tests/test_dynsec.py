@@ -358,6 +358,27 @@ def test_removal_disconnects_and_token_rotation_does_not(world: World) -> None:
     assert world.peer(dynsec.enrol_username(t, C1), new_secret).wait_connack() is True
 
 
+def test_each_control_server_has_its_own_user(world: World) -> None:
+    """Several servers of one control plane (docs/ha.md): each its own user with the shared role, so one
+    server's start (which sets its password) never disconnects another."""
+    t, admin = world.topics, world.admin
+    secrets_ = [secrets.token_hex(16), secrets.token_hex(16)]
+    ids = [dynsec.control_server_id(s) for s in secrets_]
+    assert ids[0] != ids[1] and ids[0] == dynsec.control_server_id(secrets_[0])
+    users = [dynsec.ensure_control(admin, t, s, i) for s, i in zip(secrets_, ids, strict=True)]
+    assert users == [f"{t.root}.control.{i}" for i in ids]
+    assert all(dynsec.parse_username(t, u) == ("control", None, None) for u in users)
+    first, second = (world.connected(u, s) for u, s in zip(users, secrets_, strict=True))
+    dynsec.ensure_control(admin, t, secrets_[0], ids[0])  # the first server starts again: its password is set
+    assert first.disconnected.wait(10), "a shared user would have cut every server off here"
+    assert not second.disconnected.wait(QUIET)
+    assert second.subscribe(t.hello(C1, N1))
+    world.node(N1).publish(t.hello(C1, N1), b"{}")
+    wait_for(second, t.hello(C1, N1))
+    with pytest.raises(ValueError, match="16 hex digits"):
+        dynsec.control_username(t, "../x")
+
+
 def test_monitor_reads_its_cluster_and_publishes_nothing(world: World) -> None:
     t = world.topics
     control = world.control()

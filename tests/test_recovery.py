@@ -257,3 +257,70 @@ def test_a_lost_server_is_restored_from_the_agents_copies(stack, tmp_path):
     wait_bricks(st, "vb", "Online")
     _mount_works(mnt, "after-operations")
     subprocess.run(["umount", mnt], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bricks set trusted xattrs and need root")
+def test_restore_from_agents_keeps_the_mosquitto_dynsec_node_users(tmp_path, request):
+    from broker import dynsec
+    from broker.dynsec import DynsecClient
+    from broker.topics import Topics
+    from tests.conftest import Stack
+    from tests.helpers import Server, unique, wait_until
+    from tests.test_dynsec import ADMIN, _need_mosquitto, start_mosquitto
+    from tests.test_volumes import brick, wait_bricks
+
+    _need_mosquitto()
+    mosq = start_mosquitto(tmp_path / "mosquitto")
+    st = Stack(tmp_path, request, "embedded")
+    try:
+        server = st.server
+        server.mqtt_root, server.mqtt_port = unique("t"), mosq.port
+        argv = server.argv
+        argv[argv.index("--mqtt-root") + 1] = server.mqtt_root
+        i = argv.index("--mqtt")
+        argv[i : i + 2] = ["--mqtt-url", f"mqtt://{ADMIN}:{mosq.admin_password}@127.0.0.1:{mosq.port}", "--mqtt-dynsec"]
+        st.start()
+        nodes = ("n1", "n2")
+        for node in nodes:
+            st.agent(node)
+            (st.tmp / "bricks" / node).mkdir(parents=True)
+        wait_until(lambda: all(st.node_state(n) == "Online" for n in nodes), timeout=30, what="nodes Online")
+        st.cli.run("volume", "create", "vd", *[brick(st, n, "vd") for n in nodes], "--wait")
+        wait_bricks(st, "vd", "Online")
+        before = _without_times({"info": st.cli.json("volume", "info", "vd"), "nodes": st.cli.json("node", "list")})
+        pids = [(b["pid"], b["port"]) for b in st.cli.json("volume", "status", "vd")["bricks"]]
+        wait_until(
+            lambda: all((d := _kept(st.tmp / f"agent-{n}")) and d["volumes"] for n in nodes),
+            timeout=20,
+            what="the agents keep the volume's metadata",
+        )
+        key = tmp_path / "metadata.key.backup"
+        shutil.copy(server.data_dir / "metadata.key", key)
+        with DynsecClient(mosq.admin_url()) as admin:
+            node_users = {dynsec.node_username(Topics(server.mqtt_root), "default", n) for n in nodes}
+            assert node_users <= set(admin.list_clients())
+
+        server.kill9()
+        shutil.rmtree(server.data_dir)
+        new = Server(st.tmp)
+        new.http_port, new.mqtt_port, new.url, new.mqtt_root = server.http_port, mosq.port, server.url, server.mqtt_root
+        new.argv = [*argv, "--restore-from-agents", "--restore-key", str(key)]
+        st.procs.append(new)
+        st.server = new
+        started = time.monotonic()
+        new.start(wait=False)
+        new.wait_ready(timeout=60)
+        print(f"restore with --mqtt-dynsec took {time.monotonic() - started:.1f}s")
+        assert re.search(r"restore: cluster default: restored from node n[12]", new.log()), new.log()[-3000:]
+        (st.tmp / "cli-config" / "token.json").unlink()
+        st.cli.bootstrap()
+        wait_until(lambda: all(st.node_state(n) == "Online" for n in nodes), timeout=30, what="nodes Online again")
+        after = _without_times({"info": st.cli.json("volume", "info", "vd"), "nodes": st.cli.json("node", "list")})
+        assert after == before, _differences(before, after)
+        assert [(b["pid"], b["port"]) for b in st.cli.json("volume", "status", "vd")["bricks"]] == pids
+        with DynsecClient(mosq.admin_url()) as admin:  # the node users outlived the restore's reconciling
+            assert node_users <= set(admin.list_clients())
+        st.cli.run("volume", "stop", "vd", "--wait")  # the agents act on the restored server's tasks
+    finally:
+        st.close()
+        mosq.proc.stop()

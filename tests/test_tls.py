@@ -12,11 +12,13 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from broker.dynsec import enrol_username
+from broker.topics import Topics
 from broker.url import MqttUrl
 from control import tls
 from control.client import ApiError, Client, Event, Hello
 from control.settings import ServerSettings
-from tests.helpers import Cli, Proc, Server, free_port, port_open, wait_until
+from tests.helpers import Cli, Proc, Server, free_port, port_open, unique, wait_until
 
 
 def _https_server(tmp, extra: list[str]) -> tuple[Server, str]:
@@ -156,6 +158,91 @@ def test_embedded_broker_over_tls_only(make_stack):
         assert agent.wait_exit(30) == 2
         assert "certificate is not signed by" in agent.log() and "--mqtt-ca FILE" in agent.log()
         assert stack.node_state(node) is None
+
+    # a node certificate enrols instead of the join token; its key never leaves the node
+    cert, key = stack.tmp / "c1.pem", _csr(stack.tmp, "c1")
+    stack.cli.run("node", "certificate", "c1", "--csr", str(stack.tmp / "c1.csr"), "--out", str(cert))
+    with_cert = ["--mqtt-url", tls_url, "--mqtt-ca", ca, "--mqtt-cert", str(cert), "--mqtt-key", str(key)]
+    c1 = _tokenless(stack.agent("c1", start=False, extra=with_cert)).start()
+    wait_until(lambda: _agent_online(stack, "c1"), 30, what="c1 enrolled by its certificate, Online")
+    assert stat.S_IMODE(os.stat(c1.state_dir / "node.secret").st_mode) == 0o600
+    issued = [e for e in stack.cli.json("audit") if e["path"].endswith("/nodes/c1/certificate")]
+    assert issued and issued[0]["actor"] == "admin" and issued[0]["status"] == 201, issued
+
+    # the certificate names c1 only: the agent will not use it for c2, nor enrol c1 again elsewhere
+    c2 = _tokenless(stack.agent("c2", start=False, extra=with_cert)).start()
+    assert c2.wait_exit(15) == 1 and "is the certificate of node c1" in c2.log()  # a usage error
+    again = _tokenless(stack.agent("c1", start=False, extra=with_cert))
+    again.state_dir, again.argv[again.argv.index("--state-dir") + 1] = (
+        stack.tmp / "c1-again",
+        str(stack.tmp / "c1-again"),
+    )
+    again.log_path = stack.tmp / "c1-again.log"
+    again.start()
+    assert again.wait_exit(30) == 2 and "already enrolled" in again.log()
+
+    # at the broker, the certificate's login may enrol c1 and nothing else
+    peer = _tls_peer(tls_port, ca, cert, key, enrol_username(Topics(server.mqtt_root), "default"))
+    try:
+        t = Topics(server.mqtt_root)
+        granted: dict[int, list] = {}
+        peer.on_subscribe = lambda c, u, mid, codes, props: granted.__setitem__(mid, codes)
+        own = peer.subscribe(t.registration("default", "c1"), qos=1)[1]
+        other = peer.subscribe(t.registration("default", "n1"), qos=1)[1]
+        wait_until(lambda: own in granted and other in granted, what="both SUBACKs")
+        assert not granted[own][0].is_failure and granted[other][0].is_failure
+    finally:
+        peer.loop_stop()
+        peer.disconnect()
+
+    # a certificate of another CA, or of another cluster, does not pass the control service's check
+    foreign = tls.issue_server_cert(str(stack.tmp / "foreign"), ["127.0.0.1"])
+    with pytest.raises(tls.TlsError, match="not signed by this control service"):
+        tls.verify_node_certificate(ca, open(foreign.cert).read())
+    assert tls.verify_node_certificate(ca, cert.read_text())[:2] == ("default", "c1")
+    bad = stack.cli.run("node", "certificate", "c3", "--csr", str(cert), check=False)
+    assert bad.returncode == 1 and "not a PEM certificate signing request" in bad.stderr
+
+
+def _csr(where, node: str):
+    """A key (mode 0600) and a CSR for ``node``, made as an operator would on the node."""
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_path = where / f"{node}.key"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    csr = (
+        cx509.CertificateSigningRequestBuilder()
+        .subject_name(cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "anything-the-node-says")]))
+        .sign(key, hashes.SHA256())
+    )
+    (where / f"{node}.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    return key_path
+
+
+def _tokenless(agent):
+    i = agent.argv.index("--token")
+    del agent.argv[i : i + 2]
+    return agent
+
+
+def _tls_peer(port: int, ca: str, cert, key, username: str):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    peer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("peer-"), protocol=mqtt.MQTTv311)
+    peer.tls_set(ca_certs=ca, certfile=str(cert), keyfile=str(key))
+    peer.username_pw_set(username)
+    peer.connect("127.0.0.1", port)
+    peer.loop_start()
+    wait_until(peer.is_connected, what="the certificate's enrolment login accepted")
+    return peer
 
 
 def test_mosquitto_over_tls(make_stack, tmp_path):

@@ -130,6 +130,24 @@ def test_migrations_are_versioned_and_idempotent(database):
     assert [r.version for r in SchemaVersion.select()] == [v for v, _ in MIGRATIONS]
 
 
+def test_upgrading_keeps_the_rows_that_refer_to_a_changed_table(tmp_path):
+    """SQLite migration 12 copies the cluster table to add a NOT NULL column: with foreign keys enforced,
+    dropping the old table deleted every node, device, volume, task and grant (ON DELETE CASCADE)."""
+    from control.store import db as store
+    from control.store import models as m
+
+    database = store.make_database(None, str(tmp_path))
+    m.database_proxy.initialize(database)
+    store.migrate(database, only=set(range(1, 12)))
+    with store._without_columns(m.Cluster, ("metadata_version",)):
+        cluster = m.Cluster.create(name="c", join_secret="x")
+        m.Node.create(cluster=cluster, name="n", state="Online", agent_id="a")
+    assert store.migrate(database) == store.SCHEMA_VERSION
+    assert [n.name for n in m.Node.select()] == ["n"]
+    assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1  # enforced again afterwards
+    database.close()
+
+
 def test_newer_schema_is_refused(database):
     from control.store.db import SCHEMA_VERSION, DatabaseError, migrate
     from control.store.models import SchemaVersion

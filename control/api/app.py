@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from threading import Event
 from typing import Protocol
 
@@ -13,6 +14,7 @@ from control.api import schemas as s
 from control.api.alerts import router as alerts_router
 from control.api.audit import AuditMiddleware
 from control.api.audit import router as audit_router
+from control.api.backup import router as backup_router
 from control.api.deps import PUBLIC, permit
 from control.api.events import router as events_router
 from control.api.grow import router as grow_router
@@ -70,7 +72,8 @@ def create_app(
     app.state.hub = hub or WakeHub()
     app.state.options = options or OptionService(engine)
     app.state.metrics_token = metrics_token
-    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None)
+    leads: Callable[[], bool] | None = getattr(bridge, "is_leader", None)
+    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None, leads)
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)
@@ -85,6 +88,7 @@ def create_app(
 
     app.include_router(sessions_router)
     app.include_router(audit_router)
+    app.include_router(backup_router)
     app.add_middleware(AuditMiddleware)  # every change (non-GET request) goes to the audit log
 
     install_handlers(app)
@@ -99,6 +103,7 @@ def create_app(
             version=__version__,
             mqtt_connected=connected,
             database_ok=database_ok,
+            leader=leads() if leads is not None else True,
         )
 
     return app

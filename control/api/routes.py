@@ -187,6 +187,23 @@ def reenrol_node(name: str, node: str, actor: CurrentUser) -> s.ReenrolPublic:
 
 
 @router.post(
+    "/clusters/{name}/nodes/{node}/certificate",
+    response_model=s.NodeCertificatePublic,
+    status_code=201,
+    tags=["nodes"],
+    description="Sign a node certificate from a certificate signing request (needs admin on the node). The agent "
+    "then enrols over the embedded broker's TLS listener with --mqtt-cert/--mqtt-key instead of the join token; "
+    "an enrolled name still needs 'node reenrol' or 'node remove' first.",
+    dependencies=[permit(ADMIN, NODE)],
+)
+def node_certificate(
+    name: str, node: str, body: s.NodeCertificateRequest, actor: CurrentUser
+) -> s.NodeCertificatePublic:
+    pem, ca, until = enrolment.issue_certificate(clusters.get(name), node, body.csr, body.days, actor)
+    return s.NodeCertificatePublic(cluster=name, node=node, certificate=pem, ca=ca, not_after=until)
+
+
+@router.post(
     "/clusters/{name}/nodes/{node}/probe",
     response_model=s.TaskPublic,
     status_code=202,

@@ -123,6 +123,8 @@ class Health(Public):
     version: str
     mqtt_connected: bool
     database_ok: bool = True  # a real round trip (SELECT 1) answered in time
+    # this server handles the agents' messages and runs the periodic work (several servers: docs/ha.md)
+    leader: bool = True
 
 
 # ---- devices ------------------------------------------------------------------------------
@@ -328,6 +330,22 @@ class ReenrolPublic(BaseModel):
     cluster: str
     node: str
     reenrol_until: float
+
+
+class NodeCertificateRequest(BaseModel):
+    csr: str = Field(
+        max_length=16384,
+        description="PEM certificate signing request; only its key is used (the control service names the node)",
+    )
+    days: int = Field(default=365, ge=1, le=1095, description="validity in days")
+
+
+class NodeCertificatePublic(BaseModel):
+    cluster: str
+    node: str
+    certificate: str = Field(description="PEM client certificate that enrols this node (agent --mqtt-cert)")
+    ca: str = Field(description="PEM certificate of the control service's CA (agent --mqtt-ca)")
+    not_after: float
 
 
 # ---- growing volumes ------------------------------------------------------------------------

@@ -112,6 +112,8 @@ def agent(args: argparse.Namespace) -> int:
                 [
                     "mqtt_url",
                     "mqtt_ca",
+                    "mqtt_cert",
+                    "mqtt_key",
                     "token",
                     "token_file",
                     "node",
@@ -160,7 +162,8 @@ def login(args: argparse.Namespace) -> int:
     if not username:
         raise CliError("no user name: pass --username")
     answer = client.post("/api/v1/login", {"username": username, "password": _read_password(args)}, auth=False)
-    path = save_login(client.url, answer["token"], client.ca if client.url.startswith("https://") else None)
+    https = any(url.startswith("https://") for url in client.urls)
+    path = save_login(client.servers, answer["token"], client.ca if https else None)  # every server of the list
     print(f"Logged in successfully. The token is saved to {path}")
     return 0
 
@@ -356,6 +359,34 @@ def node_reenrol(args: argparse.Namespace) -> int:
         f"Node {args.node} of cluster {args.cluster} may enrol again until "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(answer['reenrol_until']))}: "
         "on that node, delete STATE_DIR/node.secret and start the agent with the join token."
+    )
+    return 0
+
+
+def node_certificate(args: argparse.Namespace) -> int:
+    try:
+        with open(args.csr) as fh:
+            csr = fh.read()
+    except OSError as exc:
+        raise CliError(f"cannot read the certificate signing request {args.csr}: {exc.strerror}") from None
+    body = {"csr": csr, "days": args.days}
+    answer = _client(args).post(f"/api/v1/clusters/{args.cluster}/nodes/{args.node}/certificate", body)
+    for path, pem in ((args.out, answer["certificate"]), (args.ca_out, answer["ca"])):
+        if path:
+            with open(path, "w") as fh:
+                fh.write(pem)
+    if args.output == "json":
+        emit(answer, "json", [])
+        return 0
+    if not args.out:
+        print(answer["certificate"], end="")
+        return 0
+    until = time.strftime("%Y-%m-%d", time.localtime(answer["not_after"]))
+    ca = args.ca_out or "DATA_DIR/tls/ca.pem"
+    print(
+        f"Node certificate of {args.node} (cluster {args.cluster}) written to {args.out}, valid until {until}. "
+        f"On that node: glusterctl agent --mqtt-url mqtts://SERVER:PORT --mqtt-ca {ca} "
+        f"--mqtt-cert {args.out} --mqtt-key KEYFILE (no join token needed)."
     )
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker import __version__
-from control.cli import alerts, audit, commands, completion, demo, volumes
+from control.cli import alerts, audit, backup, commands, completion, demo, volumes
 from control.cli.errors import CliError
 from control.client import ApiError
 
@@ -21,10 +21,24 @@ def _cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster name (default: %(default)s)")
 
 
+class _UrlList(argparse.Action):
+    """``--url`` given again adds servers to the list (as commas do)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option: object = None
+    ) -> None:
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--url", help="control server URL (default: $GLUSTERCTL_URL, the saved login, or http://127.0.0.1:8080)"
+        "--url",
+        action=_UrlList,
+        help="control server URL; several servers of one control plane separated by commas (or --url given "
+        "again), tried in order when one cannot be reached (default: $GLUSTERCTL_URL, the saved login, or "
+        "http://127.0.0.1:8080)",
     )
     common.add_argument(
         "--ca",
@@ -45,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
         help="run the control service (REST API, embedded MQTT broker, store)",
         description="Run the control service. Every flag can also be set as GLUSTERCTL_<FLAG> "
-        "(e.g. GLUSTERCTL_DATA_DIR).",
+        "(e.g. GLUSTERCTL_DATA_DIR). Several servers on one PostgreSQL database (--db) and one external "
+        "broker (--mqtt-url), each with its own --data-dir and the same metadata.key, form one control "
+        "plane: one leads (PostgreSQL advisory lock, checked every GLUSTERCTL_LEADER_INTERVAL seconds, "
+        "default 1), another takes over when it dies (docs/ha.md). SQLite and the embedded broker allow "
+        "one server.",
     )
     p.add_argument("--data-dir", help="state directory: SQLite database, broker secret (default: /var/lib/glusterctl)")
     p.add_argument("--http", help="REST API listen address HOST:PORT (default: 127.0.0.1:8080)")
@@ -62,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mqtt-url",
-        help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT or mqtts://...",
+        help="use this external broker instead of the embedded one: mqtt://USER:PASS@HOST:PORT or mqtts://... "
+        "(needed for several servers, docs/ha.md)",
     )
     p.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate (PEM) that verifies an mqtts:// --mqtt-url")
     p.add_argument(
@@ -74,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mqtt-root", help="topic root, to share a broker between control planes (default: glusterctl)")
     p.add_argument(
-        "--db", help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB"
+        "--db",
+        help="database URL: sqlite:///PATH (default: DATA_DIR/glusterctl.db) or postgresql://USER@HOST:PORT/DB "
+        "(PostgreSQL: several servers may share it, docs/ha.md)",
     )
     p.add_argument("--brick-ports", help="port range for bricks on each node, LOW-HIGH (default: 49152-60999)")
     p.add_argument(
@@ -135,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA certificate (PEM) that verifies an mqtts:// broker: the control server's DATA_DIR/tls/ca.pem "
         "(default: the system's CAs); an unverified broker makes the agent exit 2",
     )
+    p.add_argument(
+        "--mqtt-cert",
+        metavar="FILE",
+        help="node certificate (PEM) from 'glusterctl node certificate': presented to an mqtts:// broker and, "
+        "with no join token, used to enrol (the embedded broker's TLS listener)",
+    )
+    p.add_argument("--mqtt-key", metavar="FILE", help="the node certificate's private key (PEM, keep it mode 0600)")
     p.add_argument(
         "--token",
         help="the cluster's join token (glusterctl cluster token CLUSTER); needed only until the node is enrolled",
@@ -281,6 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.set_defaults(func=commands.node_reenrol)
     p = nodes.add_parser(
+        "certificate",
+        parents=[common],
+        help="sign a node certificate that enrols the node instead of the join token (admins only)",
+        description="Sign a client certificate for NODE with the server's own CA, from a certificate signing "
+        "request made on the node, so that the key never leaves it: 'openssl req -new -newkey ec -pkeyopt "
+        "ec_paramgen_curve:P-256 -nodes -keyout node.key -subj /CN=NODE -out node.csr'. The agent then enrols "
+        "over the embedded broker's TLS listener (server --mqtts) with --mqtt-cert/--mqtt-key and no join token. "
+        "An enrolled name still needs 'node reenrol' or 'node remove' first.",
+    )
+    _cluster(p)
+    p.add_argument("node")
+    p.add_argument("--csr", required=True, metavar="FILE", help="the PEM certificate signing request")
+    p.add_argument("--out", metavar="FILE", help="write the certificate here (default: print it)")
+    p.add_argument("--ca-out", metavar="FILE", help="also write the server's CA certificate here (agent --mqtt-ca)")
+    p.add_argument("--days", type=int, default=365, help="validity in days, 1-1095 (default: 365)")
+    _output(p)
+    p.set_defaults(func=commands.node_certificate)
+    p = nodes.add_parser(
         "probe", parents=[common], help="ask a node's agent for glusterfs version, kernel, free space, xattr support"
     )
     _cluster(p)
@@ -297,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion.add_parser(sub)
     alerts.add_parser(sub, common, _output)
     audit.add_parser(sub, common, _output)
+    backup.add_parsers(sub, common)
 
     # ---- tasks ----------------------------------------------------------------------------
     tasks = sub.add_parser("task", help="inspect tasks").add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -14,7 +14,9 @@ def add_parser(
     common: argparse.ArgumentParser,
     cluster: Callable[[argparse.ArgumentParser], None],
     wait: Callable[[argparse.ArgumentParser], None],
+    wait_volume: Callable[[Client, argparse.Namespace, str, list[str]], int],
 ) -> None:
+    """Register the command; ``wait_volume`` follows the operation for ``--wait`` (control/cli/volumes.py)."""
     p = volumes.add_parser(
         "replace-brick",
         parents=[common],
@@ -35,16 +37,14 @@ def add_parser(
         "--force", action="store_true", help="allow the new brick on a node holding another brick of the set"
     )
     wait(p)
-    p.set_defaults(func=volume_replace_brick)
+    p.set_defaults(func=volume_replace_brick, wait_volume=wait_volume)
 
 
 def volume_replace_brick(args: argparse.Namespace) -> int:
-    from control.cli.volumes import wait_volume  # that module registers this one
-
     client = Client(getattr(args, "url", None))
     answer = client.post(
         f"/api/v1/clusters/{args.cluster}/volumes/{args.name}/replace-brick",
         {"old": args.old, "new": args.new, "force": args.force},
     )
     print("Volume replace-brick request sent.")
-    return wait_volume(client, args, "replace-brick", answer["tasks"]) if args.wait else 0
+    return args.wait_volume(client, args, "replace-brick", answer["tasks"]) if args.wait else 0

@@ -167,7 +167,7 @@ def add_parsers(
     option_commands.add_parsers(volumes, common, cluster, output)
     heal.add_parser(volumes, common, cluster, output)
     rebalance.add_parser(volumes, common, cluster, output)
-    replace.add_parser(volumes, common, cluster, _wait)
+    replace.add_parser(volumes, common, cluster, _wait, wait_volume)
 
     p = sub.add_parser(
         "mount",

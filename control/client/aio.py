@@ -46,11 +46,17 @@ class AsyncClient(BaseClient):
         self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None, raw: bool = False
     ) -> Any:
         self.require_login()
-        try:
-            async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, verify=self.verify) as http:
-                response = await http.request(**self.request_args(method, path, body, params, True))
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.url, self.ca) from None
+        tried = 1
+        while True:
+            try:
+                async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, verify=self.verify) as http:
+                    response = await http.request(**self.request_args(method, path, body, params, True))
+                break
+            except httpx.HTTPError as exc:
+                if not self.unreachable(exc, tried):
+                    raise transport_error(exc, self.url, self.ca) from None
+                self.next_server()
+                tried += 1
         return self.answer(response, path, raw)
 
     async def snapshot(self) -> Snapshot:
@@ -148,6 +154,8 @@ class AsyncEventStream:
                 if refused_certificate(exc):
                     raise transport_error(exc, client.url, client.ca) from None
                 error = str(exc) or type(exc).__name__
+                if len(client.urls) > 1:  # resume on the next server: Last-Event-ID loses nothing
+                    client.next_server()
             except (ApiError, ValueError) as exc:
                 error = str(exc) or type(exc).__name__
             yield Down(error)

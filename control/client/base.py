@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from control.client.login import resolve_ca, resolve_url, saved_token
+from control.client.login import resolve_ca, resolve_url, saved_token, split_urls
 from control.client.models import Event, Hello, Reset, StreamItem
 from control.client.sse import SseDecoder, SseMessage
 
@@ -115,16 +115,44 @@ class BaseClient:
     ``url`` None: ``$GLUSTERCTL_URL``, the saved login's URL, or the default. ``token`` None: the
     token saved for that URL; ``""``: no token. ``ca``: the PEM file that verifies an https server
     (None: ``$GLUSTERCTL_CA``, the one saved with the login, or the system's CAs).
+
+    ``url`` may list several servers of one control plane, separated by commas (docs/ha.md): a
+    request that cannot reach one (no connection was made, so nothing was sent) goes to the next;
+    ``url`` is the one in use, ``servers`` the whole list (what ``login`` saves).
     """
 
     def __init__(
         self, url: str | None = None, token: str | None = None, timeout: float = 30.0, ca: str | None = None
     ) -> None:
-        self.url = resolve_url(url)
-        self.token = token if token is not None else saved_token(self.url)
+        try:
+            self.servers = resolve_url(url)
+        except ValueError as exc:
+            raise ApiError(str(exc)) from None
+        self.urls = split_urls(self.servers)
+        self._current = 0
+        self.token = token if token is not None else saved_token(self.servers)
         self.timeout = timeout
-        self.ca = resolve_ca(self.url, ca)
-        self.verify = verify_context(self.url, self.ca)
+        self.ca = resolve_ca(self.servers, ca)
+        self._verify = {u: verify_context(u, self.ca) for u in self.urls}
+
+    @property
+    def url(self) -> str:
+        """The server in use."""
+        return self.urls[self._current]
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return self._verify[self.url]
+
+    def next_server(self) -> str:
+        """Move on to the next server of the list (round the end); returns it."""
+        self._current = (self._current + 1) % len(self.urls)
+        return self.url
+
+    def unreachable(self, exc: httpx.HTTPError, tried: int) -> bool:
+        """True when ``exc`` means the server in use could not be reached and another one is left to try
+        (this is the ``tried``-th): the caller moves on (``next_server``) and sends the request there."""
+        return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and tried < len(self.urls)
 
     def headers(self, auth: bool = True) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}

@@ -49,15 +49,40 @@ def forget_login() -> None:
         pass
 
 
+def split_urls(text: str) -> list[str]:
+    """The servers of a comma-separated list (several servers of one control plane: docs/ha.md)."""
+    urls = [part.strip().rstrip("/") for part in text.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("no control server URL given: use http(s)://HOST:PORT, several separated by commas")
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise ValueError(
+                f"invalid control server URL {url!r}: use http(s)://HOST:PORT, several separated by commas"
+            )
+    return urls
+
+
 def resolve_url(url: str | None = None) -> str:
-    """The server to talk to: ``url``, else ``$GLUSTERCTL_URL``, else the saved login's, else the default."""
-    return (url or os.environ.get("GLUSTERCTL_URL") or load_login().get("url") or DEFAULT_URL).rstrip("/")
+    """The server(s) to talk to: ``url``, else ``$GLUSTERCTL_URL``, else the saved login's, else the default.
+
+    Several servers of one control plane are given as a comma-separated list (normalised here): the
+    clients try them in order and move to the next when one cannot be reached.
+    """
+    return ",".join(split_urls(url or os.environ.get("GLUSTERCTL_URL") or load_login().get("url") or DEFAULT_URL))
+
+
+def _same(saved: str, url: str) -> bool:
+    try:
+        return split_urls(saved) == split_urls(url)
+    except ValueError:
+        return False
 
 
 def saved_token(url: str) -> str | None:
-    """The saved token when it was saved for ``url`` (a token is never sent to another server)."""
+    """The saved token when it was saved for ``url`` (the same server list; a token is never sent to another
+    server)."""
     login = load_login()
-    return login.get("token") if login.get("url", "").rstrip("/") == url.rstrip("/") else None
+    return login.get("token") if _same(login.get("url", ""), url) else None
 
 
 def resolve_ca(url: str, ca: str | None = None) -> str | None:
@@ -66,5 +91,5 @@ def resolve_ca(url: str, ca: str | None = None) -> str | None:
     if ca or os.environ.get("GLUSTERCTL_CA"):
         return ca or os.environ.get("GLUSTERCTL_CA")
     login = load_login()
-    saved = login.get("ca") if login.get("url", "").rstrip("/") == url.rstrip("/") else None
+    saved = login.get("ca") if _same(login.get("url", ""), url) else None
     return saved or None

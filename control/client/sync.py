@@ -28,7 +28,14 @@ class Client(BaseClient):
         self, url: str | None = None, token: str | None = None, timeout: float = 30.0, ca: str | None = None
     ) -> None:
         super().__init__(url, token, timeout, ca)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify)
+        self._clients: dict[str, httpx.Client] = {}
+
+    @property
+    def _http(self) -> httpx.Client:
+        http = self._clients.get(self.url)
+        if http is None:
+            http = self._clients[self.url] = httpx.Client(base_url=self.url, timeout=self.timeout, verify=self.verify)
+        return http
 
     def request(
         self,
@@ -40,10 +47,16 @@ class Client(BaseClient):
         raw: bool = False,
     ) -> Any:
         """``raw``: return the answer's text instead of its JSON."""
-        try:
-            response = self._http.request(**self.request_args(method, path, body, params, auth))
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.url, self.ca) from None
+        tried = 1
+        while True:
+            try:
+                response = self._http.request(**self.request_args(method, path, body, params, auth))
+                break
+            except httpx.HTTPError as exc:
+                if not self.unreachable(exc, tried):
+                    raise transport_error(exc, self.url, self.ca) from None
+                self.next_server()
+                tried += 1
         return self.answer(response, path, raw)
 
     def get(self, path: str, /, **params: Any) -> Any:
@@ -67,7 +80,9 @@ class Client(BaseClient):
         return EventStream(StreamState(self, cluster, kinds, heartbeat, after, reconnect))
 
     def close(self) -> None:
-        self._http.close()
+        for http in self._clients.values():
+            http.close()
+        self._clients.clear()
 
 
 class EventStream:
@@ -107,6 +122,8 @@ class EventStream:
                     if refused_certificate(exc):
                         raise transport_error(exc, state.client.url, state.client.ca) from None
                     error = str(exc) or type(exc).__name__
+                    if len(state.client.urls) > 1:  # resume on the next server: Last-Event-ID loses nothing
+                        state.client.next_server()
                 except (ApiError, ValueError) as exc:
                     error = str(exc) or type(exc).__name__
                 finally:

@@ -9,13 +9,27 @@ enrols again only after ``node remove`` or within the window an admin opened wit
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
+import os
 import time
 from typing import Protocol
 
-from broker.messages import Hello, check_node_proof, check_proof, make_join_token, node_key
-from control.errors import NotFound
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from broker.messages import (
+    Hello,
+    certificate_enrolment_message,
+    check_name,
+    check_node_proof,
+    check_proof,
+    make_join_token,
+    node_key,
+)
+from control import tls
+from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.store.db import first, locked
 from control.store.models import Cluster, Node, User
@@ -88,10 +102,56 @@ def remove_fix(cluster: str, node: str) -> str:
     )
 
 
+_node_ca: str | None = None  # the CA that signs node certificates (the server's own), if any
+
+
+def use_node_ca(path: str | None) -> None:
+    """Accept node certificates issued by the CA certificate at ``path`` as enrolment credentials."""
+    global _node_ca
+    _node_ca = path
+
+
+def node_ca() -> str | None:
+    return _node_ca
+
+
+def check_certificate(cluster: Cluster, node_name: str, hello: Hello) -> str | None:
+    """Why this certificate enrolment is refused: a certificate of our CA for this very node, whose key signed."""
+    if _node_ca is None:
+        return "this control service has no CA of its own and accepts no node certificates: enrol with the join token"
+    try:
+        cert_cluster, cert_node, cert = tls.verify_node_certificate(_node_ca, hello.certificate or "")
+    except tls.TlsError as exc:
+        return f"node certificate refused: {exc}"
+    if (cert_cluster, cert_node) != (cluster.name, node_name):
+        return (
+            f"node certificate refused: it was issued for node {cert_node!r} of cluster {cert_cluster!r}, "
+            f"not for node {node_name!r} of cluster {cluster.name!r}"
+        )
+    digest = cert.fingerprint(hashes.SHA256()).hex()
+    assert hello.node_secret is not None
+    message = certificate_enrolment_message(cluster.name, node_name, hello.agent_id, hello.epoch, hello.node_secret)
+    try:
+        signature = base64.b64decode(hello.signature, validate=True)
+    except ValueError:
+        signature = b""
+    if not hmac.compare_digest(digest, hello.proof) or not tls.check_signature(cert, signature, message):
+        return "node certificate refused: the hello is not signed with the certificate's key"
+    return None
+
+
 def check_enrolment(cluster: Cluster, node: Node | None, node_name: str, hello: Hello, now: float) -> str | None:
-    """Why this enrolment hello is refused, or None when it may enrol (``hello.node_secret`` is set)."""
-    token = make_join_token(cluster.name, cluster.join_secret)
-    if not check_proof(token, node_name, hello.agent_id, hello.epoch, hello.proof):
+    """Why this enrolment hello is refused, or None when it may enrol (``hello.node_secret`` is set).
+
+    The enrolment credential is the join token (``proof``) or a node certificate (``certificate``).
+    """
+    if hello.certificate is not None:
+        why = check_certificate(cluster, node_name, hello)
+        if why is not None:
+            return why
+    elif not check_proof(
+        make_join_token(cluster.name, cluster.join_secret), node_name, hello.agent_id, hello.epoch, hello.proof
+    ):
         return (
             f"wrong join token for cluster {cluster.name!r}: get the current one with "
             f"'glusterctl cluster token {cluster.name}'"
@@ -152,3 +212,41 @@ def allow_reenrol(cluster: Cluster, name: str, actor: User, now: float | None = 
         "cluster %s node %s: re-enrolment allowed by %s for %ds", cluster.name, name, actor.name, REENROL_WINDOW_SECONDS
     )
     return node
+
+
+def issue_certificate(cluster: Cluster, node_name: str, csr: str, days: int, actor: User) -> tuple[str, str, float]:
+    """A node certificate for ``node_name`` from the CSR, the CA certificate (both PEM) and the expiry.
+
+    The caller checked the permission (admin on the node). The certificate enrols that node only,
+    like the join token does for any name: an enrolled name still needs 'node reenrol' or 'node remove'.
+    """
+    check_name("node", node_name)
+    if _node_ca is None:
+        raise Conflict(
+            "this server has no CA of its own for node certificates: they are accepted on the embedded "
+            "broker's TLS listener (glusterctl server --mqtts HOST:PORT); without it, enrol with the join token"
+        )
+    try:
+        pem = tls.sign_node_csr(os.path.dirname(_node_ca), csr, cluster.name, node_name, days)
+    except tls.TlsError as exc:
+        raise InvalidInput(str(exc)) from None
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    until = cert.not_valid_after_utc.timestamp()
+    events.record(
+        "node.certificate_issued",
+        cluster=cluster.name,
+        subject=node_name,
+        serial=f"{cert.serial_number:x}",
+        until=until,
+        by=actor.name,
+    )
+    log.info(
+        "cluster %s node %s: node certificate %x issued by %s, valid until %s",
+        cluster.name,
+        node_name,
+        cert.serial_number,
+        actor.name,
+        cert.not_valid_after_utc.isoformat(),
+    )
+    with open(_node_ca) as fh:
+        return pem, fh.read(), until

@@ -228,9 +228,11 @@ class WakeHub:
 
 # ---- pruning: keep the newest rows -----------------------------------------------------------
 class Pruner:
-    """Counts recorded events and prunes in its own thread, never in the recording one."""
+    """Counts recorded events and prunes in its own thread, never in the recording one (on the leader only,
+    when several servers share the database: ``leads``)."""
 
-    def __init__(self, backlog: int = DEFAULT_BACKLOG) -> None:
+    def __init__(self, backlog: int = DEFAULT_BACKLOG, leads: Callable[[], bool] = lambda: True) -> None:
+        self.leads = leads
         self.backlog = max(MIN_BACKLOG, backlog)
         self.prune_every = max(1, self.backlog // 10)  # recorded events between two prunes
         self._count = 0
@@ -264,6 +266,8 @@ class Pruner:
             self._due.clear()
             if self._stop.wait(PRUNE_DELAY_SECONDS):
                 return
+            if not self.leads():
+                continue
             try:
                 prune(self.backlog)
             except Exception:  # the database may be briefly locked
@@ -273,10 +277,14 @@ class Pruner:
 class EventFeed:
     """The hub and the pruner, wired to the event recorder between ``start`` and ``stop``."""
 
-    def __init__(self, backlog: int = DEFAULT_BACKLOG) -> None:
+    def __init__(self, backlog: int = DEFAULT_BACKLOG, leads: Callable[[], bool] = lambda: True) -> None:
         self.hub = WakeHub()
-        self.pruner = Pruner(backlog)
+        self.pruner = Pruner(backlog, leads)
         self._unsubscribe: Callable[[], None] | None = None
+
+    def prune(self) -> int:
+        """Prune now (the leader's periodic pass: other servers' events are not counted here)."""
+        return prune(self.pruner.backlog)
 
     def start(self) -> None:
         if self._unsubscribe is None:
@@ -292,3 +300,71 @@ class EventFeed:
         # runs in the recording thread inside its transaction: schedule, never wait
         self.hub.notify()
         self.pruner.on_event()
+
+
+# ---- other servers' events (PostgreSQL LISTEN/NOTIFY) ------------------------------------------------
+NOTIFY_CHANNEL = "glusterctl_events"
+LISTEN_RETRY_SECONDS = 2.0
+
+
+class EventListener:
+    """Wakes this server's streams when another server (sharing the PostgreSQL database) records events.
+
+    Every event's transaction sends ``NOTIFY glusterctl_events`` (``events.record``), delivered at its
+    commit; a dedicated connection LISTENs and calls ``notify``. Streams also poll, so a lost
+    connection only delays them until it is back (retried every ``LISTEN_RETRY_SECONDS``).
+    ``connect`` None (SQLite: one server): nothing to listen to.
+    """
+
+    def __init__(self, connect: Callable[[], Any] | None, notify: Callable[[], None]) -> None:
+        self._connect = connect
+        self._notify = notify
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._connect is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="event-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT_SECONDS)
+
+    def _run(self) -> None:
+        import select
+
+        import psycopg2
+
+        assert self._connect is not None
+        while not self._stop.is_set():
+            conn: Any = None
+            try:
+                conn = self._connect()
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self._notify()  # events recorded while not listening: the streams read them now
+                while not self._stop.is_set():
+                    ready, _, _ = select.select([conn], [], [], 0.5)
+                    if not ready:
+                        continue
+                    conn.poll()
+                    if conn.notifies:
+                        conn.notifies.clear()
+                        self._notify()
+            except (psycopg2.Error, OSError) as exc:
+                log.warning(
+                    "listening for other servers' events failed (retrying in %.0fs): %s",
+                    LISTEN_RETRY_SECONDS,
+                    " ".join(str(exc).split())[:200],
+                )
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg2.Error:
+                        pass
+            self._stop.wait(LISTEN_RETRY_SECONDS)

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from broker.messages import TaskKind, VolumeState
 from control.errors import Conflict, InvalidInput
 from control.services import events, phases
-from control.services.layout import Layout, check_layout, parse_bricks
+from control.services.layout import check_layout, layout_of, parse_bricks
+from control.services.lifecycle import move
 from control.services.placement import check_paths_free, place_by_size
 from control.services.ports import allocate_ports
 from control.services.tasks import TaskEngine
 from control.services.volfiles import bricks_of, node_volfiles, push_volfiles, shd_key, spec_of
-from control.services.volumes import _move
 from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Device, Task, Volume
 from control.store.models import database_proxy as db
@@ -45,10 +45,6 @@ VOLFILES = TaskKind.VOLUME_VOLFILES.value
 # the states a volume may grow from; it returns to the same state afterwards
 GROWABLE = (S.STARTED, S.STOPPED, S.CREATED)
 SET_NAMES = {"replicate": "replica", "arbiter": "replica", "disperse": "disperse"}
-
-
-def layout_of(volume: Volume) -> Layout:
-    return Layout(volume.type, volume.replica, volume.arbiter, volume.disperse, volume.redundancy)
 
 
 def describe_sets(volume: Volume) -> str:
@@ -132,7 +128,7 @@ class ExpandService:
                 volume.size_bytes = (volume.size_bytes or 0) + size_bytes
             volume.operation = uuid.uuid4().hex
             volume.save()
-            _move(volume, S.EXPANDING, f"adding {len(rows)} bricks")
+            move(volume, S.EXPANDING, f"adding {len(rows)} bricks")
             events.record(
                 "volume.expand",
                 cluster=cluster.name,
@@ -213,7 +209,7 @@ class ExpandService:
             new = [b for b in rows if b.index in indexes]
             volume.operation = uuid.uuid4().hex
             volume.save()
-            _move(volume, S.EXPANDING, f"retrying the expand of {len(new)} bricks")
+            move(volume, S.EXPANDING, f"retrying the expand of {len(new)} bricks")
             tasks = self._submit_bricks(volume, old, new, resume, force)
         self.engine.publish(tasks)
         return volume, tasks
@@ -230,7 +226,7 @@ class ExpandService:
             volume = progress.volume
             if progress.failed:
                 step = progress.step("adding the bricks")
-                _move(volume, S.EXPAND_FAILED, f"{step} failed on {', '.join(progress.failed)}")
+                move(volume, S.EXPAND_FAILED, f"{step} failed on {', '.join(progress.failed)}")
                 return
             if not progress.second:
                 publish = push_volfiles(self.engine, volume, operation=volume.operation, publish=False)
@@ -242,5 +238,5 @@ class ExpandService:
                 )
             else:
                 resume = str(progress.first_params("resume").get("resume") or S.STARTED.value)
-                _move(volume, S(resume), "expanded: every node serves the new volfiles")
+                move(volume, S(resume), "expanded: every node serves the new volfiles")
         self.engine.publish(publish)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from broker.paths import MAX_PATH, PathRefused, check_path, normalise
 from control.errors import InvalidInput, NotFound
-from control.store.models import Cluster, Device, Node
+from control.store.models import Cluster, Device, Node, Volume
 
 __all__ = ["MAX_PATH", "Layout", "VolumeRequest", "check_layout", "parse_bricks", "volume_type"]
 
@@ -133,3 +133,8 @@ def check_layout(kind: str, set_size: int, bricks: list[tuple[str, str]], force:
                     f"multiple bricks of a {kind} set are on the same node ({', '.join(nodes)}): this is not "
                     "fault tolerant; put each brick of a set on a different node, or pass --force to override"
                 )
+
+
+def layout_of(volume: Volume) -> Layout:
+    """The layout a stored volume was made with."""
+    return Layout(volume.type, volume.replica, volume.arbiter, volume.disperse, volume.redundancy)

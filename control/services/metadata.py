@@ -21,14 +21,22 @@ import threading
 import time
 from typing import Any, Protocol
 
+import peewee as pw
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from broker.messages import MAX_PAYLOAD_BYTES, MetadataDocument, MetadataRefused, metadata_signed_bytes, verify_metadata
+from broker.messages import (
+    MAX_PAYLOAD_BYTES,
+    MetadataCopy,
+    MetadataDocument,
+    MetadataRefused,
+    metadata_signed_bytes,
+    verify_metadata,
+)
 from broker.topics import Topics
 from control.services import authz, events
 from control.store.db import first, locked
-from control.store.models import Brick, Cluster, Device, Grant, Node, Volume
+from control.store.models import Brick, Cluster, ControlSetting, Device, Grant, Node, Volume
 from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
@@ -188,6 +196,32 @@ def sign(document: dict[str, Any], key: Ed25519PrivateKey, now: float | None = N
     )
 
 
+# ---- one key for every server of the control plane ----------------------------------------------
+SHARED_KEY = "metadata_key"
+
+
+def check_shared_key(key: Ed25519PrivateKey) -> None:
+    """The first server records its key's public half in the database; every later one must sign with the same
+    key (agents pin the first key they see and refuse documents signed by another): MetadataError if not."""
+    text = public_key_text(key)
+    for _ in range(2):  # two first servers at once: the slower one's insert fails, and it reads the other's
+        try:
+            with db.atomic():
+                row = ControlSetting.get_or_none(ControlSetting.name == SHARED_KEY)
+                if row is None:
+                    ControlSetting.create(name=SHARED_KEY, value=text)
+                    return
+        except pw.IntegrityError:
+            continue
+        if row.value != text:
+            raise MetadataError(
+                f"this server's metadata signing key ({KEY_FILE} in its data directory) is not the key the other "
+                "servers of this database sign with: copy DATA_DIR/metadata.key from one of them into this "
+                "server's data directory (or start it once with --restore-key FILE); see docs/ha.md"
+            )
+        return
+
+
 # ---- publishing ----------------------------------------------------------------------------
 class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
@@ -224,6 +258,10 @@ class MetadataPublisher:
         self._thread = threading.Thread(target=self._loop, name="metadata-publisher", daemon=True)
         self._thread.start()
 
+    def pause(self) -> None:
+        """Publish nothing until ``resume`` (another server leads)."""
+        self._paused = True
+
     def resume(self) -> None:
         self._paused = False
         self.republish_all()
@@ -239,6 +277,36 @@ class MetadataPublisher:
         """Publish every cluster's document again (after a broker reconnect: its retained copy may be gone)."""
         self._published.clear()
         self._wake.set()
+
+    def offered(self, cluster: str, node: str, message: MetadataCopy) -> bool:
+        """An agent's kept copy (offered at each server start): when its version is above the database's
+        (the server was restored from an older backup), move the version past it so agents keep this server's
+        documents again, and a later restore from the agents cannot pick a copy this database no longer matches.
+        """
+        envelope = message.copy_
+        if envelope is None or envelope.cluster != cluster:
+            return False
+        try:
+            verify(envelope, self.public_key)  # only a copy this key signed counts
+        except MetadataError:
+            return False
+        with db.atomic():
+            row = first(locked(Cluster.select().where(Cluster.name == cluster)))
+            if row is None or row.metadata_version >= envelope.version:
+                return False
+            before = row.metadata_version
+            Cluster.update(metadata_version=envelope.version + 1).where(Cluster.id == row.id).execute()
+        log.warning(
+            "cluster %s: node %s keeps metadata version %d, newer than this server's %d (restored from an older "
+            "backup?): the metadata now has version %d, and the agents keep it",
+            cluster,
+            node,
+            envelope.version,
+            before,
+            envelope.version + 1,
+        )
+        self._wake.set()
+        return True
 
     def _on_event(self, event: object) -> None:
         self._wake.set()

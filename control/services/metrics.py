@@ -66,8 +66,11 @@ HEAL_LABELS = ["cluster", "volume", "brick_path", "host"]
 class StoreCollector(Collector):
     """gluster_* and glusterctl_* families from the store; ``mqtt_connected`` reports the broker link."""
 
-    def __init__(self, mqtt_connected: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self, mqtt_connected: Callable[[], bool] | None = None, leader: Callable[[], bool] | None = None
+    ) -> None:
         self.mqtt_connected = mqtt_connected
+        self.leader = leader
 
     def collect(self) -> Iterator[Metric]:
         yield from self._volumes()
@@ -282,10 +285,18 @@ class StoreCollector(Collector):
                 "The control service's connection to the MQTT broker (1 connected)",
                 value=1 if self.mqtt_connected() else 0,
             )
+        if self.leader is not None:
+            yield GaugeMetricFamily(
+                "glusterctl_leader",
+                "This server handles the agents' messages and runs the periodic work (1; several servers: docs/ha.md)",
+                value=1 if self.leader() else 0,
+            )
 
 
-def make_registry(mqtt_connected: Callable[[], bool] | None = None) -> CollectorRegistry:
+def make_registry(
+    mqtt_connected: Callable[[], bool] | None = None, leader: Callable[[], bool] | None = None
+) -> CollectorRegistry:
     """A registry of its own per application (tests run several in one process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(mqtt_connected))
+    registry.register(StoreCollector(mqtt_connected, leader))
     return registry

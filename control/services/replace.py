@@ -31,13 +31,12 @@ from broker.messages import NodeState, TaskKind, VolumeState
 from broker.paths import normalise
 from control.errors import Conflict, GlusterctlError, InvalidInput, NotFound
 from control.services import events, heal, phases
-from control.services.expand import layout_of
-from control.services.layout import parse_bricks
+from control.services.layout import layout_of, parse_bricks
+from control.services.lifecycle import move
 from control.services.placement import check_paths_free
 from control.services.ports import allocate_ports
 from control.services.tasks import TaskEngine
 from control.services.volfiles import bricks_of, node_volfiles, push_volfiles, shd_key, spec_of
-from control.services.volumes import _move
 from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Node, Task, Volume
 from control.store.models import database_proxy as db
@@ -141,7 +140,7 @@ class ReplaceService:
         resume = volume.state
         volume.operation = uuid.uuid4().hex
         volume.save()
-        _move(volume, S.REPLACING, f"replacing brick {old_node}:{old_path} with {new_node}:{new_path}")
+        move(volume, S.REPLACING, f"replacing brick {old_node}:{old_path} with {new_node}:{new_path}")
         events.record(
             "volume.replace-brick",
             cluster=cluster.name,
@@ -242,7 +241,7 @@ class ReplaceService:
         resume = str(params.get("resume") or S.STARTED.value)
         volume.operation = uuid.uuid4().hex
         volume.save()
-        _move(volume, S.REPLACING, f"retrying the replacement of brick {old} with {new}")
+        move(volume, S.REPLACING, f"retrying the replacement of brick {old} with {new}")
         return self._submit(volume, old_spec, rows, replaced, resume, bool(params.get("force")))
 
     # -- progress -------------------------------------------------------------------------
@@ -258,14 +257,14 @@ class ReplaceService:
             volume = progress.volume
             if progress.failed:
                 step = progress.step("replacing the brick")
-                _move(volume, S.REPLACE_FAILED, f"{step} failed on {', '.join(progress.failed)}")
+                move(volume, S.REPLACE_FAILED, f"{step} failed on {', '.join(progress.failed)}")
                 return
             if not progress.second:
                 publish = self._push_volfiles(volume)
             else:
                 params = progress.first_params("bricks")
                 resume = S(str(params.get("resume") or S.STARTED.value))
-                _move(volume, resume, f"brick {params.get('new', '?')} replaced: every node serves the new volfiles")
+                move(volume, resume, f"brick {params.get('new', '?')} replaced: every node serves the new volfiles")
                 if resume == S.STARTED:
                     healing = volume
         self.engine.publish(publish)

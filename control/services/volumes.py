@@ -1,8 +1,8 @@
-"""Volumes: the operations (create, start, stop, delete) as per-node tasks, and the volume state machine.
+"""Volumes: the operations (create, start, stop, delete) as per-node tasks.
 
 A volume's state is derived from the tasks of its current operation: when the last task of
-the operation is final, the volume moves to the operation's success or failure state (one
-transition table, one log line and one event per transition).
+the operation is final, the volume moves to the operation's success or failure state through
+the state machine in control/services/lifecycle.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from broker.messages import FINAL_TASK_STATES, TaskState, VolumeState, check_nam
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
 from control.services.layout import VolumeRequest, check_layout, parse_bricks, volume_type
+from control.services.lifecycle import OPERATIONS, STABLE_STATES, TRANSITIONS, move
 from control.services.options import checked_options
 from control.services.placement import check_paths_free, place_by_size
 from control.services.ports import DEFAULT_PORT_RANGE, allocate_ports, move_to_new_ports
@@ -34,60 +35,9 @@ MAX_START_ATTEMPTS = 3  # a brick whose port is taken moves to a new port this m
 FINAL = frozenset(s.value for s in FINAL_TASK_STATES)
 
 S = VolumeState
-TRANSITIONS: dict[VolumeState, frozenset[VolumeState]] = {
-    S.CREATING: frozenset({S.CREATED, S.CREATE_FAILED}),
-    S.CREATED: frozenset({S.STARTING, S.DELETING, S.EXPANDING, S.REPLACING}),
-    S.CREATE_FAILED: frozenset({S.CREATING, S.DELETING}),
-    S.STARTING: frozenset({S.STARTED, S.START_FAILED}),
-    S.STARTED: frozenset({S.STOPPING, S.EXPANDING, S.REPLACING}),
-    S.START_FAILED: frozenset({S.STARTING, S.STOPPING}),
-    S.STOPPING: frozenset({S.STOPPED, S.STOP_FAILED}),
-    S.STOPPED: frozenset({S.STARTING, S.DELETING, S.EXPANDING, S.REPLACING}),
-    S.STOP_FAILED: frozenset({S.STOPPING, S.STARTING}),
-    S.DELETING: frozenset({S.DELETE_FAILED}),
-    S.DELETE_FAILED: frozenset({S.DELETING}),
-    # expand returns to the state it started from (control/services/expand.py)
-    S.EXPANDING: frozenset({S.STARTED, S.STOPPED, S.CREATED, S.EXPAND_FAILED}),
-    S.EXPAND_FAILED: frozenset({S.EXPANDING, S.STOPPING}),
-    # replace-brick likewise (control/services/replace.py)
-    S.REPLACING: frozenset({S.STARTED, S.STOPPED, S.CREATED, S.REPLACE_FAILED}),
-    S.REPLACE_FAILED: frozenset({S.REPLACING, S.STOPPING}),
-}
-# operation task kind -> (state while it runs, state when all tasks are DONE, state when one FAILED)
-OPERATIONS: dict[str, tuple[VolumeState, VolumeState | None, VolumeState]] = {
-    "volume.create": (S.CREATING, S.CREATED, S.CREATE_FAILED),
-    "volume.start": (S.STARTING, S.STARTED, S.START_FAILED),
-    "volume.stop": (S.STOPPING, S.STOPPED, S.STOP_FAILED),
-    "volume.delete": (S.DELETING, None, S.DELETE_FAILED),
-}
-
-# states a volume rests in; reset-state takes a stuck volume back to the last one it was in
-STABLE_STATES = frozenset({S.CREATED, S.STARTED, S.STOPPED})
 MAX_REASON_LENGTH = 500
 
 __all__ = ["DEFAULT_PORT_RANGE", "OPERATIONS", "STABLE_STATES", "TRANSITIONS", "VolumeRequest", "VolumeService"]
-
-
-def _move(volume: Volume, new: VolumeState, why: str = "") -> None:
-    old = VolumeState(volume.state)
-    if new == old:
-        return
-    if new not in TRANSITIONS[old]:
-        raise Conflict(f"volume {volume.name!r} is {old.value}: it cannot go to {new.value}")
-    volume.state = new.value
-    volume.updated_at = time.time()
-    if new in STABLE_STATES:
-        volume.stable_state = new.value
-    volume.save()
-    log.info(
-        "cluster %s volume %s: %s -> %s%s",
-        volume.cluster.name,
-        volume.name,
-        old.value,
-        new.value,
-        f" ({why})" if why else "",
-    )
-    events.record("volume.state", cluster=volume.cluster.name, subject=volume.name, state=new.value, reason=why)
 
 
 def _brick_params(node_bricks: list[Brick]) -> list[dict[str, Any]]:
@@ -216,7 +166,7 @@ class VolumeService:
             volume = self.get(cluster, name)
             if volume.state == S.STARTED.value:
                 raise Conflict(f"volume {name!r} is already Started")
-            _move(volume, S.STARTING, "start requested")
+            move(volume, S.STARTING, "start requested")
             rows = bricks_of(volume)
             tasks = self._submit(volume, "volume.start", rows, start_params(volume, rows))
         self.engine.publish(tasks)
@@ -233,7 +183,7 @@ class VolumeService:
                     f"a rebalance of volume {name!r} is in progress on {', '.join(running)}: stop it first "
                     f"(glusterctl volume rebalance stop -c {cluster.name} {name}) or wait for it to complete"
                 )
-            _move(volume, S.STOPPING, "stop requested")
+            move(volume, S.STOPPING, "stop requested")
             tasks = self._submit(volume, "volume.stop", bricks_of(volume), lambda bs: {"bricks": _brick_params(bs)})
         self.engine.publish(tasks)
         return volume, tasks
@@ -245,7 +195,7 @@ class VolumeService:
                 raise Conflict(
                     f"volume {name!r} is {volume.state}: stop it first (glusterctl volume stop -c {cluster.name} {name})"
                 )
-            _move(volume, S.DELETING, "delete requested" + (" with purge" if purge else ""))
+            move(volume, S.DELETING, "delete requested" + (" with purge" if purge else ""))
             tasks = self._submit(
                 volume,
                 "volume.delete",
@@ -287,7 +237,7 @@ class VolumeService:
         volume.concluded_operation = task.operation  # saved by the move below
         if any(s != TaskState.DONE.value for s in states.values()):
             nodes = sorted(n for n, s in states.items() if s != TaskState.DONE.value)
-            _move(volume, failed, f"failed on {', '.join(nodes)}")
+            move(volume, failed, f"failed on {', '.join(nodes)}")
             return []
         if ok is None:  # deleted
             name, cluster = volume.name, volume.cluster.name
@@ -295,9 +245,9 @@ class VolumeService:
             events.record("volume.state", cluster=cluster, subject=name, state="Deleted", reason="deleted")
             log.info("cluster %s volume %s: deleted", cluster, name)
             return []
-        _move(volume, ok, f"{task.kind.split('.')[1]} done on all nodes")
+        move(volume, ok, f"{task.kind.split('.')[1]} done on all nodes")
         if ok == S.CREATED and volume.start_after_create:
-            _move(volume, S.STARTING, "starting after create")
+            move(volume, S.STARTING, "starting after create")
             rows = bricks_of(volume)
             return self._submit(volume, "volume.start", rows, start_params(volume, rows))
         return []
@@ -313,7 +263,7 @@ class VolumeService:
             for _, (running, _, failed) in OPERATIONS.items():
                 if row.state == running.value:
                     row.concluded_operation = row.operation
-                    _move(row, failed, "the operation has no tasks")
+                    move(row, failed, "the operation has no tasks")
                     return True
         return False
 

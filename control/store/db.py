@@ -90,6 +90,10 @@ def outage(exc: BaseException) -> str | None:
 M = TypeVar("M", bound=pw.Model)
 
 
+def _fetch(db: Any, sql: str) -> list[Any]:
+    return list(db.execute_sql(sql).fetchall())
+
+
 def _execute_sql(db: pw.Database, sql: str) -> None:
     execute: Callable[[str], object] = db.execute_sql  # untyped in peewee's stubs
     execute(sql)
@@ -264,6 +268,14 @@ def _migration_12(db: pw.Database) -> None:
     apply(from_database(db).add_column("cluster", "metadata_version", m.Cluster.metadata_version))
 
 
+def _migration_14(db: pw.Database) -> None:
+    """Settings the servers of one control plane share (the metadata signing key's public half).
+
+    Self-contained and idempotent: creates the table only where missing.
+    """
+    db.create_tables([m.ControlSetting], safe=True)
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -298,6 +310,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (10, _migration_10),
     (11, _migration_11),
     (12, _migration_12),
+    (14, _migration_14),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
@@ -361,25 +374,69 @@ def first(query: pw.ModelSelect[M]) -> M | None:
     return None
 
 
-def migrate(db: pw.Database) -> int:
-    """Apply the migrations the database lacks; return the schema version."""
-    with db.atomic():
-        db.create_tables([m.SchemaVersion])
-        # each migration is applied once, by number: branches that add migrations in parallel
-        # may land in either order, so a database at 6 still gets a 5 that arrived later
-        applied = {row.version for row in m.SchemaVersion.select(m.SchemaVersion.version)}
-        unknown = sorted(applied - {version for version, _ in MIGRATIONS})
-        if unknown:
-            raise DatabaseError(
-                f"database schema version {unknown[-1]} is newer than this glusterctl ({SCHEMA_VERSION}); "
-                "upgrade glusterctl"
-            )
-        for version, step in sorted(MIGRATIONS, key=lambda pair: pair[0]):
-            if version not in applied:
-                log.info("applying schema migration %d", version)
-                step(db)
-                m.SchemaVersion.create(version=version)
-                applied.add(version)
+def migrate(db: pw.Database, only: set[int] | None = None) -> int:
+    """Apply the migrations the database lacks (``only``: just these, a restore's older schema); the schema version.
+
+    On SQLite, foreign keys are not enforced while migrating: a migration that changes a column
+    (a NOT NULL added) copies the table to a new one and drops the old, and with enforcement on that
+    drop deletes the rows that refer to it (ON DELETE CASCADE: a cluster's nodes, volumes, ...).
+    ``PRAGMA foreign_key_check`` must then find nothing broken before the migrations commit.
+    """
+    with sqlite_foreign_keys_off(db):
+        with db.atomic():
+            version = _migrate(db, only)
+            check_foreign_keys(db)
+    return version
+
+
+class sqlite_foreign_keys_off:
+    """Foreign keys not enforced on this SQLite connection meanwhile (the pragma is a no-op inside a transaction,
+    so the caller's outermost transaction must start inside this); nothing on PostgreSQL."""
+
+    def __init__(self, db: pw.Database) -> None:
+        self.db: Any = getattr(db, "obj", db)
+        self.was: int | None = None
+
+    def __enter__(self) -> None:
+        if isinstance(self.db, pw.SqliteDatabase) and not self.db.in_transaction():
+            self.was = int(_fetch(self.db, "PRAGMA foreign_keys")[0][0])
+            _fetch(self.db, "PRAGMA foreign_keys = 0")
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self.was is not None:
+            self.db.execute_sql(f"PRAGMA foreign_keys = {self.was}")
+
+
+def check_foreign_keys(db: pw.Database) -> None:
+    """DatabaseError when a SQLite row refers to a row that is not there (PostgreSQL enforces them always)."""
+    database: Any = getattr(db, "obj", db)
+    if not isinstance(database, pw.SqliteDatabase):
+        return
+    broken = _fetch(database, "PRAGMA foreign_key_check")
+    if broken:
+        where = "; ".join(f"{table} row {rowid} refers to a missing {parent}" for table, rowid, parent, _ in broken[:5])
+        raise DatabaseError(f"broken references ({len(broken)}): {where}")
+
+
+def _migrate(db: pw.Database, only: set[int] | None) -> int:
+    db.create_tables([m.SchemaVersion])
+    # each migration is applied once, by number: branches that add migrations in parallel
+    # may land in either order, so a database at 6 still gets a 5 that arrived later
+    applied = {row.version for row in m.SchemaVersion.select(m.SchemaVersion.version)}
+    unknown = sorted(applied - {version for version, _ in MIGRATIONS})
+    if unknown:
+        raise DatabaseError(
+            f"database schema version {unknown[-1]} is newer than this glusterctl ({SCHEMA_VERSION}); "
+            "upgrade glusterctl"
+        )
+    for version, step in sorted(MIGRATIONS, key=lambda pair: pair[0]):
+        if version not in applied and (only is None or version in only):
+            log.info("applying schema migration %d", version)
+            step(db)
+            m.SchemaVersion.create(version=version)
+            applied.add(version)
     return max(applied)
 
 

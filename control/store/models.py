@@ -321,3 +321,11 @@ ALL_MODELS = [
     Alert,
     AuditEntry,
 ]
+
+
+class ControlSetting(BaseModel):
+    """Settings every server of one control plane must share (docs/ha.md): ``metadata_key``, the public
+    key that signs the agents' metadata documents."""
+
+    name = pw.CharField(max_length=64, primary_key=True)
+    value = pw.TextField()
