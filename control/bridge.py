@@ -169,6 +169,10 @@ class Bridge:
         with self._drop_lock:
             self.dropped[reason] += 1
 
+    def dropped_counts(self) -> dict[str, int]:
+        with self._drop_lock:
+            return dict(self.dropped)
+
     def dropped_total(self) -> int:
         with self._drop_lock:
             return sum(self.dropped.values())

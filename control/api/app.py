@@ -70,7 +70,9 @@ def create_app(
     app.state.hub = hub or WakeHub()
     app.state.options = options or OptionService(engine)
     app.state.metrics_token = metrics_token
-    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None)
+    app.state.metrics = (
+        make_registry(bridge.connected.is_set, bridge.dropped_counts) if bridge is not None else make_registry()
+    )
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)

@@ -66,8 +66,13 @@ HEAL_LABELS = ["cluster", "volume", "brick_path", "host"]
 class StoreCollector(Collector):
     """gluster_* and glusterctl_* families from the store; ``mqtt_connected`` reports the broker link."""
 
-    def __init__(self, mqtt_connected: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        mqtt_connected: Callable[[], bool] | None = None,
+        mqtt_dropped: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self.mqtt_connected = mqtt_connected
+        self.mqtt_dropped = mqtt_dropped
 
     def collect(self) -> Iterator[Metric]:
         yield from self._volumes()
@@ -282,10 +287,22 @@ class StoreCollector(Collector):
                 "The control service's connection to the MQTT broker (1 connected)",
                 value=1 if self.mqtt_connected() else 0,
             )
+        if self.mqtt_dropped is not None:
+            dropped = CounterMetricFamily(
+                "glusterctl_mqtt_messages_dropped",
+                "Agent messages the control service dropped, by reason (stopping, oversized, malformed, handler-error)",
+                labels=["reason"],
+            )
+            counts = self.mqtt_dropped()
+            for reason in ("stopping", "oversized", "malformed", "handler-error"):
+                dropped.add_metric([reason], counts.get(reason, 0))
+            yield dropped
 
 
-def make_registry(mqtt_connected: Callable[[], bool] | None = None) -> CollectorRegistry:
+def make_registry(
+    mqtt_connected: Callable[[], bool] | None = None, mqtt_dropped: Callable[[], dict[str, int]] | None = None
+) -> CollectorRegistry:
     """A registry of its own per application (tests run several in one process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(mqtt_connected))
+    registry.register(StoreCollector(mqtt_connected, mqtt_dropped))
     return registry
