@@ -143,7 +143,7 @@ class SimAgent:
         while self.running and self.secret is None:
             try:
                 await self._enrol()
-            except (MqttError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, MqttError, OSError):
                 self.fleet.counters.connect_failures += 1
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, RECONNECT_MAX)
@@ -152,7 +152,7 @@ class SimAgent:
             try:
                 await self._session()
                 delay = RECONNECT_MIN
-            except (MqttError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, MqttError, OSError):
                 self.fleet.counters.connect_failures += 1
             if not self.running:
                 break
@@ -190,7 +190,7 @@ class SimAgent:
                 try:
                     answer = await asyncio.wait_for(asyncio.shield(self._answer), HELLO_RETRY)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if conn.closed.is_set():
                         raise MqttError("enrolment connection lost") from None
             if not answer.accepted:
@@ -235,7 +235,7 @@ class SimAgent:
             try:
                 await asyncio.wait_for(conn.closed.wait(), 1.0 if not self.registered.is_set() else 0.5)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if conn.frozen:
                 await conn.closed.wait()
@@ -519,7 +519,7 @@ class Fleet:
                 conn.publish(f"{root}/bench/{i}", payload, qos=0)
                 try:
                     await asyncio.wait_for(stop.wait(), self.heartbeat)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
         beats = [asyncio.create_task(beat(i, c)) for i, c in enumerate(conns)]
@@ -555,7 +555,7 @@ class Fleet:
                     return
                 try:
                     await asyncio.wait_for(ack, 10)
-                except (asyncio.TimeoutError, MqttError):
+                except (TimeoutError, MqttError):
                     return
 
         t2 = time.monotonic()
@@ -744,7 +744,11 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"{fmt(dropped['mqtt_messages'], '.0f')} / {fmt(dropped['heartbeats'], '.0f')}",
             "0",
         ),
-        ("server log: database is locked / timeouts", f"{r['log']['database is locked']} / {r['log']['broker timeouts']}", "0"),
+        (
+            "server log: database is locked / timeouts",
+            f"{r['log']['database is locked']} / {r['log']['broker timeouts']}",
+            "0",
+        ),
     ]
     width = max(len(row[0]) for row in rows)
     second = max(len(row[1]) for row in rows)

@@ -81,7 +81,7 @@ class Connection:
         self._tasks.append(asyncio.create_task(self._read_loop()))
         try:
             code = await asyncio.wait_for(self._connack, timeout)
-        except (asyncio.TimeoutError, MqttError):
+        except (TimeoutError, MqttError):
             self.abort()
             raise MqttError(f"no CONNACK from {host}:{port}") from None
         if code != 0:
