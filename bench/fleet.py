@@ -305,6 +305,9 @@ class SimAgent:
             done = TaskStatus(task_id=task.id, state=TaskState.DONE, epoch=self.epoch, result=result)
             self.journal[task.id] = done
             self.fleet.counters.tasks_done += 1
+            answered = self.fleet.answered(task.id)
+            if not answered.done():
+                answered.set_result(None)
         else:
             done = done.model_copy(update={"epoch": self.epoch, "at": time.time()})
         self._status(done)
@@ -457,6 +460,14 @@ class Fleet:
             base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=60
         )
         self.results: dict[str, Any] = {}
+        self.answers: dict[str, asyncio.Future[None]] = {}
+
+    def answered(self, task_id: str) -> asyncio.Future[None]:
+        """Completes when a simulated agent sent the task's final status."""
+        fut = self.answers.get(task_id)
+        if fut is None:
+            fut = self.answers[task_id] = asyncio.get_running_loop().create_future()
+        return fut
 
     # REST ------------------------------------------------------------------------------------
     async def node_states(self) -> dict[str, str]:
@@ -602,6 +613,7 @@ class Fleet:
         """``count`` probes, 10 in flight, to random agents; latency = finished_at - created_at (server clock)."""
         latencies: list[float] = []
         client_side: list[float] = []
+        to_running: list[float] = []
         sem = asyncio.Semaphore(10)
         failed: list[str] = []
 
@@ -613,6 +625,10 @@ class Fleet:
                     failed.append(f"{resp.status_code} {resp.text[:200]}")
                     return
                 task_id = resp.json()["id"]
+                try:  # the agent answered: only then read the task (polling would load the server)
+                    await asyncio.wait_for(self.answered(task_id), 30)
+                except TimeoutError:
+                    pass
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
                     task = (await self.http.get(f"/api/v1/tasks/{task_id}")).json()
@@ -620,9 +636,12 @@ class Fleet:
                         if task["state"] != "DONE":
                             failed.append(f"{task_id}: {task['state']} {task['reason']}")
                         latencies.append(task["finished_at"] - task["created_at"])
+                        running = [e["at"] for e in task.get("events") or [] if e["state"] == "RUNNING"]
+                        if running:
+                            to_running.append(running[0] - task["created_at"])
                         client_side.append(time.monotonic() - t0)
                         return
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.05)
                 failed.append(f"{task_id}: not final after 30 s")
 
         targets = [random.choice(self.agents) for _ in range(count)]
@@ -632,6 +651,7 @@ class Fleet:
             "p50_ms": (statistics.median(latencies) * 1000) if latencies else None,
             "p99_ms": (percentile(latencies, 99) or 0) * 1000 if latencies else None,
             "client_p50_ms": (statistics.median(client_side) * 1000) if client_side else None,
+            "running_p50_ms": (statistics.median(to_running) * 1000) if to_running else None,
             "failed": failed[:5],
             "failed_count": len(failed),
         }
@@ -658,6 +678,21 @@ class Fleet:
             agent.conn.abort()
         return {"seconds": seconds, "limit": 1.5 * keepalive + 1, "keepalive": keepalive}
 
+    def start_profile(self) -> subprocess.Popen[bytes] | None:
+        """py-spy on the server while the agents are held and tasks dispatched (--profile FILE)."""
+        if not self.args.profile:
+            return None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        assert self.server.popen is not None
+        argv = [exe, "record", "--pid", str(self.server.popen.pid), "--format", "raw", "-o", self.args.profile]
+        argv += ["--threads", "--rate", "50"]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_profile(self, profiler: subprocess.Popen[bytes] | None) -> None:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
+
     async def run(self) -> dict[str, Any]:
         args, r = self.args, self.results
         self.join_token = self.server.join_token()
@@ -671,10 +706,12 @@ class Fleet:
             "refusals": self.counters.refusals[:5],
         }
         await asyncio.sleep(min(self.heartbeat, 5))  # let the storm's backlog drain
+        profiler = self.start_profile()
         r["held"] = await self.hold(args.duration)
         cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
         r["dispatch"] = await self.dispatch(args.tasks)
         r["dispatch"]["cpu_percent"] = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+        self.stop_profile(profiler)
         r["frozen"] = await self.frozen(args.frozen_keepalive)
         m = await self.metrics()
         r["dropped"] = {
@@ -835,6 +872,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frozen-keepalive", type=int, default=4, help="keepalive of the agent that freezes")
     parser.add_argument("--tasks", type=int, default=200, help="probe tasks for the dispatch latency")
     parser.add_argument("--storm-timeout", type=float, default=300.0)
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the server while held (collapsed stacks)")
     parser.add_argument("--keep-log", metavar="FILE", help="copy the server's log here")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     args = parser.parse_args(argv)

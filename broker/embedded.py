@@ -264,6 +264,7 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             session.parent = 0
         session.glusterctl_authenticated = True
         self.access.identities[session.client_id] = ident
+        _enforce_keepalive(handler, session)
         return handler, session
 
     async def _check_login(self, session: Session) -> str | None:
@@ -311,6 +312,31 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         ]
         if sends:
             await asyncio.wait(sends)
+
+
+_closing: set[asyncio.Future[None]] = set()  # connections being closed (a reference until they are)
+
+
+def _enforce_keepalive(handler: BrokerProtocolHandler, session: Session) -> None:
+    """Close a connection that sent nothing for 1.5 x its keepalive (MQTT 3.1.1, 3.1.2.10).
+
+    amqtt 0.12 only times its read out after the keepalive and then keeps waiting, so a hung client
+    whose TCP connection stays open was never dropped and its last-will never sent. The reader's
+    timeout is the session's ``keep_alive`` (read when the reader starts, after this); on a timeout
+    the connection is closed, the reader sees the end of the stream and the broker sends the will.
+    """
+    if session.keep_alive and session.keep_alive > 0:
+        session.keep_alive = session.keep_alive * 1.5
+
+    def expired() -> None:
+        log.info("MQTT client %s: nothing received for 1.5 x its keepalive; closing", session.client_id)
+        writer = handler.writer
+        if writer is not None:
+            closing = asyncio.ensure_future(writer.close())
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+
+    handler.handle_read_timeout = expired
 
 
 def check_port_free(host: str, port: int) -> None:

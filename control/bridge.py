@@ -16,6 +16,7 @@ import collections
 import logging
 import queue
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -191,6 +192,7 @@ class Bridge:
             log.error("MQTT broker %s refused the control service: %s", self.url.redacted(), reason_code)
             return
         self.refused = None
+        no_delay(client)
         client.subscribe([(f, 1) for f in self.topics.agent_filters()])
         client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
         log.info("connected to MQTT broker %s", self.url.redacted())
@@ -322,6 +324,18 @@ class Bridge:
                 )
                 return
             self.engine.apply_status(cluster, node, message)
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Send each packet at once: paho leaves Nagle's algorithm on, and a small publish (a task, a
+    PUBACK) then waits for the broker's delayed ACK of the previous one, tens of milliseconds."""
+    sock = client.socket()
+    if not isinstance(sock, socket.socket):  # also ssl.SSLSocket
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not a TCP socket (a test double, a unix socket)
+        pass
 
 
 def _short(text: str, limit: int = 300) -> str:

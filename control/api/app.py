@@ -51,6 +51,8 @@ class BrokerLink(Protocol):
     @property
     def connected(self) -> Event: ...
 
+    def dropped_counts(self) -> dict[str, int]: ...
+
 
 def create_app(
     engine: TaskEngine,
