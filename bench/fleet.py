@@ -486,9 +486,14 @@ class Fleet:
         return values
 
     async def wait_online(self, names: set[str], timeout: float) -> float | None:
+        """Seconds until the REST API lists all ``names`` Online and each such agent's node session is registered."""
         start = time.monotonic()
+        agents = [a for a in self.agents if a.name in names]
         while time.monotonic() - start < timeout:
             try:
+                if not all(a.registered.is_set() for a in agents):
+                    await asyncio.sleep(0.5)
+                    continue
                 states = await self.node_states()
                 if all(states.get(n) == "Online" for n in names):
                     return time.monotonic() - start
@@ -556,7 +561,7 @@ class Fleet:
         counted = [0]
         for c in conns:
             c.on_message = lambda t, p: counted.__setitem__(0, counted[0] + 1)
-        burst = 3.0
+        burst = min(3.0, self.args.duration)
         end = time.monotonic() + burst
 
         async def flood(i: int, conn: Connection) -> None:
@@ -685,7 +690,7 @@ class Fleet:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         assert self.server.popen is not None
         argv = [exe, "record", "--pid", str(self.server.popen.pid), "--format", "raw", "-o", self.args.profile]
-        argv += ["--threads", "--rate", "50"]
+        argv += ["--threads", "--rate", "50", "--nonblocking"]
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_profile(self, profiler: subprocess.Popen[bytes] | None) -> None:
@@ -705,7 +710,7 @@ class Fleet:
             "connect_failures": self.counters.connect_failures,
             "refusals": self.counters.refusals[:5],
         }
-        await asyncio.sleep(min(self.heartbeat, 5))  # let the storm's backlog drain
+        await asyncio.sleep(min(self.heartbeat, 5, args.duration))  # let the storm's backlog drain
         profiler = self.start_profile()
         r["held"] = await self.hold(args.duration)
         cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
@@ -733,7 +738,7 @@ class Fleet:
 def server_log_problems(text: str) -> dict[str, int]:
     return {
         "database is locked": text.count("database is locked"),
-        "broker timeouts": len(re.findall(r"(?i)timeout|timed out", text)),
+        "broker timeouts": len(re.findall(r"(?i)timed out|TimeoutError|PUBACK timeout", text)),
         "errors": len(re.findall(r" ERROR ", text)),
     }
 

@@ -260,6 +260,7 @@ class Bridge:
         while not self._stop.wait(SWEEP_INTERVAL):
             self.last_tick = time.monotonic()
             try:
+                nodes.flush_seen()
                 nodes.sweep_silent()
             except Exception:
                 log.exception("node sweep failed")
