@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import ssl
 import sys
@@ -57,7 +58,7 @@ from broker.messages import (
     parse_join_token,
 )
 from broker.topics import Topics, filter_matches
-from broker.url import MqttUrl
+from broker.url import MqttUrl, no_delay
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,11 @@ class Agent:
             client_id=f"glusterctl-agent-{self.node}-{self.agent_id[:8]}"[:64],
             clean_session=True,
         )
-        self.client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        # each agent its own backoff sequence: after a broker or server restart, thousands of agents
+        # do not come back in lockstep
+        # (paho types the delays as int; it only adds and compares them, so a float works)
+        first_delay: Any = round(RECONNECT_MIN * random.uniform(0.5, 1.5), 3)
+        self.client.reconnect_delay_set(first_delay, RECONNECT_MAX)
         if self.url.tls:
             self.client.tls_set_context(self.url.tls_context())
             self.client.on_connect_fail = self._on_connect_fail
@@ -266,6 +271,7 @@ class Agent:
                 log.warning("the MQTT broker refused the connection (%s); retrying", reason_code)
             return
         log.info("connected to %s (epoch %d)", self.url.redacted(), self.epoch)
+        no_delay(client)
         client.subscribe([(self.topics.registration(self.cluster, self.node), 1), (self.topics.control_presence(), 1)])
         self._send_hello()
 

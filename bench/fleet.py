@@ -633,7 +633,8 @@ class Fleet:
                 try:  # the agent answered: only then read the task (polling would load the server)
                     await asyncio.wait_for(self.answered(task_id), 30)
                 except TimeoutError:
-                    pass
+                    failed.append(f"{task_id}: the agent got no task within 30 s")
+                    return
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
                     task = (await self.http.get(f"/api/v1/tasks/{task_id}")).json()

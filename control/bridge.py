@@ -16,7 +16,6 @@ import collections
 import logging
 import queue
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from broker.messages import (
     TaskStatus,
 )
 from broker.topics import Topics
-from broker.url import MqttUrl
+from broker.url import MqttUrl, no_delay
 from control.services import nodes
 from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
@@ -325,18 +324,6 @@ class Bridge:
                 )
                 return
             self.engine.apply_status(cluster, node, message)
-
-
-def no_delay(client: mqtt.Client) -> None:
-    """Send each packet at once: paho leaves Nagle's algorithm on, and a small publish (a task, a
-    PUBACK) then waits for the broker's delayed ACK of the previous one, tens of milliseconds."""
-    sock = client.socket()
-    if not isinstance(sock, socket.socket):  # also ssl.SSLSocket
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not a TCP socket (a test double, a unix socket)
-        pass
 
 
 def _short(text: str, limit: int = 300) -> str:

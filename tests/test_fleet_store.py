@@ -18,11 +18,9 @@ def database(request, tmp_path):
 
     url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     db = open_database(url, str(tmp_path))
-    nodes._beats.clear()
-    nodes._pending.clear()
+    nodes.reset_beats()
     yield db
-    nodes._beats.clear()
-    nodes._pending.clear()
+    nodes.reset_beats()
     db.close()
 
 

@@ -249,6 +249,13 @@ def _forget_beats(cluster_name: str, node_name: str) -> None:
         _beats.pop((cluster_name, node_name), None)
 
 
+def reset_beats() -> None:
+    """Forget every kept heartbeat (another database is opened in this process: benchmarks, tests)."""
+    with _beats_lock:
+        _beats.clear()
+        _pending.clear()
+
+
 def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: float | None = None) -> bool:
     """Record a heartbeat; False when it is from a connection the control service does not trust."""
     now = now or time.time()
