@@ -424,9 +424,27 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if not await Broker._authenticate(self, session, None):
             return "bad credentials"
         live = self._sessions.get(session.client_id) if session.client_id else None
-        if live is not None and live[0].transitions.is_connected() and live[0].username != session.username:
+        if (
+            live is not None
+            and live[0].transitions.is_connected()
+            and live[0].username != session.username
+            and not self._enrolled_takeover(live[0].username, session.username, session.client_id)
+        ):
             return "its client id is in use by another user"
         return None
+
+    def _enrolled_takeover(self, live_user: str | None, new_user: str | None, client_id: str) -> bool:
+        """A node's own login may take over its cluster's enrolment login on the node's own agent
+        client id (``glusterctl-agent-NODE-...``, as the agent forms it): the agent that just enrolled
+        reconnects as the node with the same client id, and under load the broker may not have seen
+        the enrolment session's DISCONNECT yet (the agent would be refused, and exit)."""
+        topics = self.access.topics
+        live = parse_username(topics, live_user or "")
+        new = parse_username(topics, new_user or "")
+        if live is None or new is None or live[0] != "enrol" or new[0] != "node" or live[1] != new[1]:
+            return False
+        own = f"glusterctl-agent-{new[2]}-"[:64]
+        return client_id[: len(own)] == own
 
     async def _authenticate(self, session: Session, _: Any) -> bool:
         # the login was checked in _initialize_client_session
