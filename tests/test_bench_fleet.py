@@ -13,7 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_fleet_bench_smoke():
     argv = [sys.executable, str(ROOT / "bench" / "fleet.py"), "--agents", "20", "--broker", "embedded"]
-    argv += ["--db", "sqlite", "--duration", "3", "--tasks", "10", "--frozen-keepalive", "2", "-o", "json"]
+    argv += [
+        "--db",
+        "sqlite",
+        "--duration",
+        "2",
+        "--heartbeat",
+        "1",
+        "--tasks",
+        "10",
+        "--frozen-keepalive",
+        "2",
+        "-o",
+        "json",
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, f"fleet.py exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     r = json.loads(proc.stdout)
