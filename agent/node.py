@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 
 EXIT_AUTH = 2
 EXIT_VOLFILE_SERVER = 3
-HELLO_RETRY_SECONDS = 5.0
+HELLO_RETRY_SECONDS = 5.0  # the first wait for an answer to a hello; then doubled, up to HELLO_RETRY_MAX
+HELLO_RETRY_MAX = 30.0
 RECONNECT_MIN, RECONNECT_MAX = 1, 30
 TASK_WORKERS = 4
 INTERRUPTED_REASON = "INTERRUPTED: the agent restarted while the task ran; run the operation again"
@@ -99,6 +100,7 @@ class Agent:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._last_hello = 0.0
+        self._hello_wait = HELLO_RETRY_SECONDS
         self._seq = 0
         self._network_thread = 0
         self._pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="task")
@@ -208,6 +210,7 @@ class Agent:
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._network_thread = threading.get_ident()
         self.epoch = self._next_epoch()
+        self._hello_wait = HELLO_RETRY_SECONDS * random.uniform(0.8, 1.2)
         self.registered.clear()
         self._nonces.clear()
         username, password = self._login()
@@ -395,7 +398,10 @@ class Agent:
                 if not self.client.is_connected():
                     continue
                 if not self.registered.is_set():
-                    if time.monotonic() - self._last_hello >= HELLO_RETRY_SECONDS:
+                    if time.monotonic() - self._last_hello >= self._hello_wait:
+                        # a busy control service answers late: asking again ever more often would
+                        # only lengthen its queue (thousands of agents after a restart)
+                        self._hello_wait = min(self._hello_wait * 2, HELLO_RETRY_MAX) * random.uniform(0.8, 1.2)
                         self._send_hello()
                     continue
                 if time.monotonic() - self._last_beat >= self.s.heartbeat:

@@ -77,7 +77,7 @@ BIN = str(Path(sys.executable).parent / "glusterctl")
 MOSQUITTO = ("127.0.0.1", 1883)
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLUSTER = "default"
-HELLO_RETRY = 5.0  # as the agent (agent/node.py HELLO_RETRY_SECONDS)
+HELLO_RETRY, HELLO_RETRY_MAX = 5.0, 30.0  # as the agent (agent/node.py): doubled each time, with jitter
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
 
 
@@ -174,6 +174,7 @@ class SimAgent:
         )
         try:
             await conn.subscribe([(self.t.registration(CLUSTER, self.name), 1), (self.t.control_presence(), 1)])
+            wait = HELLO_RETRY * random.uniform(0.8, 1.2)
             while True:
                 self._answer = asyncio.get_running_loop().create_future()
                 nonce = secrets.token_hex(8)
@@ -188,11 +189,12 @@ class SimAgent:
                 )
                 conn.publish(self.t.hello(CLUSTER, self.name), hello.model_dump_json().encode(), qos=1)
                 try:
-                    answer = await asyncio.wait_for(asyncio.shield(self._answer), HELLO_RETRY)
+                    answer = await asyncio.wait_for(asyncio.shield(self._answer), wait)
                     break
                 except TimeoutError:
                     if conn.closed.is_set():
                         raise MqttError("enrolment connection lost") from None
+                    wait = min(wait * 2, HELLO_RETRY_MAX) * random.uniform(0.8, 1.2)
             if not answer.accepted:
                 self.fleet.counters.refusals.append(f"{self.name}: {answer.reason}")
                 self.running = False
@@ -230,6 +232,7 @@ class SimAgent:
         )
         await conn.subscribe([(self.t.registration(CLUSTER, self.name), 1), (self.t.control_presence(), 1)])
         self._send_hello()
+        hello_wait = HELLO_RETRY * random.uniform(0.8, 1.2)
         last_beat = 0.0
         while not conn.closed.is_set() and self.running:
             try:
@@ -242,7 +245,8 @@ class SimAgent:
                 break
             now = time.monotonic()
             if not self.registered.is_set():
-                if now - self._last_hello >= HELLO_RETRY:
+                if now - self._last_hello >= hello_wait:
+                    hello_wait = min(hello_wait * 2, HELLO_RETRY_MAX) * random.uniform(0.8, 1.2)
                     self._send_hello()
             elif now - last_beat >= fleet.heartbeat:
                 last_beat = now

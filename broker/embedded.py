@@ -23,6 +23,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -511,9 +512,26 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                     continue
                 handler = self._get_handler(target_session)
                 if handler:
-                    running_tasks.append(
-                        asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
-                    )
+                    running_tasks.append(asyncio.ensure_future(self._deliver(handler, topic, broadcast["data"], qos)))
+
+    late_acks = 0  # QoS 1 deliveries whose PUBACK did not come within amqtt's 5 s
+    _late_logged = 0.0
+
+    async def _deliver(self, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int) -> None:
+        """One delivery; a late PUBACK is counted and logged once in a while, not with a traceback each.
+
+        amqtt has written the message when it gives up waiting for the PUBACK (it does not send it
+        again): a client that is slow to acknowledge (the control service under a storm) still
+        reads it. Formatting a traceback for each of thousands of them kept the loop busier still.
+        """
+        try:
+            await handler.mqtt_publish(topic, data, qos, retain=False)
+        except TimeoutError:
+            self.late_acks += 1
+            now = time.monotonic()
+            if now - self._late_logged >= 10:
+                self._late_logged = now
+                log.warning("%d QoS 1 deliveries so far were not acknowledged within 5 s", self.late_acks)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

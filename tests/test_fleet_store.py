@@ -139,3 +139,32 @@ def test_brick_changes_take_the_full_path(database):
     Brick.update(state="Offline", pid=None).execute()  # changed by someone else: the next heartbeat corrects it
     assert nodes.handle_heartbeat("default", "n1", beat(7, 3, 3.0, up), now=t0 + 2)
     assert Brick.get().state == "Online"
+
+
+def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):
+    from broker.messages import Hello, node_key, node_proof
+    from control.services import enrolment, nodes
+    from control.store.models import Node
+
+    row = make_node("n1", epoch=5)
+    secret = "s" * 43
+    enrolment.set_credential(row, secret)
+    row.save()
+    key = node_key(secret)
+
+    def hello(epoch: int, nonce: str) -> Hello:
+        proof = node_proof(key, "default", "n1", "a" * 32, epoch)
+        return Hello(agent_id="a" * 32, epoch=epoch, proof=proof, nonce=nonce, facts=NodeFacts(hostname="n1"))
+
+    t0 = time.time()
+    assert nodes.handle_hello("default", "n1", hello(9, "one"), now=t0).accepted
+    again = nodes.handle_hello("default", "n1", hello(9, "two"), now=t0 + 1)
+    assert again.accepted and again.nonce == "two" and again.epoch == 9
+    # the node's connection is lost: a repeat of that hello takes the full path, and is judged again
+    nodes.handle_presence("default", "n1", Presence(state="offline", epoch=9), now=t0 + 2)
+    assert Node.get(Node.name == "n1").state == "Unreachable"
+    assert nodes.handle_hello("default", "n1", hello(9, "three"), now=t0 + 3).accepted
+    assert Node.get(Node.name == "n1").state == "Online"
+    # a wrong proof is never answered from what was kept
+    forged = hello(9, "four").model_copy(update={"proof": "0" * 64})
+    assert not nodes.handle_hello("default", "n1", forged, now=t0 + 4).accepted

@@ -61,12 +61,35 @@ def _seen(node: Node, now: float) -> None:
     node.silence_deadline = now + silence_limit(node)
 
 
+HELLO_KEEP_SECONDS = 60.0
+
+
 def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | None = None) -> Registration:
+    """Check a hello and answer it.
+
+    A hello repeated by the connection that was just accepted (same agent, epoch and proof: its
+    answer was slow or lost) is answered again without a transaction; any change of the node's
+    row (state, epoch, credential, removal) forgets the accepted hello first.
+    """
+    now = now or time.time()
+    key = (cluster_name, node_name)
+    if hello.node_secret is not None:
+        _forget_beats(cluster_name, node_name)
+    else:
+        with _beats_lock:
+            accepted = _hellos.get(key)
+        repeated = accepted is not None and accepted[:3] == (hello.epoch, hello.agent_id, hello.proof)
+        if repeated and accepted is not None and now - accepted[3] < HELLO_KEEP_SECONDS:
+            return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
-        return _handle_hello(cluster_name, node_name, hello, now or time.time())
+        answer = _handle_hello(cluster_name, node_name, hello, now)
     except _NotEnrolled as exc:
         log.warning("cluster %s node %s: enrolment failed: %s", cluster_name, node_name, exc)
         return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=str(exc))
+    if answer.accepted and hello.node_secret is None:
+        with _beats_lock:
+            _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+    return answer
 
 
 def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -> Registration:
@@ -239,6 +262,7 @@ class _Beat:
 
 
 _beats: dict[tuple[str, str], _Beat] = {}
+_hellos: dict[tuple[str, str], tuple[int, str, str, float]] = {}  # the last accepted: epoch, agent, proof, when
 _pending: dict[int, tuple[int, float, float]] = {}  # node id -> (epoch, last seen, silence deadline)
 _beats_lock = threading.Lock()
 
@@ -247,6 +271,7 @@ def _forget_beats(cluster_name: str, node_name: str) -> None:
     """The node's row changed outside a heartbeat (state, epoch, removal): the next heartbeat takes the full path."""
     with _beats_lock:
         _beats.pop((cluster_name, node_name), None)
+        _hellos.pop((cluster_name, node_name), None)
 
 
 def reset_beats() -> None:
@@ -254,6 +279,7 @@ def reset_beats() -> None:
     with _beats_lock:
         _beats.clear()
         _pending.clear()
+        _hellos.clear()
 
 
 def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: float | None = None) -> bool:
