@@ -352,9 +352,13 @@ def sweep_silent(now: float | None = None) -> int:
     """Mark Online nodes whose heartbeats stopped Unreachable (a lost last-will must not leave them Online)."""
     now = now or time.time()
     count = 0
-    silent = Node.select(Node.id).where(
-        (Node.state == NodeState.ONLINE.value) & ((Node.silence_deadline < now) | Node.silence_deadline.is_null())
-    )
+    # read the candidates first: a SELECT still open on this connection would pin its snapshot, and
+    # SQLite refuses at once (no waiting) to start a write transaction on a stale snapshot
+    silent = [
+        *Node.select(Node.id).where(
+            (Node.state == NodeState.ONLINE.value) & ((Node.silence_deadline < now) | Node.silence_deadline.is_null())
+        )
+    ]
     for candidate in silent:
         with db.atomic():  # look again under the lock: a heartbeat may have come meanwhile
             node = first(locked(Node.select(Node, Cluster).join(Cluster).where(Node.id == candidate.id), of=Node))
