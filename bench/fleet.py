@@ -743,7 +743,7 @@ class Fleet:
 def server_log_problems(text: str) -> dict[str, int]:
     return {
         "database is locked": text.count("database is locked"),
-        "broker timeouts": len(re.findall(r"(?i)timed out|TimeoutError|PUBACK timeout", text)),
+        "broker timeouts": len(re.findall(r"(?i)timed out|TimeoutError|Timeout waiting for PUBACK", text)),
         "errors": len(re.findall(r" ERROR ", text)),
     }
 
