@@ -46,6 +46,7 @@ class _Request:
 
 
 def time_glusterctl(rounds: int, tmp: Path) -> dict[str, list[float]]:
+    tmp.mkdir(parents=True, exist_ok=True)
     stack = Stack(tmp, _Request()).start()
     times: dict[str, list[float]] = {"create_start": [], "stop_delete": []}
     try:
