@@ -64,9 +64,15 @@ def time_glusterctl(rounds: int, tmp: Path) -> dict[str, list[float]]:
             wait_until(lambda n=name: stack.cli.json("volume", "status", n)["state"] == "Started", 30)
             t1 = time.perf_counter()
             stack.cli.run("volume", "stop", name, "--wait", timeout=120)
+            t2 = time.perf_counter()
             stack.cli.run("volume", "delete", name, "--wait", timeout=120)
             times["stop_delete"].append(time.perf_counter() - t1)
+            print(
+                f"glusterctl round {r}: stop {t2 - t1:.2f} s, delete {time.perf_counter() - t2:.2f} s", file=sys.stderr
+            )
     finally:
+        if os.environ.get("VOLUME_OPS_LOG"):
+            shutil.copy(stack.server.log_path, os.environ["VOLUME_OPS_LOG"])
         stack.close()
     return times
 
