@@ -861,14 +861,12 @@ def clear_retained(root: str) -> None:
         await asyncio.sleep(0.5)
         await conn.disconnect()
 
-    try:
-        asyncio.run(run())
-    except RuntimeError:  # inside the running loop: a thread of its own
-        import threading
+    import threading
 
-        thread = threading.Thread(target=lambda: asyncio.run(run()))
-        thread.start()
-        thread.join(30)
+    # called from inside the driver's event loop: a loop of its own in a thread
+    thread = threading.Thread(target=lambda: asyncio.run(run()), name="clear-retained")
+    thread.start()
+    thread.join(30)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
