@@ -417,16 +417,41 @@ class BrickManager:
         except ProcessLookupError:
             pass
 
+    def _kill_all(self, pids: list[int]) -> None:
+        """SIGTERM every process at once, then wait for them together (SIGKILL after STOP_TIMEOUT):
+        a volume's bricks and self-heal daemon exit in parallel, not one after the other."""
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if not gone(pid)]
+            if alive:
+                time.sleep(0.05)
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def _stop_processes(self, volume_id: str, name: str) -> list[int]:
         stopped = []
         vdir = self._vdir(volume_id)
-        for entry in sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []:
-            if entry.endswith(".pid"):
-                pid = pid_running(os.path.join(vdir, entry), os.path.join(vdir, entry))
-                if pid:
-                    self._kill(pid)
-                    stopped.append(pid)
+        pid_files = [e for e in sorted(os.listdir(vdir)) if e.endswith(".pid")] if os.path.isdir(vdir) else []
+        for entry in pid_files:
+            pid = pid_running(os.path.join(vdir, entry), os.path.join(vdir, entry))
+            if pid:
+                stopped.append(pid)
+        self._kill_all(stopped)
+        for entry in pid_files:
+            try:
                 os.unlink(os.path.join(vdir, entry))
+            except FileNotFoundError:
+                pass
         return stopped
 
     def stop(self, volume_id: str, name: str) -> dict[str, Any]:

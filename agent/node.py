@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import ssl
 import sys
@@ -59,13 +60,14 @@ from broker.messages import (
     parse_join_token,
 )
 from broker.topics import Topics, filter_matches
-from broker.url import MqttUrl
+from broker.url import MqttUrl, no_delay
 
 log = logging.getLogger(__name__)
 
 EXIT_AUTH = 2
 EXIT_VOLFILE_SERVER = 3
-HELLO_RETRY_SECONDS = 5.0
+HELLO_RETRY_SECONDS = 5.0  # the first wait for an answer to a hello; then doubled, up to HELLO_RETRY_MAX
+HELLO_RETRY_MAX = 30.0
 RECONNECT_MIN, RECONNECT_MAX = 1, 30
 TASK_WORKERS = 4
 INTERRUPTED_REASON = "INTERRUPTED: the agent restarted while the task ran; run the operation again"
@@ -100,6 +102,7 @@ class Agent:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._last_hello = 0.0
+        self._hello_wait = HELLO_RETRY_SECONDS
         self._seq = 0
         self._network_thread = 0
         self._pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="task")
@@ -108,7 +111,11 @@ class Agent:
             client_id=f"glusterctl-agent-{self.node}-{self.agent_id[:8]}"[:64],
             clean_session=True,
         )
-        self.client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        # each agent its own backoff sequence: after a broker or server restart, thousands of agents
+        # do not come back in lockstep
+        # (paho types the delays as int; it only adds and compares them, so a float works)
+        first_delay: Any = round(RECONNECT_MIN * random.uniform(0.5, 1.5), 3)
+        self.client.reconnect_delay_set(first_delay, RECONNECT_MAX)
         if self.url.tls:
             self.client.tls_set_context(self.url.tls_context())
             self.client.on_connect_fail = self._on_connect_fail
@@ -205,6 +212,7 @@ class Agent:
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._network_thread = threading.get_ident()
         self.epoch = self._next_epoch()
+        self._hello_wait = HELLO_RETRY_SECONDS * random.uniform(0.8, 1.2)
         self.registered.clear()
         self._nonces.clear()
         username, password = self._login()
@@ -278,6 +286,7 @@ class Agent:
                 log.warning("the MQTT broker refused the connection (%s); retrying", reason_code)
             return
         log.info("connected to %s (epoch %d)", self.url.redacted(), self.epoch)
+        no_delay(client)
         client.subscribe([(self.topics.registration(self.cluster, self.node), 1), (self.topics.control_presence(), 1)])
         self._send_hello()
 
@@ -416,7 +425,10 @@ class Agent:
                 if not self.client.is_connected():
                     continue
                 if not self.registered.is_set():
-                    if time.monotonic() - self._last_hello >= HELLO_RETRY_SECONDS:
+                    if time.monotonic() - self._last_hello >= self._hello_wait:
+                        # a busy control service answers late: asking again ever more often would
+                        # only lengthen its queue (thousands of agents after a restart)
+                        self._hello_wait = min(self._hello_wait * 2, HELLO_RETRY_MAX) * random.uniform(0.8, 1.2)
                         self._send_hello()
                     continue
                 if time.monotonic() - self._last_beat >= self.s.heartbeat:

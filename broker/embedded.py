@@ -23,6 +23,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +32,7 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
@@ -209,10 +211,132 @@ class GlusterctlTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt is 
 _Holders = list[tuple[Session, int]]
 
 
-class _SnapshotDict(dict[str, _Holders]):
-    """A dict whose iteration works on a copy: amqtt 0.12 awaits while iterating its subscription
-    table, and a client (un)subscribing meanwhile made the broadcast fail with 'dictionary changed
-    size during iteration', losing the message."""
+class _Node:
+    __slots__ = ("children", "key")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.key: str | None = None  # the filter or topic that ends here
+
+
+class TopicTrie:
+    """Topic filters or topic names by level, to find matches without looking at every one.
+
+    ``filters_matching(topic)``: of the filters held, those that match a topic name;
+    ``topics_matching(filter)``: of the topic names held, those a filter matches. Both follow
+    MQTT 3.1.1 (4.7): ``+`` is one level, ``#`` the rest including the parent level, and wildcards
+    in the first level do not match topics that start with ``$``.
+    """
+
+    def __init__(self) -> None:
+        self.root = _Node()
+
+    def add(self, key: str) -> None:
+        node = self.root
+        for level in key.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = node.children[level] = _Node()
+            node = child
+        node.key = key
+
+    def remove(self, key: str) -> None:
+        path = [self.root]
+        levels = key.split("/")
+        for level in levels:
+            child = path[-1].children.get(level)
+            if child is None:
+                return
+            path.append(child)
+        path[-1].key = None
+        for depth in range(len(levels), 0, -1):  # prune the branch that holds nothing any more
+            node = path[depth]
+            if node.key is not None or node.children:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+
+    def filters_matching(self, topic: str) -> list[str]:
+        levels = topic.split("/")
+        dollar = topic.startswith("$")
+        found: list[str] = []
+        stack = [(self.root, 0)]
+        while stack:
+            node, i = stack.pop()
+            wild = not (dollar and i == 0)
+            rest = node.children.get("#")
+            if rest is not None and rest.key is not None and wild:
+                found.append(rest.key)
+            if i == len(levels):
+                if node.key is not None:
+                    found.append(node.key)
+                continue
+            child = node.children.get(levels[i])
+            if child is not None:
+                stack.append((child, i + 1))
+            plus = node.children.get("+") if wild else None
+            if plus is not None:
+                stack.append((plus, i + 1))
+        return found
+
+    def topics_matching(self, topic_filter: str) -> list[str]:
+        levels = topic_filter.split("/")
+        found: list[str] = []
+        stack = [(self.root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == len(levels):
+                if node.key is not None:
+                    found.append(node.key)
+                continue
+            level = levels[i]
+            if level == "#":
+                if i > 0 and node.key is not None:
+                    found.append(node.key)  # "a/#" matches "a"
+                below = [c for name, c in node.children.items() if i > 0 or not name.startswith("$")]
+                while below:
+                    sub = below.pop()
+                    if sub.key is not None:
+                        found.append(sub.key)
+                    below.extend(sub.children.values())
+            elif level == "+":
+                for name, child in node.children.items():
+                    if i > 0 or not name.startswith("$"):
+                        stack.append((child, i + 1))
+            else:
+                exact = node.children.get(level)
+                if exact is not None:
+                    stack.append((exact, i + 1))
+        return found
+
+
+class _SubscriptionTable(dict[str, _Holders]):
+    """amqtt's subscription table (topic filter -> holders), with the filters in a TopicTrie.
+
+    Iterating works on a copy: amqtt 0.12 awaits while iterating its subscription table, and a
+    client (un)subscribing meanwhile made it fail with 'dictionary changed size during iteration'.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trie = TopicTrie()
+
+    def __setitem__(self, key: str, value: _Holders) -> None:
+        if not dict.__contains__(self, key):
+            self.trie.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.trie.remove(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if dict.__contains__(self, key):
+            self.trie.remove(key)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.trie = TopicTrie()
 
     def _snapshot(self) -> dict[str, _Holders]:
         # not self.copy(): copying a dict whose __iter__ is overridden calls keys(), which is ours
@@ -231,6 +355,32 @@ class _SnapshotDict(dict[str, _Holders]):
         return self._snapshot().values()
 
 
+class _RetainedTable(dict[str, Any]):
+    """amqtt's retained messages (topic -> message), with the topics in a TopicTrie."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trie = TopicTrie()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not dict.__contains__(self, key):
+            self.trie.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.trie.remove(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if dict.__contains__(self, key):
+            self.trie.remove(key)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.trie = TopicTrie()
+
+
 class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's Broker with retained-message delivery held to each client's own subscriptions and ACL.
 
@@ -244,7 +394,9 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._subscriptions = _SnapshotDict()
+        self._subscriptions = _SubscriptionTable()
+        self._retained_messages = _RetainedTable()
+        self._held: dict[str, set[str]] = {}  # client id -> the filters it subscribed to
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -292,6 +444,7 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             session.parent = 0
         session.glusterctl_authenticated = True
         self.access.identities[session.client_id] = ident
+        _enforce_keepalive(handler, session)
         return handler, session
 
     async def _check_login(self, session: Session) -> str | None:
@@ -300,9 +453,27 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if not await Broker._authenticate(self, session, None):
             return "bad credentials"
         live = self._sessions.get(session.client_id) if session.client_id else None
-        if live is not None and live[0].transitions.is_connected() and live[0].username != session.username:
+        if (
+            live is not None
+            and live[0].transitions.is_connected()
+            and live[0].username != session.username
+            and not self._enrolled_takeover(live[0].username, session.username, session.client_id)
+        ):
             return "its client id is in use by another user"
         return None
+
+    def _enrolled_takeover(self, live_user: str | None, new_user: str | None, client_id: str) -> bool:
+        """A node's own login may take over its cluster's enrolment login on the node's own agent
+        client id (``glusterctl-agent-NODE-...``, as the agent forms it): the agent that just enrolled
+        reconnects as the node with the same client id, and under load the broker may not have seen
+        the enrolment session's DISCONNECT yet (the agent would be refused, and exit)."""
+        topics = self.access.topics
+        live = parse_username(topics, live_user or "")
+        new = parse_username(topics, new_user or "")
+        if live is None or new is None or live[0] != "enrol" or new[0] != "node" or live[1] != new[1]:
+            return False
+        own = f"glusterctl-agent-{new[2]}-"[:64]
+        return client_id[: len(own)] == own
 
     async def _authenticate(self, session: Session, _: Any) -> bool:
         # the login was checked in _initialize_client_session
@@ -344,20 +515,88 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if handler is not None and handler.writer is not None:
             await handler.writer.close()
 
+    # ---- indexed subscriptions: amqtt 0.12 looks at every subscription for every message, every
+    # retained message for every new subscription, and every subscription of every client at each
+    # connect and disconnect; with thousands of agents that was most of the server's CPU.
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        code: int = await super().add_subscription(subscription, session)
+        if code != 0x80:
+            self._held.setdefault(session.client_id, set()).add(subscription[0])
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted: int = super()._del_subscription(a_filter, session)
+        if deleted:
+            self._held.get(session.client_id, set()).discard(a_filter)
+        return deleted
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        for a_filter in self._held.pop(session.client_id, set()):
+            Broker._del_subscription(self, a_filter, session)
+            holders = dict.get(self._subscriptions, a_filter)
+            if holders is not None and not holders:
+                del self._subscriptions[a_filter]
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        """amqtt's broadcast of one message, to the holders of the filters that match its topic only.
+
+        The receive check is the ACL's own (GlusterctlTopicPlugin is the only topic plugin).
+        """
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        for k_filter in self._subscriptions.trie.filters_matching(topic):
+            for target_session, sub_qos in list(dict.get(self._subscriptions, k_filter, ())):
+                qos = broadcast.get("qos", sub_qos)
+                if not self.access.allowed(target_session.client_id, topic, Action.RECEIVE):
+                    continue
+                connected = target_session.transitions.state == "connected"
+                if (
+                    not connected
+                    and not target_session.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target_session.is_anonymous
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                if not connected:
+                    continue
+                handler = self._get_handler(target_session)
+                if handler:
+                    running_tasks.append(asyncio.ensure_future(self._deliver(handler, topic, broadcast["data"], qos)))
+
+    late_acks = 0  # QoS 1 deliveries whose PUBACK did not come within amqtt's 5 s
+    _late_logged = 0.0
+
+    async def _deliver(self, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int) -> None:
+        """One delivery; a late PUBACK is counted and logged once in a while, not with a traceback each.
+
+        amqtt has written the message when it gives up waiting for the PUBACK (it does not send it
+        again): a client that is slow to acknowledge (the control service under a storm) still
+        reads it. Formatting a traceback for each of thousands of them kept the loop busier still.
+        """
+        try:
+            await handler.mqtt_publish(topic, data, qos, retain=False)
+        except TimeoutError:
+            self.late_acks += 1
+            now = time.monotonic()
+            if now - self._late_logged >= 10:
+                self._late_logged = now
+                log.warning("%d QoS 1 deliveries so far were not acknowledged within 5 s", self.late_acks)
+
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
     ) -> None:
         topic_filter, qos = subscription
-        holders = self._subscriptions.get(topic_filter, [])
-        if not any(held.client_id == session.client_id for held, _ in holders):
+        if topic_filter not in self._held.get(session.client_id, ()):
             return
         handler = self._get_handler(session)
         if handler is None:
             return
+        retained = self._retained_messages
         sends = [
             asyncio.ensure_future(handler.mqtt_publish(msg.topic, msg.data, min(qos, msg.qos or qos), retain=True))
-            for topic, msg in list(self._retained_messages.items())
-            if filter_matches(topic_filter, topic) and self.access.allowed(session.client_id, topic, Action.RECEIVE)
+            for msg in (retained.get(t) for t in retained.trie.topics_matching(topic_filter))
+            if msg is not None and self.access.allowed(session.client_id, msg.topic, Action.RECEIVE)
         ]
         if sends:
             await asyncio.wait(sends)
@@ -370,6 +609,31 @@ def _peer_node(writer: Any) -> tuple[str, str] | None:
     cert = ssl_object.getpeercert() if ssl_object is not None else None  # only a verified one
     named = {n for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI" and (n := node_of_uri(value))}
     return named.pop() if len(named) == 1 else None
+
+
+_closing: set[asyncio.Future[None]] = set()  # connections being closed (a reference until they are)
+
+
+def _enforce_keepalive(handler: BrokerProtocolHandler, session: Session) -> None:
+    """Close a connection that sent nothing for 1.5 x its keepalive (MQTT 3.1.1, 3.1.2.10).
+
+    amqtt 0.12 only times its read out after the keepalive and then keeps waiting, so a hung client
+    whose TCP connection stays open was never dropped and its last-will never sent. The reader's
+    timeout is the session's ``keep_alive`` (read when the reader starts, after this); on a timeout
+    the connection is closed, the reader sees the end of the stream and the broker sends the will.
+    """
+    if session.keep_alive and session.keep_alive > 0:
+        session.keep_alive = session.keep_alive * 1.5
+
+    def expired() -> None:
+        log.info("MQTT client %s: nothing received for 1.5 x its keepalive; closing", session.client_id)
+        writer = handler.writer
+        if writer is not None:
+            closing = asyncio.ensure_future(writer.close())
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+
+    handler.handle_read_timeout = expired
 
 
 def check_port_free(host: str, port: int) -> None:

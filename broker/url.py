@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 
@@ -88,3 +89,18 @@ def parse_host_port(value: str, default_port: int, what: str) -> tuple[str, int]
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"invalid {what} {value!r}: use HOST:PORT with a port from 1 to 65535")
     return host, int(port)
+
+
+def no_delay(client: Any) -> None:
+    """Send each packet at once on a connected paho client's socket.
+
+    paho leaves Nagle's algorithm on, so a small publish (a task, a status, a PUBACK) waited for
+    the broker's delayed ACK of the previous one: tens of milliseconds per message.
+    """
+    sock = client.socket()
+    if not isinstance(sock, socket.socket):  # also ssl.SSLSocket
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not a TCP socket
+        pass

@@ -40,7 +40,7 @@ from broker.messages import (
     TaskStatus,
 )
 from broker.topics import Topics
-from broker.url import MqttUrl
+from broker.url import MqttUrl, no_delay
 from control.services import nodes
 from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
@@ -204,6 +204,10 @@ class Bridge:
         with self._drop_lock:
             self.dropped[reason] += 1
 
+    def dropped_counts(self) -> dict[str, int]:
+        with self._drop_lock:
+            return dict(self.dropped)
+
     def dropped_total(self) -> int:
         with self._drop_lock:
             return sum(self.dropped.values())
@@ -222,6 +226,7 @@ class Bridge:
             log.error("MQTT broker %s refused the control service: %s", self.url.redacted(), reason_code)
             return
         self.refused = None
+        no_delay(client)
         log.info("connected to MQTT broker %s", self.url.redacted())
         with self._leading:  # a leadership gained meanwhile subscribes either here or in take_over
             leads = self.is_leader()
@@ -323,6 +328,7 @@ class Bridge:
             if not self.is_leader():
                 continue
             try:
+                nodes.flush_seen()
                 nodes.sweep_silent()
             except Exception:
                 log.exception("node sweep failed")

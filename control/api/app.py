@@ -53,6 +53,8 @@ class BrokerLink(Protocol):
     @property
     def connected(self) -> Event: ...
 
+    def dropped_counts(self) -> dict[str, int]: ...
+
 
 def create_app(
     engine: TaskEngine,
@@ -73,7 +75,9 @@ def create_app(
     app.state.options = options or OptionService(engine)
     app.state.metrics_token = metrics_token
     leads: Callable[[], bool] | None = getattr(bridge, "is_leader", None)
-    app.state.metrics = make_registry((lambda: bridge.connected.is_set()) if bridge is not None else None, leads)
+    app.state.metrics = (
+        make_registry(bridge.connected.is_set, bridge.dropped_counts, leads) if bridge is not None else make_registry()
+    )
     app.include_router(router)
     app.include_router(volumes_router)
     app.include_router(events_router)

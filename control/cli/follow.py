@@ -66,8 +66,10 @@ class StreamReader:
         self._thread.start()
 
     def close(self) -> None:
+        # the reader may sit in a blocking read until the next event or keep-alive (seconds): it is a
+        # daemon thread that stops with the stream, so the command does not wait for it to notice
         self.stream.close()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=0.05)
 
     def _run(self) -> None:
         try:

@@ -33,6 +33,48 @@ def apply_heartbeat(
     apply_devices(node, devices)
 
 
+def would_change(
+    cluster_id: int, node_name: str, bricks: list[BrickReport], shds: list[ShdReport], devices: list[DeviceReport]
+) -> bool:
+    """True if applying these reports would write anything (reads only, no transaction)."""
+    reported = {(b.volume_id, b.index): b for b in bricks}
+    rows = (
+        Brick.select(Brick, Volume.id)
+        .join(Volume)
+        .where((Volume.cluster == cluster_id) & (Brick.node_name == node_name))
+    )
+    for brick in rows:
+        rep = reported.get((brick.volume.id, brick.index))
+        state = "Online" if rep is not None and rep.online else "Offline"
+        if state != brick.state or (rep.pid if rep is not None else None) != brick.pid or capacity_change(brick, rep):
+            return True
+    shd_rows = {
+        row.volume_id: row
+        for row in SelfHealDaemon.select()
+        .join(Volume)
+        .where((Volume.cluster == cluster_id) & (SelfHealDaemon.node_name == node_name))
+    }
+    reported_shds = {r.volume_id: r for r in shds}
+    if set(reported_shds) - set(shd_rows):
+        return True  # a daemon of a volume not recorded yet (the full path checks the volume exists)
+    for volume_id, row in shd_rows.items():
+        shd = reported_shds.get(volume_id)
+        state = "Online" if shd is not None and shd.online else "Offline"
+        if state != row.state or (shd.pid if shd is not None else None) != row.pid:
+            return True
+    if devices:
+        stored = {
+            d.path: (d.total_bytes, d.free_bytes)
+            for d in Device.select(Device.path, Device.total_bytes, Device.free_bytes).where(
+                (Device.cluster == cluster_id) & (Device.node_name == node_name)
+            )
+        }
+        for dev in devices:
+            if dev.path in stored and stored[dev.path] != (dev.total_bytes, dev.free_bytes):
+                return True
+    return False
+
+
 def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now: float) -> None:
     """A brick the node does not report is Offline; one event per state change."""
     reported = {(b.volume_id, b.index): b for b in reports}

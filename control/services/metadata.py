@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import peewee as pw
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
 
 from broker.messages import (
     MAX_PAYLOAD_BYTES,
@@ -246,6 +247,7 @@ class MetadataPublisher:
         self.topics, self.publisher, self.key = topics, publisher, key
         self.public_key = public_key_text(key)
         self._published: dict[str, int] = {}  # cluster -> version last published
+        self._too_large: dict[str, int] = {}  # cluster -> version found over the size limit (logged once)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._paused = False
@@ -341,15 +343,21 @@ class MetadataPublisher:
             document = current(name)
             if document is None:
                 continue
-            envelope = sign(document, self.key)
-            payload = envelope.model_dump_json().encode()
-            if len(payload) > MAX_PAYLOAD_BYTES:
+            try:
+                envelope = sign(document, self.key)
+            except ValidationError:  # the document alone is over the limit: as below, without a traceback
+                envelope = None
+            payload = envelope.model_dump_json().encode() if envelope is not None else b""
+            if envelope is None or len(payload) > MAX_PAYLOAD_BYTES:
+                if self._too_large.get(name) == document["version"]:
+                    continue
+                self._too_large[name] = document["version"]
                 log.error(
-                    "cluster %s: metadata document version %d is %d bytes, over the limit of %d; not published",
+                    "cluster %s: metadata document version %d is over the limit of %d bytes (%d nodes); not published",
                     name,
-                    envelope.version,
-                    len(payload),
+                    document["version"],
                     MAX_PAYLOAD_BYTES,
+                    len(document.get("nodes", [])),
                 )
                 continue
             self.publisher.publish(self.topics.cluster_metadata(name), payload, qos=1, retain=True)

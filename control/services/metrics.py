@@ -67,9 +67,13 @@ class StoreCollector(Collector):
     """gluster_* and glusterctl_* families from the store; ``mqtt_connected`` reports the broker link."""
 
     def __init__(
-        self, mqtt_connected: Callable[[], bool] | None = None, leader: Callable[[], bool] | None = None
+        self,
+        mqtt_connected: Callable[[], bool] | None = None,
+        mqtt_dropped: Callable[[], dict[str, int]] | None = None,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self.mqtt_connected = mqtt_connected
+        self.mqtt_dropped = mqtt_dropped
         self.leader = leader
 
     def collect(self) -> Iterator[Metric]:
@@ -291,12 +295,24 @@ class StoreCollector(Collector):
                 "This server handles the agents' messages and runs the periodic work (1; several servers: docs/ha.md)",
                 value=1 if self.leader() else 0,
             )
+        if self.mqtt_dropped is not None:
+            dropped = CounterMetricFamily(
+                "glusterctl_mqtt_messages_dropped",
+                "Agent messages the control service dropped, by reason (stopping, oversized, malformed, handler-error)",
+                labels=["reason"],
+            )
+            counts = self.mqtt_dropped()
+            for reason in ("stopping", "oversized", "malformed", "handler-error"):
+                dropped.add_metric([reason], counts.get(reason, 0))
+            yield dropped
 
 
 def make_registry(
-    mqtt_connected: Callable[[], bool] | None = None, leader: Callable[[], bool] | None = None
+    mqtt_connected: Callable[[], bool] | None = None,
+    mqtt_dropped: Callable[[], dict[str, int]] | None = None,
+    leader: Callable[[], bool] | None = None,
 ) -> CollectorRegistry:
     """A registry of its own per application (tests run several in one process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(mqtt_connected, leader))
+    registry.register(StoreCollector(mqtt_connected, mqtt_dropped, leader))
     return registry

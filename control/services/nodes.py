@@ -8,8 +8,12 @@ or heartbeat from any other epoch never changes the node's state.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
+
+from peewee import Case
 
 from broker.messages import (
     Heartbeat,
@@ -51,12 +55,41 @@ def silence_limit(node: Node) -> float:
     return max(MISSED_HEARTBEATS * heartbeat_interval(node), MIN_SILENCE_SECONDS)
 
 
+def _seen(node: Node, now: float) -> None:
+    """The node was heard from at ``now``: it counts as silent from ``now`` + its silence limit."""
+    node.last_seen_at = now
+    node.silence_deadline = now + silence_limit(node)
+
+
+HELLO_KEEP_SECONDS = 60.0
+
+
 def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | None = None) -> Registration:
+    """Check a hello and answer it.
+
+    A hello repeated by the connection that was just accepted (same agent, epoch and proof: its
+    answer was slow or lost) is answered again without a transaction; any change of the node's
+    row (state, epoch, credential, removal) forgets the accepted hello first.
+    """
+    now = now or time.time()
+    key = (cluster_name, node_name)
+    if hello.node_secret is not None:
+        _forget_beats(cluster_name, node_name)
+    else:
+        with _beats_lock:
+            accepted = _hellos.get(key)
+        repeated = accepted is not None and accepted[:3] == (hello.epoch, hello.agent_id, hello.proof)
+        if repeated and accepted is not None and now - accepted[3] < HELLO_KEEP_SECONDS:
+            return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
-        return _handle_hello(cluster_name, node_name, hello, now or time.time())
+        answer = _handle_hello(cluster_name, node_name, hello, now)
     except _NotEnrolled as exc:
         log.warning("cluster %s node %s: enrolment failed: %s", cluster_name, node_name, exc)
         return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=str(exc))
+    if answer.accepted and hello.node_secret is None:
+        with _beats_lock:
+            _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+    return answer
 
 
 def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -> Registration:
@@ -114,7 +147,8 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
                 epoch=hello.epoch,
                 facts={},
             )
-            _apply_facts(node, facts)
+            _apply_facts(node, facts, now)
+            _seen(node, now)
             assert hello.node_secret is not None  # a node row is only ever made by an enrolment
             new_credential = enrolment.set_credential(node, hello.node_secret)
             node.save(force_insert=True)
@@ -130,10 +164,11 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
                 log.info("cluster %s node %s: enrolled again (agent %s)", cluster_name, node_name, hello.agent_id[:8])
             node.agent_id = hello.agent_id
             node.epoch = hello.epoch
-            node.last_seen_at = now
-            _apply_facts(node, facts)
+            _apply_facts(node, facts, now)
+            _seen(node, now)
             _set_state(node, NodeState.ONLINE, f"connected (epoch {hello.epoch})", now)
             node.save()
+            _forget_beats(cluster_name, node_name)
         if new_credential and hello.node_secret is not None:
             # inside the transaction: if the broker user cannot be made, nothing is stored either
             # (an enrolment asked again with the same secret already has its user: setting the same
@@ -158,12 +193,21 @@ def epoch_is_current(cluster_name: str, node_name: str, epoch: int) -> bool:
     return node is not None and node.epoch == epoch
 
 
-def _apply_facts(node: Node, facts: dict[str, Any]) -> None:
-    node.address = facts.get("address") or node.address
-    node.hostname = facts.get("hostname") or node.hostname
-    node.agent_version = facts.get("agent_version") or node.agent_version
-    node.glusterfs_version = facts.get("glusterfs_version") or node.glusterfs_version
-    node.facts = {**(node.facts or {}), **{k: v for k, v in facts.items() if v is not None}}
+def _apply_facts(node: Node, facts: dict[str, Any], now: float) -> None:
+    """Set what changed of the reported facts (an unchanged column or JSON is not rewritten)."""
+    for column in ("address", "hostname", "agent_version", "glusterfs_version"):
+        value = facts.get(column) or getattr(node, column)
+        if value != getattr(node, column):
+            setattr(node, column, value)
+    merged = {**(node.facts or {}), **{k: v for k, v in facts.items() if v is not None}}
+    if merged != node.facts:
+        node.facts = merged
+        node.facts_at = now
+
+
+def _volatile_free(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts without the uptime, which moves on every heartbeat (the API adds the time since)."""
+    return {k: v for k, v in facts.items() if k != "uptime_seconds"}
 
 
 def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
@@ -194,40 +238,141 @@ def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: 
         if presence.state == "offline":
             _set_state(node, NodeState.UNREACHABLE, "agent connection lost (last-will)", now)
         else:
-            node.last_seen_at = now
+            _seen(node, now)
             _set_state(node, NodeState.ONLINE, "presence online", now)
-        node.save()
+        node.save(only=node.dirty_fields)
+    _forget_beats(cluster_name, node_name)
+
+
+# Heartbeats that change nothing but the time (same connection, same facts but the uptime, same
+# bricks, daemons and devices, node Online) are not a write transaction each: their time is kept
+# here and written for many nodes at once (flush_seen, every sweep). Anything else takes the full
+# path, which also runs for every node at least every RECHECK_SECONDS.
+RECHECK_SECONDS = 60.0
+
+
+@dataclass
+class _Beat:
+    node_id: int
+    cluster_id: int
+    epoch: int
+    facts: dict[str, Any]
+    silence: float
+    checked: float
+
+
+_beats: dict[tuple[str, str], _Beat] = {}
+_hellos: dict[tuple[str, str], tuple[int, str, str, float]] = {}  # the last accepted: epoch, agent, proof, when
+_pending: dict[int, tuple[int, float, float]] = {}  # node id -> (epoch, last seen, silence deadline)
+_beats_lock = threading.Lock()
+
+
+def _forget_beats(cluster_name: str, node_name: str) -> None:
+    """The node's row changed outside a heartbeat (state, epoch, removal): the next heartbeat takes the full path."""
+    with _beats_lock:
+        _beats.pop((cluster_name, node_name), None)
+        _hellos.pop((cluster_name, node_name), None)
+
+
+def reset_beats() -> None:
+    """Forget every kept heartbeat (another database is opened in this process: benchmarks, tests)."""
+    with _beats_lock:
+        _beats.clear()
+        _pending.clear()
+        _hellos.clear()
 
 
 def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: float | None = None) -> bool:
     """Record a heartbeat; False when it is from a connection the control service does not trust."""
     now = now or time.time()
+    facts = beat.facts.model_dump()
+    with _beats_lock:
+        known = _beats.get((cluster_name, node_name))
+    if (
+        known is not None
+        and known.epoch == beat.epoch
+        and now - known.checked < RECHECK_SECONDS
+        and known.facts == _volatile_free(facts)
+        and not heartbeats.would_change(known.cluster_id, node_name, beat.bricks, beat.shds, beat.devices)
+    ):
+        with _beats_lock:
+            _pending[known.node_id] = (beat.epoch, now, now + known.silence)
+        metrics.COUNTS.add("heartbeats_received")
+        return True
     with db.atomic():
         node = _trusted(cluster_name, node_name, beat.epoch)
         if node is None:
             metrics.COUNTS.add("heartbeats_dropped")
             return False
-        node.last_seen_at = now
-        _apply_facts(node, beat.facts.model_dump())
+        _apply_facts(node, facts, now)
+        _seen(node, now)
         heartbeats.apply_heartbeat(cluster_name, node, beat.bricks, beat.shds, beat.devices, now)
         _set_state(node, NodeState.ONLINE, "heartbeat", now)
-        node.save()
+        node.save(only=node.dirty_fields)
+        beat_state = _Beat(node.id, node.cluster_id, node.epoch, _volatile_free(facts), silence_limit(node), now)
+    with _beats_lock:
+        _pending.pop(node.id, None)
+        _beats[(cluster_name, node_name)] = beat_state
     return True
+
+
+FLUSH_CHUNK = 500
+
+
+def flush_seen() -> int:
+    """Write the times of the heartbeats kept by handle_heartbeat, many nodes per statement.
+
+    Only a node still Online on the same connection is touched: a node that went Unreachable or
+    reconnected meanwhile keeps what its own path wrote.
+    """
+    with _beats_lock:
+        pending = list(_pending.items())
+        _pending.clear()
+    written = 0
+    for start in range(0, len(pending), FLUSH_CHUNK):
+        chunk = pending[start : start + FLUSH_CHUNK]
+        by_epoch: dict[int, list[tuple[int, float, float]]] = {}
+        for node_id, (epoch, seen, deadline) in chunk:
+            by_epoch.setdefault(epoch, []).append((node_id, seen, deadline))
+        with db.atomic():
+            for epoch, rows in by_epoch.items():
+                ids = [row[0] for row in rows]
+                written += (
+                    Node.update(
+                        last_seen_at=Case(Node.id, [(i, seen) for i, seen, _ in rows]),
+                        silence_deadline=Case(Node.id, [(i, deadline) for i, _, deadline in rows]),
+                    )
+                    .where(Node.id.in_(ids) & (Node.epoch == epoch) & (Node.state == NodeState.ONLINE.value))
+                    .execute()
+                )
+    return written
 
 
 def sweep_silent(now: float | None = None) -> int:
     """Mark Online nodes whose heartbeats stopped Unreachable (a lost last-will must not leave them Online)."""
     now = now or time.time()
     count = 0
-    for candidate in Node.select(Node.id, Node.last_seen_at, Node.facts).where(Node.state == NodeState.ONLINE.value):
-        if now - candidate.last_seen_at <= silence_limit(candidate):
-            continue
+    # read the candidates first: a SELECT still open on this connection would pin its snapshot, and
+    # SQLite refuses at once (no waiting) to start a write transaction on a stale snapshot
+    silent = [
+        *Node.select(Node.id).where(
+            (Node.state == NodeState.ONLINE.value) & ((Node.silence_deadline < now) | Node.silence_deadline.is_null())
+        )
+    ]
+    for candidate in silent:
         with db.atomic():  # look again under the lock: a heartbeat may have come meanwhile
             node = first(locked(Node.select(Node, Cluster).join(Cluster).where(Node.id == candidate.id), of=Node))
-            if node is None or node.state != NodeState.ONLINE.value or now - node.last_seen_at <= silence_limit(node):
+            if node is None or node.state != NodeState.ONLINE.value:
+                continue
+            with _beats_lock:
+                kept = _pending.get(node.id)
+            if kept is not None and kept[0] == node.epoch and kept[1] > node.last_seen_at:
+                node.last_seen_at = kept[1]  # a heartbeat not written yet
+            if now - node.last_seen_at <= silence_limit(node):
                 continue
             _set_state(node, NodeState.UNREACHABLE, f"no heartbeat for {now - node.last_seen_at:.0f}s", now)
             node.save()
+        _forget_beats(node.cluster.name, node.name)
         count += 1
     return count
 
@@ -289,6 +434,7 @@ def remove(cluster: Cluster, name: str, force: bool = False, engine: TaskEngine 
             log.warning("cluster %s node %s: %d bricks marked %s", cluster.name, name, len(hosted), BRICK_LOST)
         heartbeats.forget_node(node)
         node.delete_instance()
+        _forget_beats(cluster.name, name)
         events.record("node.removed", cluster=cluster.name, subject=name)
     log.info("cluster %s node %s: removed (credential revoked)", cluster.name, name)
     if engine is not None:

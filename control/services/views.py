@@ -221,13 +221,23 @@ def node_views(rows: list[Node]) -> list[NodeView]:
             hostname=node.hostname,
             agent_version=node.agent_version,
             glusterfs_version=node.glusterfs_version,
-            facts=node.facts or {},
+            facts=node_facts(node),
             devices=devices.get((node.cluster_id, node.name), []),
             brick_fs_total_bytes=filesystems.get((node.cluster_id, node.name), (None, None))[0],
             brick_fs_free_bytes=filesystems.get((node.cluster_id, node.name), (None, None))[1],
         )
         for node in rows
     ]
+
+
+def node_facts(node: Node) -> dict[str, Any]:
+    """The node's facts as of its last heartbeat: heartbeats that change only the uptime do not
+    rewrite the stored facts, so the uptime is the stored one plus the time since it was stored."""
+    facts = dict(node.facts or {})
+    uptime = facts.get("uptime_seconds")
+    if isinstance(uptime, int | float) and node.facts_at is not None and node.last_seen_at > node.facts_at:
+        facts["uptime_seconds"] = round(uptime + node.last_seen_at - node.facts_at, 1)
+    return facts
 
 
 def cluster_summary(cluster: Cluster) -> ClusterSummary:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -108,7 +109,7 @@ def _migration_1(db: pw.Database) -> None:
     # the first release's tables, without the columns later migrations add
     with (
         _without_columns(m.Task, ("operation", "target")),
-        _without_columns(m.Node, NODE_V5_COLUMNS),
+        _without_columns(m.Node, NODE_V5_COLUMNS + NODE_V15_COLUMNS),
         _without_columns(m.Cluster, ("metadata_version",)),
     ):
         db.create_tables(V1_MODELS)
@@ -131,7 +132,7 @@ def _migration_3(db: pw.Database) -> None:
     about 2 minutes), and task targets and event subjects as text (they hold brick paths)."""
     if not isinstance(db, pw.PostgresqlDatabase):
         return  # SQLite's REAL is already 8 bytes and it does not enforce varchar lengths
-    with _without_columns(m.Node, NODE_V5_COLUMNS):  # added later, and created with the right types
+    with _without_columns(m.Node, NODE_V5_COLUMNS + NODE_V15_COLUMNS):  # added later, created with the right types
         _retype_doubles(db)
     _execute_sql(db, 'ALTER TABLE "task" ALTER COLUMN "target" TYPE text')
     _execute_sql(db, 'ALTER TABLE "event" ALTER COLUMN "subject" TYPE text')
@@ -170,6 +171,7 @@ def _migration_4(db: pw.Database) -> None:
 
 
 NODE_V5_COLUMNS = ("credential_hash", "reenrol_until")
+NODE_V15_COLUMNS = ("silence_deadline", "facts_at")
 
 
 def _migration_5(db: pw.Database) -> None:
@@ -276,6 +278,31 @@ def _migration_14(db: pw.Database) -> None:
     db.create_tables([m.ControlSetting], safe=True)
 
 
+def _migration_15(db: pw.Database) -> None:
+    """Nodes keep their silence deadline in an indexed column, and when their facts were written.
+
+    Self-contained and idempotent: adds what the table lacks, then fills the deadline of every
+    node from its last heartbeat and interval (as the sweeper computed it until now).
+    """
+    have = {c.name for c in db.get_columns("node")}
+    from_database: Callable[[pw.Database], SchemaMigrator] = SchemaMigrator.from_database  # untyped in the stubs
+    apply: Callable[..., None] = run_migrations
+    migrator = from_database(db)
+    steps = []
+    if "silence_deadline" not in have:
+        steps.append(migrator.add_column("node", "silence_deadline", m.Node.silence_deadline))
+    if "facts_at" not in have:
+        steps.append(migrator.add_column("node", "facts_at", m.Node.facts_at))
+    if steps:
+        apply(*steps)
+    if "node_silence_deadline" not in {i.name for i in db.get_indexes("node")}:
+        apply(migrator.add_index("node", ("silence_deadline",), False))
+    for node in m.Node.select(m.Node.id, m.Node.last_seen_at, m.Node.facts).where(m.Node.silence_deadline.is_null()):
+        interval = float((node.facts or {}).get("heartbeat_interval") or 10.0)
+        deadline = node.last_seen_at + max(3 * interval, 5.0)
+        m.Node.update(silence_deadline=deadline, facts_at=node.last_seen_at).where(m.Node.id == node.id).execute()
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -311,8 +338,51 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (11, _migration_11),
     (12, _migration_12),
     (14, _migration_14),
+    (15, _migration_15),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
+
+
+class SerialSqliteDatabase(pw.SqliteDatabase):
+    """SQLite whose write transactions in this process take turns on a lock.
+
+    SQLite has one writer at a time; a second BEGIN IMMEDIATE gets SQLITE_BUSY and its busy
+    handler sleeps (1, 2, 5 ... 100 ms) before it tries again, so under load a transaction of the
+    bridge's worker waited tens of milliseconds behind a request's, and a long queue of them
+    could run out the busy timeout ("database is locked"). Threads of one process hand the write
+    lock over at once on a lock of their own; busy_timeout still covers other processes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writer = threading.Lock()
+        self._holds = threading.local()
+
+    def begin(self, lock_type: str | None = None) -> None:
+        self._writer.acquire()
+        self._holds.writer = True
+        try:
+            super().begin(lock_type)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if getattr(self._holds, "writer", False):
+            self._holds.writer = False
+            self._writer.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release()
 
 
 def make_database(url: str | None, data_dir: str) -> pw.Database:
@@ -324,7 +394,7 @@ def make_database(url: str | None, data_dir: str) -> pw.Database:
         # BEGIN IMMEDIATE: a handler reads, then writes, in one transaction; a deferred transaction
         # whose snapshot went stale cannot upgrade and fails at once with "database is locked",
         # where an immediate one waits its turn (busy_timeout)
-        return pw.SqliteDatabase(
+        return SerialSqliteDatabase(
             path,
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": 1},
             check_same_thread=False,

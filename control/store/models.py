@@ -82,6 +82,11 @@ class Node(BaseModel):
     credential_hash = pw.CharField(max_length=64, null=True)
     # until when an admin allows this name to enrol again (None: not allowed)
     reenrol_until = pw.DoubleField(null=True)
+    # migration 15: when an Online node counts as silent (last heartbeat + 3 intervals, at least 5 s),
+    # so the sweeper finds silent nodes by an index instead of reading every node's facts; and when
+    # ``facts`` were last written (heartbeats that change only the uptime do not rewrite them)
+    silence_deadline = pw.DoubleField(null=True, index=True)
+    facts_at = pw.DoubleField(null=True)
 
     class Meta:
         indexes = ((("cluster", "name"), True),)

@@ -1,0 +1,921 @@
+"""Fleet benchmark: thousands of simulated agents against a real control service, next to a broker baseline.
+
+Starts ``glusterctl server`` (embedded broker, or the Mosquitto at 127.0.0.1:1883 with a private
+topic root; SQLite, or a private PostgreSQL database) and drives it with simulated agents, all in
+this one asyncio process. Each simulated agent speaks the topic contract (topics.md) as the real
+agent does: it enrols with the join token (enrolment hello with proof and its own node secret),
+reconnects as its node user with a last-will on its presence, says hello with the node proof,
+publishes its retained presence, sends a heartbeat every ``--heartbeat`` seconds and answers
+tasks as an agent whose handlers do nothing (RUNNING, then DONE), journaling finished tasks.
+
+Measured (each next to a baseline taken in the same run on the same broker, with the same number
+of plain MQTT clients and no control-service logic on their topics):
+
+* registration storm: all agents enrol and register at once, time until the REST API lists all
+  Online (baseline: the same number of clients connecting and subscribing);
+* agents held at the heartbeat interval: the server's CPU% and RSS over ``--duration`` seconds,
+  heartbeats persisted per second (the server's ``glusterctl_heartbeats_received``) and messages
+  dropped (``glusterctl_mqtt_messages_dropped`` + ``glusterctl_heartbeats_dropped``, must be 0)
+  (baseline: the server's CPU with the clients publishing as often on topics it does not read);
+* dispatch latency of ``node.probe`` tasks (the lightest kind) under that load, from the REST
+  request being accepted (the task's ``created_at``) to its final status persisted
+  (``finished_at``) (baseline: QoS 1 round trip of one message through the broker);
+* detection of a frozen agent (stops reading and writing its socket, TCP stays open) against
+  1.5 x keepalive + 1 s.
+
+    .venv/bin/python bench/fleet.py --agents 1000 --broker embedded --db sqlite --duration 60 [-o json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mqtt_sim import Connection, MqttError
+from broker.dynsec import control_username, enrol_username, node_username
+from broker.messages import (
+    ControlPresence,
+    Heartbeat,
+    Hello,
+    MetadataCopy,
+    NodeFacts,
+    Presence,
+    Registration,
+    TaskMessage,
+    TaskState,
+    TaskStatus,
+    join_proof,
+    new_node_secret,
+    node_key,
+    node_proof,
+    parse_join_token,
+)
+from broker.topics import Topics
+
+BIN = str(Path(sys.executable).parent / "glusterctl")
+MOSQUITTO = ("127.0.0.1", 1883)
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+CLUSTER = "default"
+HELLO_RETRY, HELLO_RETRY_MAX = 5.0, 30.0  # as the agent (agent/node.py): doubled each time, with jitter
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))]
+
+
+# ---- the simulated agent ----------------------------------------------------------------------
+@dataclass
+class Counters:
+    enrolled: int = 0
+    registered: int = 0
+    heartbeats: int = 0
+    tasks_done: int = 0
+    refusals: list[str] = field(default_factory=list)
+    connect_failures: int = 0
+
+
+class SimAgent:
+    """One node agent as topics.md describes it; no bricks, no devices, tasks do nothing."""
+
+    def __init__(self, fleet: Fleet, name: str, keepalive: int) -> None:
+        self.fleet, self.name, self.keepalive = fleet, name, keepalive
+        self.t = fleet.topics
+        self.agent_id = uuid.uuid4().hex
+        self.secret: str | None = None  # the node secret, once enrolled
+        self.epoch = 0
+        self.seq = 0
+        self.nonces: set[str] = set()
+        self.conn: Connection | None = None
+        self.registered = asyncio.Event()
+        self.journal: dict[str, TaskStatus] = {}  # finished tasks: answered again on redelivery
+        self.running = True
+        self._last_hello = 0.0
+        self._answer: asyncio.Future[Registration] | None = None
+        self.facts = NodeFacts(
+            hostname=name,
+            address="127.0.0.1",
+            agent_version="sim",
+            glusterfs_version="10.3",
+            kernel="sim",
+            uptime_seconds=1000.0,
+            heartbeat_interval=fleet.heartbeat,
+            volfile_port=24007,
+        )
+
+    def _next_epoch(self) -> int:
+        self.epoch = max(self.epoch + 1, int(time.time() * 1000))
+        return self.epoch
+
+    async def run(self) -> None:
+        """Enrol, then stay connected as the node, reconnecting with backoff (and jitter) when dropped."""
+        delay = RECONNECT_MIN
+        while self.running and self.secret is None:
+            try:
+                await self._enrol()
+            except (TimeoutError, MqttError, OSError):
+                self.fleet.counters.connect_failures += 1
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, RECONNECT_MAX)
+        delay = RECONNECT_MIN
+        while self.running:
+            try:
+                await self._session()
+                delay = RECONNECT_MIN
+            except (TimeoutError, MqttError, OSError):
+                self.fleet.counters.connect_failures += 1
+            if not self.running:
+                break
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _enrol(self) -> None:
+        fleet = self.fleet
+        self._next_epoch()
+        conn = Connection(self._on_enrol_message)
+        secret = new_node_secret()
+        await conn.connect(
+            fleet.mqtt_host,
+            fleet.mqtt_port,
+            f"glusterctl-agent-{self.name}-{self.agent_id[:8]}",
+            enrol_username(self.t, CLUSTER),
+            parse_join_token(fleet.join_token)[1],
+            keepalive=self.keepalive,
+        )
+        try:
+            await conn.subscribe([(self.t.registration(CLUSTER, self.name), 1), (self.t.control_presence(), 1)])
+            wait = HELLO_RETRY * random.uniform(0.8, 1.2)
+            while True:
+                self._answer = asyncio.get_running_loop().create_future()
+                nonce = secrets.token_hex(8)
+                self.nonces = {nonce}
+                hello = Hello(
+                    agent_id=self.agent_id,
+                    epoch=self.epoch,
+                    proof=join_proof(fleet.join_token, self.name, self.agent_id, self.epoch),
+                    nonce=nonce,
+                    node_secret=secret,
+                    facts=self.facts,
+                )
+                conn.publish(self.t.hello(CLUSTER, self.name), hello.model_dump_json().encode(), qos=1)
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(self._answer), wait)
+                    break
+                except TimeoutError:
+                    if conn.closed.is_set():
+                        raise MqttError("enrolment connection lost") from None
+                    wait = min(wait * 2, HELLO_RETRY_MAX) * random.uniform(0.8, 1.2)
+            if not answer.accepted:
+                self.fleet.counters.refusals.append(f"{self.name}: {answer.reason}")
+                self.running = False
+                return
+            self.secret = secret
+            self.fleet.counters.enrolled += 1
+        finally:
+            await conn.disconnect()
+
+    def _on_enrol_message(self, topic: str, payload: bytes) -> None:
+        if topic != self.t.registration(CLUSTER, self.name) or not payload:
+            return
+        reg = Registration.model_validate_json(payload)
+        if reg.epoch == self.epoch and reg.nonce in self.nonces and self._answer and not self._answer.done():
+            self._answer.set_result(reg)
+
+    async def _session(self) -> None:
+        """One connection as the node user: hello, presence, heartbeats, tasks; returns when it is lost."""
+        fleet = self.fleet
+        assert self.secret is not None
+        self._next_epoch()
+        self.registered.clear()
+        self.nonces.clear()
+        will = Presence(state="offline", epoch=self.epoch, at=time.time()).model_dump_json().encode()
+        conn = Connection(self._on_message)
+        self.conn = conn
+        await conn.connect(
+            fleet.mqtt_host,
+            fleet.mqtt_port,
+            f"glusterctl-agent-{self.name}-{self.agent_id[:8]}",
+            node_username(self.t, CLUSTER, self.name),
+            self.secret,
+            keepalive=self.keepalive,
+            will=(self.t.presence(CLUSTER, self.name), will, 1, True),
+        )
+        await conn.subscribe([(self.t.registration(CLUSTER, self.name), 1), (self.t.control_presence(), 1)])
+        self._send_hello()
+        hello_wait = HELLO_RETRY * random.uniform(0.8, 1.2)
+        last_beat = 0.0
+        while not conn.closed.is_set() and self.running:
+            try:
+                await asyncio.wait_for(conn.closed.wait(), 1.0 if not self.registered.is_set() else 0.5)
+                break
+            except TimeoutError:
+                pass
+            if conn.frozen:
+                await conn.closed.wait()
+                break
+            now = time.monotonic()
+            if not self.registered.is_set():
+                if now - self._last_hello >= hello_wait:
+                    hello_wait = min(hello_wait * 2, HELLO_RETRY_MAX) * random.uniform(0.8, 1.2)
+                    self._send_hello()
+            elif now - last_beat >= fleet.heartbeat:
+                last_beat = now
+                self._heartbeat()
+
+    def _send_hello(self) -> None:
+        assert self.conn is not None and self.secret is not None
+        self._last_hello = time.monotonic()
+        nonce = secrets.token_hex(8)
+        self.nonces.add(nonce)
+        proof = node_proof(node_key(self.secret), CLUSTER, self.name, self.agent_id, self.epoch)
+        hello = Hello(agent_id=self.agent_id, epoch=self.epoch, proof=proof, nonce=nonce, facts=self.facts)
+        self.conn.publish(self.t.hello(CLUSTER, self.name), hello.model_dump_json().encode(), qos=1)
+
+    def _heartbeat(self) -> None:
+        assert self.conn is not None
+        self.seq += 1
+        beat = Heartbeat(epoch=self.epoch, seq=self.seq, at=time.time(), facts=self.facts)
+        self.conn.publish(self.t.heartbeat(CLUSTER, self.name), beat.model_dump_json().encode(), qos=0)
+        self.fleet.counters.heartbeats += 1
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        t, conn = self.t, self.conn
+        if conn is None:
+            return
+        if topic == t.registration(CLUSTER, self.name):
+            reg = Registration.model_validate_json(payload)
+            if reg.epoch != self.epoch or reg.nonce not in self.nonces:
+                return
+            self.nonces.discard(reg.nonce)
+            if not reg.accepted:
+                self.fleet.counters.refusals.append(f"{self.name}: {reg.reason}")
+                self.running = False
+                conn.abort()
+                return
+            if self.registered.is_set():
+                return
+            self.registered.set()
+            self.fleet.counters.registered += 1
+            presence = Presence(state="online", epoch=self.epoch, at=time.time()).model_dump_json().encode()
+            conn.publish(t.presence(CLUSTER, self.name), presence, qos=1, retain=True)
+            asyncio.ensure_future(
+                conn.subscribe([(t.tasks_filter(CLUSTER, self.name), 1), (t.cluster_metadata(CLUSTER), 1)])
+            ).add_done_callback(_quiet)
+            self._heartbeat()
+        elif topic == t.control_presence():
+            if payload and ControlPresence.model_validate_json(payload).state == "online":
+                self._send_hello()
+                if self.registered.is_set():
+                    copy = MetadataCopy(epoch=self.epoch, copy=None).model_dump_json(by_alias=True).encode()
+                    conn.publish(t.metadata_copy(CLUSTER, self.name), copy, qos=1)
+        elif topic.startswith(t.node_prefix(CLUSTER, self.name) + "/tasks/") and payload:
+            self._on_task(TaskMessage.model_validate_json(payload))
+
+    def _on_task(self, task: TaskMessage) -> None:
+        done = self.journal.get(task.id)
+        if done is None:
+            self._status(TaskStatus(task_id=task.id, state=TaskState.RUNNING, epoch=self.epoch))
+            result = {"glusterfs_version": "10.3", "kernel": "sim", "xattrs": None, "write_mib_per_second": None}
+            done = TaskStatus(task_id=task.id, state=TaskState.DONE, epoch=self.epoch, result=result)
+            self.journal[task.id] = done
+            self.fleet.counters.tasks_done += 1
+            answered = self.fleet.answered(task.id)
+            if not answered.done():
+                answered.set_result(None)
+        else:
+            done = done.model_copy(update={"epoch": self.epoch, "at": time.time()})
+        self._status(done)
+
+    def _status(self, status: TaskStatus) -> None:
+        assert self.conn is not None
+        self.conn.publish(self.t.task_status(CLUSTER, self.name), status.model_dump_json().encode(), qos=1)
+
+    def freeze(self) -> None:
+        if self.conn is not None:
+            self.conn.freeze()
+
+    async def stop(self) -> None:
+        self.running = False
+        if self.conn is not None and not self.conn.closed.is_set() and not self.conn.frozen:
+            await self.conn.disconnect()
+
+
+def _quiet(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+# ---- the server under test --------------------------------------------------------------------
+class ServerProc:
+    def __init__(self, tmp: Path, broker: str, db_url: str | None) -> None:
+        self.tmp = tmp
+        self.http_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.root = "glusterctl" if broker == "embedded" else f"fleet{uuid.uuid4().hex[:8]}"
+        self.mqtt_port = free_port() if broker == "embedded" else MOSQUITTO[1]
+        self.data_dir = tmp / "server"
+        argv = [BIN, "server", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.http_port}"]
+        argv += ["--mqtt-root", self.root]
+        if broker == "embedded":
+            argv += ["--mqtt", f"127.0.0.1:{self.mqtt_port}"]
+        else:
+            argv += ["--mqtt-url", f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"]
+        if db_url:
+            argv += ["--db", db_url]
+        self.argv = argv
+        self.log_path = tmp / "server.log"
+        self.env = {**os.environ, "GLUSTERCTL_CONFIG_DIR": str(tmp / "cli"), "GLUSTERCTL_URL": self.url}
+        self.env.pop("GLUSTERCTL_PASSWORD", None)
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.token = ""
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"server exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).json().get("status") == "ok":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not become healthy within 60 s")
+        password = secrets.token_urlsafe(16)
+        self.cli("user", "create", "admin", "--password-stdin", stdin=password + "\n")
+        self.cli("login", "--username", "admin", "--password-stdin", stdin=password + "\n")
+        with open(self.tmp / "cli" / "token.json") as fh:
+            self.token = json.load(fh)["token"]
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        proc = subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"glusterctl {' '.join(args)}: {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def join_token(self) -> str:
+        return self.cli("cluster", "token", CLUSTER).strip().splitlines()[-1]
+
+    def control_secret(self) -> str:
+        return (self.data_dir / "control.secret").read_text().strip()
+
+    def cpu_seconds(self) -> float:
+        assert self.popen is not None
+        with open(f"/proc/{self.popen.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        assert self.popen is not None
+        with open(f"/proc/{self.popen.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
+def private_postgres() -> tuple[str, str]:
+    import psycopg2
+
+    name = f"gct_fleet_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    return name, POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_postgres(name: str) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(POSTGRES_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.close()
+
+
+# ---- the driver -------------------------------------------------------------------------------
+class Fleet:
+    def __init__(self, args: argparse.Namespace, server: ServerProc) -> None:
+        self.args = args
+        self.server = server
+        self.topics = Topics(server.root)
+        self.mqtt_host, self.mqtt_port = "127.0.0.1", server.mqtt_port
+        self.heartbeat = float(args.heartbeat)
+        self.join_token = ""
+        self.counters = Counters()
+        self.agents: list[SimAgent] = []
+        self.runs: list[asyncio.Task[None]] = []
+        self.http = httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=60
+        )
+        self.results: dict[str, Any] = {}
+        self.answers: dict[str, asyncio.Future[None]] = {}
+
+    def answered(self, task_id: str) -> asyncio.Future[None]:
+        """Completes when a simulated agent sent the task's final status."""
+        fut = self.answers.get(task_id)
+        if fut is None:
+            fut = self.answers[task_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    # REST ------------------------------------------------------------------------------------
+    async def node_states(self) -> dict[str, str]:
+        resp = await self.http.get(f"/api/v1/clusters/{CLUSTER}/nodes")
+        resp.raise_for_status()
+        return {n["name"]: n["state"] for n in resp.json()}
+
+    async def metrics(self) -> dict[str, float]:
+        resp = await self.http.get("/metrics")
+        resp.raise_for_status()
+        values: dict[str, float] = {}
+        for line in resp.text.splitlines():
+            match = re.match(r"^(glusterctl_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+            if match:
+                values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(3))
+        return values
+
+    async def wait_online(self, names: set[str], timeout: float) -> float | None:
+        """Seconds until the REST API lists all ``names`` Online and each such agent's node session is registered."""
+        start = time.monotonic()
+        agents = [a for a in self.agents if a.name in names]
+        while time.monotonic() - start < timeout:
+            try:
+                if not all(a.registered.is_set() for a in agents):
+                    await asyncio.sleep(0.5)
+                    continue
+                states = await self.node_states()
+                if all(states.get(n) == "Online" for n in names):
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+        return None
+
+    # baseline: plain clients on the same broker, topics the control service does not read ---------
+    async def baseline(self, count: int) -> dict[str, Any]:
+        root = self.topics.base
+        if self.args.broker == "embedded":
+            user, password = control_username(self.topics), self.server.control_secret()
+        else:
+            user = password = None
+        latencies: list[float] = []
+
+        async def connect(i: int) -> Connection:
+            conn = Connection()
+            await conn.connect(
+                self.mqtt_host, self.mqtt_port, f"fleet-baseline-{i}-{uuid.uuid4().hex[:6]}", user, password, 30
+            )
+            await conn.subscribe([(f"{root}/bench/{i}", 1)])
+            return conn
+
+        start = time.monotonic()
+        conns = list(await asyncio.gather(*(connect(i) for i in range(count))))
+        connect_seconds = time.monotonic() - start
+
+        # as many messages as the agents' heartbeats, on topics no control-service handler reads
+        window = min(self.args.duration, 20.0)
+        cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
+        payload = b"x" * 400  # about a heartbeat's size
+        stop = asyncio.Event()
+
+        async def beat(i: int, conn: Connection) -> None:
+            await asyncio.sleep(random.uniform(0, self.heartbeat))
+            while not stop.is_set():
+                conn.publish(f"{root}/bench/{i}", payload, qos=0)
+                try:
+                    await asyncio.wait_for(stop.wait(), self.heartbeat)
+                except TimeoutError:
+                    pass
+
+        beats = [asyncio.create_task(beat(i, c)) for i, c in enumerate(conns)]
+        await asyncio.sleep(window)
+        stop.set()
+        await asyncio.gather(*beats)
+        idle_cpu = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+
+        # QoS 1 round trips through the broker, a few clients at a time: the floor of any dispatch
+        async def round_trip(i: int, conn: Connection) -> None:
+            got = asyncio.get_running_loop().create_future()
+            conn.on_message = lambda t, p: got.done() or got.set_result(None)
+            t1 = time.perf_counter()
+            conn.publish(f"{root}/bench/{i}", b"r", qos=1)
+            await asyncio.wait_for(got, 10)
+            latencies.append(time.perf_counter() - t1)
+
+        sample = conns[: min(len(conns), 200)]
+        for i in range(0, len(sample), 10):
+            await asyncio.gather(*(round_trip(i + j, c) for j, c in enumerate(sample[i : i + 10])))
+
+        # raw rate: every client publishes QoS 1 to its own topic as fast as the broker acknowledges
+        counted = [0]
+        for c in conns:
+            c.on_message = lambda t, p: counted.__setitem__(0, counted[0] + 1)
+        burst = min(3.0, self.args.duration)
+        end = time.monotonic() + burst
+
+        async def flood(i: int, conn: Connection) -> None:
+            while time.monotonic() < end:
+                ack = conn.publish(f"{root}/bench/{i}", b"m", qos=1)
+                if ack is None:
+                    return
+                try:
+                    await asyncio.wait_for(ack, 10)
+                except (TimeoutError, MqttError):
+                    return
+
+        t2 = time.monotonic()
+        await asyncio.gather(*(flood(i, c) for i, c in enumerate(conns[: min(len(conns), 500)])))
+        await asyncio.sleep(0.5)
+        rate = counted[0] / (time.monotonic() - t2)
+        await asyncio.gather(*(c.disconnect() for c in conns))
+        return {
+            "connect_seconds": connect_seconds,
+            "cpu_percent": idle_cpu,
+            "round_trip_p50_ms": (statistics.median(latencies) * 1000) if latencies else None,
+            "round_trip_p99_ms": (percentile(latencies, 99) or 0) * 1000 if latencies else None,
+            "messages_per_second": rate,
+        }
+
+    # phases ------------------------------------------------------------------------------------
+    async def storm(self, count: int) -> float | None:
+        self.agents = [SimAgent(self, f"sim{i:05d}", self.args.keepalive) for i in range(count)]
+        names = {a.name for a in self.agents}
+        self.runs = [asyncio.create_task(a.run()) for a in self.agents]
+        return await self.wait_online(names, self.args.storm_timeout)
+
+    async def hold(self, seconds: float) -> dict[str, float]:
+        m0 = await self.metrics()
+        cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
+        rss_max = 0.0
+        while time.monotonic() - t0 < seconds:
+            await asyncio.sleep(1.0)
+            rss_max = max(rss_max, self.server.rss_mib())
+        elapsed = time.monotonic() - t0
+        cpu = (self.server.cpu_seconds() - cpu0) / elapsed * 100
+        m1 = await self.metrics()
+        return {
+            "cpu_percent": cpu,
+            "rss_mib": rss_max,
+            "heartbeats_per_second": (
+                m1.get("glusterctl_heartbeats_received_total", 0) - m0.get("glusterctl_heartbeats_received_total", 0)
+            )
+            / elapsed,
+            "expected_per_second": len(self.agents) / self.heartbeat,
+        }
+
+    async def dispatch(self, count: int) -> dict[str, Any]:
+        """``count`` probes, 10 in flight, to random agents; latency = finished_at - created_at (server clock)."""
+        latencies: list[float] = []
+        client_side: list[float] = []
+        to_running: list[float] = []
+        sem = asyncio.Semaphore(10)
+        failed: list[str] = []
+
+        async def one(agent: SimAgent) -> None:
+            async with sem:
+                t0 = time.monotonic()
+                resp = await self.http.post(f"/api/v1/clusters/{CLUSTER}/nodes/{agent.name}/probe", json={})
+                if resp.status_code != 202:
+                    failed.append(f"{resp.status_code} {resp.text[:200]}")
+                    return
+                task_id = resp.json()["id"]
+                try:  # the agent answered: only then read the task (polling would load the server)
+                    await asyncio.wait_for(self.answered(task_id), 30)
+                except TimeoutError:
+                    failed.append(f"{task_id}: the agent got no task within 30 s")
+                    return
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    task = (await self.http.get(f"/api/v1/tasks/{task_id}")).json()
+                    if task["state"] in ("DONE", "FAILED"):
+                        if task["state"] != "DONE":
+                            failed.append(f"{task_id}: {task['state']} {task['reason']}")
+                        latencies.append(task["finished_at"] - task["created_at"])
+                        running = [e["at"] for e in task.get("events") or [] if e["state"] == "RUNNING"]
+                        if running:
+                            to_running.append(running[0] - task["created_at"])
+                        client_side.append(time.monotonic() - t0)
+                        return
+                    await asyncio.sleep(0.05)
+                failed.append(f"{task_id}: not final after 30 s")
+
+        targets = [random.choice(self.agents) for _ in range(count)]
+        await asyncio.gather(*(one(a) for a in targets))
+        return {
+            "tasks": count,
+            "p50_ms": (statistics.median(latencies) * 1000) if latencies else None,
+            "p99_ms": (percentile(latencies, 99) or 0) * 1000 if latencies else None,
+            "client_p50_ms": (statistics.median(client_side) * 1000) if client_side else None,
+            "running_p50_ms": (statistics.median(to_running) * 1000) if to_running else None,
+            "failed": failed[:5],
+            "failed_count": len(failed),
+        }
+
+    async def frozen(self, keepalive: int) -> dict[str, Any]:
+        """A separate agent with a short keepalive; freeze it and time until the REST API says Unreachable."""
+        agent = SimAgent(self, "simfrozen", keepalive)
+        self.agents.append(agent)
+        self.runs.append(asyncio.create_task(agent.run()))
+        if await self.wait_online({agent.name}, 60) is None:
+            return {"seconds": None, "limit": 1.5 * keepalive + 1}
+        await asyncio.sleep(1.0)
+        agent.running = False
+        agent.freeze()
+        start = time.monotonic()
+        seconds = None
+        while time.monotonic() - start < 6 * keepalive + 30:
+            resp = await self.http.get(f"/api/v1/clusters/{CLUSTER}/nodes/{agent.name}")  # one node: a light read
+            if resp.status_code == 200 and resp.json()["state"] == "Unreachable":
+                seconds = time.monotonic() - start
+                break
+            await asyncio.sleep(0.1)
+        if agent.conn is not None:
+            agent.conn.abort()
+        return {"seconds": seconds, "limit": 1.5 * keepalive + 1, "keepalive": keepalive}
+
+    def start_profile(self) -> subprocess.Popen[bytes] | None:
+        """py-spy on the server while the agents are held and tasks dispatched (--profile FILE)."""
+        if not self.args.profile:
+            return None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        assert self.server.popen is not None
+        argv = [exe, "record", "--pid", str(self.server.popen.pid), "--format", "raw", "-o", self.args.profile]
+        argv += ["--threads", "--rate", "50", "--nonblocking"]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_profile(self, profiler: subprocess.Popen[bytes] | None) -> None:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
+
+    async def run(self) -> dict[str, Any]:
+        args, r = self.args, self.results
+        self.join_token = self.server.join_token()
+        r["baseline"] = await self.baseline(args.agents)
+        storm = await self.storm(args.agents)
+        r["storm"] = {
+            "seconds": storm,
+            "agents": args.agents,
+            "online": sum(1 for s in (await self.node_states()).values() if s == "Online"),
+            "connect_failures": self.counters.connect_failures,
+            "refusals": self.counters.refusals[:5],
+        }
+        await asyncio.sleep(min(self.heartbeat, 5, args.duration))  # let the storm's backlog drain
+        profiler = self.start_profile()
+        r["held"] = await self.hold(args.duration)
+        cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
+        r["dispatch"] = await self.dispatch(args.tasks)
+        r["dispatch"]["cpu_percent"] = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+        self.stop_profile(profiler)
+        r["frozen"] = await self.frozen(args.frozen_keepalive)
+        m = await self.metrics()
+        r["dropped"] = {
+            "mqtt_messages": m.get("glusterctl_mqtt_messages_dropped_total"),
+            "heartbeats": m.get("glusterctl_heartbeats_dropped_total"),
+        }
+        return r
+
+    async def close(self) -> None:
+        for agent in self.agents:
+            agent.running = False
+        await asyncio.gather(*(a.stop() for a in self.agents), return_exceptions=True)
+        for task in self.runs:
+            task.cancel()
+        await asyncio.gather(*self.runs, return_exceptions=True)
+        await self.http.aclose()
+
+
+def server_log_problems(text: str) -> dict[str, int]:
+    return {
+        "database is locked": text.count("database is locked"),
+        "broker timeouts": len(re.findall(r"(?i)timed out|TimeoutError|Timeout waiting for PUBACK", text)),
+        "errors": len(re.findall(r" ERROR ", text)),
+    }
+
+
+def fmt(value: Any, spec: str = ".1f", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{unit}"
+
+
+def table(r: dict[str, Any], args: argparse.Namespace) -> str:
+    b, s, h, d, f = r["baseline"], r["storm"], r["held"], r["dispatch"], r["frozen"]
+    dropped = r["dropped"]
+    rows = [
+        ("figure", "glusterctl", "baseline (same broker, no server logic)"),
+        (
+            f"registration storm, {s['agents']} agents (s)",
+            f"{fmt(s['seconds'])} ({s['online']} Online)",
+            f"{fmt(b['connect_seconds'])} (connect+subscribe)",
+        ),
+        (
+            f"server CPU held at {args.heartbeat:g} s heartbeat (%)",
+            fmt(h["cpu_percent"]),
+            f"{fmt(b['cpu_percent'])} (same message rate)",
+        ),
+        ("server RSS (MiB)", fmt(h["rss_mib"], ".0f"), ""),
+        (
+            "heartbeats persisted per second",
+            fmt(h["heartbeats_per_second"]),
+            f"{fmt(h['expected_per_second'])} (sent)",
+        ),
+        (
+            f"dispatch p50 / p99, {d['tasks']} probes (ms)",
+            f"{fmt(d['p50_ms'])} / {fmt(d['p99_ms'])}",
+            f"{fmt(b['round_trip_p50_ms'])} / {fmt(b['round_trip_p99_ms'])} (QoS 1 round trip)",
+        ),
+        ("broker messages per second", "", f"{fmt(b['messages_per_second'], '.0f')} (QoS 1 burst)"),
+        (
+            f"frozen agent detected, keepalive {f.get('keepalive', args.frozen_keepalive)} s (s)",
+            fmt(f["seconds"]),
+            f"{fmt(f['limit'])} (1.5 x keepalive + 1 s)",
+        ),
+        (
+            "messages dropped (mqtt / heartbeats)",
+            f"{fmt(dropped['mqtt_messages'], '.0f')} / {fmt(dropped['heartbeats'], '.0f')}",
+            "0",
+        ),
+        (
+            "server log: database is locked / timeouts",
+            f"{r['log']['database is locked']} / {r['log']['broker timeouts']}",
+            "0",
+        ),
+    ]
+    width = max(len(row[0]) for row in rows)
+    second = max(len(row[1]) for row in rows)
+    head = f"broker {args.broker}, database {args.db}, {args.agents} agents, {os.cpu_count()} cores"
+    lines = [head, ""]
+    for i, (a, b_, c) in enumerate(rows):
+        lines.append(f"{a:<{width}}  {b_:>{second}}  {c}")
+        if i == 0:
+            lines.append("-" * (width + second + 4 + len(c)))
+    if d["failed_count"]:
+        lines.append(f"failed probes: {d['failed_count']} (first: {d['failed'][0]})")
+    if s["refusals"]:
+        lines.append(f"refused: {s['refusals'][0]}")
+    return "\n".join(lines)
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="glusterctl-fleet-"))
+    pg_name = None
+    db_url = None
+    if args.db == "postgresql":
+        pg_name, db_url = private_postgres()
+    server = ServerProc(tmp, args.broker, db_url)
+    fleet: Fleet | None = None
+    try:
+        await asyncio.to_thread(server.start)
+        fleet = Fleet(args, server)
+        results = await fleet.run()
+        results["log"] = server_log_problems(server.log())
+        results["config"] = {
+            "agents": args.agents,
+            "broker": args.broker,
+            "db": args.db,
+            "heartbeat": args.heartbeat,
+            "duration": args.duration,
+            "cores": os.cpu_count(),
+        }
+        return results
+    finally:
+        if fleet is not None:
+            await fleet.close()
+        await asyncio.to_thread(server.stop)
+        if args.keep_log:
+            shutil.copy(server.log_path, args.keep_log)
+        if server.root != "glusterctl":
+            clear_retained(server.root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if pg_name:
+            drop_postgres(pg_name)
+
+
+def clear_retained(root: str) -> None:
+    """Clear what the run left retained on the shared Mosquitto under its private root."""
+
+    async def run() -> None:
+        seen: list[str] = []
+        conn = Connection(lambda t, p: p and seen.append(t))
+        await conn.connect(MOSQUITTO[0], MOSQUITTO[1], f"fleet-clear-{uuid.uuid4().hex[:8]}", keepalive=10)
+        await conn.subscribe([(f"{root}/#", 0)])
+        await asyncio.sleep(1.0)
+        for topic in seen:
+            conn.publish(topic, b"", qos=0, retain=True)
+        await asyncio.sleep(0.5)
+        await conn.disconnect()
+
+    import threading
+
+    # called from inside the driver's event loop: a loop of its own in a thread
+    thread = threading.Thread(target=lambda: asyncio.run(run()), name="clear-retained")
+    thread.start()
+    thread.join(30)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=1000, help="simulated agents (default 1000)")
+    parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds the agents are held (default 60)")
+    parser.add_argument("--heartbeat", type=float, default=10.0, help="agents' heartbeat interval (default 10)")
+    parser.add_argument("--keepalive", type=int, default=10, help="agents' MQTT keepalive (default 10, as the agent)")
+    parser.add_argument("--frozen-keepalive", type=int, default=4, help="keepalive of the agent that freezes")
+    parser.add_argument("--tasks", type=int, default=200, help="probe tasks for the dispatch latency")
+    parser.add_argument("--storm-timeout", type=float, default=300.0)
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the server while held (collapsed stacks)")
+    parser.add_argument("--keep-log", metavar="FILE", help="copy the server's log here")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    args = parser.parse_args(argv)
+    if args.agents < 1:
+        parser.error("--agents must be at least 1")
+    if args.duration <= 0 or args.heartbeat <= 0:
+        parser.error("--duration and --heartbeat must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.broker == "mosquitto":
+        try:
+            socket.create_connection(MOSQUITTO, timeout=2).close()
+        except OSError:
+            print(f"no Mosquitto at {MOSQUITTO[0]}:{MOSQUITTO[1]}", file=sys.stderr)
+            return 2
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, args.agents * 2 + 1000))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    results = asyncio.run(amain(args))
+    if args.output == "json":
+        print(json.dumps(results, indent=2))
+    else:
+        print(table(results, args))
+    ok = (
+        results["storm"]["online"] >= args.agents
+        and not results["dropped"]["mqtt_messages"]
+        and not results["dropped"]["heartbeats"]
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""What the fleet's heartbeats cost the store: unchanged heartbeats batched, the silence deadline
+column the sweeper reads (migration 15), and that presence still cannot lie. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from broker.messages import BrickReport, Heartbeat, NodeFacts, Presence
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    from control.services import nodes
+    from control.store import open_database
+
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    db = open_database(url, str(tmp_path))
+    nodes.reset_beats()
+    yield db
+    nodes.reset_beats()
+    db.close()
+
+
+def make_node(name: str, epoch: int = 7, interval: float = 2.0, seen: float | None = None):
+    from control.services import clusters
+    from control.store.models import Node
+
+    seen = seen or time.time()
+    return Node.create(
+        cluster=clusters.ensure_default(),
+        name=name,
+        state="Online",
+        agent_id="a" * 32,
+        epoch=epoch,
+        last_seen_at=seen,
+        silence_deadline=seen + max(3 * interval, 5),
+        facts={"heartbeat_interval": interval, "hostname": name},
+    )
+
+
+def beat(epoch: int, seq: int, uptime: float, bricks=()) -> Heartbeat:
+    facts = NodeFacts(hostname="n1", heartbeat_interval=2.0, uptime_seconds=uptime)
+    return Heartbeat(epoch=epoch, seq=seq, at=time.time(), facts=facts, bricks=list(bricks))
+
+
+def test_migration_15_adds_the_columns_and_fills_the_deadline(database):
+    from control.store.db import _migration_15
+    from control.store.models import Node
+
+    make_node("n1", interval=4.0, seen=1000.0)
+    database.execute_sql('DROP INDEX IF EXISTS "node_silence_deadline"')
+    for name in ("silence_deadline", "facts_at"):
+        database.execute_sql(f'ALTER TABLE "node" DROP COLUMN "{name}"')
+    _migration_15(database)
+    _migration_15(database)  # idempotent
+    assert {"silence_deadline", "facts_at"} <= {c.name for c in database.get_columns("node")}
+    assert "node_silence_deadline" in {i.name for i in database.get_indexes("node")}
+    row = Node.get(Node.name == "n1")
+    assert row.silence_deadline == 1012.0 and row.facts_at == 1000.0
+
+
+def test_unchanged_heartbeats_are_batched_and_the_uptime_still_moves(database):
+    from control.services import nodes, views
+    from control.store.models import Node
+
+    make_node("n1")
+    t0 = time.time()
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 1, 100.0), now=t0)  # the full path
+    assert nodes._pending == {}
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 2, 102.0), now=t0 + 2)  # kept, not written
+    row = Node.get(Node.name == "n1")
+    assert row.last_seen_at == t0 and row.facts["uptime_seconds"] == 100.0
+    assert nodes.flush_seen() == 1
+    row = Node.get(Node.name == "n1")
+    assert row.last_seen_at == t0 + 2 and row.silence_deadline == t0 + 2 + 6
+    assert row.facts["uptime_seconds"] == 100.0 and row.facts_at == t0
+    assert views.node_facts(row)["uptime_seconds"] == 102.0
+    # a heartbeat from another connection is refused, batched or not
+    assert not nodes.handle_heartbeat("default", "n1", beat(6, 3, 104.0), now=t0 + 4)
+    # a change (a brick reported for a volume the node has none of: nothing to write) and a new fact
+    changed = Heartbeat(epoch=7, seq=4, at=t0, facts=NodeFacts(hostname="renamed", heartbeat_interval=2.0))
+    assert nodes.handle_heartbeat("default", "n1", changed, now=t0 + 6)
+    assert Node.get(Node.name == "n1").hostname == "renamed"
+
+
+def test_a_batched_heartbeat_never_revives_an_unreachable_node(database):
+    from control.services import nodes
+    from control.store.models import Node
+
+    make_node("n1")
+    t0 = time.time()
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 1, 1.0), now=t0)
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 2, 2.0), now=t0 + 1)  # kept
+    nodes.handle_presence("default", "n1", Presence(state="offline", epoch=7), now=t0 + 1.5)  # last-will
+    nodes.flush_seen()
+    assert Node.get(Node.name == "n1").state == "Unreachable"
+    # the next heartbeat of that connection takes the full path and brings it back, as before
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 3, 3.0), now=t0 + 2)
+    assert Node.get(Node.name == "n1").state == "Online"
+
+
+def test_the_sweeper_finds_silent_nodes_by_their_deadline(database):
+    from control.services import nodes
+    from control.store.models import Node
+
+    now = time.time()
+    make_node("quiet", seen=now - 60)
+    make_node("fresh", seen=now)
+    kept = make_node("kept", seen=now - 60)
+    nodes._pending[kept.id] = (7, now - 1, now + 5)  # a heartbeat that is not written yet
+    assert nodes.sweep_silent(now) == 1
+    states = {n.name: n.state for n in Node.select()}
+    assert states == {"quiet": "Unreachable", "fresh": "Online", "kept": "Online"}
+
+
+def test_brick_changes_take_the_full_path(database):
+    from control.services import clusters, nodes
+    from control.store.models import Brick, Volume
+
+    make_node("n1")
+    volume = Volume.create(
+        id=str(uuid.uuid4()),
+        cluster=clusters.ensure_default(),
+        name="v",
+        type="distribute",
+        state="Started",
+        auth_username="u",
+        auth_password="p",
+    )
+    Brick.create(volume=volume, index=0, node_name="n1", path="/b", port=49152, state="Offline")
+    t0 = time.time()
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 1, 1.0), now=t0)
+    up = [BrickReport(volume_id=volume.id, index=0, port=49152, pid=42, online=True)]
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 2, 2.0, up), now=t0 + 1)
+    assert Brick.get().state == "Online" and Brick.get().pid == 42
+    Brick.update(state="Offline", pid=None).execute()  # changed by someone else: the next heartbeat corrects it
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 3, 3.0, up), now=t0 + 2)
+    assert Brick.get().state == "Online"
+
+
+def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):
+    from broker.messages import Hello, node_key, node_proof
+    from control.services import enrolment, nodes
+    from control.store.models import Node
+
+    row = make_node("n1", epoch=5)
+    secret = "s" * 43
+    enrolment.set_credential(row, secret)
+    row.save()
+    key = node_key(secret)
+
+    def hello(epoch: int, nonce: str) -> Hello:
+        proof = node_proof(key, "default", "n1", "a" * 32, epoch)
+        return Hello(agent_id="a" * 32, epoch=epoch, proof=proof, nonce=nonce, facts=NodeFacts(hostname="n1"))
+
+    t0 = time.time()
+    assert nodes.handle_hello("default", "n1", hello(9, "one"), now=t0).accepted
+    again = nodes.handle_hello("default", "n1", hello(9, "two"), now=t0 + 1)
+    assert again.accepted and again.nonce == "two" and again.epoch == 9
+    # the node's connection is lost: a repeat of that hello takes the full path, and is judged again
+    nodes.handle_presence("default", "n1", Presence(state="offline", epoch=9), now=t0 + 2)
+    assert Node.get(Node.name == "n1").state == "Unreachable"
+    assert nodes.handle_hello("default", "n1", hello(9, "three"), now=t0 + 3).accepted
+    assert Node.get(Node.name == "n1").state == "Online"
+    # a wrong proof is never answered from what was kept
+    forged = hello(9, "four").model_copy(update={"proof": "0" * 64})
+    assert not nodes.handle_hello("default", "n1", forged, now=t0 + 4).accepted
