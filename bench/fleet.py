@@ -893,6 +893,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # stopped from outside (timeout, kill): unwind as for Ctrl-C, so the server, its private
+    # database and its retained topics go too
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.broker == "mosquitto":
         try:
             socket.create_connection(MOSQUITTO, timeout=2).close()
