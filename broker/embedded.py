@@ -309,54 +309,8 @@ class TopicTrie:
         return found
 
 
-class _SubscriptionTable(dict[str, _Holders]):
-    """amqtt's subscription table (topic filter -> holders), with the filters in a TopicTrie.
-
-    Iterating works on a copy: amqtt 0.12 awaits while iterating its subscription table, and a
-    client (un)subscribing meanwhile made it fail with 'dictionary changed size during iteration'.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trie = TopicTrie()
-
-    def __setitem__(self, key: str, value: _Holders) -> None:
-        if not dict.__contains__(self, key):
-            self.trie.add(key)
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self.trie.remove(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        if dict.__contains__(self, key):
-            self.trie.remove(key)
-        return super().pop(key, *default)
-
-    def clear(self) -> None:
-        super().clear()
-        self.trie = TopicTrie()
-
-    def _snapshot(self) -> dict[str, _Holders]:
-        # not self.copy(): copying a dict whose __iter__ is overridden calls keys(), which is ours
-        return dict(super().items())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._snapshot())
-
-    def items(self) -> dict_items[str, _Holders]:
-        return self._snapshot().items()
-
-    def keys(self) -> dict_keys[str, _Holders]:
-        return self._snapshot().keys()
-
-    def values(self) -> dict_values[str, _Holders]:
-        return self._snapshot().values()
-
-
-class _RetainedTable(dict[str, Any]):
-    """amqtt's retained messages (topic -> message), with the topics in a TopicTrie."""
+class _Indexed(dict[str, Any]):
+    """A dict whose keys (topics or topic filters) are also kept in a TopicTrie."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -379,6 +333,34 @@ class _RetainedTable(dict[str, Any]):
     def clear(self) -> None:
         super().clear()
         self.trie = TopicTrie()
+
+
+class _SubscriptionTable(_Indexed):
+    """amqtt's subscription table (topic filter -> holders), with the filters in a TopicTrie.
+
+    Iterating works on a copy: amqtt 0.12 awaits while iterating its subscription table, and a
+    client (un)subscribing meanwhile made it fail with 'dictionary changed size during iteration'.
+    """
+
+    def _snapshot(self) -> dict[str, _Holders]:
+        # not self.copy(): copying a dict whose __iter__ is overridden calls keys(), which is ours
+        return dict(super().items())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._snapshot())
+
+    def items(self) -> dict_items[str, _Holders]:
+        return self._snapshot().items()
+
+    def keys(self) -> dict_keys[str, _Holders]:
+        return self._snapshot().keys()
+
+    def values(self) -> dict_values[str, _Holders]:
+        return self._snapshot().values()
+
+
+class _RetainedTable(_Indexed):
+    """amqtt's retained messages (topic -> message), with the topics in a TopicTrie."""
 
 
 class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
