@@ -227,6 +227,9 @@ class RebalanceManager:
             pid = self._pid(volume_id, name)
             if state is None or (not pid and state.get("final")):
                 return self._public(state or {"state": RebalanceState.NOT_STARTED.value}, None)
+            if not state.get("final"):
+                state["stopping"] = True  # the process's final status is then "stopped" (see on_event)
+                self._save(volume_id, state)
         if pid:
             try:
                 self._defrag(volume_id, name, CMD_STOP)
@@ -298,6 +301,9 @@ class RebalanceManager:
                 state = self.load(volume_id)
                 if state and state.get("name") in names:
                     status = parse_status(data)
+                    if state.get("stopping") and status["state"] == RebalanceState.FAILED.value:
+                        # dht interrupted early in its crawl by our stop reports failure: the operator stopped it
+                        status["state"] = RebalanceState.STOPPED.value
                     self._finish(volume_id, status, "notify")
                     log.info(
                         "volume %s rebalance %s finished on this node: %s (%d files, %d failures)",
