@@ -114,37 +114,6 @@ def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now:
         brick.save()
 
 
-def bricks_started(cluster_name: str, volume: Volume, node_name: str, pids: dict[str, int], now: float) -> None:
-    """The node's answer to volume.start names its running bricks: Online with their pids at once.
-
-    Its next heartbeat would say the same up to an interval later; an operator who ran
-    ``volume start --wait`` expects ``volume status`` to show the bricks it just started.
-    """
-    for brick in Brick.select().where((Brick.volume == volume) & (Brick.node_name == node_name)):
-        pid = pids.get(str(brick.index))
-        if not isinstance(pid, int) or (brick.state == "Online" and brick.pid == pid):
-            continue
-        if brick.state != "Online":
-            log.info(
-                "cluster %s volume %s brick %s:%s: %s -> Online (started)",
-                cluster_name,
-                volume.name,
-                node_name,
-                brick.path,
-                brick.state,
-            )
-            events.record(
-                "brick.state",
-                cluster=cluster_name,
-                subject=f"{volume.name}:{node_name}:{brick.path}",
-                state="Online",
-                pid=pid,
-            )
-            brick.state_changed_at = now
-        brick.state, brick.pid = "Online", pid
-        brick.save()
-
-
 CAPACITY_FIELDS = ("total_bytes", "free_bytes", "used_bytes", "inodes_total", "inodes_free", "inodes_used")
 # a busy brick's free space moves on every heartbeat: smaller moves than these are not written
 CAPACITY_STEP_BYTES = 4 * 1024 * 1024

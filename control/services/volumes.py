@@ -16,7 +16,7 @@ from typing import Any
 
 from broker.messages import FINAL_TASK_STATES, TaskState, VolumeState, check_name
 from control.errors import Conflict, InvalidInput, NotFound
-from control.services import events, heartbeats
+from control.services import events
 from control.services.layout import VolumeRequest, check_layout, parse_bricks, volume_type
 from control.services.lifecycle import OPERATIONS, STABLE_STATES, TRANSITIONS, move
 from control.services.options import checked_options
@@ -220,10 +220,6 @@ class VolumeService:
                 and task.reason.startswith("EADDRINUSE")
             ):
                 publish = self._retry_on_new_ports(volume, task)
-            if task.kind == "volume.start" and task.state == TaskState.DONE.value:
-                started = (task.result or {}).get("bricks")
-                if isinstance(started, dict):
-                    heartbeats.bricks_started(volume.cluster.name, volume, task.node_name, started, time.time())
             latest: dict[str, str] = {}  # a retried node counts with its newest task
             for t in (
                 Task.select(Task.node_name, Task.state)
