@@ -342,7 +342,10 @@ def test_options_survive_an_agent_restart(single):
     st.cli.run("mount", "sv", str(mnt), "--log-file", str(st.tmp / "mnt-sv.log"))
     try:
         wait_until(lambda: _write_errno(mnt, "ro.txt") == errno.EROFS, timeout=20, what="EROFS through the mount")
-        (old,) = [b["pid"] for b in st.cli.json("volume", "status", "sv")["bricks"]]
+        # the brick's pid comes with the node's next heartbeat
+        old = wait_until(
+            lambda: st.cli.json("volume", "status", "sv")["bricks"][0]["pid"], what="the brick's pid from a heartbeat"
+        )
         key = _cmdline(old)[_cmdline(old).index("--volfile-id") + 1]
         agent = next(p for p in st.procs if isinstance(p, Agent) and p.node == "n1")
         agent.stop()
