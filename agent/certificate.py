@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from broker.messages import node_of_uri
+from broker.messages import node_named_by
 
 
 class CertificateError(ValueError):
@@ -37,8 +37,7 @@ def certificate_node(path: str) -> tuple[str, str] | None:
         san = _load(path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    named = {n for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if (n := node_of_uri(uri))}
-    return named.pop() if len(named) == 1 else None
+    return node_named_by(san.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def certificate_proof(cert_path: str, key_path: str, message: bytes) -> tuple[str, str, str]:

@@ -39,7 +39,7 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
 from broker.dynsec import parse_username
-from broker.messages import node_of_uri
+from broker.messages import node_named_by
 from broker.topics import Topics, filter_matches
 
 if TYPE_CHECKING:
@@ -589,8 +589,7 @@ def _peer_node(writer: Any) -> tuple[str, str] | None:
     get_ssl_info = getattr(writer, "get_ssl_info", None)
     ssl_object = get_ssl_info() if get_ssl_info is not None else None
     cert = ssl_object.getpeercert() if ssl_object is not None else None  # only a verified one
-    named = {n for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI" and (n := node_of_uri(value))}
-    return named.pop() if len(named) == 1 else None
+    return node_named_by(value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI")
 
 
 _closing: set[asyncio.Future[None]] = set()  # connections being closed (a reference until they are)

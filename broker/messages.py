@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -317,6 +318,12 @@ def node_of_uri(uri: str) -> tuple[str, str] | None:
     except ValueError:
         return None
     return (cluster, node) if sep else None
+
+
+def node_named_by(uris: Iterable[str]) -> tuple[str, str] | None:
+    """The one (cluster, node) a certificate's URI names name, or None when they name none or several."""
+    named = {n for uri in uris if (n := node_of_uri(uri))}
+    return named.pop() if len(named) == 1 else None
 
 
 def certificate_enrolment_message(cluster: str, node: str, agent_id: str, epoch: int, node_secret: str) -> bytes:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.messages import node_of_uri, node_uri
+from broker.messages import node_named_by, node_uri
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +225,7 @@ def node_of_certificate(cert: x509.Certificate) -> tuple[str, str] | None:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    named = {n for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if (n := node_of_uri(uri))}
-    return named.pop() if len(named) == 1 else None
+    return node_named_by(san.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def sign_node_csr(directory: str, csr_pem: str, cluster: str, node: str, days: int = NODE_DAYS) -> str:
