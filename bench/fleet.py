@@ -72,6 +72,7 @@ from broker.messages import (
     parse_join_token,
 )
 from broker.topics import Topics
+from control.client.sse import aparse_sse
 
 BIN = str(Path(sys.executable).parent / "glusterctl")
 MOSQUITTO = ("127.0.0.1", 1883)
@@ -618,13 +619,45 @@ class Fleet:
             "expected_per_second": len(self.agents) / self.heartbeat,
         }
 
-    async def dispatch(self, count: int) -> dict[str, Any]:
-        """``count`` probes, 10 in flight, to random agents; latency = finished_at - created_at (server clock)."""
+    async def dispatch(self, count: int, rate: float | None = None) -> dict[str, Any]:
+        """``count`` probes to random agents; latency = finished_at - created_at (server clock).
+
+        With ``rate``, one probe starts every 1/rate seconds whatever the others do (an operator's pace:
+        the latency of one task under the fleet's load); without, 10 are kept in flight (the server's
+        throughput, where latency is mostly the queue of tasks in front).
+
+        A task's end is learnt from the event stream (``task.state`` events), as ``--wait`` learns it, and
+        the task is read once afterwards for its times: polling every task would load the server and
+        lengthen the very latency measured."""
         latencies: list[float] = []
         client_side: list[float] = []
         to_running: list[float] = []
-        sem = asyncio.Semaphore(10)
+        sem = asyncio.Semaphore(10 if rate is None else count)
         failed: list[str] = []
+        finals: dict[str, asyncio.Future[str]] = {}
+        loop = asyncio.get_running_loop()
+
+        def final(task_id: str) -> asyncio.Future[str]:
+            return finals.setdefault(task_id, loop.create_future())
+
+        ready = asyncio.Event()
+
+        async def follow() -> None:
+            params = {"kind": "task.state", "cluster": CLUSTER, "heartbeat": "5"}
+            async with self.http.stream("GET", "/api/v1/events", params=params, timeout=None) as resp:
+                resp.raise_for_status()
+                async for message in aparse_sse(resp.aiter_lines()):
+                    if message.event == "hello":
+                        ready.set()
+                        continue
+                    if not message.data or message.event != "message":
+                        continue
+                    event = json.loads(message.data)
+                    state = event["data"].get("state")
+                    if state in ("DONE", "FAILED"):
+                        fut = final(event["subject"])
+                        if not fut.done():
+                            fut.set_result(state)
 
         async def one(agent: SimAgent) -> None:
             async with sem:
@@ -634,30 +667,42 @@ class Fleet:
                     failed.append(f"{resp.status_code} {resp.text[:200]}")
                     return
                 task_id = resp.json()["id"]
-                try:  # the agent answered: only then read the task (polling would load the server)
-                    await asyncio.wait_for(self.answered(task_id), 30)
+                try:
+                    await asyncio.wait_for(final(task_id), 30)
                 except TimeoutError:
-                    failed.append(f"{task_id}: the agent got no task within 30 s")
+                    got = "the agent answered" if self.answered(task_id).done() else "the agent got no task"
+                    failed.append(f"{task_id}: not final after 30 s ({got})")
                     return
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    task = (await self.http.get(f"/api/v1/tasks/{task_id}")).json()
-                    if task["state"] in ("DONE", "FAILED"):
-                        if task["state"] != "DONE":
-                            failed.append(f"{task_id}: {task['state']} {task['reason']}")
-                        latencies.append(task["finished_at"] - task["created_at"])
-                        running = [e["at"] for e in task.get("events") or [] if e["state"] == "RUNNING"]
-                        if running:
-                            to_running.append(running[0] - task["created_at"])
-                        client_side.append(time.monotonic() - t0)
-                        return
-                    await asyncio.sleep(0.05)
-                failed.append(f"{task_id}: not final after 30 s")
+                client_side.append(time.monotonic() - t0)
+                task = (await self.http.get(f"/api/v1/tasks/{task_id}")).json()
+                if task["state"] != "DONE":
+                    failed.append(f"{task_id}: {task['state']} {task['reason']}")
+                latencies.append(task["finished_at"] - task["created_at"])
+                running = [e["at"] for e in task.get("events") or [] if e["state"] == "RUNNING"]
+                if running:
+                    to_running.append(running[0] - task["created_at"])
 
-        targets = [random.choice(self.agents) for _ in range(count)]
-        await asyncio.gather(*(one(a) for a in targets))
+        follower = asyncio.create_task(follow())
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            targets = [random.choice(self.agents) for _ in range(count)]
+            started = time.monotonic()
+            if rate is None:
+                await asyncio.gather(*(one(a) for a in targets))
+            else:
+                runs = []
+                for i, agent in enumerate(targets):
+                    await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+                    runs.append(asyncio.create_task(one(agent)))
+                await asyncio.gather(*runs)
+            elapsed = time.monotonic() - started
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         return {
             "tasks": count,
+            "rate": rate,
+            "tasks_per_second": count / elapsed,
             "p50_ms": (statistics.median(latencies) * 1000) if latencies else None,
             "p99_ms": (percentile(latencies, 99) or 0) * 1000 if latencies else None,
             "client_p50_ms": (statistics.median(client_side) * 1000) if client_side else None,
@@ -719,8 +764,11 @@ class Fleet:
         profiler = self.start_profile()
         r["held"] = await self.hold(args.duration)
         cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
-        r["dispatch"] = await self.dispatch(args.tasks)
+        r["dispatch"] = await self.dispatch(args.tasks, args.task_rate)
         r["dispatch"]["cpu_percent"] = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+        cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
+        r["throughput"] = await self.dispatch(args.tasks)
+        r["throughput"]["cpu_percent"] = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
         self.stop_profile(profiler)
         r["frozen"] = await self.frozen(args.frozen_keepalive)
         m = await self.metrics()
@@ -756,6 +804,7 @@ def fmt(value: Any, spec: str = ".1f", unit: str = "") -> str:
 
 def table(r: dict[str, Any], args: argparse.Namespace) -> str:
     b, s, h, d, f = r["baseline"], r["storm"], r["held"], r["dispatch"], r["frozen"]
+    t = r["throughput"]
     dropped = r["dropped"]
     rows = [
         ("figure", "glusterctl", "baseline (same broker, no server logic)"),
@@ -776,9 +825,14 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"{fmt(h['expected_per_second'])} (sent)",
         ),
         (
-            f"dispatch p50 / p99, {d['tasks']} probes (ms)",
+            f"dispatch p50 / p99, {d['tasks']} probes at {d['rate']:g}/s (ms)",
             f"{fmt(d['p50_ms'])} / {fmt(d['p99_ms'])}",
             f"{fmt(b['round_trip_p50_ms'])} / {fmt(b['round_trip_p99_ms'])} (QoS 1 round trip)",
+        ),
+        (
+            "probes per second, 10 in flight (p50 / p99 ms)",
+            f"{fmt(t['tasks_per_second'])} ({fmt(t['p50_ms'], '.0f')} / {fmt(t['p99_ms'], '.0f')})",
+            "",
         ),
         ("broker messages per second", "", f"{fmt(b['messages_per_second'], '.0f')} (QoS 1 burst)"),
         (
@@ -805,8 +859,9 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(f"{a:<{width}}  {b_:>{second}}  {c}")
         if i == 0:
             lines.append("-" * (width + second + 4 + len(c)))
-    if d["failed_count"]:
-        lines.append(f"failed probes: {d['failed_count']} (first: {d['failed'][0]})")
+    for run in (d, t):
+        if run["failed_count"]:
+            lines.append(f"failed probes: {run['failed_count']} (first: {run['failed'][0]})")
     if s["refusals"]:
         lines.append(f"refused: {s['refusals'][0]}")
     return "\n".join(lines)
@@ -878,7 +933,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, default=10.0, help="agents' heartbeat interval (default 10)")
     parser.add_argument("--keepalive", type=int, default=10, help="agents' MQTT keepalive (default 10, as the agent)")
     parser.add_argument("--frozen-keepalive", type=int, default=4, help="keepalive of the agent that freezes")
-    parser.add_argument("--tasks", type=int, default=200, help="probe tasks for the dispatch latency")
+    parser.add_argument("--tasks", type=int, default=200, help="probe tasks for each dispatch figure (default 200)")
+    parser.add_argument(
+        "--task-rate",
+        type=float,
+        default=10.0,
+        help="probes started per second for the dispatch latency (default 10); the throughput keeps 10 in flight",
+    )
     parser.add_argument("--storm-timeout", type=float, default=300.0)
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server while held (collapsed stacks)")
     parser.add_argument("--keep-log", metavar="FILE", help="copy the server's log here")
@@ -888,6 +949,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--agents must be at least 1")
     if args.duration <= 0 or args.heartbeat <= 0:
         parser.error("--duration and --heartbeat must be positive")
+    if args.tasks < 1 or args.task_rate <= 0:
+        parser.error("--tasks must be at least 1 and --task-rate positive")
     return args
 
 

@@ -87,6 +87,7 @@ class Bridge:
         self.dropped: collections.Counter[str] = collections.Counter()
         self._drop_lock = threading.Lock()
         self._stop = threading.Event()
+        self._sweep_queued = threading.Event()  # a sweep waits in the inbox: no second one behind it
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
         self.on_connected: list[Callable[[], object]] = []
@@ -323,15 +324,26 @@ class Bridge:
                 tries += 1
 
     def _sweep(self) -> None:
+        """Every second, have the worker write the kept heartbeat times and mark silent nodes.
+
+        The sweep runs in the worker, behind the messages already received: a heartbeat waiting in the
+        inbox is stored before its node is judged silent, and the sweep never waits for the database's
+        write lock while the worker holds it (nor the worker for the sweep)."""
         while not self._stop.wait(SWEEP_INTERVAL):
             self.last_tick = time.monotonic()
-            if not self.is_leader():
+            if not self.is_leader() or self._sweep_queued.is_set():
                 continue
-            try:
-                nodes.flush_seen()
-                nodes.sweep_silent()
-            except Exception:
-                log.exception("node sweep failed")
+            self._sweep_queued.set()
+            if not self.call_soon(self._sweep_once, timeout=0):
+                self._sweep_queued.clear()  # the inbox is full: the next tick tries again
+
+    def _sweep_once(self) -> None:
+        self._sweep_queued.clear()
+        try:
+            nodes.flush_seen()
+            nodes.sweep_silent()
+        except Exception:
+            log.exception("node sweep failed")
 
     def handle(self, topic: str, payload: bytes) -> None:
         if topic == self.topics.control_presence():

@@ -337,7 +337,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
     bridge.metadata, bridge.restore = publisher, restore
     bridge.start()
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)
-    reconciler.after_pass.append(monitor.run)
+    reconciler.after_pass.append(monitor.evaluate_all)
     reconciler.after_pass.append(AuditPruner(settings.audit_keep_days).run)
     if elected:
         reconciler.after_pass.append(feed.prune)  # streams on other servers record events the leader never counts
@@ -370,7 +370,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
             await restore_from_agents(settings, restore, bridge, accounts)
         publisher.start(paused=not is_leader())
         reconciler.start(leader_schedule)
-        monitor.start(leader_schedule)
+        monitor.start(is_leader)
         leadership.start()
 
         app = create_app(engine, bridge, volumes, devices, feed.hub, metrics_token=settings.metrics_token)

@@ -13,14 +13,16 @@ After every broker (re)connect everything is published again from the database, 
 source of truth (retained messages are a cache), and the alerts resolved recently are cleared
 again, in case their clearing was lost while the broker was away.
 
-The server runs ``run`` in the bridge's worker: on every reconciler pass (all clusters; capacity
-moves only show there), and ``TRIGGER_DELAY`` after an event that can change an alert (node,
-brick, volume or task state) for that event's cluster, coalescing bursts.
+The server runs ``run`` in the monitor's own thread, off the bridge's worker (an evaluation of a
+large cluster takes tens of milliseconds, which agents' task statuses must not wait for): for
+all clusters after every reconciler pass (capacity moves only show there), and ``TRIGGER_DELAY``
+after an event that can change an alert (node, brick, volume or task state) for that event's
+cluster, coalescing bursts. Alert rows are written in short transactions of their own; a state
+change that lands during an evaluation triggers the next one.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -29,10 +31,12 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from broker.messages import TaskKind, TaskState
 from broker.topics import Topics
 from control.services import alerts, events
 from control.services.alerts import AlertState, Change, Snapshot
 from control.services.health import Health
+from control.store.db import outage
 from control.store.models import Alert, Cluster, Event
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ TRIGGER_DELAY = 0.5  # seconds from a state change to its evaluation (its transa
 RECLEAR_SECONDS = 24 * 3600.0  # alerts resolved this recently are cleared again after a reconnect
 TRIGGER_KINDS = ("node.state", "node.removed", "brick.state", "volume.state", "task.state")
 STOP_TIMEOUT_SECONDS = 5.0
+RETRY_SECONDS = 2.0  # after a failed evaluation (the database out), before the next try
 
 
 class Publisher(Protocol):
@@ -133,8 +138,9 @@ class Monitor:
         self.publisher = publisher
         self.delay = delay
         self._published: dict[str, bytes] = {}  # retained topic -> the payload last published there
-        self._lock = threading.Lock()  # run() may be called from tests as well as from the worker
+        self._lock = threading.Lock()  # run() is called from the monitor's thread, and from tests
         self._dirty: set[str] = set()
+        self._all = False  # every cluster is due (a reconciler pass asked)
         self._dirty_lock = threading.Lock()  # held only for a moment: recording threads take it
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -214,8 +220,9 @@ class Monitor:
             log.warning("could not publish %s (%d bytes); published again at the next reconnect", topic, len(payload))
 
     # ---- triggers ----------------------------------------------------------------------------------
-    def start(self, schedule: Callable[[Callable[[], object]], bool]) -> None:
-        """Evaluate the cluster of each state-changing event, ``delay`` later, through ``schedule``."""
+    def start(self, may_run: Callable[[], bool] = lambda: True) -> None:
+        """Evaluate, in a thread of the monitor's own, the cluster of each state-changing event ``delay``
+        later, and every cluster after ``evaluate_all``; only while ``may_run()`` (this server leads)."""
         if self._thread is not None:
             return
         self._unsubscribe = events.subscribe(self._on_event)
@@ -227,12 +234,31 @@ class Monitor:
                     return
                 self._wake.clear()
                 with self._dirty_lock:
-                    dirty, self._dirty = self._dirty, set()
-                if dirty and not schedule(functools.partial(self.run, dirty)):
-                    log.warning("alert evaluation of clusters %s skipped: the worker is busy", ",".join(sorted(dirty)))
+                    dirty, every, self._dirty, self._all = self._dirty, self._all, set(), False
+                if not (dirty or every) or not may_run():
+                    continue
+                try:
+                    self.run(None if every else dirty)
+                except Exception as exc:  # the database may be out: evaluate again after a wait
+                    what = "all clusters" if every else ",".join(sorted(dirty))
+                    if outage(exc) is None:
+                        log.exception("alert evaluation of %s failed", what)
+                    else:
+                        log.warning("alert evaluation of %s waits for the database: %s", what, str(exc)[:200])
+                    with self._dirty_lock:
+                        self._dirty |= dirty
+                        self._all = self._all or every
+                    self._stop.wait(RETRY_SECONDS)
+                    self._wake.set()
 
-        self._thread = threading.Thread(target=loop, name="alert-trigger", daemon=True)
+        self._thread = threading.Thread(target=loop, name="monitor", daemon=True)
         self._thread.start()
+
+    def evaluate_all(self) -> None:
+        """Ask for an evaluation of every cluster in the monitor's thread (after a reconciler pass)."""
+        with self._dirty_lock:
+            self._all = True
+        self._wake.set()
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -247,11 +273,20 @@ class Monitor:
         # runs in the recording thread, inside its transaction: note and wake, never wait
         if event.kind not in TRIGGER_KINDS or not event.cluster:
             return
-        if event.kind == "task.state" and (event.data or {}).get("state") not in ("FAILED", "DONE"):
+        if event.kind == "task.state" and not _task_event_counts(event.data or {}):
             return
         with self._dirty_lock:
             self._dirty.add(event.cluster)
         self._wake.set()
+
+
+def _task_event_counts(data: dict[str, object]) -> bool:
+    """A task's end matters to health when it failed (a failed-task alert), or when it is a heal whose
+    result is the volume's self-heal backlog; every other task's end changes nothing evaluated here."""
+    state = data.get("state")
+    return state == TaskState.FAILED.value or (
+        state == TaskState.DONE.value and data.get("kind") == TaskKind.VOLUME_HEAL.value
+    )
 
 
 def _json(message: BaseModel) -> bytes:
