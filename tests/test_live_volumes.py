@@ -1,18 +1,24 @@
-"""Live volumes on real GlusterFS: bricks fetch volfiles from the agents, stock mounts, live volfile
-pushes, agent restarts and kills, heal info and index heal."""
+"""Live volumes on real GlusterFS: bricks fetch volfiles from the agents, stock mounts (on the node and
+from a non-loopback address, as a remote host mounts), live volfile pushes that reach only the processes
+whose volfile changed, agent restarts and kills, heal info and index heal."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
+import ipaddress
 import os
+import random
+import re
 import signal
 import socket
-import sqlite3
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
+from agent.facts import address_towards
+from control.cli.volumes import mount_argv
 from tests.helpers import Agent, mounts_under, wait_until
 from tests.test_volfile_server import RawClient
 from tests.test_volumes import NODES, brick, brick_dir, volume, wait_bricks
@@ -65,13 +71,17 @@ def stock_mount(st, name: str) -> str:
     return str(mnt)
 
 
-def set_options(st, name: str, options: dict[str, str]) -> None:
-    """Change a volume's options in the store (volume set is another feature) and push its volfiles."""
-    with sqlite3.connect(st.server.data_dir / "glusterctl.db") as db:
-        db.execute("UPDATE volume SET options = ? WHERE name = ?", (json.dumps(options, sort_keys=True), name))
-    pushed = st.cli.api("POST", f"/api/v1/clusters/default/volumes/{name}/volfiles")
-    assert pushed.status_code == 202, pushed.text
-    tasks = pushed.json()["tasks"]
+def set_option(st, name: str, key: str, value: str | None) -> dict[str, dict]:
+    """`volume set NAME KEY VALUE` (`volume reset NAME KEY` for None) through the REST API the CLI uses;
+    waits for its volume.volfiles tasks and returns their results by node."""
+    base = f"/api/v1/clusters/default/volumes/{name}/options"
+    answer = st.cli.api("POST", base, json={key: value}) if value is not None else st.cli.api("DELETE", f"{base}/{key}")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["changed"] == {key: value}
+    return volfile_results(st, answer.json()["tasks"])
+
+
+def volfile_results(st, tasks: list[str]) -> dict[str, dict]:
     assert len(tasks) == 3
 
     def done():
@@ -79,10 +89,15 @@ def set_options(st, name: str, options: dict[str, str]) -> None:
         assert not [t for t in states if t["state"] == "FAILED"], states
         return all(t["state"] == "DONE" for t in states) and states
 
-    for task in wait_until(done, timeout=30, what="volume.volfiles tasks DONE"):
-        assert task["kind"] == "volume.volfiles"
-        assert any(k.startswith(f"{name}.") for k in task["result"]["changed"]), task["result"]
-        assert task["result"]["notified"] >= 1
+    finished = wait_until(done, timeout=30, what="volume.volfiles tasks DONE")
+    assert all(t["kind"] == "volume.volfiles" for t in finished)
+    return {t["node"]: t["result"] for t in finished}
+
+
+def assert_brick_only(results: dict[str, dict], brick_keys: dict[str, str]) -> None:
+    """Each node changed only its brick's volfile and told only its brick (not the shd, not the mount)."""
+    assert {n: r["changed"] for n, r in results.items()} == {n: [k] for n, k in brick_keys.items()}, results
+    assert {n: r["notified"] for n, r in results.items()} == dict.fromkeys(brick_keys, 1), results
 
 
 def write_fails_with(mnt: str, name: str) -> int:
@@ -118,11 +133,23 @@ def test_bricks_fetch_volfiles_stock_mount_live_push_and_agent_restarts(trio):
     with open(os.path.join(mnt, "before.txt"), "w") as fh:
         fh.write("written before\n")
 
-    # a pushed volfile reaches the running bricks: read-only on, then off, same brick processes
-    set_options(st, "live", {"features.read-only": "on"})
+    # a pushed volfile reaches the running bricks: read-only on, then off, same brick processes. A brick
+    # option changes the brick volfiles only, so self-heal daemons and the mount are not told
+    brick_keys = {n: cmdline(pid)[cmdline(pid).index("--volfile-id") + 1] for n, pid in zip(NODES, pids)}
+    assert_brick_only(set_option(st, "live", "features.read-only", "on"), brick_keys)
     wait_until(lambda: write_fails_with(mnt, "ro.txt") == errno.EROFS, timeout=20, what="EROFS through the mount")
-    set_options(st, "live", {})
+    assert_brick_only(set_option(st, "live", "features.read-only", None), brick_keys)
     wait_until(lambda: write_fails_with(mnt, "rw.txt") == 0, timeout=20, what="writes work again")
+    # a client option changes the client volfile only: the mount (it fetched from n1) is the one told
+    client_only = set_option(st, "live", "performance.write-behind-window-size", "2MB")
+    assert {n: r["changed"] for n, r in client_only.items()} == {n: ["live"] for n in NODES}, client_only
+    assert [client_only[n]["notified"] for n in NODES] == [1, 0, 0], client_only
+    assert write_fails_with(mnt, "wb.txt") == 0
+    # the same volfiles again change nothing and tell nobody
+    pushed = st.cli.api("POST", "/api/v1/clusters/default/volumes/live/volfiles")
+    assert pushed.status_code == 202, pushed.text
+    unchanged = volfile_results(st, pushed.json()["tasks"])
+    assert all(r == {"changed": [], "notified": 0} for r in unchanged.values()), unchanged
     assert brick_pids(st, "live") == pids
 
     # an agent restart serves the same volfiles, and the processes reconnect to the new server
@@ -144,9 +171,10 @@ def test_bricks_fetch_volfiles_stock_mount_live_push_and_agent_restarts(trio):
         timeout=30,
         what="n1's brick reconnected to the restarted agent",
     )
-    set_options(st, "live", {"features.read-only": "on"})  # n1's brick got it through a reconnected connection
+    # n1's brick gets it through its reconnected connection
+    assert_brick_only(set_option(st, "live", "features.read-only", "on"), brick_keys)
     wait_until(lambda: write_fails_with(mnt, "ro2.txt") == errno.EROFS, timeout=30, what="EROFS after restart")
-    set_options(st, "live", {})
+    assert_brick_only(set_option(st, "live", "features.read-only", None), brick_keys)
     wait_until(lambda: write_fails_with(mnt, "rw2.txt") == 0, timeout=20, what="writes work again")
     assert brick_pids(st, "live") == pids
 
@@ -219,10 +247,56 @@ def test_heal_info_and_index_heal(trio):
     subprocess.run(["umount", mnt], check=True)
 
 
+@contextlib.contextmanager
+def non_loopback_address() -> Iterator[str]:
+    """An address of this host that is not loopback, so a connection from it looks like a remote host's:
+    the one that routes outward, or, on a host with none, a TEST-NET-2 address added to lo for the test."""
+    ip = address_towards("192.0.2.1", 9)  # no packet is sent
+    if not ipaddress.ip_address(ip).is_loopback:
+        yield ip
+        return
+    added = f"198.51.100.{random.randrange(1, 255)}"
+    subprocess.run(["ip", "address", "add", f"{added}/32", "dev", "lo"], check=True)
+    try:
+        yield added
+    finally:
+        subprocess.run(["ip", "address", "del", f"{added}/32", "dev", "lo"], check=False)
+
+
 @needs_root
-def test_heal_refusals(trio):
-    st = trio
-    st.cli.run("volume", "create", "plain", brick(st, "n1", "plain"), "--wait")
+def test_remote_client_mounts_with_the_plain_volfile_and_heal_refusals(stack):
+    """A stock `mount -t glusterfs` that reaches the node through a non-loopback address, as a remote host
+    does, gets the client volfile without credentials and reads and writes; its unreachable first server
+    is skipped for the backup. Heal is refused on a distribute volume."""
+    st = stack
+    with non_loopback_address() as ip:
+        agent = st.agent("r1", extra=["--address", ip])  # the last --address wins
+        (st.tmp / "bricks" / "r1").mkdir(parents=True)
+        wait_until(lambda: st.node_state("r1") == "Online", what="r1 Online")
+        st.cli.run("volume", "create", "plain", brick(st, "r1", "plain"), "--wait")
+        [server] = volume(st, "plain")["volfile_servers"]
+        assert (server["address"], server["port"]) == (ip, agent.volfile_port)
+        volume_id = volume(st, "plain")["id"]
+        stored = st.tmp / "agent-r1" / "volumes" / volume_id / "volfiles"
+        plain, trusted = (stored / "plain.vol").read_text(), (stored / "trusted%2Fplain.vol").read_text()
+        assert "password" in trusted and "password" not in plain and f"remote-host {ip}" in plain
+
+        mnt = st.tmp / "mnt-remote"
+        mnt.mkdir()
+        nobody = {"address": "127.0.0.2", "port": server["port"]}  # the agent listens on 127.0.0.1 and ip
+        argv = mount_argv("plain", str(mnt), [nobody, server], str(st.tmp / "remote-client.log"))
+        assert f"backup-volfile-servers={ip}" in argv[4] and argv[-2] == "127.0.0.2:/plain"
+        subprocess.run(argv, check=True, timeout=60, capture_output=True)
+        try:
+            (mnt / "remote.txt").write_text("written by a remote-style client\n")
+            assert (mnt / "remote.txt").read_text() == "written by a remote-style client\n"
+            on_brick = os.path.join(brick_dir(st, brick(st, "r1", "plain")), "remote.txt")
+            assert open(on_brick).read() == "written by a remote-style client\n"
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+        served = re.findall(rf"GETSPEC from {re.escape(ip)}:\d+: volfile plain \(flags \d+, (\d+) bytes\)", agent.log())
+        assert served and {int(n) for n in served} == {len(plain.encode())}, agent.log()[-2000:]
+
     out = st.cli.run("volume", "heal", "plain", "info", check=False)
     assert out.returncode == 1 and "only replicate" in out.stderr
     out = st.cli.run("volume", "heal", "plain", "bogus", check=False)

@@ -158,6 +158,9 @@ def test_read_only_reaches_running_bricks_without_restart(stack):
 
     wait_until(lambda: all(pids()), what="brick pids")
     before = pids()
+    # the processes themselves, not only what the heartbeats say: the brick glusterfsd under the brick folders
+    running = sorted(gluster_pids_under(st.tmp / "bricks"))
+    assert running == sorted(before)
     mnt = st.tmp / "mnt-lv"
     mnt.mkdir()
     st.cli.run("mount", "lv", str(mnt))
@@ -185,6 +188,7 @@ def test_read_only_reaches_running_bricks_without_restart(stack):
 
         wait_until(accepted, timeout=20, what="writes accepted again")
         assert pids() == before
+        assert sorted(gluster_pids_under(st.tmp / "bricks")) == running
         assert str(mnt) in mounts_under(st.tmp)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)

@@ -356,3 +356,40 @@ def test_agent_clock_offset(monkeypatch):
         clock._offset()
     monkeypatch.setattr(clock, "OFFSET", 600.0)
     assert abs(clock.now() - time.time() - 600.0) < 1
+
+
+def test_mount_argv_backup_volfile_servers():
+    """mount.glusterfs gives every volfile server one port (server-port): the backups are the servers on
+    the port most of them use; IPv6 backups are bracketed, as its backup-volfile-servers parser wants."""
+    from control.cli.errors import CliError
+    from control.cli.volumes import mount_argv
+
+    def servers(*pairs: tuple[str, int]) -> list[dict]:
+        return [{"node": f"n{i}", "address": a, "port": p} for i, (a, p) in enumerate(pairs)]
+
+    def options_and_source(*pairs: tuple[str, int]) -> tuple[str, str]:
+        argv = mount_argv("gv1", "/mnt/gv1", servers(*pairs), "/var/log/gv1.log")
+        assert argv[:4] == ["mount", "-t", "glusterfs", "-o"] and argv[-1] == "/mnt/gv1"
+        return argv[4].removeprefix("log-file=/var/log/gv1.log"), argv[5]
+
+    assert options_and_source(("10.0.0.1", 24007)) == ("", "10.0.0.1:/gv1")
+    # one port: the first server is mounted from, every other address is a backup once, in brick order
+    assert options_and_source(("10.0.0.1", 24007), ("10.0.0.2", 24007), ("10.0.0.1", 24007), ("fd00::3", 24007),
+                              ("10.0.0.2", 24007)) == (",backup-volfile-servers=10.0.0.2:[fd00::3]", "10.0.0.1:/gv1")  # fmt: skip
+    assert options_and_source(("fd00::1", 24010), ("node2", 24010)) == (
+        ",backup-volfile-servers=node2,server-port=24010",
+        "fd00::1:/gv1",  # mount.glusterfs takes the host before the last ':' of the source
+    )
+    # several ports: the one most servers use; servers on another port are left out
+    assert options_and_source(("a", 24008), ("b", 24009), ("c", 24009), ("d", 24008), ("e", 24009)) == (
+        ",backup-volfile-servers=c:e,server-port=24009",
+        "b:/gv1",
+    )
+    assert options_and_source(("a", 24008), ("b", 24007), ("c", 24007), ("d", 24008)) == (  # a tie: the first's
+        ",backup-volfile-servers=d,server-port=24008",
+        "a:/gv1",
+    )
+    # agents sharing one address on different ports (as in the tests): nothing can back the first up
+    assert options_and_source(("127.0.0.1", 40001), ("127.0.0.1", 40002)) == (",server-port=40001", "127.0.0.1:/gv1")
+    with pytest.raises(CliError, match="no online node holding a brick"):
+        mount_argv("gv1", "/mnt/gv1", [], "/var/log/gv1.log")

@@ -198,6 +198,33 @@ def test_visibility_local_and_remote_peers() -> None:
         srv.stop()
 
 
+def test_listen_addresses(tmp_path: Path) -> None:
+    """The volfile server binds the node's address and loopback (the wildcard alone when that is the address)."""
+    from agent.facts import address_towards
+    from agent.volfiles import Volfiles, listen_addresses
+
+    assert listen_addresses("192.0.2.7") == ["192.0.2.7", "127.0.0.1"]
+    assert listen_addresses("node1.example.com") == ["node1.example.com", "127.0.0.1"]
+    assert listen_addresses("fd00::7") == ["fd00::7", "::1"]
+    assert listen_addresses("127.0.0.1") == ["127.0.0.1"] and listen_addresses("::1") == ["::1"]
+    assert listen_addresses("0.0.0.0") == ["0.0.0.0"] and listen_addresses("::") == ["::"]
+    assert listen_addresses("") == ["127.0.0.1"]
+
+    ip = address_towards("192.0.2.1", 9)
+    if ipaddress.ip_address(ip).is_loopback:
+        pytest.skip("this host has no non-loopback address")
+    volfiles = Volfiles(str(tmp_path), ip, free_port())
+    volfiles.start()
+    try:
+        assert volfiles.server.addresses == [ip, "127.0.0.1"]
+        assert port_open(ip, volfiles.port) and port_open("127.0.0.1", volfiles.port)
+        assert not port_open("127.0.0.2", volfiles.port)  # not the wildcard
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.connect(volfiles.unix_path)
+    finally:
+        volfiles.stop()
+
+
 def test_is_local_peer() -> None:
     from agent.volfile_server import is_local_peer
 

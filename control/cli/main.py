@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--volfile-port",
         type=int,
         help="TCP port of the volfile server that bricks, self-heal daemons and 'mount -t glusterfs' "
-        "fetch volfiles from, on the node's address and loopback (default: 24007, glusterd's port)",
+        "fetch volfiles from, on the node's address and loopback (default: 24007, glusterd's port). "
+        "Firewall: open this port (24007/tcp by default) on storage nodes to clients, as with glusterd, "
+        "besides the brick port range",
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     p.set_defaults(func=commands.agent)

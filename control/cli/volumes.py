@@ -175,8 +175,9 @@ def add_parsers(
         help="FUSE-mount a volume here (needs root and glusterfs-client)",
         description="Mount a volume with the stock 'mount -t glusterfs -o backup-volfile-servers=A2:A3"
         "[,server-port=P] A1:/VOLUME MOUNTPOINT': the client fetches its volfile from the volfile server "
-        "of an online node holding a brick (A1), the others are backups (they must use the same port). "
-        "Unmount with 'umount MOUNTPOINT'.",
+        "of an online node holding a brick (A1), the other online nodes holding bricks are backups. "
+        "mount.glusterfs gives every server one port: the port most of these nodes use is taken and nodes "
+        "on another port are left out. Unmount with 'umount MOUNTPOINT'.",
     )
     cluster(p)
     p.add_argument("name")
@@ -414,17 +415,24 @@ DEFAULT_VOLFILE_PORT = 24007
 
 
 def mount_argv(name: str, mountpoint: str, servers: list[dict[str, Any]], log_file: str) -> list[str]:
-    """`mount -t glusterfs` of `name` from the first volfile server, the others (same port) as backups."""
+    """`mount -t glusterfs` of `name` from the volfile servers `servers` ({address, port}, in brick order).
+
+    mount.glusterfs gives every server one port (`server-port`), so only servers on one port can be
+    backups of each other: the port most servers use is taken (on a tie, the port of the earliest), its
+    first server is the one mounted from and the others, once each, go to `backup-volfile-servers`
+    (colon-separated, IPv6 addresses in brackets as mount.glusterfs wants them). Servers on another
+    port are left out."""
     if not servers:
         raise CliError(f"volume {name} has no online node holding a brick: nothing serves its volfile")
-    first = servers[0]
-    backups = [s["address"] for s in servers[1:] if s["port"] == first["port"] and s["address"] != first["address"]]
+    ports = [int(s["port"]) for s in servers]
+    port = max(dict.fromkeys(ports), key=ports.count)  # max keeps the earliest of equal counts
+    first, *backups = dict.fromkeys(s["address"] for s in servers if int(s["port"]) == port)
     options = [f"log-file={log_file}"]
     if backups:
-        options.append("backup-volfile-servers=" + ":".join(dict.fromkeys(backups)))
-    if first["port"] != DEFAULT_VOLFILE_PORT:
-        options.append(f"server-port={first['port']}")
-    return ["mount", "-t", "glusterfs", "-o", ",".join(options), f"{first['address']}:/{name}", mountpoint]
+        options.append("backup-volfile-servers=" + ":".join(f"[{a}]" if ":" in a else a for a in backups))
+    if port != DEFAULT_VOLFILE_PORT:
+        options.append(f"server-port={port}")
+    return ["mount", "-t", "glusterfs", "-o", ",".join(options), f"{first}:/{name}", mountpoint]
 
 
 def mount(args: argparse.Namespace) -> int:
