@@ -455,6 +455,7 @@ class Agent:
             bricks=bricks,
             shds=shds,
             devices=self.devices.reports(),
+            rebalances=self.rebalance.reports(),
         )
         self.client.publish(self.topics.heartbeat(self.cluster, self.node), beat.model_dump_json(), qos=0)
 

@@ -38,7 +38,7 @@ from typing import Any
 from agent import brickop, clock
 from agent.bricks import BrickError, BrickManager, find_exe, gone, log_tail, pid_running
 from agent.volfile_server import VolfileServer
-from broker.messages import RebalanceState
+from broker.messages import RebalanceReport, RebalanceState
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +351,32 @@ class RebalanceManager:
                 self.supervise_once()
             except Exception:
                 log.exception("rebalance supervisor failed")
+
+    def reports(self) -> list[RebalanceReport]:
+        """Every recorded run of this node (one per volume) for the heartbeat: the control service follows
+        runs from these. A final run is reported on every beat too, so a control service that was down
+        when it ended still learns it; the status is the last poll (``supervise_once``), not polled here."""
+        out = []
+        for volume_id in self.bricks.volume_ids():
+            state = self.load(volume_id)
+            if not state or not state.get("run"):
+                continue
+            status = state.get("status") or {}
+            try:
+                out.append(
+                    RebalanceReport(
+                        volume_id=volume_id,
+                        run=str(state["run"]),
+                        state=RebalanceState(status.get("state") or RebalanceState.NOT_STARTED.value),
+                        final=bool(state.get("final")),
+                        **{k: max(0, int(status.get(k) or 0)) for k in COUNTERS},
+                        run_time=max(0.0, float(status.get("run_time") or 0)),
+                        error=str(status.get("error") or "")[:2000],
+                    )
+                )
+            except (ValueError, TypeError) as exc:  # a damaged state file must not stop the heartbeat
+                log.warning("volume %s: rebalance state not reported: %s", state.get("name", volume_id), exc)
+        return out
 
     def _public(self, state: dict[str, Any], pid: int | None) -> dict[str, Any]:
         status = dict(state.get("status") or {"state": state.get("state", RebalanceState.NOT_STARTED.value)})

@@ -220,6 +220,22 @@ class DeviceReport(_Msg):
     free_bytes: int = Field(ge=0)
 
 
+class RebalanceReport(_Msg):
+    """The node's last known status of a volume's rebalance run (its process polled while it runs, then final)."""
+
+    volume_id: str = Field(max_length=64)
+    run: str = Field(min_length=1, max_length=64)
+    state: RebalanceState
+    final: bool = False
+    files: int = Field(default=0, ge=0)
+    size: int = Field(default=0, ge=0)
+    lookups: int = Field(default=0, ge=0)
+    failures: int = Field(default=0, ge=0)
+    skipped: int = Field(default=0, ge=0)
+    run_time: float = Field(default=0.0, ge=0)
+    error: str = Field(default="", max_length=2000)
+
+
 class Heartbeat(_Msg):
     epoch: int = Field(ge=1)
     seq: int = Field(ge=0)
@@ -228,6 +244,7 @@ class Heartbeat(_Msg):
     bricks: list[BrickReport] = []
     shds: list[ShdReport] = []
     devices: list[DeviceReport] = []
+    rebalances: list[RebalanceReport] = []  # the control service follows runs from these, without polling
 
 
 class TaskMessage(_Msg):

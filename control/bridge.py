@@ -41,7 +41,7 @@ from broker.messages import (
 )
 from broker.topics import Topics
 from broker.url import MqttUrl, no_delay
-from control.services import nodes
+from control.services import nodes, rebalance
 from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
 from control.store.db import outage
@@ -397,7 +397,8 @@ class Bridge:
         elif isinstance(message, Presence):
             nodes.handle_presence(cluster, node, message)
         elif isinstance(message, Heartbeat):
-            nodes.handle_heartbeat(cluster, node, message)
+            if nodes.handle_heartbeat(cluster, node, message) and message.rebalances:
+                rebalance.apply_reports(cluster, node, message.rebalances)
         elif isinstance(message, TaskStatus):
             if not nodes.epoch_is_current(cluster, node, message.epoch):
                 log.warning(

@@ -25,7 +25,7 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, backup, clusters, enrolment, metadata, users
+from control.services import authz, backup, clusters, enrolment, metadata, rebalance, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed, EventListener
@@ -347,6 +347,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         return bridge.call_soon(fn) if is_leader() else True
 
     def gained() -> None:
+        rebalance.forget_reports()  # another server may have followed the runs meanwhile
         bridge.take_over()
         publisher.resume()
         if not bridge.call_soon(reconciler.run_once, timeout=0):  # what the previous leader left half-done, now

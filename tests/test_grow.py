@@ -158,3 +158,47 @@ def test_expand_by_size_on_a_stopped_distribute_volume(trio):  # noqa: F811
             fh.write("x")
     on_new = [i for i in range(30) if os.path.exists(os.path.join(added["path"], f"d{i:02d}"))]
     assert 0 < len(on_new) < 30  # the root directory spans both bricks: the volume was never mounted before
+
+
+def brick_volfiles(st, node: str) -> dict[str, str]:
+    """The brick volfiles node's agent stores, by the brick directory each serves."""
+    out = {}
+    for path in (st.tmp / f"agent-{node}" / "volumes").glob("*/volfiles/*.vol"):
+        text = path.read_text()
+        if "type storage/posix" in text:
+            directory = next(
+                line.split()[-1] for line in text.splitlines() if line.strip().startswith("option directory")
+            )
+            out[f"{node}:{directory}"] = text
+    return out
+
+
+@needs_root
+def test_expand_an_arbiter_volume_with_a_forced_set(trio):  # noqa: F811
+    """An arbiter volume grows by whole sets whose third brick is the arbiter; a set with two bricks on
+    one node is refused unless forced (no brick process needed: the volume is Created)."""
+    st = trio
+    first = [brick(st, n, "arb") for n in NODES]
+    st.cli.run("volume", "create", "arb", "--replica", "2", "--arbiter", "1", *first, "--no-start", "--wait")
+    out = expand(st, "arb", brick(st, "n1", "arb2"), brick(st, "n2", "arb2"), check=False)
+    assert out.returncode == 1 and "multiples of 3" in out.stderr, out.stderr
+    assert "the third brick of each set is its arbiter" in out.stderr, out.stderr
+    second = [brick(st, "n1", "arb2"), brick(st, "n1", "arb3"), brick(st, "n2", "arb2")]
+    out = expand(st, "arb", *second, check=False)
+    assert out.returncode == 1 and "same node" in out.stderr and "--force" in out.stderr, out.stderr
+    assert len(volume(st, "arb")["bricks"]) == 3
+
+    out = expand(st, "arb", *second, "--force", "--wait")
+    v = volume(st, "arb")
+    assert v["state"] == "Created" and [f"{b['node']}:{b['path']}" for b in v["bricks"]] == first + second
+    # the client graph: a second replica set of the new bricks, in order, with the third as arbiter
+    text = st.cli.api("GET", "/api/v1/clusters/default/volumes/arb/volfile").text
+    sets = text.split("type cluster/replicate")[1:]
+    assert len(sets) == 2 and all("option arbiter-count 1" in s for s in sets), text
+    assert "subvolumes arb-client-3 arb-client-4 arb-client-5" in sets[1], sets[1]
+    # the bricks' graphs, as the agents hold them: the arbiter xlator on the third brick of each set only
+    served = {k: t for n in NODES for k, t in brick_volfiles(st, n).items()}
+    assert set(served) == set(first + second), sorted(served)
+    arbiters = {spec for spec, t in served.items() if "type features/arbiter" in t}
+    assert arbiters == {first[2], second[2]}, arbiters
+    assert all(os.path.isdir(os.path.join(brick_dir(st, b), ".glusterfs")) for b in second)  # prepared

@@ -1,5 +1,6 @@
-"""Rebalance on real GlusterFS: a 2x3 volume with 1,000 files grows to 3x3 and GlusterFS's own rebalance
-process on every node moves files onto the new set; stop ends every node's process."""
+"""Rebalance on real GlusterFS: a 2x3 volume with 1,000 files grows to 3x3; a fix-layout lets new files of
+old directories use the new set, GlusterFS's own rebalance process on every node moves files onto it, and
+the control service follows each run by itself; stop ends every node's process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import stat
 
 import pytest
 
 from tests.helpers import gluster_pids_under, wait_until
+from tests.test_grow import on_bricks, stored_events
 from tests.test_live_volumes import cmdline, stock_mount, trio  # noqa: F401  (fixture)
 from tests.test_volumes import NODES, brick, brick_dir, volume, wait_bricks
 
@@ -77,6 +80,28 @@ def status(st, name: str) -> dict:
     return json.loads(rebalance(st, "status", name, "-o", "json").stdout)
 
 
+def stored_status(st, name: str) -> dict:
+    """The control service's own view (GET): unlike ``status`` it asks no node for a live poll."""
+    answer = st.cli.api("GET", f"/api/v1/clusters/default/volumes/{name}/rebalance")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def status_polls(st, run: str) -> int:
+    """The ``status`` tasks (a client's refresh) of one run."""
+    with sqlite3.connect(st.server.data_dir / "glusterctl.db") as db:
+        rows = db.execute("SELECT params FROM task WHERE kind = 'volume.rebalance' AND operation = ?", (run,))
+        return sum(1 for (params,) in rows if json.loads(params).get("op") == "status")
+
+
+def write_small(mnt: str, rels: list[str], sums: dict[str, str]) -> None:
+    for rel in rels:
+        data = rel.encode()
+        with open(os.path.join(mnt, rel), "wb") as fh:
+            fh.write(data)
+        sums[rel] = hashlib.sha256(data).hexdigest()
+
+
 def rebalance_pids(st) -> list[int]:
     return [p for p in gluster_pids_under(st.tmp) if "--process-name rebalance" in " ".join(cmdline(p))]
 
@@ -96,6 +121,20 @@ def test_rebalance_after_expand_moves_files_to_the_new_set(trio):  # noqa: F811
     wait_bricks(st, "rb", "Online", timeout=30)
     assert data_files(brick_dir(st, sets[2][0])) == set()  # nothing moved yet
 
+    # a directory made before the expand keeps its old layout: new files in it stay on the old sets ...
+    before = [f"d0/pre{i:02d}" for i in range(30)]
+    write_small(mnt, before, sums)
+    assert [r for r in before if on_bricks(st, sets[2], r)] == []
+    # ... until a fix-layout (no data moves; followed by the control service: --wait reads only GET)
+    out = rebalance(st, "start", "rb", "--fix-layout", "--wait")
+    assert "volume rebalance (fix-layout): rb: completed" in out.stdout, out.stdout
+    assert data_files(brick_dir(st, sets[2][0])) == set()
+    after = [f"d0/post{i:02d}" for i in range(60)]
+    write_small(mnt, after, sums)
+    on_new = [r for r in after if on_bricks(st, sets[2], r)]
+    assert 0 < len(on_new) < len(after), on_new
+    assert all(len(on_bricks(st, sets[2], r)) == 3 for r in on_new)  # replicated on the new set
+
     # a started rebalance stopped at once: every node's process ends
     out = rebalance(st, "start", "rb")
     assert "rebalance started" in out.stdout, out.stdout
@@ -107,34 +146,42 @@ def test_rebalance_after_expand_moves_files_to_the_new_set(trio):  # noqa: F811
     assert {n["node"] for n in stopped["nodes"]} == set(NODES)
     assert {n["state"] for n in stopped["nodes"]} <= {"stopped", "completed"}, stopped
 
-    # a full run: completed on every node
-    rebalance(st, "start", "rb")
+    # a full run that no client polls, with a control-service restart while it runs: the server follows
+    # it from the agents' heartbeats and learns the end even if it came while the server was down
+    out = rebalance(st, "start", "rb", "-o", "json")
+    run = json.loads(out.stdout)["run"]
+    st.server.stop()
+    st.server.start()
     result = wait_until(
-        lambda: (s := status(st, "rb"))["state"] in ("completed", "failed", "stopped") and s,
+        lambda: (s := stored_status(st, "rb"))["state"] in ("completed", "failed", "stopped") and s,
         timeout=REBALANCE_TIMEOUT,
-        interval=2,
-        what="rebalance completed on every node",
+        interval=1,
+        what="rebalance completed on every node (GET only)",
     )
+    assert result["run"] == run and result["command"] == "full", result  # the rows survived the restart
     assert result["state"] == "completed" and all(n["state"] == "completed" for n in result["nodes"]), result
+    assert {n["node"] for n in result["nodes"]} == set(NODES)
     assert result["total"]["failures"] == 0 and result["total"]["files"] > 0, result
     assert result["total"]["lookups"] >= FILES, result
+    assert status_polls(st, run) == 0  # nobody asked: the heartbeats told
+    for node in NODES:
+        states = [e["state"] for e in stored_events(st, "rebalance.state", f"rb@{node}") if e["run"] == run]
+        assert states[-1] == "completed", (node, states)
     assert rebalance_pids(st) == []
 
     # the files sit on all three sets, each on exactly one, replicated on each brick of its set
     per_set = [data_files(brick_dir(st, s[0])) for s in sets]
     assert all(per_set), [len(f) for f in per_set]
-    assert sum(len(f) for f in per_set) == FILES and set().union(*per_set) == set(sums)
+    assert sum(len(f) for f in per_set) == len(sums) and set().union(*per_set) == set(sums)
     for k, spec in enumerate(sets):
         assert all(data_files(brick_dir(st, b)) == per_set[k] for b in spec[1:])
     # unchanged through the mount: the same files with the same contents
     assert read_sums(mnt) == sums
 
-    # the status is the control service's: it survives a restart
-    st.server.stop()
-    st.server.start()
-    after = json.loads(st.cli.run("volume", "rebalance", "status", "rb", "-o", "json").stdout)
-    assert after["state"] == "completed" and after["run"] == result["run"]
+    # a completed run no client polled does not hold the volume: it stops
     assert volume(st, "rb")["state"] == "Started"
+    st.cli.run("volume", "stop", "rb", "--wait", timeout=120)
+    assert volume(st, "rb")["state"] == "Stopped"
 
 
 @needs_root

@@ -341,6 +341,44 @@ def test_volume_stop_is_refused_while_a_rebalance_runs(database):
     assert stopped.state == "Stopping"
 
 
+def test_rebalance_rows_follow_the_heartbeats_reports(database):
+    """Heartbeats carry each node's run: progress and the final state land in its row without any task;
+    an older run's report, a repeat, and an older status after the final one change nothing."""
+    from broker.messages import RebalanceReport, RebalanceState
+    from control.services import rebalance
+    from control.store.models import Event, RebalanceNode
+
+    rebalance.forget_reports()
+    _, _, volume = _volume_with_node()
+    RebalanceNode.create(volume=volume, node_name="n1", run="r2", command="full", state="in progress")
+
+    def report(run: str = "r2", state: str = "in progress", files: int = 0, **extra):
+        return RebalanceReport(volume_id=volume.id, run=run, state=RebalanceState(state), files=files, **extra)
+
+    def row():
+        r = RebalanceNode.get()
+        return r.state, r.files, r.error
+
+    def state_events():
+        return [(e.subject, e.data["state"]) for e in Event.select().where(Event.kind == "rebalance.state")]
+
+    assert rebalance.apply_reports("default", "n1", [report("r1", "completed", 9)], now=1.0) == 0  # older run
+    assert row() == ("in progress", 0, "")
+    assert rebalance.apply_reports("default", "n1", [report(files=5, lookups=40)], now=2.0) == 1
+    assert row() == ("in progress", 5, "") and RebalanceNode.get().lookups == 40
+    assert rebalance.apply_reports("default", "n1", [report(files=5, lookups=40)], now=3.0) == 0  # seen
+    assert rebalance.apply_reports("default", "n1", [report(files=5, lookups=40)], now=70.0) == 1  # checked again
+    assert state_events() == []  # progress is no state change
+    done = report(state="completed", files=12, final=True, run_time=4.5)
+    assert rebalance.apply_reports("default", "n1", [done], now=71.0) == 1
+    assert row() == ("completed", 12, "") and RebalanceNode.get().run_time == 4.5
+    assert state_events() == [("gv1@n1", "completed")]
+    rebalance.forget_reports()
+    rebalance.apply_reports("default", "n1", [report(files=6)], now=72.0)  # a late, older status
+    assert row() == ("completed", 12, "") and state_events() == [("gv1@n1", "completed")]
+    rebalance.forget_reports()
+
+
 def test_agent_clock_offset(monkeypatch):
     """The agent's wall clock and its test-only offset (tests/fault_matrix.py sets it to +-10 minutes)."""
     import time

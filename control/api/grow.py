@@ -76,8 +76,8 @@ def stop_rebalance(name: str, volume: str, service: Volumes) -> s.RebalanceReque
     response_model=s.RebalanceRequested,
     status_code=202,
     tags=["volumes"],
-    description="Ask every node of the last run for its live rebalance status; GET on .../rebalance shows it "
-    "once the tasks are done. Needs viewer on the volume.",
+    description="Ask every node of the last run for a live poll of its rebalance status; GET on .../rebalance "
+    "shows it once the tasks are done (it follows the heartbeats without this too). Needs viewer on the volume.",
     dependencies=[permit(Action.READ, VOLUME)],
 )
 def refresh_rebalance(name: str, volume: str, service: Volumes) -> s.RebalanceRequested:
@@ -91,8 +91,9 @@ def refresh_rebalance(name: str, volume: str, service: Volumes) -> s.RebalanceRe
     response_model=s.RebalanceStatus,
     tags=["volumes"],
     description="The last known rebalance status per node (files migrated, bytes, files scanned, failures, "
-    "skipped, run time, state) and summed; kept by the control service, refreshed by every finished rebalance "
-    "task (POST with `refresh` asks the nodes now).",
+    "skipped, run time, state) and summed; kept by the control service, which follows each run from the agents' "
+    "heartbeats (every few seconds while it runs, then its end) and every finished rebalance task (POST on "
+    ".../refresh asks the nodes for a live poll now).",
     dependencies=[permit(Action.READ, VOLUME)],
 )
 def rebalance_status(name: str, volume: str, service: Volumes) -> s.RebalanceStatus:

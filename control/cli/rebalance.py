@@ -33,14 +33,20 @@ def add_parser(
         description="GlusterFS's rebalance process runs on every node holding bricks of the volume: 'start' fixes "
         "the layout of every directory over all sets and moves the files whose hash now falls on another set "
         "('start --fix-layout' only fixes the layouts: new files use every set, old ones stay); 'stop' stops every "
-        "node's process; 'status' shows per node the files migrated, their size, the files scanned, failures, "
-        "skipped files, run time and state. The volume must be Started and have more than one set.",
+        "node's process; 'status' asks every node for a live poll and shows per node the files migrated, their size, "
+        "the files scanned, failures, skipped files, run time and state. The control service follows every run from "
+        "the agents' heartbeats without being asked. The volume must be Started and have more than one set.",
     )
     cluster(p)
     p.add_argument("action", choices=("start", "stop", "status"))
     p.add_argument("name")
     p.add_argument("--fix-layout", action="store_true", help="start: only fix directory layouts, move no data")
-    p.add_argument("--wait", action="store_true", help="start: wait until every node completed, stopped or failed")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="start: wait until every node completed, stopped or failed (the stored status, which the "
+        "control service follows from the agents' heartbeats)",
+    )
     output(p)
     p.set_defaults(func=volume_rebalance)
 
@@ -89,10 +95,9 @@ def volume_rebalance(args: argparse.Namespace) -> int:
 
 
 def _wait(client: Client, args: argparse.Namespace, path: str) -> int:
+    """Read the stored status until it is final: the control service follows the run from the agents' heartbeats."""
     deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
-        answer = client.post(path + "/refresh", {})
-        _follow(client, args, answer["tasks"])
         result: dict[str, Any] = client.get(path)
         if result["state"] in FINAL or time.monotonic() > deadline:
             _print(args, result)

@@ -3,26 +3,31 @@
 - start: one ``volume.rebalance`` task (op start) per node with the rebalance volfile, the run id
   and the commit hash (the same on every node, as glusterd sends them); each agent starts and
   supervises its node's process (agent/rebalance.py).
-- stop: op stop on every node of the run; status: op status on every node (a live poll).
+- stop: op stop on every node of the run; status: op status on every node (a live poll on demand).
 
-Every finished task's result updates that node's ``RebalanceNode`` row, so the last known status
-survives a control-service restart and ``status`` reads it from the database; the volume's state
-is the aggregate of its nodes' (in progress while one runs; failed, stopped or completed after).
+The control service follows a run without asking: every agent heartbeat carries the node's status
+of each run it recorded (its process polled every few seconds, then final), and each report, like
+every finished task's result, updates that node's ``RebalanceNode`` row. So progress, completion
+and the ``rebalance.state`` events come without any client polling; the last known status survives
+a control-service restart (rows in the database; a run that ended while the server was down is
+learnt from the next heartbeat), and ``status`` reads it from the database. The volume's state is
+the aggregate of its nodes' (in progress while one runs; failed, stopped or completed after).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any
 
-from broker.messages import NodeState, RebalanceState, TaskKind, TaskState, VolumeState
+from broker.messages import NodeState, RebalanceReport, RebalanceState, TaskKind, TaskState, VolumeState
 from control.errors import Conflict, InvalidInput
 from control.services import events
 from control.services.tasks import TaskEngine
 from control.services.volfiles import bricks_of, spec_of
-from control.store.db import delete_where
+from control.store.db import delete_where, first, locked
 from control.store.models import Cluster, Node, RebalanceNode, Task, Volume
 from control.store.models import database_proxy as db
 from control.volgen import VolgenError, rebalance_volfile
@@ -163,55 +168,141 @@ class RebalanceService:
     def task_finished(self, task: Task) -> None:
         if task.kind != REBALANCE:
             return
-        volume_id = str((task.params or {}).get("volume", {}).get("id", ""))
+        volume = (task.params or {}).get("volume", {})
         op = (task.params or {}).get("op")
         result = task.result or {}
         with db.atomic():
-            row = RebalanceNode.get_or_none(
-                (RebalanceNode.volume == volume_id) & (RebalanceNode.node_name == task.node_name)
-            )
-            if row is None or row.run != task.operation:
+            row = _row(str(volume.get("id", "")), task.node_name, task.operation)
+            if row is None:
                 return  # a task of an older run
             if task.state != TaskState.DONE.value:
-                row.error = task.reason or "the task failed"
-                if op == "start":
-                    row.state = R.FAILED.value
-            elif result.get("run") not in (None, row.run):
-                return
-            else:
-                try:
-                    state = R(result.get("state") or R.NOT_STARTED.value)
-                except ValueError:
-                    state = R.FAILED
-                if state == R.NOT_STARTED and row.state != R.NOT_STARTED.value:
-                    return  # the node lost its record: keep what it reported before
-                row.state = state.value
-                for key in COUNTERS:
-                    setattr(row, key, int(result.get(key) or 0))
-                row.run_time = float(result.get("run_time") or 0)
-                row.error = str(result.get("error") or "")
-            old_state = RebalanceNode.get_by_id(row.id).state
-            row.updated_at = time.time()
-            row.save()
-            if old_state != row.state:
-                events.record(
-                    "rebalance.state",
-                    cluster=task.cluster.name,
-                    subject=f"{(task.params or {}).get('volume', {}).get('name', '')}@{task.node_name}",
-                    run=row.run,
-                    state=row.state,
-                    files=row.files,
-                    failures=row.failures,
-                )
-                log.info(
-                    "cluster %s volume %s node %s: rebalance %s %s -> %s",
+                _save(
+                    row,
                     task.cluster.name,
-                    volume_id,
-                    task.node_name,
-                    row.run,
-                    old_state,
-                    row.state,
+                    str(volume.get("name", "")),
+                    state=R.FAILED if op == "start" else None,
+                    error=task.reason or "the task failed",
                 )
+            elif result.get("run") in (None, row.run):
+                _apply(row, task.cluster.name, str(volume.get("name", "")), result)
+
+
+RECHECK_SECONDS = 60.0  # an unchanged report is written again at most this often (a check after another leader's)
+_reported: dict[tuple[str, str, str], tuple[RebalanceReport, float]] = {}
+_reported_lock = threading.Lock()
+
+
+def apply_reports(cluster_name: str, node_name: str, reports: list[RebalanceReport], now: float | None = None) -> int:
+    """Apply the rebalance runs that a trusted heartbeat of ``node_name`` reports.
+
+    A report of its volume's last run updates that node's row (progress, the final state, and a
+    ``rebalance.state`` event when the state changed); reports of older runs are ignored. Agents
+    report every run on each heartbeat, final ones too, so a restarted server (or a new leader)
+    learns how a run ended. A report equal to the last one seen is skipped for ``RECHECK_SECONDS``.
+    Returns the number of reports applied to a row."""
+    now = time.time() if now is None else now
+    applied = 0
+    for report in reports:
+        key = (cluster_name, node_name, report.volume_id)
+        with _reported_lock:
+            seen = _reported.get(key)
+        if seen is not None and seen[0] == report and now - seen[1] < RECHECK_SECONDS:
+            continue
+        with db.atomic():
+            row = _row(report.volume_id, node_name, report.run)
+            if row is not None:
+                volume = Volume.get_or_none(Volume.id == report.volume_id)
+                _apply(row, cluster_name, volume.name if volume else report.volume_id, report.model_dump(mode="json"))
+                applied += 1
+        with _reported_lock:
+            _reported[key] = (report, now)
+    return applied
+
+
+def forget_reports() -> None:
+    """Drop the reports seen (tests; a server that becomes the leader again checks every run anew)."""
+    with _reported_lock:
+        _reported.clear()
+
+
+def _row(volume_id: str, node_name: str, run: str) -> RebalanceNode | None:
+    """The node's row of ``run`` (locked for the update), or None when the volume's last run is another."""
+    row = first(
+        locked(
+            RebalanceNode.select().where((RebalanceNode.volume == volume_id) & (RebalanceNode.node_name == node_name))
+        )
+    )
+    return row if row is not None and row.run == run else None
+
+
+def _apply(row: RebalanceNode, cluster: str, volume_name: str, result: dict[str, Any]) -> None:
+    """A node's status of the row's run (a task's result or a heartbeat's report) into its row."""
+    try:
+        state = R(result.get("state") or R.NOT_STARTED.value)
+    except ValueError:
+        state = R.FAILED
+    if state == R.NOT_STARTED and row.state != R.NOT_STARTED.value:
+        return  # the node lost its record: keep what it reported before
+    if R(row.state).final and not state.final:
+        return  # a run does not resume: an older status (a late start task's answer) after the final one
+    counters = {k: int(result.get(k) or 0) for k in COUNTERS}
+    _save(
+        row,
+        cluster,
+        volume_name,
+        state=state,
+        error=str(result.get("error") or ""),
+        counters=counters,
+        run_time=float(result.get("run_time") or 0),
+    )
+
+
+def _figures(row: RebalanceNode) -> tuple[Any, ...]:
+    return (row.state, row.error, row.run_time, *(getattr(row, k) for k in COUNTERS))
+
+
+def _save(
+    row: RebalanceNode,
+    cluster: str,
+    volume_name: str,
+    state: R | None,
+    error: str,
+    counters: dict[str, int] | None = None,
+    run_time: float | None = None,
+) -> None:
+    """Write what changed (nothing when nothing did); a state change is logged and recorded as an event."""
+    old_state, before = row.state, _figures(row)
+    if state is not None:
+        row.state = state.value
+    row.error = error
+    for key, value in (counters or {}).items():
+        setattr(row, key, value)
+    if run_time is not None:
+        row.run_time = run_time
+    if _figures(row) == before:
+        return
+    row.updated_at = time.time()
+    row.save()
+    if old_state == row.state:
+        return
+    events.record(
+        "rebalance.state",
+        cluster=cluster,
+        subject=f"{volume_name}@{row.node_name}",
+        run=row.run,
+        state=row.state,
+        files=row.files,
+        failures=row.failures,
+    )
+    log.info(
+        "cluster %s volume %s node %s: rebalance %s %s -> %s",
+        cluster,
+        volume_name,
+        row.node_name,
+        row.run,
+        old_state,
+        row.state,
+    )
 
 
 def status(volume: Volume) -> dict[str, Any]:
