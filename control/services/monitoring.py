@@ -29,7 +29,8 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from broker.topics import Topics
+from broker.messages import FINAL_TASK_STATES, VolumeState
+from broker.topics import ANY, Topics, filter_matches
 from control.services import alerts, events
 from control.services.alerts import AlertState, Change, Snapshot
 from control.services.health import Health
@@ -120,7 +121,7 @@ def cluster_summary(snap: Snapshot, firing: dict[tuple[str, str], int]) -> Clust
         nodes=len(snap.nodes),
         nodes_online=sum(1 for n in snap.nodes if n.state == alerts.ONLINE),
         volumes=len(snap.volumes),
-        volumes_started=sum(1 for v in snap.volumes if v.state == "Started"),
+        volumes_started=sum(1 for v in snap.volumes if v.state == VolumeState.STARTED),
         volumes_by_health=by_health,
         alerts_firing={s.value: firing.get((snap.cluster, s.value), 0) for s in alerts.Severity},
     )
@@ -194,8 +195,13 @@ class Monitor:
                 current.add(topic)
         # volumes (and clusters) that went away since their last publication: clear their topics
         covered = {s.cluster for s in snaps} | (asked or set())
-        for topic in [t for t in self._published if t not in current and "/alerts/" not in t]:
-            cluster = topic.removeprefix(f"{self.topics.base}/clusters/").split("/", 1)[0]
+        for topic in [t for t in self._published if t not in current]:
+            parsed = self.topics.parse_cluster_topic(topic)
+            if parsed is None:
+                continue
+            cluster = parsed[0]
+            if filter_matches(self.topics.alert(cluster, ANY), topic):
+                continue  # an alert's topic is cleared when the alert resolves
             if asked is None or cluster in covered:
                 self._send(topic, b"")
                 del self._published[topic]
@@ -247,7 +253,7 @@ class Monitor:
         # runs in the recording thread, inside its transaction: note and wake, never wait
         if event.kind not in TRIGGER_KINDS or not event.cluster:
             return
-        if event.kind == "task.state" and (event.data or {}).get("state") not in ("FAILED", "DONE"):
+        if event.kind == "task.state" and (event.data or {}).get("state") not in FINAL_TASK_STATES:
             return
         with self._dirty_lock:
             self._dirty.add(event.cluster)
