@@ -21,10 +21,10 @@ import threading
 from typing import Any
 
 from agent import clock
+from broker.messages import FINAL_TASK_STATES
 
 KEEP_SECONDS = 7 * 86400.0  # final entries remembered this long
 COMPACT_MIN_LINES = 1000  # never rewrite the file for fewer stale lines than this
-FINAL_STATES = ("DONE", "FAILED")
 
 
 class Journal:
@@ -54,7 +54,7 @@ class Journal:
     def interrupted(self) -> list[dict[str, Any]]:
         """Entries whose task was running when the agent stopped (only meaningful right after opening)."""
         with self._lock:
-            return [e for e in self._entries.values() if e["state"] not in FINAL_STATES]
+            return [e for e in self._entries.values() if e["state"] not in FINAL_TASK_STATES]
 
     def record(
         self,
@@ -82,7 +82,7 @@ class Journal:
         (atomically: a crash leaves the old file or the new one)."""
         cutoff = (clock.now() if now is None else now) - KEEP_SECONDS
         keep = sorted(
-            (e for e in self._entries.values() if e["state"] not in FINAL_STATES or e.get("at", 0) >= cutoff),
+            (e for e in self._entries.values() if e["state"] not in FINAL_TASK_STATES or e.get("at", 0) >= cutoff),
             key=lambda e: e.get("at", 0),
         )
         if not force and len(keep) == self._lines == len(self._entries):

@@ -198,7 +198,7 @@ def _readable(filters: Sequence[str]) -> list[Acl]:
 
 
 def control_acls(topics: Topics) -> list[Acl]:
-    everything = f"{topics.base}/#"
+    everything = topics.everything_filter()
     return [Acl(AclType.PUBLISH_SEND, everything), *_readable([everything])]
 
 

@@ -46,6 +46,18 @@ class NodeState(str, enum.Enum):
     UNREACHABLE = "Unreachable"
 
 
+class BrickState(str, enum.Enum):
+    """A brick's (or a self-heal daemon's) process, as its node reports it."""
+
+    ONLINE = "Online"
+    OFFLINE = "Offline"
+    LOST = "Lost"  # a brick whose node was removed with --force
+
+    @classmethod
+    def of(cls, online: bool) -> BrickState:
+        return cls.ONLINE if online else cls.OFFLINE
+
+
 class TaskState(str, enum.Enum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
@@ -56,7 +68,7 @@ class TaskState(str, enum.Enum):
 
     @property
     def final(self) -> bool:
-        return self in (TaskState.DONE, TaskState.FAILED)
+        return self in FINAL_TASK_STATES
 
 
 ACTIVE_TASK_STATES = (TaskState.RUNNING, TaskState.STARTING, TaskState.STOPPING)
@@ -68,6 +80,8 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.DONE: frozenset(),
     TaskState.FAILED: frozenset(),
 }
+# Task states after which nothing more happens to a task: those the table leads nowhere from.
+FINAL_TASK_STATES = frozenset(state for state, following in TASK_TRANSITIONS.items() if not following)
 
 
 class VolumeState(str, enum.Enum):
@@ -94,8 +108,11 @@ class VolumeState(str, enum.Enum):
         return self.value.endswith("Failed")
 
 
-# Task states after which nothing more happens to a task.
-FINAL_TASK_STATES = frozenset({TaskState.DONE, TaskState.FAILED})
+# not a VolumeState: the volume is gone (its last volume.state event, or a 404 from REST)
+VOLUME_DELETED = "Deleted"
+
+# States a volume rests in (no operation running); reset-state takes a stuck volume back to the last one it was in.
+STABLE_VOLUME_STATES = frozenset({VolumeState.CREATED, VolumeState.STARTED, VolumeState.STOPPED})
 
 
 class TaskKind(str, enum.Enum):

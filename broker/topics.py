@@ -121,16 +121,28 @@ class Topics:
         """Every node's registration answer in ``cluster``: what the enrolment identity may read."""
         return self.registration(cluster, ANY)
 
+    def everything_filter(self) -> str:
+        """Every topic under this root and version: what the control service may publish and read."""
+        return f"{self.base}/#"
+
     # what the control service subscribes to: everything every agent publishes
     def agent_filters(self) -> list[str]:
         return list(self.agent_publish_topics(ANY, ANY))
 
-    def parse_node_topic(self, topic: str) -> tuple[str, str, str] | None:
-        """Split ``{base}/clusters/C/nodes/N/LEAF...`` into (C, N, LEAF); None if not such a topic."""
+    def parse_cluster_topic(self, topic: str) -> tuple[str, str] | None:
+        """Split ``{base}/clusters/C/REST...`` into (C, REST); None if not such a topic."""
         prefix = f"{self.base}/clusters/"
         if not topic.startswith(prefix):
             return None
-        parts = topic[len(prefix) :].split("/")
+        cluster, slash, rest = topic[len(prefix) :].partition("/")
+        return (cluster, rest) if slash else None
+
+    def parse_node_topic(self, topic: str) -> tuple[str, str, str] | None:
+        """Split ``{base}/clusters/C/nodes/N/LEAF...`` into (C, N, LEAF); None if not such a topic."""
+        parsed = self.parse_cluster_topic(topic)
+        if parsed is None:
+            return None
+        parts = [parsed[0], *parsed[1].split("/")]
         if len(parts) < 4 or parts[1] != "nodes":
             return None
         return parts[0], parts[2], "/".join(parts[3:])

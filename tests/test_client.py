@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from broker.messages import VolumeState
+from broker.messages import FINAL_TASK_STATES, STABLE_VOLUME_STATES, TASK_TRANSITIONS, TaskState, VolumeState
 from control.client import (
     ApiError,
     AsyncClient,
@@ -28,7 +28,14 @@ from control.client import (
     parse_sse,
 )
 from control.client.base import StreamState
-from control.client.states import VOLUME_FAILED_STATES, task_failed, task_final, volume_failed
+from control.client.states import (
+    VOLUME_FAILED_STATES,
+    task_done,
+    task_failed,
+    task_final,
+    volume_failed,
+    volume_final,
+)
 from tests.helpers import free_port
 from tests.test_events import db_path, insert_events, stored_ids
 
@@ -114,6 +121,14 @@ def test_state_sets_come_from_the_shared_enums():
         str(s.value) for s in VOLUME_FAILED_STATES
     }
     assert volume_failed("StopFailed") and not volume_failed("Deleted") and not volume_failed("")
+    assert task_done("DONE") and not task_done("FAILED") and not task_done(None)
+    # a final task state is one the transition table leads nowhere from
+    assert FINAL_TASK_STATES == {s for s in TaskState if not TASK_TRANSITIONS[s]} == {TaskState.DONE, TaskState.FAILED}
+    assert all(s.final == (s in FINAL_TASK_STATES) for s in TaskState)
+    # a volume operation ends where the volume rests, failed, or is gone; never in a running state
+    assert {"Created", "Started", "Stopped"} == {str(s.value) for s in STABLE_VOLUME_STATES}
+    assert all(volume_final(s) for s in ("Created", "Started", "Stopped", "Deleted", "ExpandFailed"))
+    assert not any(volume_final(s) for s in ("Creating", "Starting", "Replacing", "Online", "", None))
 
 
 # ---- against a real server ----------------------------------------------------------------------

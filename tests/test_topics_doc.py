@@ -18,7 +18,7 @@ def code_topics() -> set[str]:
     out: set[str] = set()
     for name, fn in inspect.getmembers(t, inspect.ismethod):
         params = [p for p in inspect.signature(fn).parameters if p != "self"]
-        if name.startswith("_") or name in ("parse_node_topic", "node_prefix"):
+        if name.startswith(("_", "parse_")) or name == "node_prefix":
             continue
         args = {
             "cluster": "{cluster}",

@@ -73,6 +73,14 @@ def test_topic_matching_and_parsing():
     assert filter_matches("a/#", "a/b/c") and filter_matches("a/+/c", "a/b/c") and not filter_matches("a/+", "a/b/c")
     assert t.parse_node_topic(t.heartbeat("c", "n.example.com")) == ("c", "n.example.com", "heartbeat")
     assert t.parse_node_topic("site1/v1/control/presence") is None
+    assert t.parse_node_topic("site1/v1/clusters/c/volumes/v/status") is None
+    assert t.parse_cluster_topic(t.volume_status("c", "alerts")) == ("c", "volumes/alerts/status")
+    assert t.parse_cluster_topic(t.alert("c", "7")) == ("c", "alerts/7")
+    assert t.parse_cluster_topic("site1/v1/control/presence") is None
+    assert t.parse_cluster_topic("other/v1/clusters/c/summary") is None
+    assert t.everything_filter() == "site1/v1/#"
+    assert all(filter_matches(t.everything_filter(), topic) for topic in t.monitor_filters("c"))
+    assert not filter_matches(t.everything_filter(), "other/v1/control/presence")
     with pytest.raises(ValueError, match="topic root"):
         Topics("bad/root")
 

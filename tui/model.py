@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.messages import NodeState, VolumeState
+from broker.messages import VOLUME_DELETED, BrickState, NodeState, TaskState, VolumeState
 from control.client import Event, Snapshot
-from control.client.states import VOLUME_DELETED, task_failed, task_final, volume_failed
+from control.client.states import task_failed, task_final, volume_failed
 
 TASK_LIMIT = 2000  # newest tasks kept in memory
 RESOLVED_ALERT_LIMIT = 1000  # newest resolved alerts kept in memory (every firing one is kept)
@@ -154,7 +154,7 @@ class Dashboard:
                 for brick in vol.get("bricks") or []:
                     if brick.get("node") == brick_node and brick.get("path") == path:
                         brick["state"] = data.get("state", brick.get("state"))
-                vol["bricks_online"] = sum(1 for b in vol.get("bricks") or [] if b.get("state") == "Online")
+                vol["bricks_online"] = sum(1 for b in vol.get("bricks") or [] if b.get("state") == BrickState.ONLINE)
                 ch.areas.add("volumes")
         elif kind == "volume.option":
             vol = self.volumes.get((cluster, subject))
@@ -332,6 +332,6 @@ class Dashboard:
 
     def task_progress(self, task_ids: Iterable[str]) -> list[dict[str, Any]]:
         return [
-            self.tasks.get(tid, {"id": tid, "node": "?", "kind": "", "state": "QUEUED", "reason": ""})
+            self.tasks.get(tid, {"id": tid, "node": "?", "kind": "", "state": TaskState.QUEUED.value, "reason": ""})
             for tid in task_ids
         ]

@@ -31,9 +31,9 @@ from control.services.devices import DeviceService
 from control.services.eventfeed import WakeHub
 from control.services.metrics import make_registry
 from control.services.options import OptionService
+from control.services.status import server_health
 from control.services.tasks import TaskEngine
 from control.services.volumes import VolumeService
-from control.store.db import ping as db_ping
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,6 @@ def create_app(
     @app.get("/healthz", response_model=s.Health, tags=["health"], dependencies=[permit(None, PUBLIC)])
     def healthz() -> s.Health:
         connected = bool(bridge and bridge.connected.is_set())
-        database_ok = db_ping()
-        return s.Health(
-            status="ok" if connected and database_ok else "degraded",
-            version=__version__,
-            mqtt_connected=connected,
-            database_ok=database_ok,
-            leader=leads() if leads is not None else True,
-        )
+        return s.Health.model_validate(server_health(connected, leads() if leads is not None else True))
 
     return app

@@ -8,7 +8,6 @@ from control.api.deps import GLOBAL, CurrentUser, permit
 from control.errors import GlusterctlError
 from control.services import backup
 from control.services.authz import Action
-from control.store.models import database_proxy
 
 router = APIRouter(prefix="/api/v1")
 
@@ -34,7 +33,7 @@ class BackupFailed(GlusterctlError):
 )
 def take_backup(actor: CurrentUser) -> Response:
     try:
-        body = backup.make(database_proxy, backup.data_dir(), actor.name, "REST")
+        body = backup.take(actor.name, "REST")
     except backup.BackupError as exc:
         raise BackupFailed(str(exc)) from None
     stamp = int(body["created_at"])

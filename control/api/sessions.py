@@ -6,21 +6,9 @@ from fastapi import APIRouter, Response
 
 from control.api import schemas as s
 from control.api.deps import LOGIN, CurrentUser, Token, permit
-from control.services import users
-from control.store.models import ApiToken
+from control.services import users, views
 
 router = APIRouter(prefix="/api/v1")
-
-
-def _public(row: ApiToken, current: ApiToken | None) -> s.SessionPublic:
-    return s.SessionPublic(
-        id=row.id,
-        user=row.user.name,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        expires_at=users.expires_at(row),
-        current=current is not None and current.id == row.id,
-    )
 
 
 @router.get(
@@ -32,8 +20,7 @@ def _public(row: ApiToken, current: ApiToken | None) -> s.SessionPublic:
     dependencies=[permit(None, LOGIN)],
 )
 def list_sessions(actor: CurrentUser, token: Token) -> list[s.SessionPublic]:
-    current = users.session_of(token or "")
-    return [_public(row, current) for row in users.list_sessions(actor)]
+    return [s.SessionPublic.model_validate(view) for view in views.session_views(actor, token or "")]
 
 
 @router.delete(

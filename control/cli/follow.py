@@ -18,19 +18,17 @@ from typing import IO, Any
 
 from rich.console import RenderableType
 
-from broker.messages import NodeState, TaskState, VolumeState
+from broker.messages import STABLE_VOLUME_STATES, VOLUME_DELETED, BrickState, NodeState, TaskState
 from control.client import ApiError, Client, Down, Event, Hello, Reset, StreamItem
-from control.client.states import VOLUME_DELETED, task_failed, task_final, volume_failed
+from control.client.states import task_failed, task_final, volume_failed, volume_final
 
 POLL_SECONDS = 1.0  # REST polling interval while the stream is down
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 HELLO_TIMEOUT = 5.0
 STREAM_HEARTBEAT = 5.0
 # states drawn with a check mark or a cross in the live table
-GOOD_STATES = frozenset(
-    {TaskState.DONE, VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED, VOLUME_DELETED, NodeState.ONLINE}
-)
-BAD_STATES = frozenset({TaskState.FAILED, "Offline"})
+GOOD_STATES = frozenset({TaskState.DONE, *STABLE_VOLUME_STATES, VOLUME_DELETED, NodeState.ONLINE, BrickState.ONLINE})
+BAD_STATES = frozenset({TaskState.FAILED, BrickState.OFFLINE})
 
 
 @dataclass
@@ -107,7 +105,7 @@ class Progress:
         table = Table.grid(padding=(0, 2))
         table.add_row(f"[bold]{self.title}[/bold]")
         for what, state, reason in self.rows.values():
-            final = task_final(state) or volume_failed(state) or state.endswith(("ed",))
+            final = task_final(state) or volume_final(state)
             mark: RenderableType = (
                 "[green]✓[/green]"
                 if state in GOOD_STATES

@@ -12,6 +12,7 @@ from typing import Any
 from control.cli.errors import CliError
 from control.cli.follow import follow_tasks, report
 from control.client import Client
+from control.client.states import task_done
 
 HEAL_TIMEOUT = 300.0
 WHAT = {(): "index", ("info",): "info", ("info", "split-brain"): "split-brain", ("summary",): "summary"}
@@ -64,7 +65,7 @@ def volume_heal(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(result, indent=2))
         return 0 if followed.ok else 1
-    failed = [n for n in result["nodes"] if n["state"] != "DONE"]
+    failed = [n for n in result["nodes"] if not task_done(n["state"])]
     for node in failed:
         print(f"{node['node']}: heal {op} failed: {node['reason']}", file=sys.stderr)
     if op == "index":
@@ -91,7 +92,7 @@ def volume_heal(args: argparse.Namespace) -> int:
 def _print_index(name: str, result: dict[str, Any]) -> int:
     code = 0
     for node in result["nodes"]:
-        if node["state"] != "DONE":
+        if not task_done(node["state"]):
             continue
         if node.get("triggered"):
             print(f"{node['node']}: index heal launched on volume {name}")

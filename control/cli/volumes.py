@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from broker.messages import TaskState, VolumeState
+from broker.messages import STABLE_VOLUME_STATES, VOLUME_DELETED, TaskState, VolumeState
 from control.cli import heal, rebalance, replace
 from control.cli import options as option_commands
 from control.cli.errors import CliError
@@ -18,7 +18,6 @@ from control.cli.follow import follow_tasks, follow_volume, report
 from control.cli.output import console, emit, styled
 from control.client import Client, config_dir
 from control.client.format import ago, capacity, size
-from control.client.states import VOLUME_DELETED
 
 # the state each operation waits for; the follower fails on any *Failed state
 FINAL: dict[str, set[str]] = {
@@ -27,8 +26,8 @@ FINAL: dict[str, set[str]] = {
     "start": {VolumeState.STARTED},
     "stop": {VolumeState.STOPPED},
     "delete": {VOLUME_DELETED},
-    "expand": {VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED},  # back where it was
-    "replace-brick": {VolumeState.STARTED, VolumeState.STOPPED, VolumeState.CREATED},
+    "expand": set(STABLE_VOLUME_STATES),  # back where it was
+    "replace-brick": set(STABLE_VOLUME_STATES),
 }
 
 

@@ -43,3 +43,10 @@ def capacity(volume: dict[str, Any]) -> str:
     if volume.get("size") is None:
         return "-"
     return f"{size(volume['used'])} / {size(volume['size'])} ({volume.get('percent') or 0:.0f}%)"
+
+
+def capacity_free(volume: dict[str, Any]) -> str:
+    """``capacity`` with the free bytes: "used / size (percent), free free", or "-" until known."""
+    if volume.get("size") is None:
+        return "-"
+    return f"{capacity(volume)}, {size(volume.get('free'))} free"

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.messages import NodeState, TaskKind, TaskState, VolumeState
+from broker.messages import BrickState, NodeState, TaskKind, TaskState, VolumeState
 from control.services import events
 from control.services.authz import Scope
 from control.services.capacity import BrickSpace, VolumeShape, volume_capacity
@@ -160,7 +160,7 @@ def evaluate(snap: Snapshot, now: float) -> dict[tuple[str, str], Wanted]:
             continue
         for brick in vol.bricks:
             # a brick on a node that is away is covered by the node's alert
-            if brick.state != "Online" and brick.node in online:
+            if brick.state != BrickState.ONLINE and brick.node in online:
                 where = f"{brick.node}:{brick.path}"
                 out.append(
                     Wanted(
@@ -219,7 +219,7 @@ def snapshots(cluster_names: set[str] | None = None, now: float | None = None) -
     for volume in volumes:
         rows = bricks.get(volume.id, [])
         shape = VolumeShape(volume.type, volume.replica, volume.disperse, volume.redundancy)
-        up = [b.state == "Online" and (volume.cluster_id, b.node_name) in online for b in rows]
+        up = [b.state == BrickState.ONLINE and (volume.cluster_id, b.node_name) in online for b in rows]
         health = volume_health(shape, volume.state, up, volume.options or {})
         capacity = volume_capacity(shape, [BrickSpace(b.total_bytes, b.used_bytes) for b in rows])
         by_id[volume.cluster_id].volumes.append(

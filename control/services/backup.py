@@ -182,6 +182,11 @@ def make(database: Any, data_dir: str | None, created_by: str, source: str) -> d
     return body
 
 
+def take(created_by: str, source: str) -> dict[str, Any]:
+    """The backup document of the running server: its database and the keys of its data directory."""
+    return make(m.database_proxy, data_dir(), created_by, source)
+
+
 def dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, cast
 
+from broker.messages import TaskState
 from control.store.models import Cluster, Task
 
 KB_PATH = Path(__file__).with_name("failure_kb.json")
@@ -60,7 +61,7 @@ def _first_path(text: str) -> str | None:
 
 
 def recent(cluster: Cluster | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    query = Task.select(Task, Cluster).join(Cluster).where(Task.state == "FAILED")
+    query = Task.select(Task, Cluster).join(Cluster).where(Task.state == TaskState.FAILED.value)
     if cluster is not None:
         query = query.where(Task.cluster == cluster)
     out = []

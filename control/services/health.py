@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import enum
 
+from broker.messages import VolumeState
 from control.services.capacity import VolumeShape
-
-STARTED = "Started"
 
 
 class Health(str, enum.Enum):
@@ -62,7 +61,7 @@ def volume_health(
     shape: VolumeShape, state: str, up: list[bool], options: dict[str, str] | None = None
 ) -> Health | None:
     """Healthy, Degraded or Down for a started volume (``up``: each brick, in index order); None otherwise."""
-    if state != STARTED or not up:
+    if state != VolumeState.STARTED or not up:
         return None
     if all(up):
         return Health.HEALTHY

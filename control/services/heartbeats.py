@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from broker.messages import BrickReport, DeviceReport, ShdReport
+from broker.messages import BrickReport, BrickState, DeviceReport, ShdReport
 from control.services import events, metrics
 from control.store.db import delete_where
 from control.store.models import Brick, Device, Node, SelfHealDaemon, Volume
@@ -45,7 +45,7 @@ def would_change(
     )
     for brick in rows:
         rep = reported.get((brick.volume.id, brick.index))
-        state = "Online" if rep is not None and rep.online else "Offline"
+        state = BrickState.of(rep is not None and rep.online).value
         if state != brick.state or (rep.pid if rep is not None else None) != brick.pid or capacity_change(brick, rep):
             return True
     shd_rows = {
@@ -59,7 +59,7 @@ def would_change(
         return True  # a daemon of a volume not recorded yet (the full path checks the volume exists)
     for volume_id, row in shd_rows.items():
         shd = reported_shds.get(volume_id)
-        state = "Online" if shd is not None and shd.online else "Offline"
+        state = BrickState.of(shd is not None and shd.online).value
         if state != row.state or (shd.pid if shd is not None else None) != row.pid:
             return True
     if devices:
@@ -85,7 +85,7 @@ def apply_bricks(cluster_name: str, node: Node, reports: list[BrickReport], now:
     )
     for brick in rows:
         rep = reported.get((brick.volume.id, brick.index))
-        state = "Online" if rep is not None and rep.online else "Offline"
+        state = BrickState.of(rep is not None and rep.online).value
         pid = rep.pid if rep is not None else None
         capacity = capacity_change(brick, rep)
         if state == brick.state and pid == brick.pid and not capacity:
@@ -152,7 +152,7 @@ def apply_self_heal_daemons(node: Node, reports: list[ShdReport], now: float) ->
     }
     for volume_id, row in known.items():
         rep = reported.get(volume_id)
-        state = "Online" if rep is not None and rep.online else "Offline"
+        state = BrickState.of(rep is not None and rep.online).value
         pid = rep.pid if rep is not None else None
         if state == row.state and pid == row.pid:
             continue
@@ -170,7 +170,7 @@ def apply_self_heal_daemons(node: Node, reports: list[ShdReport], now: float) ->
             volume=volume.id,
             node_name=node.name,
             pid=rep.pid,
-            state="Online" if rep.online else "Offline",
+            state=BrickState.of(rep.online).value,
             state_changed_at=now,
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from broker.messages import VolumeState
+from broker.messages import STABLE_VOLUME_STATES, VolumeState
 from control.errors import Conflict
 from control.services import events
 from control.store.models import Volume
@@ -44,9 +44,6 @@ OPERATIONS: dict[str, tuple[VolumeState, VolumeState | None, VolumeState]] = {
     "volume.delete": (S.DELETING, None, S.DELETE_FAILED),
 }
 
-# states a volume rests in; reset-state takes a stuck volume back to the last one it was in
-STABLE_STATES = frozenset({S.CREATED, S.STARTED, S.STOPPED})
-
 
 def move(volume: Volume, new: VolumeState, why: str = "") -> None:
     """Move ``volume`` to ``new`` (saved, logged, an event) if the table allows it, else Conflict."""
@@ -57,7 +54,7 @@ def move(volume: Volume, new: VolumeState, why: str = "") -> None:
         raise Conflict(f"volume {volume.name!r} is {old.value}: it cannot go to {new.value}")
     volume.state = new.value
     volume.updated_at = time.time()
-    if new in STABLE_STATES:
+    if new in STABLE_VOLUME_STATES:
         volume.stable_state = new.value
     volume.save()
     log.info(

@@ -26,7 +26,7 @@ import peewee as pw
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from broker.messages import NodeState, TaskState, VolumeState
+from broker.messages import BrickState, NodeState, TaskState, VolumeState
 from control.services import alerts
 from control.services.capacity import BrickSpace, VolumeShape, subvolume_capacities, volume_capacity
 from control.services.health import Health, volume_health
@@ -139,7 +139,7 @@ class StoreCollector(Collector):
             tally["created"] += volume.state == VolumeState.CREATED.value
             rows = bricks.get(volume.id, [])
             shape = VolumeShape(volume.type, volume.replica, volume.disperse, volume.redundancy)
-            up = [b.state == "Online" and (volume.cluster_id, b.node_name) in reachable for b in rows]
+            up = [b.state == BrickState.ONLINE and (volume.cluster_id, b.node_name) in reachable for b in rows]
             brick_count.add_metric([cluster, volume.name], len(rows))
             groups = shape.subvolumes(len(rows))
             subvol_of = {i: shape.subvolume_name(volume.name, n) for n, group in enumerate(groups) for i in group}

@@ -31,8 +31,8 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from broker.messages import TaskKind, TaskState
-from broker.topics import Topics
+from broker.messages import TaskKind, TaskState, VolumeState
+from broker.topics import ANY, Topics, filter_matches
 from control.services import alerts, events
 from control.services.alerts import AlertState, Change, Snapshot
 from control.services.health import Health
@@ -125,7 +125,7 @@ def cluster_summary(snap: Snapshot, firing: dict[tuple[str, str], int]) -> Clust
         nodes=len(snap.nodes),
         nodes_online=sum(1 for n in snap.nodes if n.state == alerts.ONLINE),
         volumes=len(snap.volumes),
-        volumes_started=sum(1 for v in snap.volumes if v.state == "Started"),
+        volumes_started=sum(1 for v in snap.volumes if v.state == VolumeState.STARTED),
         volumes_by_health=by_health,
         alerts_firing={s.value: firing.get((snap.cluster, s.value), 0) for s in alerts.Severity},
     )
@@ -200,8 +200,13 @@ class Monitor:
                 current.add(topic)
         # volumes (and clusters) that went away since their last publication: clear their topics
         covered = {s.cluster for s in snaps} | (asked or set())
-        for topic in [t for t in self._published if t not in current and "/alerts/" not in t]:
-            cluster = topic.removeprefix(f"{self.topics.base}/clusters/").split("/", 1)[0]
+        for topic in [t for t in self._published if t not in current]:
+            parsed = self.topics.parse_cluster_topic(topic)
+            if parsed is None:
+                continue
+            cluster = parsed[0]
+            if filter_matches(self.topics.alert(cluster, ANY), topic):
+                continue  # an alert's topic is cleared when the alert resolves
             if asked is None or cluster in covered:
                 self._send(topic, b"")
                 del self._published[topic]

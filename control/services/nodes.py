@@ -16,6 +16,7 @@ from typing import Any
 from peewee import Case
 
 from broker.messages import (
+    BrickState,
     Heartbeat,
     Hello,
     NodeState,
@@ -391,7 +392,6 @@ def get(cluster: Cluster, name: str) -> Node:
     return node
 
 
-BRICK_LOST = "Lost"  # the state of a brick whose node was removed with --force
 NODE_REMOVED_REASON = "NODE_REMOVED: node removed"
 
 
@@ -421,17 +421,19 @@ def remove(cluster: Cluster, name: str, force: bool = False, engine: TaskEngine 
                 "first, or pass --force to remove it anyway (its bricks are marked Lost)"
             )
         for brick in hosted:
-            brick.state, brick.pid, brick.state_changed_at = BRICK_LOST, None, time.time()
+            brick.state, brick.pid, brick.state_changed_at = BrickState.LOST.value, None, time.time()
             brick.save()
             events.record(
                 "brick.state",
                 cluster=cluster.name,
                 subject=f"{brick.volume.name}:{name}:{brick.path}",
-                state=BRICK_LOST,
+                state=BrickState.LOST.value,
                 reason="node removed with --force",
             )
         if hosted:
-            log.warning("cluster %s node %s: %d bricks marked %s", cluster.name, name, len(hosted), BRICK_LOST)
+            log.warning(
+                "cluster %s node %s: %d bricks marked %s", cluster.name, name, len(hosted), BrickState.LOST.value
+            )
         heartbeats.forget_node(node)
         node.delete_instance()
         _forget_beats(cluster.name, name)

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from broker.messages import FINAL_TASK_STATES, TaskKind
-from control.services.tasks import OPEN_STATES, TaskEngine
+from broker.messages import TaskKind
+from control.services.tasks import FINAL_STATES, OPEN_STATES, TaskEngine
 from control.services.volumes import OPERATIONS, VolumeService
 from control.store.models import Cluster, Device, Task, Volume
 
@@ -43,9 +43,8 @@ DEFAULT_DEADLINES: dict[str, float] = {
     TaskKind.VOLUME_DELETE.value: 3600.0,  # a purge walks every brick
     TaskKind.VOLUME_VOLFILES.value: 600.0,
     TaskKind.VOLUME_HEAL.value: 6 * 3600.0,
-    "volume.rebalance": 7 * 24 * 3600.0,
+    TaskKind.VOLUME_REBALANCE.value: 7 * 24 * 3600.0,
 }
-FINAL = frozenset(s.value for s in FINAL_TASK_STATES)
 
 
 class Report(NamedTuple):
@@ -140,7 +139,7 @@ class Reconciler:
                 .where(Task.operation == volume.operation)
                 .order_by(Task.created_at)
             ]
-            if not tasks or any(t.state not in FINAL for t in tasks):
+            if not tasks or any(t.state not in FINAL_STATES for t in tasks):
                 continue
             log.warning(
                 "cluster %s volume %s: operation %s has only final tasks but did not conclude; replaying its hooks",
@@ -151,7 +150,7 @@ class Reconciler:
             self.engine.run_final_hooks(tasks[-1])
             count += 1
         pending = Device.select(Device.task_id).where((Device.state == "Pending") & (Device.task_id != ""))
-        for task in Task.select(Task, Cluster).join(Cluster).where(Task.id.in_(pending) & Task.state.in_(list(FINAL))):
+        for task in Task.select(Task, Cluster).join(Cluster).where(Task.id.in_(pending) & Task.state.in_(FINAL_STATES)):
             log.warning(
                 "cluster %s task %s: device still Pending after its task ended; replaying", task.cluster.name, task.id
             )

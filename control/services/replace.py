@@ -27,7 +27,7 @@ import logging
 import uuid
 from typing import Any
 
-from broker.messages import NodeState, TaskKind, VolumeState
+from broker.messages import BrickState, NodeState, TaskKind, VolumeState
 from broker.paths import normalise
 from control.errors import Conflict, GlusterctlError, InvalidInput, NotFound
 from control.services import events, heal, phases
@@ -131,7 +131,7 @@ class ReplaceService:
         (port,) = allocate_ports(cluster, [new_node], self.port_range)
         replaced = {"index": target.index, "node": old_node, "path": old_path, "port": target.port}
         target.node_name, target.path, target.port, target.device = new_node, new_path, port, None
-        target.state, target.pid = "Offline", None
+        target.state, target.pid = BrickState.OFFLINE.value, None
         target.save()
         try:
             spec_of(volume, rows)

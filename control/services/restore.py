@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.messages import MetadataCopy, MetadataDocument, NodeState, node_key
+from broker.messages import BrickState, MetadataCopy, MetadataDocument, NodeState, node_key
 from control.services import events
 from control.services.metadata import MetadataError, verify
 from control.store.models import Brick, Cluster, Device, Node, Volume
@@ -238,7 +238,7 @@ def _rebuild(doc: dict[str, Any]) -> str:
                 path=b["path"],
                 port=b["port"],
                 device=device,
-                state=b.get("state") or "Offline",
+                state=b.get("state") or BrickState.OFFLINE.value,
                 pid=b.get("pid"),
             )
             bricks += 1

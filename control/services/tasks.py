@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from broker.messages import MAX_PAYLOAD_BYTES, TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
+from broker.messages import FINAL_TASK_STATES, MAX_PAYLOAD_BYTES, TASK_TRANSITIONS, TaskMessage, TaskState, TaskStatus
 from broker.topics import Topics
 from control.errors import InvalidInput, NotFound
 from control.services import events, failures
@@ -25,7 +25,9 @@ from control.store.models import database_proxy as db
 
 log = logging.getLogger(__name__)
 
+# the task states as the store holds them (plain strings), for queries
 OPEN_STATES = [s.value for s in TaskState if not s.final]
+FINAL_STATES = [s.value for s in FINAL_TASK_STATES]
 # a final hook that fails because the database cannot take writes (restarting, disk full) runs again
 # after each of these waits (about 20 s in all) before it is left to the reconciler's replay
 HOOK_RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 5.0, 5.0)

@@ -10,12 +10,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.messages import NodeState
+from broker.messages import BrickState, NodeState
 from control.services import tasks as task_service
+from control.services import users
 from control.services.capacity import BrickSpace, VolumeShape, volume_capacity
 from control.services.health import volume_health
 from control.services.volfiles import bricks_of
-from control.store.models import Brick, Cluster, Device, Node, SelfHealDaemon, Task, TaskEvent, User, Volume
+from control.store.models import ApiToken, Brick, Cluster, Device, Node, SelfHealDaemon, Task, TaskEvent, User, Volume
 
 ONLINE = NodeState.ONLINE.value
 
@@ -25,6 +26,16 @@ class UserView:
     name: str
     admin: bool
     created_at: float
+
+
+@dataclass
+class SessionView:
+    id: int
+    user: str
+    created_at: float
+    last_used_at: float | None
+    expires_at: float
+    current: bool  # the session of the token that asked
 
 
 @dataclass
@@ -168,6 +179,22 @@ def user_view(user: User) -> UserView:
     return UserView(name=user.name, admin=user.is_admin, created_at=user.created_at)
 
 
+def session_views(actor: User, token: str) -> list[SessionView]:
+    """The live sessions the actor may see (their own; an admin's: everyone's), marking the token's own."""
+    current: ApiToken | None = users.session_of(token)
+    return [
+        SessionView(
+            id=row.id,
+            user=row.user.name,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            expires_at=users.expires_at(row),
+            current=current is not None and current.id == row.id,
+        )
+        for row in users.list_sessions(actor)
+    ]
+
+
 def device_view(dev: Device) -> DeviceView:
     return DeviceView(
         node=dev.node_name,
@@ -308,7 +335,7 @@ def volume_view(volume: Volume) -> VolumeView:
             path=b.path,
             port=b.port,
             pid=b.pid if reachable(b.node_name) else None,
-            state=b.state if reachable(b.node_name) or b.state == "Lost" else "Unreachable",
+            state=b.state if reachable(b.node_name) or b.state == BrickState.LOST else NodeState.UNREACHABLE.value,
             total_bytes=b.total_bytes,
             free_bytes=b.free_bytes,
             used_bytes=b.used_bytes,
@@ -320,14 +347,14 @@ def volume_view(volume: Volume) -> VolumeView:
     ]
     shape = shape_of(volume)
     capacity = volume_capacity(shape, [BrickSpace(b.total_bytes, b.used_bytes) for b in rows])
-    health = volume_health(shape, volume.state, [b.state == "Online" for b in bricks], volume.options or {})
+    health = volume_health(shape, volume.state, [b.state == BrickState.ONLINE for b in bricks], volume.options or {})
     shds = []
     if volume.type != "distribute":
         daemons = {d.node_name: d for d in SelfHealDaemon.select().where(SelfHealDaemon.volume == volume)}
         for name in sorted({b.node for b in bricks}):
             daemon = daemons.get(name)
             if not reachable(name):
-                shds.append(SelfHealView(node=name, pid=None, state="Unreachable"))
+                shds.append(SelfHealView(node=name, pid=None, state=NodeState.UNREACHABLE.value))
             elif daemon is None:
                 shds.append(SelfHealView(node=name, pid=None, state="Offline"))
             else:
@@ -345,7 +372,7 @@ def volume_view(volume: Volume) -> VolumeView:
         size_bytes=volume.size_bytes,
         created_at=volume.created_at,
         options=volume.options or {},
-        bricks_online=sum(1 for b in bricks if b.state == "Online"),
+        bricks_online=sum(1 for b in bricks if b.state == BrickState.ONLINE),
         bricks_total=len(bricks),
         bricks=bricks,
         self_heal=shds,

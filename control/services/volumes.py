@@ -14,15 +14,18 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from broker.messages import FINAL_TASK_STATES, TaskState, VolumeState, check_name
+from broker.messages import STABLE_VOLUME_STATES, VOLUME_DELETED, TaskState, VolumeState, check_name
 from control.errors import Conflict, InvalidInput, NotFound
 from control.services import events
+from control.services.expand import ExpandService
 from control.services.layout import VolumeRequest, check_layout, parse_bricks, volume_type
-from control.services.lifecycle import OPERATIONS, STABLE_STATES, TRANSITIONS, move
+from control.services.lifecycle import OPERATIONS, TRANSITIONS, move
 from control.services.options import checked_options
 from control.services.placement import check_paths_free, place_by_size
 from control.services.ports import DEFAULT_PORT_RANGE, allocate_ports, move_to_new_ports
-from control.services.tasks import TaskEngine
+from control.services.rebalance import RebalanceService
+from control.services.replace import ReplaceService
+from control.services.tasks import FINAL_STATES, TaskEngine
 from control.services.volfiles import ParamsFor, bricks_of, spec_of, start_params
 from control.store.db import first, locked
 from control.store.models import Brick, Cluster, Device, Task, Volume
@@ -32,12 +35,11 @@ from control.volgen import VolgenError
 log = logging.getLogger(__name__)
 
 MAX_START_ATTEMPTS = 3  # a brick whose port is taken moves to a new port this many times
-FINAL = frozenset(s.value for s in FINAL_TASK_STATES)
 
 S = VolumeState
 MAX_REASON_LENGTH = 500
 
-__all__ = ["DEFAULT_PORT_RANGE", "OPERATIONS", "STABLE_STATES", "TRANSITIONS", "VolumeRequest", "VolumeService"]
+__all__ = ["DEFAULT_PORT_RANGE", "OPERATIONS", "TRANSITIONS", "VolumeRequest", "VolumeService"]
 
 
 def _brick_params(node_bricks: list[Brick]) -> list[dict[str, Any]]:
@@ -49,14 +51,8 @@ class VolumeService:
         self.engine = engine
         self.port_range = port_range
         engine.on_final.append(self.task_finished)
-        from control.services.expand import ExpandService  # it builds on this module
-
         self.expansion = ExpandService(engine, port_range)
-        from control.services.rebalance import RebalanceService
-
         self.rebalancing = RebalanceService(engine)
-        from control.services.replace import ReplaceService
-
         self.replacement = ReplaceService(engine, port_range)
 
     @staticmethod
@@ -227,7 +223,7 @@ class VolumeService:
                 .order_by(Task.created_at)
             ):
                 latest[t.node_name] = t.state
-            if not publish and all(s in FINAL for s in latest.values()):
+            if not publish and all(s in FINAL_STATES for s in latest.values()):
                 publish = self._conclude(volume, task, latest)
         self.engine.publish(publish)
 
@@ -242,7 +238,7 @@ class VolumeService:
         if ok is None:  # deleted
             name, cluster = volume.name, volume.cluster.name
             volume.delete_instance(recursive=True)
-            events.record("volume.state", cluster=cluster, subject=name, state="Deleted", reason="deleted")
+            events.record("volume.state", cluster=cluster, subject=name, state=VOLUME_DELETED, reason="deleted")
             log.info("cluster %s volume %s: deleted", cluster, name)
             return []
         move(volume, ok, f"{task.kind.split('.')[1]} done on all nodes")
@@ -291,7 +287,7 @@ class VolumeService:
                 self.get(cluster, name)  # raises NotFound with the usual hint
                 raise NotFound(name)
             old = VolumeState(volume.state)
-            if old in STABLE_STATES:
+            if old in STABLE_VOLUME_STATES:
                 raise Conflict(f"volume {name!r} is {old.value}: a stable state, nothing to reset")
             target = VolumeState(volume.stable_state) if volume.stable_state else None
             if target is None:
@@ -303,7 +299,7 @@ class VolumeService:
             open_tasks = [
                 *Task.select(Task, Cluster)
                 .join(Cluster)
-                .where((Task.operation == volume.operation) & (Task.state.not_in(list(FINAL))))
+                .where((Task.operation == volume.operation) & (Task.state.not_in(FINAL_STATES)))
             ]
             volume.concluded_operation = volume.operation
             volume.state = target.value

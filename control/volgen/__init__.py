@@ -84,7 +84,7 @@ from control.volgen.generate import (
     shd_volfile_name,
     volume_context,
 )
-from control.volgen.graph import Graph, Xlator, parse_volfile
+from control.volgen.graph import Graph, Xlator
 from control.volgen.options import check_option, create_defaults, unsupported_reason, validate_options
 from control.volgen.optiontable import OptionError, OptionSpec, VolumeContext
 from control.volgen.placement import xlator_types
@@ -111,7 +111,6 @@ __all__ = [
     "client_volfile_name",
     "create_defaults",
     "effective_options",
-    "parse_volfile",
     "rebalance_volfile",
     "shd_volfile",
     "shd_volfile_name",

@@ -1,8 +1,8 @@
-"""Volfile graphs: build, render and parse.
+"""Volfile graphs: build and render.
 
 A volfile lists translators ("xlators") children first; each names its children in
-`subvolumes`, and the one nobody names is the top of the graph. The structural comparison
-of graphs that the tests use lives with them (tests/volgen/graph_compare.py).
+`subvolumes`, and the one nobody names is the top of the graph. Parsing volfiles and comparing
+graphs are for the tests only, so they live with them (tests/volgen/graph_compare.py).
 """
 
 from __future__ import annotations
@@ -75,51 +75,3 @@ class Graph:
             lines.append("end-volume")
             blocks.append("\n".join(lines) + "\n")
         return "\n".join(blocks)
-
-
-def parse_volfile(text: str) -> Graph:
-    """Parse volfile text into a Graph; raises VolgenError with the line number on bad input."""
-    graph = Graph()
-    current: Xlator | None = None
-    defined: set[str] = set()
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        word, _, rest = line.partition(" ")
-        rest = rest.strip()
-        if word == "volume":
-            if current is not None:
-                raise VolgenError(f"line {lineno}: 'volume' inside volume {current.name!r}")
-            if not rest:
-                raise VolgenError(f"line {lineno}: 'volume' needs a name")
-            current = Xlator(rest, "")
-        elif current is None:
-            raise VolgenError(f"line {lineno}: {word!r} outside a volume block")
-        elif word == "type":
-            current.type = rest
-        elif word == "option":
-            key, _, value = rest.partition(" ")
-            if not key:
-                raise VolgenError(f"line {lineno}: 'option' needs a key")
-            current.options[key] = value.strip()
-        elif word == "subvolumes":
-            for sub in rest.split():
-                if sub not in defined:
-                    raise VolgenError(f"line {lineno}: subvolume {sub!r} of {current.name!r} is not defined before it")
-                current.subvolumes.append(sub)
-        elif word == "end-volume":
-            if not current.type:
-                raise VolgenError(f"line {lineno}: volume {current.name!r} has no type")
-            if current.name in defined:
-                raise VolgenError(f"line {lineno}: volume {current.name!r} defined twice")
-            graph.xlators.append(current)
-            defined.add(current.name)
-            current = None
-        else:
-            raise VolgenError(f"line {lineno}: unknown keyword {word!r}")
-    if current is not None:
-        raise VolgenError(f"volume {current.name!r} has no end-volume")
-    if not graph.xlators:
-        raise VolgenError("volfile defines no xlators")
-    return graph

@@ -1,14 +1,14 @@
-"""Structural comparison of volfile graphs, for the volgen tests.
+"""Volfile graphs for the volgen tests: parse volfile text, compare graphs by structure.
 
 Comparison works on the shape of the tree below the top (xlator types, child order) so that
 two graphs built for different names, hosts, ports and credentials can still be found equal;
 option keys are compared on request, option values never (they carry ids, hosts, ports and
-credentials). Only the tests compare graphs, so this lives beside them.
+credentials). Only the tests parse volfiles and compare graphs, so this lives beside them.
 """
 
 from __future__ import annotations
 
-from control.volgen import Graph, Xlator
+from control.volgen import Graph, VolgenError, Xlator
 
 Shape = tuple[str, tuple["Shape", ...]]
 
@@ -81,3 +81,51 @@ def compare_graphs(
 def same_structure(a: Graph, b: Graph) -> bool:
     """True when both graphs have the same xlator types in the same parent/child shape."""
     return graph_shape(a) == graph_shape(b)
+
+
+def parse_volfile(text: str) -> Graph:
+    """Parse volfile text into a Graph; raises VolgenError with the line number on bad input."""
+    graph = Graph()
+    current: Xlator | None = None
+    defined: set[str] = set()
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if word == "volume":
+            if current is not None:
+                raise VolgenError(f"line {lineno}: 'volume' inside volume {current.name!r}")
+            if not rest:
+                raise VolgenError(f"line {lineno}: 'volume' needs a name")
+            current = Xlator(rest, "")
+        elif current is None:
+            raise VolgenError(f"line {lineno}: {word!r} outside a volume block")
+        elif word == "type":
+            current.type = rest
+        elif word == "option":
+            key, _, value = rest.partition(" ")
+            if not key:
+                raise VolgenError(f"line {lineno}: 'option' needs a key")
+            current.options[key] = value.strip()
+        elif word == "subvolumes":
+            for sub in rest.split():
+                if sub not in defined:
+                    raise VolgenError(f"line {lineno}: subvolume {sub!r} of {current.name!r} is not defined before it")
+                current.subvolumes.append(sub)
+        elif word == "end-volume":
+            if not current.type:
+                raise VolgenError(f"line {lineno}: volume {current.name!r} has no type")
+            if current.name in defined:
+                raise VolgenError(f"line {lineno}: volume {current.name!r} defined twice")
+            graph.xlators.append(current)
+            defined.add(current.name)
+            current = None
+        else:
+            raise VolgenError(f"line {lineno}: unknown keyword {word!r}")
+    if current is not None:
+        raise VolgenError(f"volume {current.name!r} has no end-volume")
+    if not graph.xlators:
+        raise VolgenError("volfile defines no xlators")
+    return graph

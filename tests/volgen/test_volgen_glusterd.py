@@ -10,7 +10,7 @@ listen-port, which glusterd leaves to its portmapper and command line).
 from __future__ import annotations
 
 import pytest
-from graph_compare import compare_graphs
+from graph_compare import compare_graphs, parse_volfile
 
 from control.volgen import (
     BrickSpec,
@@ -21,7 +21,6 @@ from control.volgen import (
     build_client_graph,
     build_rebalance_graph,
     build_shd_graph,
-    parse_volfile,
 )
 
 OUR_ADDITIONS = frozenset({"remote-port", "transport.socket.listen-port"})

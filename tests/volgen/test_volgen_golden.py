@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from graph_compare import compare_graphs, graph_shape, same_structure
+from graph_compare import compare_graphs, graph_shape, parse_volfile, same_structure
 
 from control.volgen import (
     BrickSpec,
@@ -21,7 +21,6 @@ from control.volgen import (
     brick_volfile_name,
     build_client_graph,
     client_volfile,
-    parse_volfile,
     shd_volfile,
 )
 

@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
+from broker.messages import TaskState
 from control.client.states import task_final
 from tui.widgets.model_table import state_text
 
@@ -46,7 +47,7 @@ class ProgressScreen(ModalScreen[None]):
             table.add_row("volume", self.volume[1], state_text(vol["state"]) if vol else "-", "")
         done = True
         for task in model.task_progress(self.task_ids):
-            state = task.get("state", "QUEUED")
+            state = task.get("state", TaskState.QUEUED.value)
             done &= task_final(state)
             reason = task.get("reason") or ""
             fix = task.get("fix")

@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
 
 from control.client import ApiError
-from control.client.format import capacity, size
+from control.client.format import capacity_free, size
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.option_set import OptionSetScreen
 from tui.widgets.model_table import state_text
@@ -111,7 +111,7 @@ class VolumeDetailScreen(Screen[None]):
         summary.update(
             f"Volume [b]{vol['name']}[/b]  cluster {vol['cluster']}  type {volume_type(vol)}  "
             f"state {vol['state']}  health {vol.get('health') or '-'}  "
-            f"bricks {vol.get('bricks_online', 0)}/{vol.get('bricks_total', 0)}  {capacity(vol)}"
+            f"bricks {vol.get('bricks_online', 0)}/{vol.get('bricks_total', 0)}  {capacity_free(vol)}"
         )
         bricks = self.query_one("#bricks", DataTable)
         bricks.clear()

@@ -8,14 +8,14 @@ from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from broker.messages import NodeState, TaskState, VolumeState
+from broker.messages import BrickState, NodeState, TaskState, VolumeState
 from control.client.states import volume_failed
 from tui.model import Dashboard
 
 STATE_STYLES: dict[str, str] = {
     NodeState.ONLINE: "green",
     NodeState.UNREACHABLE: "bold red",
-    "Offline": "red",  # a brick or self-heal daemon
+    BrickState.OFFLINE: "red",  # a brick or self-heal daemon
     TaskState.DONE: "green",
     TaskState.FAILED: "bold red",
     TaskState.QUEUED: "yellow",

@@ -1,4 +1,4 @@
-"""Volumes: type, state, health, bricks online/total, capacity."""
+"""Volumes: type, state, health, bricks online/total, capacity (size, used, free)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class VolumesTable(ModelTable):
         ("bricks", "BRICKS ONLINE"),
         ("size", "SIZE"),
         ("used", "USED"),
+        ("free", "FREE"),
     ]
 
     def model_rows(self, model: Dashboard) -> list[tuple[str, dict[str, Any]]]:
@@ -57,6 +58,7 @@ class VolumesTable(ModelTable):
                         "health": state_text(v.get("health") or "-"),
                         "size": size(v.get("size")),
                         "used": used_text(v),
+                        "free": size(v.get("free")),
                     },
                 )
             )
