@@ -14,7 +14,7 @@ import os
 
 from pydantic import ValidationError
 
-from broker.messages import MetadataDocument, MetadataRefused, verify_metadata
+from broker.messages import MetadataDocument, MetadataRefused, check_metadata_signature, verify_metadata
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class MetadataStore:
         return sorted(names)  # zero-padded versions: the newest last
 
     def newest(self) -> MetadataDocument | None:
-        """The newest kept document that still verifies with the pinned key."""
+        """The newest kept document whose signature still verifies with the pinned key (its content was checked
+        when it was received; it is not inflated again here)."""
         key = self.pinned()
         for name in reversed(self._files()):
             path = os.path.join(self.dir, name)
@@ -87,7 +88,7 @@ class MetadataStore:
                 with open(path, "rb") as fh:
                     envelope = MetadataDocument.model_validate_json(fh.read())
                 if key is not None:
-                    verify_metadata(envelope, key)
+                    check_metadata_signature(envelope, key)
                     return envelope
             except (OSError, ValidationError, MetadataRefused) as exc:
                 log.warning("cluster %s: kept metadata %s is unusable (%s); skipped", self.cluster, path, exc)
@@ -118,7 +119,10 @@ class MetadataStore:
             return False
         newest = self.newest()
         if newest is not None and envelope.version <= newest.version:
-            if envelope.version < newest.version or envelope.document != newest.document:
+            if envelope.version < newest.version or (envelope.encoding, envelope.document) != (
+                newest.encoding,
+                newest.document,
+            ):
                 log.warning(
                     "cluster %s: metadata version %d refused: version %d is kept already (an older or replayed document)",
                     self.cluster,

@@ -44,6 +44,7 @@ from agent.volfiles import Volfiles, VolfileServerError
 from broker.dynsec import enrol_username, node_username
 from broker.messages import (
     MAX_PAYLOAD_BYTES,
+    METADATA_MAX_BYTES,
     ControlPresence,
     Heartbeat,
     Hello,
@@ -339,8 +340,10 @@ class Agent:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            if len(msg.payload) > MAX_PAYLOAD_BYTES:
-                log.warning("dropped %d-byte message on %s", len(msg.payload), msg.topic)
+            is_metadata = msg.topic == self.topics.cluster_metadata(self.cluster)
+            limit = METADATA_MAX_BYTES if is_metadata else MAX_PAYLOAD_BYTES
+            if len(msg.payload) > limit:
+                log.warning("dropped %d-byte message on %s (limit %d)", len(msg.payload), msg.topic, limit)
                 return
             if msg.topic == self.topics.registration(self.cluster, self.node):
                 self._on_registration(Registration.model_validate_json(msg.payload))
@@ -350,7 +353,7 @@ class Agent:
                     if presence.state == "online":
                         self._send_hello()
                         self._offer_metadata()
-            elif msg.topic == self.topics.cluster_metadata(self.cluster):
+            elif is_metadata:
                 if msg.payload:
                     self.metadata.receive(bytes(msg.payload))
             elif filter_matches(self.topics.tasks_filter(self.cluster, self.node), msg.topic) and msg.payload:

@@ -21,7 +21,9 @@ of plain MQTT clients and no control-service logic on their topics):
   request being accepted (the task's ``created_at``) to its final status persisted
   (``finished_at``) (baseline: QoS 1 round trip of one message through the broker);
 * detection of a frozen agent (stops reading and writing its socket, TCP stays open) against
-  1.5 x keepalive + 1 s.
+  1.5 x keepalive + 1 s;
+* the cluster's signed metadata document: the retained payload's size as the agents received it
+  (the newest version, and how many agents received that version).
 
     .venv/bin/python bench/fleet.py --agents 1000 --broker embedded --db sqlite --duration 60 [-o json]
 """
@@ -78,6 +80,7 @@ BIN = str(Path(sys.executable).parent / "glusterctl")
 MOSQUITTO = ("127.0.0.1", 1883)
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLUSTER = "default"
+METADATA_HEAD = re.compile(rb'\{"cluster":"[^"]*","version":(\d+),')  # how a MetadataDocument's JSON begins
 HELLO_RETRY, HELLO_RETRY_MAX = 5.0, 30.0  # as the agent (agent/node.py): doubled each time, with jitter
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
 
@@ -104,6 +107,8 @@ class Counters:
     tasks_done: int = 0
     refusals: list[str] = field(default_factory=list)
     connect_failures: int = 0
+    # metadata version -> (its retained payload's length as published, how many agents received it)
+    metadata: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class SimAgent:
@@ -299,8 +304,20 @@ class SimAgent:
                 if self.registered.is_set():
                     copy = MetadataCopy(epoch=self.epoch, copy=None).model_dump_json(by_alias=True).encode()
                     conn.publish(t.metadata_copy(CLUSTER, self.name), copy, qos=1)
+        elif topic == t.cluster_metadata(CLUSTER) and payload:
+            self._on_metadata(payload)
         elif topic.startswith(t.node_prefix(CLUSTER, self.name) + "/tasks/") and payload:
             self._on_task(TaskMessage.model_validate_json(payload))
+
+    def _on_metadata(self, payload: bytes) -> None:
+        """Count the retained metadata document's size by version (the envelope's head names the version; the
+        real agent verifies and keeps it, which the simulator skips)."""
+        head = METADATA_HEAD.match(payload)
+        if head is None:
+            return
+        version = int(head.group(1))
+        size, receivers = self.fleet.counters.metadata.get(version, (len(payload), 0))
+        self.fleet.counters.metadata[version] = (size, receivers + 1)
 
     def _on_task(self, task: TaskMessage) -> None:
         done = self.journal.get(task.id)
@@ -772,6 +789,9 @@ class Fleet:
         self.stop_profile(profiler)
         r["frozen"] = await self.frozen(args.frozen_keepalive)
         m = await self.metrics()
+        newest = max(self.counters.metadata, default=None)
+        size, receivers = self.counters.metadata.get(newest, (None, 0)) if newest is not None else (None, 0)
+        r["metadata"] = {"version": newest, "bytes": size, "agents": receivers}
         r["dropped"] = {
             "mqtt_messages": m.get("glusterctl_mqtt_messages_dropped_total"),
             "heartbeats": m.get("glusterctl_heartbeats_dropped_total"),
@@ -806,6 +826,7 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
     b, s, h, d, f = r["baseline"], r["storm"], r["held"], r["dispatch"], r["frozen"]
     t = r["throughput"]
     dropped = r["dropped"]
+    meta = r["metadata"]
     rows = [
         ("figure", "glusterctl", "baseline (same broker, no server logic)"),
         (
@@ -839,6 +860,11 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"frozen agent detected, keepalive {f.get('keepalive', args.frozen_keepalive)} s (s)",
             fmt(f["seconds"]),
             f"{fmt(f['limit'])} (1.5 x keepalive + 1 s)",
+        ),
+        (
+            "metadata document as published (KiB)",
+            fmt(meta["bytes"] / 1024 if meta["bytes"] else None),
+            f"version {meta['version']}, received by {meta['agents']} agents",
         ),
         (
             "messages dropped (mqtt / heartbeats)",

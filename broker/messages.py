@@ -14,12 +14,18 @@ import json
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+# the metadata topics only (the retained document and the agents' copies): a 10,000-node cluster's document,
+# compressed, is 1.2-1.7 MiB (docs/recovery.md); every other payload stays under MAX_PAYLOAD_BYTES
+METADATA_MAX_BYTES = 4 * 1024 * 1024
+# a compressed document is inflated to at most this many bytes (a small payload cannot balloon a reader's memory)
+METADATA_MAX_TEXT_BYTES = 64 * 1024 * 1024
 
 NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a letter or digit"
 NODE_NAME_RULE = (
@@ -370,17 +376,26 @@ def certificate_enrolment_message(cluster: str, node: str, agent_id: str, epoch:
 METADATA_SIGNATURE_CONTEXT = b"glusterctl-metadata-v1\n"
 
 
+class MetadataEncoding(str, enum.Enum):
+    """How ``MetadataDocument.document`` carries the JSON text."""
+
+    PLAIN = ""  # the JSON text itself
+    ZLIB = "zlib"  # base64 of the zlib-compressed JSON text
+
+
 class MetadataDocument(_Msg):
     """Control -> agents (retained per cluster), and agent -> control as a copy: the cluster's metadata.
 
-    ``document`` is the JSON text that is signed, exactly as sent; ``cluster`` and ``version``
-    repeat what it holds, and a reader checks they agree.
+    ``document`` is what is signed, exactly as sent: the JSON text, or (``encoding`` zlib) base64 of it
+    compressed. The signature covers the encoding too; a reader verifies before it inflates anything.
+    ``cluster`` and ``version`` repeat what the document holds, and a reader checks they agree.
     """
 
     cluster: str = Field(min_length=1, max_length=64)
     version: int = Field(ge=1)
     issued_at: float = 0.0
-    document: str = Field(min_length=2, max_length=MAX_PAYLOAD_BYTES)
+    encoding: MetadataEncoding = MetadataEncoding.PLAIN
+    document: str = Field(min_length=2, max_length=METADATA_MAX_BYTES)
     key: str = Field(default="", max_length=64)  # the signing key, base64 (a reader trusts only its pinned key)
     signature: str = Field(min_length=1, max_length=128)  # Ed25519, base64
 
@@ -398,8 +413,36 @@ class MetadataRefused(ValueError):
     """A metadata document that its reader does not accept; the message says why."""
 
 
-def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, Any]:
-    """The document of ``envelope`` if ``public_key`` (base64 Ed25519) signed it and it says what the envelope says."""
+def encode_metadata(text: str) -> tuple[MetadataEncoding, str]:
+    """The encoding and ``document`` to send for the JSON ``text``: compressed whenever that is smaller."""
+    packed = base64.b64encode(zlib.compress(text.encode(), 6)).decode()
+    if len(packed) < len(text.encode()):
+        return MetadataEncoding.ZLIB, packed
+    return MetadataEncoding.PLAIN, text
+
+
+def decode_metadata(envelope: MetadataDocument, limit: int = METADATA_MAX_TEXT_BYTES) -> str:
+    """The JSON text of ``envelope`` (inflated to at most ``limit`` bytes): call only on a verified envelope."""
+    if envelope.encoding is MetadataEncoding.PLAIN:
+        return envelope.document
+    try:
+        packed = base64.b64decode(envelope.document, validate=True)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(packed, limit)
+    except (ValueError, zlib.error) as exc:
+        raise MetadataRefused(f"the compressed document does not inflate: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise MetadataRefused(f"the compressed document inflates to more than {limit} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise MetadataRefused("the compressed document is truncated or followed by other data")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise MetadataRefused("the compressed document is not UTF-8 text") from None
+
+
+def check_metadata_signature(envelope: MetadataDocument, public_key: str) -> None:
+    """MetadataRefused unless ``public_key`` (base64 Ed25519) signed ``envelope`` as it is (nothing inflated)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -408,14 +451,21 @@ def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, An
         signature = base64.b64decode(envelope.signature, validate=True)
     except ValueError as exc:
         raise MetadataRefused(f"unusable key or signature: {exc}") from None
+    signed = metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document, envelope.encoding)
     try:
-        key.verify(signature, metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document))
+        key.verify(signature, signed)
     except InvalidSignature:
         raise MetadataRefused(
             "the signature does not verify with the pinned key (forged, or another server's)"
         ) from None
+
+
+def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, Any]:
+    """The document of ``envelope`` if ``public_key`` (base64 Ed25519) signed it and it says what the envelope says."""
+    check_metadata_signature(envelope, public_key)  # before anything is inflated or parsed
+    text = decode_metadata(envelope)
     try:
-        document = json.loads(envelope.document)
+        document = json.loads(text)
     except ValueError:
         raise MetadataRefused("the signed document is not JSON") from None
     if not isinstance(document, dict) or (document.get("cluster"), document.get("version")) != (
@@ -426,6 +476,13 @@ def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, An
     return document
 
 
-def metadata_signed_bytes(cluster: str, version: int, document: str) -> bytes:
-    """What the control service signs: a fixed context, the cluster, the version and the document text."""
-    return METADATA_SIGNATURE_CONTEXT + f"{cluster}\n{version}\n".encode() + document.encode()
+def metadata_signed_bytes(
+    cluster: str, version: int, document: str, encoding: MetadataEncoding = MetadataEncoding.PLAIN
+) -> bytes:
+    """What the control service signs: a fixed context (naming the encoding unless plain), the cluster, the
+    version and the document as sent. A plain document signs as it did before encodings existed, so copies
+    kept then still verify."""
+    context = METADATA_SIGNATURE_CONTEXT
+    if encoding is not MetadataEncoding.PLAIN:
+        context = context[:-1] + f"+{encoding.value}\n".encode()
+    return context + f"{cluster}\n{version}\n".encode() + document.encode()

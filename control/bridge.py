@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.messages import (
     MAX_PAYLOAD_BYTES,
+    METADATA_MAX_BYTES,
     ControlPresence,
     Heartbeat,
     Hello,
@@ -65,6 +66,8 @@ AGENT_MESSAGES: dict[str, type[BaseModel]] = {
     "task-status": TaskStatus,
     "metadata-copy": MetadataCopy,
 }
+# leaves whose payloads may be larger than MAX_PAYLOAD_BYTES: an agent's copy of the cluster metadata
+PAYLOAD_LIMITS: dict[str, int] = {"metadata-copy": METADATA_MAX_BYTES}
 # ("republish", None) after a (re)connect, ("message", (topic, payload)) per message, ("call", fn) for
 # work serialised with the handlers (reconciler passes); None stops the worker
 InboxItem = tuple[str, tuple[str, bytes] | Callable[[], object] | None] | None
@@ -355,7 +358,8 @@ class Bridge:
         cluster, node, leaf = parsed
         if not payload:
             return  # a cleared retained message
-        if len(payload) > MAX_PAYLOAD_BYTES:
+        limit = PAYLOAD_LIMITS.get(leaf, MAX_PAYLOAD_BYTES)
+        if len(payload) > limit:
             self._count_drop("oversized")
             log.warning(
                 "cluster %s node %s: dropped %d-byte payload on %s (limit %d)",
@@ -363,7 +367,7 @@ class Bridge:
                 node,
                 len(payload),
                 leaf,
-                MAX_PAYLOAD_BYTES,
+                limit,
             )
             return
         model = AGENT_MESSAGES.get(leaf)

@@ -109,6 +109,53 @@ def test_signatures_verify_with_the_pinned_key_only(store, tmp_path):
         metadata.verify(relabelled, pinned)
 
 
+def test_compressed_documents_sign_their_encoding_and_inflate_within_a_cap(store, tmp_path):
+    import base64
+    import zlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker.messages import MetadataEncoding, metadata_signed_bytes
+    from control.services import clusters, metadata
+
+    key = metadata.load_or_create_key(str(tmp_path))
+    pinned = metadata.public_key_text(key)
+    doc = metadata.snapshot(clusters.get("default"))
+    doc["volumes"] = [{"name": f"v{i}", "options": {"performance.quick-read": "off"}} for i in range(50)]
+    envelope = metadata.sign(doc, key)
+    assert envelope.encoding is MetadataEncoding.ZLIB and not envelope.document.startswith("{")
+    assert metadata.verify(envelope, pinned) == doc
+    # the encoding is signed: the same bytes cannot be passed off as plain (nor a plain text as compressed)
+    relabelled = envelope.model_copy(update={"encoding": MetadataEncoding.PLAIN})
+    with pytest.raises(metadata.MetadataError, match="does not verify"):
+        metadata.verify(relabelled, pinned)
+
+    def signed(text: str, encoding: MetadataEncoding, signer=key):
+        raw = signer.sign(metadata_signed_bytes("default", doc["version"], text, encoding))
+        return envelope.model_copy(
+            update={"document": text, "encoding": encoding, "signature": base64.b64encode(raw).decode()}
+        )
+
+    plain = json.dumps(doc)  # as documents were sent before encodings: still verifies (copies kept then)
+    assert metadata.verify(signed(plain, MetadataEncoding.PLAIN), pinned) == doc
+    with pytest.raises(metadata.MetadataError, match="does not verify"):
+        metadata.verify(
+            signed(plain, MetadataEncoding.ZLIB).model_copy(update={"encoding": MetadataEncoding.PLAIN}), pinned
+        )
+
+    # a bomb: 65 MiB of JSON whitespace in 65 KiB; signed, it still inflates no further than the cap
+    packer = zlib.compressobj(9)
+    bomb = packer.compress(b'{"cluster":"default","version":1,"x":"')
+    bomb += b"".join(packer.compress(b" " * 2**20) for _ in range(65)) + packer.compress(b'"}') + packer.flush()
+    bomb_text = base64.b64encode(bomb).decode()
+    assert len(bomb_text) < 256 * 1024
+    with pytest.raises(metadata.MetadataError, match="inflates to more than 67108864 bytes"):
+        metadata.verify(signed(bomb_text, MetadataEncoding.ZLIB), pinned)
+    other = Ed25519PrivateKey.generate()  # unsigned (another key's): refused before anything inflates
+    with pytest.raises(metadata.MetadataError, match="does not verify"):
+        metadata.verify(signed(bomb_text, MetadataEncoding.ZLIB, other), pinned)
+
+
 def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path, caplog):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -143,6 +190,42 @@ def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path,
     assert any("does not verify" in m for m in refusals) and any("is kept already" in m for m in refusals)
 
 
+def test_a_document_over_256_kib_is_published_compressed_and_kept_by_an_agent(stack):
+    from agent.metadata import MetadataStore
+    from bench.metadata_size import populate
+    from broker.messages import MAX_PAYLOAD_BYTES, MetadataEncoding, decode_metadata
+    from control.store import open_database
+    from tests.helpers import wait_until
+
+    st = stack
+    st.agent("n1")
+    wait_until(lambda: st.node_state("n1") == "Online", what="n1 Online")
+    wait_until(lambda: _kept(st.tmp / "agent-n1") is not None, what="n1 keeps the first document")
+    # NODES enrolled nodes, written straight into the running server's database (enrolling them over MQTT
+    # takes minutes): compressed, their document is still over the 256 KiB other payloads are held to
+    nodes = 3000
+    db = open_database(None, str(st.server.data_dir))
+    try:
+        populate("default", nodes, volumes=10)
+    finally:
+        db.close()
+
+    def kept():
+        doc = _kept(st.tmp / "agent-n1")
+        return doc if doc is not None and len(doc["nodes"]) == nodes + 1 else None
+
+    doc = wait_until(kept, timeout=20, what=f"n1 keeps the {nodes + 1}-node document")
+    store = MetadataStore(str(st.tmp / "agent-n1"), "default")
+    envelope = store.newest()
+    assert envelope is not None and envelope.encoding is MetadataEncoding.ZLIB and doc["version"] == envelope.version
+    published = os.path.getsize(os.path.join(store.dir, sorted(os.listdir(store.dir))[-1]))  # kept as received
+    raw = len(decode_metadata(envelope).encode())
+    assert raw > published > MAX_PAYLOAD_BYTES, (raw, published)
+    log = st.server.log()
+    assert f"metadata version {envelope.version} published ({published} bytes, zlib)" in log
+    assert "not published" not in log
+
+
 # ---- the whole loss and restore, on real bricks and a real mount -----------------------------------
 NODES = ("n1", "n2", "n3")
 # times, and the capacity the heartbeats measure (it moves while files are written): not metadata
@@ -175,9 +258,10 @@ def _views(st) -> dict:
 
 def _kept(agent_dir) -> dict | None:
     from agent.metadata import MetadataStore
+    from broker.messages import decode_metadata
 
     newest = MetadataStore(str(agent_dir), "default").newest()
-    return json.loads(newest.document) if newest is not None else None
+    return json.loads(decode_metadata(newest)) if newest is not None else None
 
 
 def _mount_works(mnt, name: str) -> None:

@@ -18,7 +18,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.messages import BrickState, MetadataCopy, MetadataDocument, NodeState, node_key
+from broker.messages import (
+    BrickState,
+    MetadataCopy,
+    MetadataDocument,
+    MetadataRefused,
+    NodeState,
+    check_metadata_signature,
+    node_key,
+)
 from control.services import events
 from control.services.metadata import MetadataError, verify
 from control.store.models import Brick, Cluster, Device, Node, Volume
@@ -95,6 +103,16 @@ class AgentRestore:
         if envelope is None:
             log.info("restore: cluster %s node %s has no metadata copy", cluster, node)
             return
+        with self._lock:
+            best = self.best.get(cluster)
+        if best is not None and envelope.version <= best.envelope.version and envelope.cluster == cluster:
+            try:  # not newer than the best copy so far: its signature is checked, but it is not inflated or parsed
+                check_metadata_signature(envelope, self.public_key)
+            except MetadataRefused as exc:
+                self._refuse(cluster, node, envelope.version, str(exc))
+                return
+            log.info("restore: cluster %s node %s offered metadata version %d", cluster, node, envelope.version)
+            return
         try:
             if envelope.cluster != cluster:
                 raise MetadataError(f"it is cluster {envelope.cluster}'s")
@@ -102,10 +120,7 @@ class AgentRestore:
             if node not in {n.get("name") for n in document.get("nodes", [])}:
                 raise MetadataError("the node is not in it")
         except MetadataError as exc:
-            why = f"cluster {cluster} node {node}: copy version {envelope.version} refused: {exc}"
-            log.warning("restore: %s", why)
-            with self._lock:
-                self.refused.append(why)
+            self._refuse(cluster, node, envelope.version, str(exc))
             return
         with self._lock:
             self.first_offer_at = self.first_offer_at or time.monotonic()
@@ -113,6 +128,12 @@ class AgentRestore:
             if best is None or envelope.version > best.envelope.version:
                 self.best[cluster] = Offer(node, envelope, document)
         log.info("restore: cluster %s node %s offered metadata version %d", cluster, node, envelope.version)
+
+    def _refuse(self, cluster: str, node: str, version: int, reason: str) -> None:
+        why = f"cluster {cluster} node {node}: copy version {version} refused: {reason}"
+        log.warning("restore: %s", why)
+        with self._lock:
+            self.refused.append(why)
 
     def wait(self, settle: float, timeout: float) -> None:
         """Until ``settle`` seconds passed since the first usable copy (more agents offer theirs meanwhile)."""
