@@ -149,6 +149,14 @@ class RebalanceState(str, enum.Enum):
         return self in (RebalanceState.STOPPED, RebalanceState.COMPLETED, RebalanceState.FAILED)
 
 
+class Health(str, enum.Enum):
+    """A volume's health beside its state: served by all its bricks, by some, or not at all."""
+
+    HEALTHY = "Healthy"
+    DEGRADED = "Degraded"
+    DOWN = "Down"
+
+
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

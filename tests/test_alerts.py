@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker.messages import Health
 from control.services import alerts
 from control.services.alerts import (
     AlertState,
@@ -16,7 +17,6 @@ from control.services.alerts import (
     VolumeFact,
     evaluate,
 )
-from control.services.health import Health
 from tests.helpers import wait_until
 
 NOW = 1_800_000_000.0

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from broker.messages import NodeState, TaskState
+from broker.messages import Health, NodeState, TaskState
 
 # piped output is never cut to 80 columns: scripts and logs get whole names
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
@@ -22,9 +22,9 @@ STATE_STYLES = {
     TaskState.DONE: "green",
     TaskState.FAILED: "red",
     TaskState.QUEUED: "yellow",
-    "Healthy": "green",
-    "Degraded": "yellow",
-    "Down": "red",
+    Health.HEALTHY: "green",
+    Health.DEGRADED: "yellow",
+    Health.DOWN: "red",
     # alerts: state and severity
     "firing": "red",
     "critical": "red",

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from broker.messages import RebalanceState
 from control.cli.follow import follow_tasks, report
 from control.client import Client
 from control.client.format import size
@@ -17,7 +18,6 @@ from control.client.format import size
 TASK_TIMEOUT = 120.0
 WAIT_TIMEOUT = 3600.0
 WAIT_POLL = 2.0
-FINAL = ("completed", "stopped", "failed")
 
 
 def add_parser(
@@ -99,7 +99,7 @@ def _wait(client: Client, args: argparse.Namespace, path: str) -> int:
     deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
         result: dict[str, Any] = client.get(path)
-        if result["state"] in FINAL or time.monotonic() > deadline:
+        if _final(result["state"]) or time.monotonic() > deadline:
             _print(args, result)
             return 0 if result["state"] == "completed" else 1
         time.sleep(WAIT_POLL)
@@ -136,3 +136,11 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
     for n in result["nodes"]:
         if n["error"]:
             print(f"{n['node']}: {n['error']}", file=sys.stderr)
+
+
+def _final(state: str) -> bool:
+    """A run's overall state that no longer changes (completed, stopped or failed)."""
+    try:
+        return RebalanceState(state).final
+    except ValueError:
+        return False

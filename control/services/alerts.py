@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.messages import BrickState, NodeState, TaskKind, TaskState, VolumeState
+from broker.messages import BrickState, Health, NodeState, TaskKind, TaskState, VolumeState
 from control.services import events
 from control.services.authz import Scope
 from control.services.capacity import BrickSpace, VolumeShape, volume_capacity
-from control.services.health import Health, volume_health
+from control.services.health import volume_health
 from control.store.models import Alert, Brick, Cluster, Node, Task, Volume
 from control.store.models import database_proxy as db
 

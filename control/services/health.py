@@ -15,16 +15,8 @@ subvolume still serves, Down when one does not. A volume that is not started has
 
 from __future__ import annotations
 
-import enum
-
-from broker.messages import VolumeState
+from broker.messages import Health, VolumeState
 from control.services.capacity import VolumeShape
-
-
-class Health(str, enum.Enum):
-    HEALTHY = "Healthy"
-    DEGRADED = "Degraded"
-    DOWN = "Down"
 
 
 def quorum_type(shape: VolumeShape, options: dict[str, str] | None = None) -> str:

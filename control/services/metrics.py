@@ -26,10 +26,10 @@ import peewee as pw
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from broker.messages import BrickState, NodeState, TaskState, VolumeState
+from broker.messages import BrickState, Health, NodeState, TaskState, VolumeState
 from control.services import alerts
 from control.services.capacity import BrickSpace, VolumeShape, subvolume_capacities, volume_capacity
-from control.services.health import Health, volume_health
+from control.services.health import volume_health
 from control.store.models import Brick, Cluster, Node, Task, Volume
 
 # task durations (created to finished), seconds: from a quick probe to a large volume create

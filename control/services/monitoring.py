@@ -31,11 +31,10 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from broker.messages import TaskKind, TaskState, VolumeState
+from broker.messages import Health, TaskKind, TaskState, VolumeState
 from broker.topics import ANY, Topics, filter_matches
 from control.services import alerts, events
 from control.services.alerts import AlertState, Change, Snapshot
-from control.services.health import Health
 from control.store.db import outage
 from control.store.models import Alert, Cluster, Event
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from broker.messages import BrickState, NodeState, TaskState, VolumeState
+from broker.messages import BrickState, Health, NodeState, TaskState, VolumeState
 from control.client.states import volume_failed
 from tui.model import Dashboard
 
@@ -23,9 +23,9 @@ STATE_STYLES: dict[str, str] = {
     VolumeState.STARTED: "green",
     VolumeState.CREATED: "cyan",
     VolumeState.STOPPED: "yellow",
-    "Healthy": "green",  # volume health
-    "Degraded": "yellow",
-    "Down": "bold red",
+    Health.HEALTHY: "green",  # volume health
+    Health.DEGRADED: "yellow",
+    Health.DOWN: "bold red",
 }
 
 
