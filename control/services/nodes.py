@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from peewee import Case
+import peewee as pw
+from peewee import ValuesList
 
 from broker.messages import (
     BrickState,
@@ -331,22 +332,36 @@ def flush_seen() -> int:
         _pending.clear()
     written = 0
     for start in range(0, len(pending), FLUSH_CHUNK):
-        chunk = pending[start : start + FLUSH_CHUNK]
-        by_epoch: dict[int, list[tuple[int, float, float]]] = {}
-        for node_id, (epoch, seen, deadline) in chunk:
-            by_epoch.setdefault(epoch, []).append((node_id, seen, deadline))
+        rows = [
+            (node_id, epoch, seen, deadline)
+            for node_id, (epoch, seen, deadline) in pending[start : start + FLUSH_CHUNK]
+        ]
         with db.atomic():
-            for epoch, rows in by_epoch.items():
-                ids = [row[0] for row in rows]
-                written += (
-                    Node.update(
-                        last_seen_at=Case(Node.id, [(i, seen) for i, seen, _ in rows]),
-                        silence_deadline=Case(Node.id, [(i, deadline) for i, _, deadline in rows]),
-                    )
-                    .where(Node.id.in_(ids) & (Node.epoch == epoch) & (Node.state == NodeState.ONLINE.value))
-                    .execute()
-                )
+            written += _write_beats(rows)
     return written
+
+
+def _write_beats(rows: list[tuple[int, int, float, float]]) -> int:
+    """Store (node id, epoch, seen, deadline) rows; linear in the rows (a CASE per column compared every
+    row with every id, and took hundreds of milliseconds at a few hundred nodes)."""
+    online = NodeState.ONLINE.value
+    if isinstance(getattr(db, "obj", db), pw.PostgresqlDatabase):
+        # one UPDATE ... FROM (VALUES ...) joined on the id
+        beats = ValuesList(rows, columns=("node_id", "epoch", "seen", "deadline"), alias="beats")
+        query = (
+            Node.update(last_seen_at=beats.c.seen, silence_deadline=beats.c.deadline)
+            .from_(beats)
+            .where((Node.id == beats.c.node_id) & (Node.epoch == beats.c.epoch) & (Node.state == online))
+        )
+        return int(query.execute())
+    # SQLite runs in this process: one prepared UPDATE by primary key per row costs microseconds
+    table = Node._meta.table_name
+    cursor = db.cursor()
+    cursor.executemany(
+        f'UPDATE "{table}" SET "last_seen_at" = ?, "silence_deadline" = ? WHERE "id" = ? AND "epoch" = ? AND "state" = ?',
+        [(seen, deadline, node_id, epoch, online) for node_id, epoch, seen, deadline in rows],
+    )
+    return int(cursor.rowcount)
 
 
 def sweep_silent(now: float | None = None) -> int:
