@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -964,26 +965,36 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             drop_postgres(pg_name)
 
 
+def _note_retained(seen: list[str], topic: str, payload: bytes) -> None:
+    if payload:
+        seen.append(topic)
+
+
 def clear_retained(root: str) -> None:
     """Clear what the run left retained on the shared Mosquitto under its private root."""
 
     async def run() -> None:
-        seen: list[str] = []
-        conn = Connection(lambda t, p: p and seen.append(t))
-        await conn.connect(MOSQUITTO[0], MOSQUITTO[1], f"fleet-clear-{uuid.uuid4().hex[:8]}", keepalive=10)
-        await conn.subscribe([(f"{root}/#", 0)])
-        await asyncio.sleep(1.0)
-        for topic in seen:
-            conn.publish(topic, b"", qos=0, retain=True)
-        await asyncio.sleep(0.5)
-        await conn.disconnect()
+        # a few rounds: the broker may still be publishing last wills of agents that just went away
+        for _ in range(5):
+            seen: list[str] = []
+            conn = Connection(functools.partial(_note_retained, seen))
+            await conn.connect(MOSQUITTO[0], MOSQUITTO[1], f"fleet-clear-{uuid.uuid4().hex[:8]}", keepalive=10)
+            await conn.subscribe([(f"{root}/#", 0)])
+            await asyncio.sleep(1.0)
+            for topic in seen:
+                conn.publish(topic, b"", qos=0, retain=True)
+            await asyncio.sleep(0.5)
+            await conn.disconnect()
+            if not seen:
+                return
+            await asyncio.sleep(2.0)
 
     import threading
 
     # called from inside the driver's event loop: a loop of its own in a thread
     thread = threading.Thread(target=lambda: asyncio.run(run()), name="clear-retained")
     thread.start()
-    thread.join(30)
+    thread.join(60)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
