@@ -3,8 +3,9 @@
 The control service signs each version of the cluster's metadata; the agent pins the signing
 key from its first registration that carries one (``STATE_DIR/metadata.pub``), keeps the last
 KEEP documents that key verifies (``STATE_DIR/metadata/``, mode 0600) and refuses, with a log
-line, a document that is forged, of another cluster, or not newer than the newest it kept. A
-control service restoring from the agents asks for the newest copy.
+line, a document that is forged, of another cluster, or not newer than the newest it kept. At
+each online control presence the agent offers the newest one: its signed header (the version is
+all a running server reads), or the whole document when a restoring server asks for copies.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class MetadataStore:
         return sorted(names)  # zero-padded versions: the newest last
 
     def newest(self) -> MetadataDocument | None:
-        """The newest kept document whose signature still verifies with the pinned key (its content was checked
-        when it was received; it is not inflated again here)."""
+        """The newest kept document whose digest and signature still verify with the pinned key (its content was
+        checked when it was received; it is not inflated again here)."""
         key = self.pinned()
         for name in reversed(self._files()):
             path = os.path.join(self.dir, name)

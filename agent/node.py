@@ -352,7 +352,7 @@ class Agent:
                     presence = ControlPresence.model_validate_json(msg.payload)
                     if presence.state == "online":
                         self._send_hello()
-                        self._offer_metadata()
+                        self._offer_metadata(whole=presence.want == "copies")
             elif is_metadata:
                 if msg.payload:
                     self.metadata.receive(bytes(msg.payload))
@@ -363,11 +363,15 @@ class Agent:
         except Exception:
             log.exception("error handling message on %s", msg.topic)
 
-    def _offer_metadata(self) -> None:
-        """Offer the newest kept metadata copy (a restoring control service rebuilds from the newest offered)."""
+    def _offer_metadata(self, whole: bool) -> None:
+        """Offer the newest kept metadata copy: whole when the control service asks for copies (a restoring one
+        rebuilds from the newest offered), else its signed header (the version is all any other server reads;
+        a copy kept before digests has no header and goes whole)."""
         if self.credential is None:
             return  # the enrolment login may not publish it, and there is nothing kept yet
-        copy = MetadataCopy(epoch=self.epoch, copy=self.metadata.newest())
+        newest = self.metadata.newest()
+        header = None if whole or newest is None else newest.header()
+        copy = MetadataCopy(epoch=self.epoch, copy=None if header is not None else newest, header=header)
         self.client.publish(
             self.topics.metadata_copy(self.cluster, self.node), copy.model_dump_json(by_alias=True), qos=1
         )

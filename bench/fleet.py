@@ -23,7 +23,13 @@ of plain MQTT clients and no control-service logic on their topics):
 * detection of a frozen agent (stops reading and writing its socket, TCP stays open) against
   1.5 x keepalive + 1 s;
 * the cluster's signed metadata document: the retained payload's size as the agents received it
-  (the newest version, and how many agents received that version).
+  (the newest version, and how many agents received that version);
+* metadata offers: the agents keep the newest document they received and, at an ``online`` control
+  presence (as at a server start or a leader change; the driver publishes one), offer it as the agent
+  does: its signed header, or (``--whole-copies``, a second presence asking ``want: copies`` as a
+  restoring server does) the whole copy. Time until the server counted every offer
+  (``glusterctl_metadata_copies_received``), the bytes it received (``glusterctl_metadata_copy_bytes``)
+  and its CPU meanwhile (baseline: the bytes the same offers would be as whole copies).
 
     .venv/bin/python bench/fleet.py --agents 1000 --broker embedded --db sqlite --duration 60 [-o json]
 """
@@ -62,6 +68,7 @@ from broker.messages import (
     Heartbeat,
     Hello,
     MetadataCopy,
+    MetadataDocument,
     NodeFacts,
     Presence,
     Registration,
@@ -129,6 +136,7 @@ class SimAgent:
         self.running = True
         self._last_hello = 0.0
         self._answer: asyncio.Future[Registration] | None = None
+        self.kept_version: int | None = None  # the newest metadata document kept (its payload: Fleet.documents)
         self.facts = NodeFacts(
             hostname=name,
             address="127.0.0.1",
@@ -300,10 +308,11 @@ class SimAgent:
             ).add_done_callback(_quiet)
             self._heartbeat()
         elif topic == t.control_presence():
-            if payload and ControlPresence.model_validate_json(payload).state == "online":
+            presence = ControlPresence.model_validate_json(payload) if payload else None
+            if presence is not None and presence.state == "online":
                 self._send_hello()
                 if self.registered.is_set():
-                    copy = MetadataCopy(epoch=self.epoch, copy=None).model_dump_json(by_alias=True).encode()
+                    copy = self.fleet.copy_payload(self.epoch, self.kept_version, whole=presence.want == "copies")
                     conn.publish(t.metadata_copy(CLUSTER, self.name), copy, qos=1)
         elif topic == t.cluster_metadata(CLUSTER) and payload:
             self._on_metadata(payload)
@@ -311,14 +320,18 @@ class SimAgent:
             self._on_task(TaskMessage.model_validate_json(payload))
 
     def _on_metadata(self, payload: bytes) -> None:
-        """Count the retained metadata document's size by version (the envelope's head names the version; the
-        real agent verifies and keeps it, which the simulator skips)."""
+        """Count the retained metadata document's size by version (the envelope's head names the version) and
+        keep the newest, as the real agent does; the simulator does not verify it, and the agents share one
+        copy of each version's payload (thousands of copies of a megabyte would not fit in memory)."""
         head = METADATA_HEAD.match(payload)
         if head is None:
             return
         version = int(head.group(1))
         size, receivers = self.fleet.counters.metadata.get(version, (len(payload), 0))
         self.fleet.counters.metadata[version] = (size, receivers + 1)
+        self.fleet.documents.setdefault(version, payload)
+        if self.kept_version is None or version > self.kept_version:
+            self.kept_version = version
 
     def _on_task(self, task: TaskMessage) -> None:
         done = self.journal.get(task.id)
@@ -484,6 +497,23 @@ class Fleet:
         )
         self.results: dict[str, Any] = {}
         self.answers: dict[str, asyncio.Future[None]] = {}
+        self.documents: dict[int, bytes] = {}  # metadata version -> the retained payload, as first received
+        self._headers: dict[int, bytes] = {}  # metadata version -> its header's JSON (b"": it has none)
+
+    def copy_payload(self, epoch: int, version: int | None, whole: bool) -> bytes:
+        """A MetadataCopy of the document ``version`` as the agent offers it: the signed header, or the whole
+        document when the presence wants copies (or it has no header); built from cached parts."""
+        document = self.documents.get(version) if version is not None else None
+        if document is None:
+            return MetadataCopy(epoch=epoch).model_dump_json(by_alias=True).encode()
+        if not whole and version is not None:
+            header = self._headers.get(version)
+            if header is None:
+                parsed = MetadataDocument.model_validate_json(document).header()
+                header = self._headers[version] = parsed.model_dump_json().encode() if parsed is not None else b""
+            if header:
+                return b'{"epoch":%d,"header":%s}' % (epoch, header)
+        return b'{"epoch":%d,"copy":%s}' % (epoch, document)
 
     def answered(self, task_id: str) -> asyncio.Future[None]:
         """Completes when a simulated agent sent the task's final status."""
@@ -787,6 +817,49 @@ class Fleet:
         await watcher.disconnect()
         return {"seconds": seconds, "limit": limit, "keepalive": keepalive, "broker_seconds": broker_seconds}
 
+    async def offers(self, whole: bool, timeout: float = 300.0) -> dict[str, Any]:
+        """Publish an ``online`` control presence (``want: copies`` if ``whole``) and time until the server
+        counted an offered copy from every registered agent; the bytes it received and its CPU meanwhile."""
+        expected = sum(1 for a in self.agents if a.registered.is_set() and a.running)
+        if self.args.broker == "embedded":
+            user, password = control_username(self.topics), self.server.control_secret()
+        else:
+            user = password = None
+        conn = Connection()
+        await conn.connect(self.mqtt_host, self.mqtt_port, f"fleet-presence-{uuid.uuid4().hex[:6]}", user, password)
+        m0 = await self.metrics()
+        cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
+        presence = ControlPresence(
+            state="online", instance="fleet-bench", at=time.time(), want="copies" if whole else ""
+        )
+        ack = conn.publish(self.topics.control_presence(), presence.model_dump_json().encode(), qos=1)
+        if ack is not None:
+            await asyncio.wait_for(ack, 30)
+        copies, seconds = 0.0, None
+        while time.monotonic() - t0 < timeout:
+            await asyncio.sleep(0.5)
+            m1 = await self.metrics()
+            copies = m1.get("glusterctl_metadata_copies_received_total", 0) - m0.get(
+                "glusterctl_metadata_copies_received_total", 0
+            )
+            if copies >= expected:
+                seconds = time.monotonic() - t0
+                break
+        cpu = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+        m1 = await self.metrics()
+        await conn.disconnect()
+        newest = max(self.documents, default=None)
+        return {
+            "whole": whole,
+            "seconds": seconds,
+            "agents": expected,
+            "copies": copies,
+            "bytes": m1.get("glusterctl_metadata_copy_bytes_total", 0)
+            - m0.get("glusterctl_metadata_copy_bytes_total", 0),
+            "whole_bytes": expected * len(self.documents[newest]) if newest is not None else None,
+            "cpu_percent": cpu,
+        }
+
     def start_profile(self) -> subprocess.Popen[bytes] | None:
         """py-spy on the server while the agents are held and tasks dispatched (--profile FILE)."""
         if not self.args.profile:
@@ -824,6 +897,9 @@ class Fleet:
         r["throughput"] = await self.dispatch(args.tasks)
         r["throughput"]["cpu_percent"] = (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
         self.stop_profile(profiler)
+        r["offers"] = [await self.offers(whole=False)]
+        if args.whole_copies:
+            r["offers"].append(await self.offers(whole=True))
         r["frozen"] = await self.frozen(args.frozen_keepalive)
         m = await self.metrics()
         newest = max(self.counters.metadata, default=None)
@@ -902,6 +978,15 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             "metadata document as published (KiB)",
             fmt(meta["bytes"] / 1024 if meta["bytes"] else None),
             f"version {meta['version']}, received by {meta['agents']} agents",
+        ),
+        *(
+            (
+                f"metadata offers ({'whole copies' if o['whole'] else 'headers'}), {o['agents']} agents (s)",
+                f"{fmt(o['seconds'])} ({fmt(o['bytes'] / 1024 if o['bytes'] is not None else None)} KiB, "
+                f"CPU {fmt(o['cpu_percent'], '.0f')}%)",
+                f"{fmt(o['whole_bytes'] / 1024 if o['whole_bytes'] else None)} KiB as whole copies",
+            )
+            for o in r["offers"]
         ),
         (
             "messages dropped (mqtt / heartbeats)",
@@ -1014,6 +1099,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="probes started per second for the dispatch latency (default 10); the throughput keeps 10 in flight",
     )
     parser.add_argument("--storm-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--whole-copies",
+        action="store_true",
+        help="also time the agents offering their whole metadata copies (as to a restoring server)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server while held (collapsed stacks)")
     parser.add_argument("--keep-log", metavar="FILE", help="copy the server's log here")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")

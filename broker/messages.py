@@ -220,6 +220,9 @@ class ControlPresence(_Msg):
     state: str = Field(pattern="^(online|offline)$")
     instance: str = ""
     at: float = 0.0
+    # "copies": the server is restoring and wants every agent's full metadata copy; "" (any other server):
+    # the copies' signed headers are enough (MetadataCopy)
+    want: str = Field(default="", pattern="^(copies)?$")
 
 
 class BrickReport(_Msg):
@@ -381,7 +384,9 @@ def certificate_enrolment_message(cluster: str, node: str, agent_id: str, epoch:
 
 # ---- signed cluster metadata (docs/recovery.md) ----------------------------------------------
 
-METADATA_SIGNATURE_CONTEXT = b"glusterctl-metadata-v1\n"
+METADATA_SIGNATURE_CONTEXT = b"glusterctl-metadata-v1\n"  # documents without a digest (kept before v2)
+METADATA_DIGEST_CONTEXT = b"glusterctl-metadata-v2\n"  # documents with a digest: the header alone verifies
+DIGEST_PATTERN = "^[0-9a-f]{64}$"
 
 
 class MetadataEncoding(str, enum.Enum):
@@ -397,24 +402,57 @@ class MetadataDocument(_Msg):
     ``document`` is what is signed, exactly as sent: the JSON text, or (``encoding`` zlib) base64 of it
     compressed. The signature covers the encoding too; a reader verifies before it inflates anything.
     ``cluster`` and ``version`` repeat what the document holds, and a reader checks they agree.
+    ``digest`` is sha256 (hex) of ``document`` as sent; the signature then covers the digest instead of the
+    document (metadata_signed_bytes), so the header alone (MetadataHeader) proves the version. "": a document
+    signed before digests existed, whose signature covers the document itself.
     """
 
     cluster: str = Field(min_length=1, max_length=64)
     version: int = Field(ge=1)
     issued_at: float = 0.0
     encoding: MetadataEncoding = MetadataEncoding.PLAIN
+    digest: str = Field(default="", pattern=f"^$|{DIGEST_PATTERN}")
     document: str = Field(min_length=2, max_length=METADATA_MAX_BYTES)
     key: str = Field(default="", max_length=64)  # the signing key, base64 (a reader trusts only its pinned key)
     signature: str = Field(min_length=1, max_length=128)  # Ed25519, base64
 
+    def header(self) -> MetadataHeader | None:
+        """The signed header without the document (None for a document without a digest: it has no header)."""
+        if not self.digest:
+            return None
+        return MetadataHeader.model_validate(self.model_dump(exclude={"document"}))
+
+
+class MetadataHeader(_Msg):
+    """A MetadataDocument without its document: the signature covers the digest, so it verifies alone."""
+
+    cluster: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    issued_at: float = 0.0
+    encoding: MetadataEncoding = MetadataEncoding.PLAIN
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    key: str = Field(default="", max_length=64)
+    signature: str = Field(min_length=1, max_length=128)
+
 
 class MetadataCopy(_Msg):
-    """Agent -> control: the newest metadata the agent verified and kept (None: it has none)."""
+    """Agent -> control: the newest metadata the agent verified and kept, whole (``copy``: when the control
+    presence wants copies, or a document without a digest) or as its signed header (``header``: at any other
+    online presence); neither: it keeps none."""
 
     epoch: int = Field(ge=1)
     copy_: MetadataDocument | None = Field(default=None, alias="copy")
+    header: MetadataHeader | None = None
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    def signed_header(self) -> MetadataHeader | MetadataDocument | None:
+        """What proves the offered version: the header, else the whole copy (None: nothing offered)."""
+        if self.header is not None:
+            return self.header
+        if self.copy_ is not None:
+            return self.copy_.header() or self.copy_
+        return None
 
 
 class MetadataRefused(ValueError):
@@ -449,8 +487,16 @@ def decode_metadata(envelope: MetadataDocument, limit: int = METADATA_MAX_TEXT_B
         raise MetadataRefused("the compressed document is not UTF-8 text") from None
 
 
-def check_metadata_signature(envelope: MetadataDocument, public_key: str) -> None:
-    """MetadataRefused unless ``public_key`` (base64 Ed25519) signed ``envelope`` as it is (nothing inflated)."""
+def metadata_digest(document: str) -> str:
+    """sha256 (hex) of a MetadataDocument's ``document`` as sent."""
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def check_metadata_signature(envelope: MetadataDocument | MetadataHeader, public_key: str) -> None:
+    """MetadataRefused unless ``public_key`` (base64 Ed25519) signed ``envelope`` as it is (nothing inflated).
+
+    A header is checked alone (its version is then proven, the document unseen); a document with a digest is
+    checked against its digest first, then the signature over the digest; one without, over the document."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -459,7 +505,15 @@ def check_metadata_signature(envelope: MetadataDocument, public_key: str) -> Non
         signature = base64.b64decode(envelope.signature, validate=True)
     except ValueError as exc:
         raise MetadataRefused(f"unusable key or signature: {exc}") from None
-    signed = metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document, envelope.encoding)
+    if not envelope.digest:  # a document signed before digests (a header always has one)
+        assert isinstance(envelope, MetadataDocument)
+        signed = metadata_signed_bytes(envelope.cluster, envelope.version, envelope.document, envelope.encoding)
+    elif isinstance(envelope, MetadataDocument) and not hmac.compare_digest(
+        metadata_digest(envelope.document), envelope.digest
+    ):
+        raise MetadataRefused("the document does not verify: its sha256 is not the signed digest")
+    else:
+        signed = metadata_digest_signed_bytes(envelope.cluster, envelope.version, envelope.encoding, envelope.digest)
     try:
         key.verify(signature, signed)
     except InvalidSignature:
@@ -487,10 +541,16 @@ def verify_metadata(envelope: MetadataDocument, public_key: str) -> dict[str, An
 def metadata_signed_bytes(
     cluster: str, version: int, document: str, encoding: MetadataEncoding = MetadataEncoding.PLAIN
 ) -> bytes:
-    """What the control service signs: a fixed context (naming the encoding unless plain), the cluster, the
-    version and the document as sent. A plain document signs as it did before encodings existed, so copies
-    kept then still verify."""
+    """What the control service signed before digests: a fixed context (naming the encoding unless plain), the
+    cluster, the version and the document as sent. Only verified now (copies kept then); a plain document
+    signs as it did before encodings existed."""
     context = METADATA_SIGNATURE_CONTEXT
     if encoding is not MetadataEncoding.PLAIN:
         context = context[:-1] + f"+{encoding.value}\n".encode()
     return context + f"{cluster}\n{version}\n".encode() + document.encode()
+
+
+def metadata_digest_signed_bytes(cluster: str, version: int, encoding: MetadataEncoding, digest: str) -> bytes:
+    """What the control service signs: a fixed context, the cluster, the version, the encoding and the sha256
+    of the document as sent, one a line; small, so a copy's header verifies without its document."""
+    return METADATA_DIGEST_CONTEXT + f"{cluster}\n{version}\n{encoding.value}\n{digest}".encode()

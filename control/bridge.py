@@ -42,7 +42,7 @@ from broker.messages import (
 )
 from broker.topics import Topics
 from broker.url import MqttUrl, no_delay
-from control.services import nodes, rebalance
+from control.services import metrics, nodes, rebalance
 from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
 from control.store.db import outage
@@ -142,11 +142,17 @@ class Bridge:
         client.subscribe([(f, 1) for f in self._leader_filters()])
 
     def announce(self) -> None:
-        """Publish the online presence again: every agent says hello (and offers its metadata copy) anew."""
+        """Publish the online presence again: every agent says hello (and offers its metadata copy: the header, or
+        the whole copy while restoring) anew."""
         self.client.publish(self.topics.control_presence(), self._presence("online"), qos=1, retain=True)
 
     def _presence(self, state: str) -> bytes:
-        return ControlPresence(state=state, instance=self.instance, at=time.time()).model_dump_json().encode()
+        # a restoring server asks for the agents' whole copies; any other reads only their signed headers
+        restoring = state == "online" and self.restore is not None and not self.restore.done.is_set()
+        presence = ControlPresence(
+            state=state, instance=self.instance, at=time.time(), want="copies" if restoring else ""
+        )
+        return presence.model_dump_json().encode()
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -394,6 +400,8 @@ class Bridge:
                 answer.metadata_key = self.metadata.public_key
             self.publish(self.topics.registration(cluster, node), answer.model_dump_json().encode(), qos=1)
         elif isinstance(message, MetadataCopy):
+            metrics.COUNTS.add("metadata_copies_received")
+            metrics.COUNTS.add("metadata_copy_bytes", len(payload))
             if self.restore is not None:
                 self.restore.offer(cluster, node, message)
             elif self.metadata is not None:

@@ -132,8 +132,8 @@ def test_compressed_documents_sign_their_encoding_and_inflate_within_a_cap(store
 
     def signed(text: str, encoding: MetadataEncoding, signer=key):
         raw = signer.sign(metadata_signed_bytes("default", doc["version"], text, encoding))
-        return envelope.model_copy(
-            update={"document": text, "encoding": encoding, "signature": base64.b64encode(raw).decode()}
+        return envelope.model_copy(  # signed as before digests: over the document itself
+            update={"document": text, "encoding": encoding, "digest": "", "signature": base64.b64encode(raw).decode()}
         )
 
     plain = json.dumps(doc)  # as documents were sent before encodings: still verifies (copies kept then)
@@ -154,6 +154,70 @@ def test_compressed_documents_sign_their_encoding_and_inflate_within_a_cap(store
     other = Ed25519PrivateKey.generate()  # unsigned (another key's): refused before anything inflates
     with pytest.raises(metadata.MetadataError, match="does not verify"):
         metadata.verify(signed(bomb_text, MetadataEncoding.ZLIB, other), pinned)
+
+
+def test_a_copys_header_proves_its_version_alone(store, tmp_path):
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker.messages import MetadataCopy, MetadataRefused, check_metadata_signature, metadata_signed_bytes
+    from broker.topics import Topics
+    from control.services import clusters, metadata
+
+    key = metadata.load_or_create_key(str(tmp_path))
+    pinned = metadata.public_key_text(key)
+    doc = metadata.snapshot(clusters.get("default"))
+    envelope = metadata.sign(doc, key)
+    header = envelope.header()
+    assert header is not None and header.version == envelope.version and len(header.digest) == 64
+    check_metadata_signature(header, pinned)
+    assert len(header.model_dump_json()) < 512  # whatever the document's size
+    for tampered in (
+        header.model_copy(update={"version": header.version + 1}),
+        header.model_copy(update={"digest": "0" * 64}),
+        header.model_copy(update={"cluster": "other"}),
+    ):
+        with pytest.raises(MetadataRefused, match="does not verify"):
+            check_metadata_signature(tampered, pinned)
+    with pytest.raises(MetadataRefused, match="does not verify"):
+        check_metadata_signature(header, metadata.public_key_text(Ed25519PrivateKey.generate()))
+    # a whole copy's document must match its signed digest
+    swapped = envelope.model_copy(update={"document": envelope.document.replace('"nodes"', '"nodez"')})
+    with pytest.raises(MetadataRefused, match="sha256 is not the signed digest"):
+        check_metadata_signature(swapped, pinned)
+    # a copy kept before digests still verifies whole, and has no header form
+    text = json.dumps(doc)
+    old = envelope.model_copy(
+        update={
+            "document": text,
+            "encoding": "",
+            "digest": "",
+            "signature": base64.b64encode(key.sign(metadata_signed_bytes("default", doc["version"], text))).decode(),
+        }
+    )
+    assert old.header() is None and metadata.verify(old, pinned) == doc
+
+    # a server that is not restoring reads the version from the header: a newer one moves its own past it
+    class Published(list):
+        def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+            self.append(topic)
+
+    publisher = metadata.MetadataPublisher(Topics(), Published(), key)
+    try:
+        before = _version("default")
+        ahead = metadata.sign({**doc, "version": before + 5}, key).header()
+        assert ahead is not None
+        other = metadata.sign({**doc, "version": before + 9}, Ed25519PrivateKey.generate()).header()
+        assert not publisher.offered("default", "n1", MetadataCopy(epoch=1, header=other))
+        forged = ahead.model_copy(update={"version": before + 9})
+        assert not publisher.offered("default", "n1", MetadataCopy(epoch=1, header=forged))
+        assert _version("default") == before
+        assert publisher.offered("default", "n1", MetadataCopy(epoch=1, header=ahead))
+        assert _version("default") == before + 6
+        assert not publisher.offered("default", "n1", MetadataCopy(epoch=1, copy=old))  # older, whole: read too
+    finally:
+        publisher.stop()
 
 
 def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path, caplog):
@@ -224,6 +288,58 @@ def test_a_document_over_256_kib_is_published_compressed_and_kept_by_an_agent(st
     log = st.server.log()
     assert f"metadata version {envelope.version} published ({published} bytes, zlib)" in log
     assert "not published" not in log
+
+
+def test_an_agent_offers_its_copys_header_and_the_whole_copy_when_asked(stack):
+    import queue
+    import secrets
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.metadata import MetadataStore
+    from broker.dynsec import control_username
+    from broker.messages import ControlPresence, MetadataCopy, check_metadata_signature, verify_metadata
+    from broker.topics import Topics
+    from tests.helpers import wait_until
+
+    st = stack
+    st.agent("n1")
+    wait_until(lambda: st.node_state("n1") == "Online", what="n1 Online")
+    store = MetadataStore(str(st.tmp / "agent-n1"), "default")
+    kept = wait_until(store.newest, what="n1 keeps a document")
+    pinned = store.pinned() or ""
+    topics = Topics(st.server.mqtt_root)
+    offers: queue.Queue[bytes] = queue.Queue()
+    subscribed: queue.Queue[bool] = queue.Queue()
+    # a second session of the control service's own user: says online as a server start does
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{secrets.token_hex(4)}")
+    client.username_pw_set(control_username(topics), (st.server.data_dir / "control.secret").read_text().strip())
+    client.on_message = lambda c, u, msg: offers.put(msg.payload)
+    client.on_subscribe = lambda *args: subscribed.put(True)
+    client.connect("127.0.0.1", st.server.mqtt_port)
+    client.loop_start()
+    try:
+        client.subscribe(topics.metadata_copy("default", "n1"), qos=1)
+        subscribed.get(timeout=10)
+
+        def offer(want: str) -> MetadataCopy:
+            presence = ControlPresence(state="online", instance="test", at=time.time(), want=want)
+            client.publish(topics.control_presence(), presence.model_dump_json(), qos=1)
+            return MetadataCopy.model_validate_json(offers.get(timeout=10))
+
+        header_only = offer("")  # what every server reads from the agents: the signed header, no document
+        assert header_only.copy_ is None and header_only.header is not None
+        assert header_only.header.version >= kept.version
+        check_metadata_signature(header_only.header, pinned)
+        whole = offer("copies")  # what a restoring server asks for
+        assert whole.header is None and whole.copy_ is not None and whole.copy_.version >= header_only.header.version
+        assert verify_metadata(whole.copy_, pinned)["version"] == whole.copy_.version
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    metrics = st.cli.api("GET", "/metrics").text
+    assert re.search(r"^glusterctl_metadata_copy_bytes_total [1-9]", metrics, re.M), metrics[-2000:]
 
 
 # ---- the whole loss and restore, on real bricks and a real mount -----------------------------------

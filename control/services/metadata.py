@@ -10,7 +10,9 @@ are listed by user name so a restore can say which it could not bring back (user
 The control service signs each document with its Ed25519 key (``DATA_DIR/metadata.key``, mode
 0600); agents learn the public key at registration, pin it, and keep only documents it signed.
 Documents go out zlib-compressed (a 10,000-node cluster's is 1.2-1.7 MiB so; docs/recovery.md): the
-signature covers the compressed text and its encoding, and readers check it before inflating.
+signature covers the sha256 of the compressed text and its encoding, so a copy's small header proves its
+version without the document (what agents offer a server that is not restoring), and readers check the
+digest and the signature before inflating.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from broker.messages import (
     MetadataRefused,
     check_metadata_signature,
     encode_metadata,
-    metadata_signed_bytes,
+    metadata_digest,
+    metadata_digest_signed_bytes,
     verify_metadata,
 )
 from broker.topics import Topics
@@ -190,13 +193,14 @@ def sign(document: dict[str, Any], key: Ed25519PrivateKey, now: float | None = N
     """The signed envelope of ``document``."""
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     encoding, sent = encode_metadata(text)
-    cluster, version = str(document["cluster"]), int(document["version"])
-    signature = key.sign(metadata_signed_bytes(cluster, version, sent, encoding))
+    cluster, version, digest = str(document["cluster"]), int(document["version"]), metadata_digest(sent)
+    signature = key.sign(metadata_digest_signed_bytes(cluster, version, encoding, digest))
     return MetadataDocument(
         cluster=cluster,
         version=version,
         issued_at=now or time.time(),
         encoding=encoding,
+        digest=digest,
         document=sent,
         key=public_key_text(key),
         signature=base64.b64encode(signature).decode(),
@@ -287,14 +291,15 @@ class MetadataPublisher:
         self._wake.set()
 
     def offered(self, cluster: str, node: str, message: MetadataCopy) -> bool:
-        """An agent's kept copy (offered at each server start): when its version is above the database's
-        (the server was restored from an older backup), move the version past it so agents keep this server's
-        documents again, and a later restore from the agents cannot pick a copy this database no longer matches.
+        """An agent's kept copy (its header, offered at each online presence): when its version is above the
+        database's (the server was restored from an older backup), move the version past it so agents keep this
+        server's documents again, and a later restore from the agents cannot pick a copy this database no longer
+        matches.
         """
-        envelope = message.copy_
+        envelope = message.signed_header()
         if envelope is None or envelope.cluster != cluster:
             return False
-        try:  # only a copy this key signed counts; its version is all that is read (nothing inflated or parsed)
+        try:  # only a copy this key signed counts; its version is all that is read (from its header when it has one)
             check_metadata_signature(envelope, self.public_key)
         except MetadataRefused:
             return False

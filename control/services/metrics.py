@@ -2,8 +2,8 @@
 
 Nothing on a hot path updates a gauge: a scrape runs a handful of grouped queries (volumes with
 their bricks, nodes, task counts, task durations per bucket) and builds the families then. The
-few figures the database does not hold (heartbeats received and dropped, event-stream clients,
-the broker link) are plain counters that the code paths bump.
+few figures the database does not hold (heartbeats received and dropped, metadata copies offered,
+event-stream clients, the broker link) are plain counters that the code paths bump.
 
 Names and meanings follow gluster-prometheus (the GlusterFS exporter) where it has a metric,
 with a ``cluster`` label added (the cluster's name); the control plane's own figures are
@@ -43,6 +43,8 @@ class Counts:
     heartbeats_received: int = 0
     heartbeats_dropped: int = 0
     event_stream_clients: int = 0
+    metadata_copies_received: int = 0
+    metadata_copy_bytes: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -279,6 +281,16 @@ class StoreCollector(Collector):
             "glusterctl_heartbeats_dropped",
             "Heartbeats refused (unknown node or stale connection epoch)",
             value=COUNTS.heartbeats_dropped,
+        )
+        yield CounterMetricFamily(
+            "glusterctl_metadata_copies_received",
+            "Metadata copies the agents offered (whole or their signed header; at each online control presence)",
+            value=COUNTS.metadata_copies_received,
+        )
+        yield CounterMetricFamily(
+            "glusterctl_metadata_copy_bytes",
+            "Bytes of the metadata copies the agents offered",
+            value=COUNTS.metadata_copy_bytes,
         )
         yield GaugeMetricFamily(
             "glusterctl_event_stream_clients", "Clients following the event stream", value=COUNTS.event_stream_clients

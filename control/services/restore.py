@@ -101,13 +101,22 @@ class AgentRestore:
             return
         envelope = message.copy_
         if envelope is None:
-            log.info("restore: cluster %s node %s has no metadata copy", cluster, node)
+            if message.header is not None:  # answering an earlier, ordinary presence: the whole copy follows ours
+                log.info(
+                    "restore: cluster %s node %s offered only the header of metadata version %d; waiting for the copy",
+                    cluster,
+                    node,
+                    message.header.version,
+                )
+            else:
+                log.info("restore: cluster %s node %s has no metadata copy", cluster, node)
             return
         with self._lock:
             best = self.best.get(cluster)
         if best is not None and envelope.version <= best.envelope.version and envelope.cluster == cluster:
-            try:  # not newer than the best copy so far: its signature is checked, but it is not inflated or parsed
-                check_metadata_signature(envelope, self.public_key)
+            try:  # not newer than the best copy so far: its signature is checked (its header's, when it has one),
+                # but it is not inflated or parsed
+                check_metadata_signature(envelope.header() or envelope, self.public_key)
             except MetadataRefused as exc:
                 self._refuse(cluster, node, envelope.version, str(exc))
                 return
