@@ -469,7 +469,7 @@ def encode_metadata(text: str) -> tuple[MetadataEncoding, str]:
 
 def decode_metadata(envelope: MetadataDocument, limit: int = METADATA_MAX_TEXT_BYTES) -> str:
     """The JSON text of ``envelope`` (inflated to at most ``limit`` bytes): call only on a verified envelope."""
-    if envelope.encoding is MetadataEncoding.PLAIN:
+    if envelope.encoding == MetadataEncoding.PLAIN:
         return envelope.document
     try:
         packed = base64.b64decode(envelope.document, validate=True)
@@ -544,8 +544,9 @@ def metadata_signed_bytes(
     """What the control service signed before digests: a fixed context (naming the encoding unless plain), the
     cluster, the version and the document as sent. Only verified now (copies kept then); a plain document
     signs as it did before encodings existed."""
+    encoding = MetadataEncoding(encoding)
     context = METADATA_SIGNATURE_CONTEXT
-    if encoding is not MetadataEncoding.PLAIN:
+    if encoding != MetadataEncoding.PLAIN:
         context = context[:-1] + f"+{encoding.value}\n".encode()
     return context + f"{cluster}\n{version}\n".encode() + document.encode()
 
@@ -553,4 +554,4 @@ def metadata_signed_bytes(
 def metadata_digest_signed_bytes(cluster: str, version: int, encoding: MetadataEncoding, digest: str) -> bytes:
     """What the control service signs: a fixed context, the cluster, the version, the encoding and the sha256
     of the document as sent, one a line; small, so a copy's header verifies without its document."""
-    return METADATA_DIGEST_CONTEXT + f"{cluster}\n{version}\n{encoding.value}\n{digest}".encode()
+    return METADATA_DIGEST_CONTEXT + f"{cluster}\n{version}\n{MetadataEncoding(encoding).value}\n{digest}".encode()
