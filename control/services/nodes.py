@@ -8,6 +8,7 @@ or heartbeat from any other epoch never changes the node's state.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -357,10 +358,13 @@ def _write_beats(rows: list[tuple[int, int, float, float]]) -> int:
     # SQLite runs in this process: one prepared UPDATE by primary key per row costs microseconds
     table = Node._meta.table_name
     cursor = db.cursor()
-    cursor.executemany(
-        f'UPDATE "{table}" SET "last_seen_at" = ?, "silence_deadline" = ? WHERE "id" = ? AND "epoch" = ? AND "state" = ?',
-        [(seen, deadline, node_id, epoch, online) for node_id, epoch, seen, deadline in rows],
-    )
+    try:
+        cursor.executemany(
+            f'UPDATE "{table}" SET "last_seen_at" = ?, "silence_deadline" = ? WHERE "id" = ? AND "epoch" = ? AND "state" = ?',
+            [(seen, deadline, node_id, epoch, online) for node_id, epoch, seen, deadline in rows],
+        )
+    except sqlite3.OperationalError as exc:  # as peewee's own statements raise it (a full disk is an outage)
+        raise pw.OperationalError(*exc.args) from exc
     return int(cursor.rowcount)
 
 
