@@ -370,6 +370,12 @@ def test_rebalance_rows_follow_the_heartbeats_reports(database):
     def state_events():
         return [(e.subject, e.data["state"]) for e in Event.select().where(Event.kind == "rebalance.state")]
 
+    # a node of another cluster that names this volume's id (and has a node of the same name) touches nothing
+    from control.services import clusters
+
+    clusters.add("other")
+    assert rebalance.apply_reports("other", "n1", [report(state="completed", files=99)], now=0.5) == 0
+    assert row() == ("in progress", 0, "")
     assert rebalance.apply_reports("default", "n1", [report("r1", "completed", 9)], now=1.0) == 0  # older run
     assert row() == ("in progress", 0, "")
     assert rebalance.apply_reports("default", "n1", [report(files=5, lookups=40)], now=2.0) == 1

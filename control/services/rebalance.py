@@ -208,11 +208,18 @@ def apply_reports(cluster_name: str, node_name: str, reports: list[RebalanceRepo
             seen = _reported.get(key)
         if seen is not None and seen[0] == report and now - seen[1] < RECHECK_SECONDS:
             continue
+        # only a volume of the reporting node's own cluster: an id from another cluster is never touched
+        volume = first(
+            Volume.select(Volume.id, Volume.name)
+            .join(Cluster)
+            .where((Volume.id == report.volume_id) & (Cluster.name == cluster_name))
+        )
+        if volume is None:
+            continue  # not remembered either: the agent cannot fill the server's memory with made-up ids
         with db.atomic():
-            row = _row(report.volume_id, node_name, report.run)
+            row = _row(volume.id, node_name, report.run)
             if row is not None:
-                volume = Volume.get_or_none(Volume.id == report.volume_id)
-                _apply(row, cluster_name, volume.name if volume else report.volume_id, report.model_dump(mode="json"))
+                _apply(row, cluster_name, volume.name, report.model_dump(mode="json"))
                 applied += 1
         with _reported_lock:
             _reported[key] = (report, now)
