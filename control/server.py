@@ -25,7 +25,7 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, backup, clusters, enrolment, metadata, rebalance, users
+from control.services import authz, backup, clusters, enrolment, metadata, nodes, rebalance, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed, EventListener
@@ -348,6 +348,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
 
     def gained() -> None:
         rebalance.forget_reports()  # another server may have followed the runs meanwhile
+        nodes.reset_beats()  # and stored heartbeats: what this one kept from before is stale
         bridge.take_over()
         publisher.resume()
         if not bridge.call_soon(reconciler.run_once, timeout=0):  # what the previous leader left half-done, now

@@ -136,9 +136,20 @@ def test_brick_changes_take_the_full_path(database):
     up = [BrickReport(volume_id=volume.id, index=0, port=49152, pid=42, online=True)]
     assert nodes.handle_heartbeat("default", "n1", beat(7, 2, 2.0, up), now=t0 + 1)
     assert Brick.get().state == "Online" and Brick.get().pid == 42
-    Brick.update(state="Offline", pid=None).execute()  # changed by someone else: the next heartbeat corrects it
+    # the same report again is not read against the rows: changed by someone else, a brick row is
+    # corrected by the next report that differs, or at the latest by the recheck
+    Brick.update(state="Offline", pid=None).execute()
     assert nodes.handle_heartbeat("default", "n1", beat(7, 3, 3.0, up), now=t0 + 2)
-    assert Brick.get().state == "Online"
+    assert Brick.get().state == "Offline"
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 4, 4.0, up), now=t0 + 1 + nodes.RECHECK_SECONDS)
+    assert Brick.get().state == "Online" and Brick.get().pid == 42
+    restarted = [BrickReport(volume_id=volume.id, index=0, port=49152, pid=43, online=True)]
+    Brick.update(state="Offline", pid=None).execute()
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 5, 5.0, restarted), now=t0 + 2 + nodes.RECHECK_SECONDS)
+    assert Brick.get().state == "Online" and Brick.get().pid == 43
+    # a brick that stops being reported is Offline at the next heartbeat
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 6, 6.0), now=t0 + 3 + nodes.RECHECK_SECONDS)
+    assert Brick.get().state == "Offline" and Brick.get().pid is None
 
 
 def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):

@@ -18,12 +18,15 @@ import peewee as pw
 from peewee import ValuesList
 
 from broker.messages import (
+    BrickReport,
     BrickState,
+    DeviceReport,
     Heartbeat,
     Hello,
     NodeState,
     Presence,
     Registration,
+    ShdReport,
     TaskKind,
     check_name,
 )
@@ -251,7 +254,17 @@ def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: 
 # bricks, daemons and devices, node Online) are not a write transaction each: their time is kept
 # here and written for many nodes at once (flush_seen, every sweep). Anything else takes the full
 # path, which also runs for every node at least every RECHECK_SECONDS.
+#
+# A report equal to the one the full path last applied is not read against the database either:
+# the rows it writes (brick and daemon state, pid, capacity; device space) change only on that
+# path, but for rows added since (bricks start Offline, which a report that does not name them
+# leaves as is), bricks a forced node removal marks Lost (it forgets the node here) and a device
+# add (figures from the same agent moments before). At thousands of nodes those reads were most
+# of a heartbeat's cost.
 RECHECK_SECONDS = 60.0
+
+
+_Reports = tuple[list[BrickReport], list[ShdReport], list[DeviceReport]]
 
 
 @dataclass
@@ -262,6 +275,7 @@ class _Beat:
     facts: dict[str, Any]
     silence: float
     checked: float
+    reports: _Reports  # the last reports known to write nothing
 
 
 _beats: dict[tuple[str, str], _Beat] = {}
@@ -296,7 +310,7 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
         and known.epoch == beat.epoch
         and now - known.checked < RECHECK_SECONDS
         and known.facts == _volatile_free(facts)
-        and not heartbeats.would_change(known.cluster_id, node_name, beat.bricks, beat.shds, beat.devices)
+        and _changes_nothing(known, node_name, (beat.bricks, beat.shds, beat.devices))
     ):
         with _beats_lock:
             _pending[known.node_id] = (beat.epoch, now, now + known.silence)
@@ -312,10 +326,28 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
         heartbeats.apply_heartbeat(cluster_name, node, beat.bricks, beat.shds, beat.devices, now)
         _set_state(node, NodeState.ONLINE, "heartbeat", now)
         node.save(only=node.dirty_fields)
-        beat_state = _Beat(node.id, node.cluster_id, node.epoch, _volatile_free(facts), silence_limit(node), now)
+        beat_state = _Beat(
+            node.id,
+            node.cluster_id,
+            node.epoch,
+            _volatile_free(facts),
+            silence_limit(node),
+            now,
+            (beat.bricks, beat.shds, beat.devices),
+        )
     with _beats_lock:
         _pending.pop(node.id, None)
         _beats[(cluster_name, node_name)] = beat_state
+    return True
+
+
+def _changes_nothing(known: _Beat, node_name: str, reports: _Reports) -> bool:
+    """True if these brick, daemon and device reports would write nothing (see RECHECK_SECONDS)."""
+    if known.reports == reports:
+        return True
+    if heartbeats.would_change(known.cluster_id, node_name, *reports):
+        return False
+    known.reports = reports  # it writes nothing either: the next one like it is not read again
     return True
 
 
