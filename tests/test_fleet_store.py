@@ -179,3 +179,35 @@ def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):
     # a wrong proof is never answered from what was kept
     forged = hello(9, "four").model_copy(update={"proof": "0" * 64})
     assert not nodes.handle_hello("default", "n1", forged, now=t0 + 4).accepted
+
+
+def test_after_a_hello_the_presence_and_first_heartbeat_only_move_the_time(database):
+    from broker.messages import Hello, node_key, node_proof
+    from control.services import enrolment, nodes
+    from control.store.models import Node
+
+    row = make_node("n1", epoch=5)
+    secret = "s" * 43
+    enrolment.set_credential(row, secret)
+    row.save()
+    facts = NodeFacts(hostname="n1", heartbeat_interval=2.0, uptime_seconds=1.0)
+    proof = node_proof(node_key(secret), "default", "n1", "a" * 32, 9)
+    t0 = time.time()
+    assert nodes.handle_hello(
+        "default", "n1", Hello(agent_id="a" * 32, epoch=9, proof=proof, nonce="x", facts=facts), now=t0
+    ).accepted
+    nodes.handle_presence("default", "n1", Presence(state="online", epoch=9), now=t0 + 1)
+    assert nodes._pending[row.id][:2] == (9, t0 + 1)  # kept, written with the next sweep
+    assert nodes.handle_heartbeat("default", "n1", beat(9, 1, 2.0), now=t0 + 2)
+    assert nodes._pending[row.id][:2] == (9, t0 + 2)
+    assert Node.get(Node.name == "n1").last_seen_at == t0  # the hello's time, until the flush
+    nodes.flush_seen()
+    assert Node.get(Node.name == "n1").last_seen_at == t0 + 2
+    # a presence of an older connection is not taken as this one's, and the last-will still counts
+    nodes.handle_presence("default", "n1", Presence(state="online", epoch=5), now=t0 + 3)
+    assert nodes._pending == {}
+    nodes.handle_presence("default", "n1", Presence(state="offline", epoch=9), now=t0 + 3)
+    assert Node.get(Node.name == "n1").state == "Unreachable"
+    # Unreachable: a presence online of the connection goes through the row again and brings it back
+    nodes.handle_presence("default", "n1", Presence(state="online", epoch=9), now=t0 + 4)
+    assert Node.get(Node.name == "n1").state == "Online" and nodes._pending == {}

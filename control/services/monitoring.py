@@ -41,6 +41,9 @@ from control.store.models import Alert, Cluster, Event
 log = logging.getLogger(__name__)
 
 TRIGGER_DELAY = 0.5  # seconds from a state change to its evaluation (its transaction commits meanwhile)
+# a run waits this many times the previous run's length after it: while thousands of nodes register,
+# back-to-back runs over the whole fleet would take the CPU the registrations need
+PACE = 4.0
 RECLEAR_SECONDS = 24 * 3600.0  # alerts resolved this recently are cleared again after a reconnect
 TRIGGER_KINDS = ("node.state", "node.removed", "brick.state", "volume.state", "task.state")
 STOP_TIMEOUT_SECONDS = 5.0
@@ -232,17 +235,20 @@ class Monitor:
         self._unsubscribe = events.subscribe(self._on_event)
 
         def loop() -> None:
+            took = 0.0  # the previous run's length
             while not self._stop.is_set():
                 self._wake.wait()
-                if self._stop.wait(self.delay):
+                if self._stop.wait(max(self.delay, PACE * took)):
                     return
                 self._wake.clear()
                 with self._dirty_lock:
                     dirty, every, self._dirty, self._all = self._dirty, self._all, set(), False
                 if not (dirty or every) or not may_run():
                     continue
+                started = time.monotonic()
                 try:
                     self.run(None if every else dirty)
+                    took = time.monotonic() - started
                 except Exception as exc:  # the database may be out: evaluate again after a wait
                     what = "all clusters" if every else ",".join(sorted(dirty))
                     if outage(exc) is None:

@@ -88,27 +88,32 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
         if repeated and accepted is not None and now - accepted[3] < HELLO_KEEP_SECONDS:
             return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
-        answer = _handle_hello(cluster_name, node_name, hello, now)
+        answer, node = _handle_hello(cluster_name, node_name, hello, now)
     except _NotEnrolled as exc:
         log.warning("cluster %s node %s: enrolment failed: %s", cluster_name, node_name, exc)
         return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=str(exc))
-    if answer.accepted and hello.node_secret is None:
+    if node is not None and hello.node_secret is None:
+        # the node is Online on this connection with these facts, as after a heartbeat's full path: its
+        # presence and first heartbeat need no transaction (its first reports are read against the rows once)
+        facts = _volatile_free(hello.facts.model_dump())  # what a heartbeat reporting the same facts compares
+        kept = _Beat(node.id, node.cluster_id, node.epoch, facts, silence_limit(node), now, None)
         with _beats_lock:
             _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+            _beats[key] = kept
     return answer
 
 
-def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -> Registration:
+def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -> tuple[Registration, Node | None]:
     """Check a Hello (an enrolment or an enrolled node's) and register the node Online.
 
     An accepted enrolment stores the verifier of the node's new secret and has the broker user
     made (``enrolment.accounts()``) before the answer goes out; the Registration tells the
-    agent why when it is refused.
+    agent why when it is refused. The node's row comes with an accepted answer.
     """
 
-    def refuse(reason: str) -> Registration:
+    def refuse(reason: str) -> tuple[Registration, Node | None]:
         log.warning("cluster %s node %s: registration refused: %s", cluster_name, node_name, reason)
-        return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=reason)
+        return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=reason), None
 
     try:
         check_name("node", node_name)
@@ -116,12 +121,20 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
         return refuse(str(exc))
     enrolling = hello.node_secret is not None
     with db.atomic():
-        cluster = Cluster.get_or_none(Cluster.name == cluster_name)
+        # the node with its cluster in one statement (a known node's hello is most of a reconnect storm)
+        node = first(
+            locked(
+                Node.select(Node, Cluster)
+                .join(Cluster)
+                .where((Cluster.name == cluster_name) & (Node.name == node_name)),
+                of=Node,
+            )
+        )
+        cluster = node.cluster if node is not None else Cluster.get_or_none(Cluster.name == cluster_name)
         if cluster is None:
             return refuse(
                 f"unknown cluster {cluster_name!r}: the join token names a cluster this control service does not have"
             )
-        node = first(locked(Node.select().where((Node.cluster == cluster) & (Node.name == node_name))))
         if enrolling:
             why = enrolment.check_enrolment(cluster, node, node_name, hello, now)
         else:
@@ -186,7 +199,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
                 raise _NotEnrolled(
                     f"the control service could not create the node's broker user ({exc}); retry"
                 ) from exc
-    return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
+    return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce), node
 
 
 class _NotEnrolled(Exception):
@@ -230,6 +243,12 @@ def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
 
 def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: float | None = None) -> None:
     now = now or time.time()
+    if presence.state == "online":
+        with _beats_lock:
+            known = _beats.get((cluster_name, node_name))
+            if known is not None and known.epoch == presence.epoch:  # Online on this connection: its time only
+                _pending[known.node_id] = (presence.epoch, now, now + known.silence)
+                return
     with db.atomic():
         node = _trusted(cluster_name, node_name, presence.epoch)
         if node is None:
@@ -275,7 +294,7 @@ class _Beat:
     facts: dict[str, Any]
     silence: float
     checked: float
-    reports: _Reports  # the last reports known to write nothing
+    reports: _Reports | None  # the last reports known to write nothing (None: not read yet)
 
 
 _beats: dict[tuple[str, str], _Beat] = {}
