@@ -209,19 +209,29 @@ def test_leadership_follows_the_lock_session_and_the_broker_link(postgres_url):
             election.stop()
 
 
-def test_a_stream_wakes_for_events_another_server_committed(postgres_url):
-    """EventListener: the NOTIFY an event's transaction sends wakes this server at the commit, not before."""
+def test_a_stream_wakes_for_events_another_server_committed(postgres_url, tmp_path):
+    """EventListener: an event another server records wakes this server at its commit, not before (the
+    insert's trigger notifies: migration 16)."""
+    from control.services import events
+    from control.store import open_database
+
+    database = open_database(postgres_url, str(tmp_path))
     woke = threading.Event()
     listener = EventListener(functools.partial(psycopg2.connect, postgres_url), woke.set)
     listener.start()
     try:
         wait_until(woke.is_set, timeout=5, interval=0.02, what="the first wake-up once listening")
         woke.clear()
-        with psycopg2.connect(postgres_url) as other, other.cursor() as cur:
-            cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        with database.atomic():
+            events.record("cluster.created", cluster="default", subject="default")
             assert not woke.wait(0.3), "woken before the commit"
-        started = time.monotonic()  # the with block committed
+        started = time.monotonic()
         assert woke.wait(2), "no wake-up after the commit"
         print(f"\nanother server's commit woke this server's streams after {time.monotonic() - started:.3f}s")
+        woke.clear()
+        with psycopg2.connect(postgres_url) as other, other.cursor() as cur:  # a NOTIFY of its own still counts
+            cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        assert woke.wait(2), "no wake-up for a plain NOTIFY"
     finally:
         listener.stop()
+        database.close()

@@ -7,8 +7,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import peewee as pw
-
 from control.store.models import Cluster, Event
 
 log = logging.getLogger(__name__)
@@ -52,18 +50,12 @@ def bump(cluster: str) -> None:
     Cluster.update(metadata_version=Cluster.metadata_version + 1).where(Cluster.name == cluster).execute()
 
 
-def _postgres() -> bool:
-    database: Any = Event._meta.database
-    return isinstance(getattr(database, "obj", database), pw.PostgresqlDatabase)
-
-
 def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> Event:
     """Persist one event. Call inside the transaction that made the change."""
     if cluster and kind in METADATA_KINDS:
         bump(cluster)
+    # on PostgreSQL the insert notifies other servers' streams at the commit (a trigger: migration 16)
     event = Event.create(kind=kind, cluster=cluster, subject=subject, data=data)
-    if _postgres():  # other servers on this database wake their streams at the commit (eventfeed.EventListener)
-        Event._meta.database.execute_sql("NOTIFY glusterctl_events")
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:

@@ -303,6 +303,26 @@ def _migration_15(db: pw.Database) -> None:
         m.Node.update(silence_deadline=deadline, facts_at=node.last_seen_at).where(m.Node.id == node.id).execute()
 
 
+def _migration_16(db: pw.Database) -> None:
+    """PostgreSQL: a statement's new events notify the servers' streams (a trigger, not a statement more per event).
+
+    The NOTIFY is delivered at the commit, as one sent by the writer was. Idempotent; nothing on SQLite.
+    """
+    if not isinstance(db, pw.PostgresqlDatabase):
+        return
+    _execute_sql(
+        db,
+        "CREATE OR REPLACE FUNCTION glusterctl_notify_events() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NOTIFY glusterctl_events; RETURN NULL; END $$",
+    )
+    _execute_sql(db, 'DROP TRIGGER IF EXISTS "event_notify" ON "event"')
+    _execute_sql(
+        db,
+        'CREATE TRIGGER "event_notify" AFTER INSERT ON "event" '
+        "FOR EACH STATEMENT EXECUTE FUNCTION glusterctl_notify_events()",
+    )
+
+
 class _without_columns:
     """Temporarily hide fields from a model so create_tables builds an older schema."""
 
@@ -339,6 +359,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (12, _migration_12),
     (14, _migration_14),
     (15, _migration_15),
+    (16, _migration_16),
 ]
 SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)
 
