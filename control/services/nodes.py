@@ -208,6 +208,10 @@ class _NotEnrolled(Exception):
 
 def epoch_is_current(cluster_name: str, node_name: str, epoch: int) -> bool:
     """True if ``epoch`` is the epoch of the node's registered connection."""
+    with _beats_lock:
+        known = _beats.get((cluster_name, node_name))
+    if known is not None and known.epoch == epoch:  # kept only while the row has that epoch
+        return True
     node = first(Node.select(Node.epoch).join(Cluster).where((Cluster.name == cluster_name) & (Node.name == node_name)))
     return node is not None and node.epoch == epoch
 
