@@ -15,6 +15,7 @@ handling fails because the database cannot take writes (restarting, out of disk 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import queue
 import secrets
@@ -91,6 +92,9 @@ class Bridge:
         self._drop_lock = threading.Lock()
         self._stop = threading.Event()
         self._sweep_queued = threading.Event()  # a sweep waits in the inbox: no second one behind it
+        # since when (monotonic) on_message waited for room and the worker has not found the inbox empty:
+        # messages that arrived since may still wait in the broker, so silence is judged as of then
+        self._stalled_since: float | None = None
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
         self.on_connected: list[Callable[[], object]] = []
@@ -268,6 +272,8 @@ class Bridge:
             pass
         log.warning("inbox full (%d messages): waiting for the worker before taking more", self._inbox.maxsize)
         started = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = started
         while not self._stop.is_set():
             try:
                 self._inbox.put(item, timeout=INBOX_WAIT_SECONDS)
@@ -281,6 +287,8 @@ class Bridge:
     # ---- worker ---------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
+            if self._inbox.empty():
+                self._stalled_since = None  # caught up with what the broker delivered
             item = self._inbox.get()
             if item is None:
                 break
@@ -343,14 +351,21 @@ class Bridge:
             if not self.is_leader() or self._sweep_queued.is_set():
                 continue
             self._sweep_queued.set()
-            if not self.call_soon(self._sweep_once, timeout=0):
+            if not self.call_soon(functools.partial(self._sweep_once, time.monotonic()), timeout=0):
                 self._sweep_queued.clear()  # the inbox is full: the next tick tries again
 
-    def _sweep_once(self) -> None:
+    def _sweep_once(self, queued_at: float) -> None:
+        """Write the kept heartbeat times, then judge silence as of the moment every message that had
+        reached this server was handled: the sweep's own place in the inbox, or when on_message last had
+        to wait for room (what arrived since may still wait in the broker). Behind a backlog (a
+        registration storm) a node is not called silent for a heartbeat this server has not read yet."""
         self._sweep_queued.clear()
+        stalled = self._stalled_since
+        read_through = min(queued_at, stalled) if stalled is not None else queued_at
+        behind = time.monotonic() - read_through
         try:
             nodes.flush_seen()
-            nodes.sweep_silent()
+            nodes.sweep_silent(time.time() - behind)
         except Exception:
             log.exception("node sweep failed")
 

@@ -273,13 +273,52 @@ def test_a_burst_bigger_than_the_inbox_loses_nothing(tmp_path):
             payload = TaskStatus(task_id=task_id, state=TaskState.DONE, epoch=1).model_dump_json()
             agent.client.publish(topics.task_status("default", "n1"), payload, qos=1)
         wait_until(bridge._inbox.full, 10, what="the inbox full")
+        wait_until(lambda: bridge._stalled_since is not None, 10, what="on_message waiting for room")
         gate.set()
         wait_until(lambda: Task.select().where(Task.state == "DONE").count() == 300, 60, what="all 300 reports applied")
         assert bridge.dropped_total() == 0
+        wait_until(lambda: bridge._stalled_since is None, 10, what="the worker caught up")
     finally:
         gate.set()
         agent.close()
         bridge.stop()
+        db.close()
+
+
+def test_behind_a_backlog_silence_is_judged_as_of_what_was_read(tmp_path):
+    """A node whose heartbeats may still wait in the broker (on_message waited for room 20 s ago and the
+    worker has not caught up since) is not called silent for those 20 s; caught up, it is."""
+    from broker.url import MqttUrl
+    from control.bridge import Bridge
+    from control.services import clusters, nodes
+    from control.services.tasks import TaskEngine
+    from control.store import open_database
+    from control.store.models import Node
+
+    db = open_database(None, str(tmp_path))
+    nodes.reset_beats()
+    seen = time.time() - 40  # silent for 40 s; its limit is 3 x 10 s
+    Node.create(
+        cluster=clusters.ensure_default(),
+        name="n1",
+        state=NodeState.ONLINE.value,
+        agent_id="a",
+        epoch=1,
+        last_seen_at=seen,
+        silence_deadline=seen + 30,
+        facts={"heartbeat_interval": 10.0},
+    )
+    topics = Topics(unique("t"))
+    bridge = Bridge(MqttUrl(*MOSQUITTO), topics, TaskEngine(topics))  # not started: the sweep is called directly
+    try:
+        bridge._stalled_since = time.monotonic() - 20
+        bridge._sweep_once(time.monotonic())
+        assert Node.get(Node.name == "n1").state == NodeState.ONLINE.value
+        bridge._stalled_since = None
+        bridge._sweep_once(time.monotonic() - 5)  # queued 5 s ago: judged as of then, still 35 s of silence
+        row = Node.get(Node.name == "n1")
+        assert row.state == NodeState.UNREACHABLE.value and row.state_changed_at < time.time() - 4
+    finally:
         db.close()
 
 
