@@ -270,14 +270,12 @@ class Bridge:
             return
         except queue.Full:
             pass
-        log.warning("inbox full (%d messages): waiting for the worker before taking more", self._inbox.maxsize)
-        started = time.monotonic()
-        if self._stalled_since is None:
-            self._stalled_since = started
+        if self._stalled_since is None:  # once per stall: the worker logs when it has caught up
+            self._stalled_since = time.monotonic()
+            log.warning("inbox full (%d messages): waiting for the worker before taking more", self._inbox.maxsize)
         while not self._stop.is_set():
             try:
                 self._inbox.put(item, timeout=INBOX_WAIT_SECONDS)
-                log.info("inbox has room again after %.1fs", time.monotonic() - started)
                 return
             except queue.Full:
                 continue
@@ -287,8 +285,9 @@ class Bridge:
     # ---- worker ---------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            if self._inbox.empty():
-                self._stalled_since = None  # caught up with what the broker delivered
+            if self._inbox.empty() and self._stalled_since is not None:  # caught up with what the broker delivered
+                log.info("inbox empty again after %.1fs behind", time.monotonic() - self._stalled_since)
+                self._stalled_since = None
             item = self._inbox.get()
             if item is None:
                 break

@@ -171,6 +171,17 @@ def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):
     assert nodes.handle_hello("default", "n1", hello(9, "one"), now=t0).accepted
     again = nodes.handle_hello("default", "n1", hello(9, "two"), now=t0 + 1)
     assert again.accepted and again.nonce == "two" and again.epoch == 9
+    # later (a control presence asks every agent again) one read of the row answers it, without a write
+    seen = Node.get(Node.name == "n1").last_seen_at
+    assert nodes.handle_hello("default", "n1", hello(9, "late"), now=t0 + nodes.HELLO_KEEP_SECONDS + 5).accepted
+    assert Node.get(Node.name == "n1").last_seen_at == seen
+    # a row another server changed meanwhile (it called the node Unreachable): that read sees it, and the
+    # hello takes the full path (written, Online again)
+    Node.update(state="Unreachable").execute()
+    later = t0 + 2 * nodes.HELLO_KEEP_SECONDS + 10
+    assert nodes.handle_hello("default", "n1", hello(9, "again"), now=later).accepted
+    row = Node.get(Node.name == "n1")
+    assert row.state == "Online" and row.last_seen_at == later
     # the node's connection is lost: a repeat of that hello takes the full path, and is judged again
     nodes.handle_presence("default", "n1", Presence(state="offline", epoch=9), now=t0 + 2)
     assert Node.get(Node.name == "n1").state == "Unreachable"

@@ -29,6 +29,7 @@ from broker.messages import (
     ShdReport,
     TaskKind,
     check_name,
+    check_node_proof,
 )
 from control.errors import Conflict, NotFound
 from control.services import enrolment, events, heartbeats, metrics
@@ -73,9 +74,10 @@ HELLO_KEEP_SECONDS = 60.0
 def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | None = None) -> Registration:
     """Check a hello and answer it.
 
-    A hello repeated by the connection that was just accepted (same agent, epoch and proof: its
-    answer was slow or lost) is answered again without a transaction; any change of the node's
-    row (state, epoch, credential, removal) forgets the accepted hello first.
+    A hello repeated by the connection that was accepted (same agent, epoch and proof: its answer
+    was slow or lost, or a control presence asked every agent again) is answered without a
+    transaction: within HELLO_KEEP_SECONDS at once, later after one read of the node's row. Any
+    change of the row on this server (state, epoch, credential, removal) forgets the accepted hello.
     """
     now = now or time.time()
     key = (cluster_name, node_name)
@@ -85,7 +87,13 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
         with _beats_lock:
             accepted = _hellos.get(key)
         repeated = accepted is not None and accepted[:3] == (hello.epoch, hello.agent_id, hello.proof)
-        if repeated and accepted is not None and now - accepted[3] < HELLO_KEEP_SECONDS:
+        if (
+            repeated
+            and accepted is not None
+            and (now - accepted[3] < HELLO_KEEP_SECONDS or _still_registered(cluster_name, node_name, hello))
+        ):
+            with _beats_lock:
+                _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
             return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
         answer, node = _handle_hello(cluster_name, node_name, hello, now)
@@ -101,6 +109,27 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
             _beats[key] = kept
     return answer
+
+
+def _still_registered(cluster_name: str, node_name: str, hello: Hello) -> bool:
+    """The node's row still holds this hello's connection (Online, same agent and epoch) and its proof
+    still fits the stored credential: one read instead of a transaction. Every agent says hello again
+    at a control presence (a server start, a takeover), each with the connection it already has."""
+    node = first(
+        Node.select(Node.epoch, Node.agent_id, Node.state, Node.credential_hash)
+        .join(Cluster)
+        .where((Cluster.name == cluster_name) & (Node.name == node_name))
+    )
+    return (
+        node is not None
+        and node.epoch == hello.epoch
+        and node.agent_id == hello.agent_id
+        and node.state == NodeState.ONLINE.value
+        and bool(node.credential_hash)
+        and check_node_proof(
+            str(node.credential_hash), cluster_name, node_name, hello.agent_id, hello.epoch, hello.proof
+        )
+    )
 
 
 def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -> tuple[Registration, Node | None]:
