@@ -85,7 +85,19 @@ from broker.topics import Topics
 from control.client.sse import aparse_sse
 
 BIN = str(Path(sys.executable).parent / "glusterctl")
-MOSQUITTO = ("127.0.0.1", 1883)
+MOSQUITTO = ("127.0.0.1", 1883)  # the machine's own Mosquitto (--mosquitto system)
+# what a broker in front of a large fleet needs (docs/mosquitto.md, "Large fleets"): the control service reads
+# with backpressure, so the broker must hold what it has not read yet instead of dropping it
+PRIVATE_MOSQUITTO_CONF = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+max_connections -1
+max_queued_messages {queued}
+persistence false
+log_dest file {log}
+log_type error
+log_type warning
+"""
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLUSTER = "default"
 METADATA_HEAD = re.compile(rb'\{"cluster":"[^"]*","version":(\d+),')  # how a MetadataDocument's JSON begins
@@ -368,20 +380,60 @@ def _quiet(fut: asyncio.Future[Any]) -> None:
 
 
 # ---- the server under test --------------------------------------------------------------------
+class PrivateMosquitto:
+    """A Mosquitto of the run's own, configured for a fleet of ``agents`` (PRIVATE_MOSQUITTO_CONF)."""
+
+    def __init__(self, tmp: Path, agents: int) -> None:
+        self.port = free_port()
+        self.log_path = tmp / "mosquitto.log"
+        conf = tmp / "mosquitto.conf"
+        queued = max(100_000, 10 * agents)
+        conf.write_text(PRIVATE_MOSQUITTO_CONF.format(port=self.port, queued=queued, log=self.log_path))
+        self.popen = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.popen.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the private Mosquitto did not start: {self.log()[-500:]}") from None
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def dropped(self) -> int:
+        """How often the broker said it dropped messages for a client that did not read them in time."""
+        return self.log().count("Outgoing messages are being dropped")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
 class ServerProc:
-    def __init__(self, tmp: Path, broker: str, db_url: str | None) -> None:
+    def __init__(self, tmp: Path, broker: str, db_url: str | None, mosquitto: tuple[str, int] = MOSQUITTO) -> None:
         self.tmp = tmp
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.root = "glusterctl" if broker == "embedded" else f"fleet{uuid.uuid4().hex[:8]}"
-        self.mqtt_port = free_port() if broker == "embedded" else MOSQUITTO[1]
+        self.mqtt_port = free_port() if broker == "embedded" else mosquitto[1]
         self.data_dir = tmp / "server"
         argv = [BIN, "server", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.http_port}"]
         argv += ["--mqtt-root", self.root]
         if broker == "embedded":
             argv += ["--mqtt", f"127.0.0.1:{self.mqtt_port}"]
         else:
-            argv += ["--mqtt-url", f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"]
+            argv += ["--mqtt-url", f"mqtt://{mosquitto[0]}:{mosquitto[1]}"]
         if db_url:
             argv += ["--db", db_url]
         self.argv = argv
@@ -989,8 +1041,9 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             for o in r["offers"]
         ),
         (
-            "messages dropped (mqtt / heartbeats)",
-            f"{fmt(dropped['mqtt_messages'], '.0f')} / {fmt(dropped['heartbeats'], '.0f')}",
+            "messages dropped (mqtt / heartbeats" + (" / broker's drop warnings)" if "broker" in dropped else ")"),
+            f"{fmt(dropped['mqtt_messages'], '.0f')} / {fmt(dropped['heartbeats'], '.0f')}"
+            + (f" / {dropped['broker']}" if "broker" in dropped else ""),
             "0",
         ),
         (
@@ -1021,16 +1074,21 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     db_url = None
     if args.db == "postgresql":
         pg_name, db_url = private_postgres()
-    server = ServerProc(tmp, args.broker, db_url)
+    private = None
+    if args.broker == "mosquitto" and args.mosquitto == "private":
+        private = await asyncio.to_thread(PrivateMosquitto, tmp, args.agents)
+    server = ServerProc(tmp, args.broker, db_url, ("127.0.0.1", private.port) if private else MOSQUITTO)
     fleet: Fleet | None = None
     try:
         await asyncio.to_thread(server.start)
         fleet = Fleet(args, server)
         results = await fleet.run()
         results["log"] = server_log_problems(server.log())
+        if private is not None:
+            results["dropped"]["broker"] = private.dropped()
         results["config"] = {
             "agents": args.agents,
-            "broker": args.broker,
+            "broker": args.broker if private is None else "mosquitto (private)",
             "db": args.db,
             "heartbeat": args.heartbeat,
             "duration": args.duration,
@@ -1043,7 +1101,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(server.stop)
         if args.keep_log:
             shutil.copy(server.log_path, args.keep_log)
-        if server.root != "glusterctl":
+        if private is not None:
+            private.stop()
+        elif server.root != "glusterctl":
             clear_retained(server.root)
         shutil.rmtree(tmp, ignore_errors=True)
         if pg_name:
@@ -1086,6 +1146,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=1000, help="simulated agents (default 1000)")
     parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
+    parser.add_argument(
+        "--mosquitto",
+        choices=("private", "system"),
+        default="private",
+        help="with --broker mosquitto: a Mosquitto of the run's own, configured for a large fleet "
+        "(docs/mosquitto.md; default), or the one at 127.0.0.1:1883 with a private topic root",
+    )
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds the agents are held (default 60)")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="agents' heartbeat interval (default 10)")
@@ -1122,7 +1189,10 @@ def main(argv: list[str] | None = None) -> int:
     # stopped from outside (timeout, kill): unwind as for Ctrl-C, so the server, its private
     # database and its retained topics go too
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if args.broker == "mosquitto":
+    if args.broker == "mosquitto" and args.mosquitto == "private" and not shutil.which("mosquitto"):
+        print("no mosquitto binary: install the mosquitto package, or pass --mosquitto system", file=sys.stderr)
+        return 2
+    if args.broker == "mosquitto" and args.mosquitto == "system":
         try:
             socket.create_connection(MOSQUITTO, timeout=2).close()
         except OSError:
@@ -1142,6 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
         results["storm"]["online"] >= args.agents
         and not results["dropped"]["mqtt_messages"]
         and not results["dropped"]["heartbeats"]
+        and not results["dropped"].get("broker")
     )
     return 0 if ok else 1
 
