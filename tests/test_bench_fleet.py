@@ -1,21 +1,30 @@
 """bench/fleet.py end to end at a small size, so that the benchmark cannot rot: 20 simulated agents on
-the embedded broker and SQLite, every figure present, all agents Online, nothing dropped."""
+the embedded broker and SQLite, and on a private Mosquitto and PostgreSQL; every figure present, all
+agents Online, nothing dropped."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_fleet_bench_smoke():
-    argv = [sys.executable, str(ROOT / "bench" / "fleet.py"), "--agents", "20", "--broker", "embedded"]
+@pytest.mark.parametrize("broker,db", [("embedded", "sqlite"), ("mosquitto", "postgresql")])
+def test_fleet_bench_smoke(broker, db, request):
+    if broker == "mosquitto":
+        if not shutil.which("mosquitto"):
+            pytest.skip("no mosquitto binary")
+        request.getfixturevalue("postgres_url")  # skips without PostgreSQL
+    argv = [sys.executable, str(ROOT / "bench" / "fleet.py"), "--agents", "20", "--broker", broker]
     argv += [
         "--db",
-        "sqlite",
+        db,
         "--duration",
         "2",
         "--heartbeat",
@@ -32,7 +41,8 @@ def test_fleet_bench_smoke():
     r = json.loads(proc.stdout)
     assert r["storm"]["online"] == 20 and r["storm"]["seconds"] is not None, r["storm"]
     assert not r["storm"]["refusals"], r["storm"]
-    assert r["dropped"] == {"mqtt_messages": 0, "heartbeats": 0}, r["dropped"]
+    expected = {"mqtt_messages": 0, "heartbeats": 0, **({"broker": 0} if broker == "mosquitto" else {})}
+    assert r["dropped"] == expected, r["dropped"]
     held = r["held"]
     assert held["cpu_percent"] >= 0 and held["rss_mib"] > 0
     assert held["heartbeats_per_second"] > 0, held
@@ -40,7 +50,9 @@ def test_fleet_bench_smoke():
     assert dispatch["failed_count"] == 0, dispatch
     assert 0 < dispatch["p50_ms"] <= dispatch["p99_ms"], dispatch
     frozen = r["frozen"]
-    assert frozen["seconds"] is not None and frozen["seconds"] <= frozen["limit"], frozen
+    assert frozen["seconds"] is not None, frozen
+    if broker == "embedded":  # Mosquitto sends a frozen client's last-will seconds late at a 2 s keepalive
+        assert frozen["seconds"] <= frozen["limit"], frozen
     base = r["baseline"]
     assert base["messages_per_second"] > 0 and base["round_trip_p50_ms"] > 0, base
     assert r["log"]["database is locked"] == 0, r["log"]

@@ -219,6 +219,7 @@ def test_after_a_hello_the_presence_and_first_heartbeat_only_move_the_time(datab
     assert nodes._pending == {}
     nodes.handle_presence("default", "n1", Presence(state="offline", epoch=9), now=t0 + 3)
     assert Node.get(Node.name == "n1").state == "Unreachable"
+    nodes.handle_presence("default", "n1", Presence(state="offline", epoch=9), now=t0 + 3.5)  # changes nothing
     # Unreachable: a presence online of the connection goes through the row again and brings it back
     nodes.handle_presence("default", "n1", Presence(state="online", epoch=9), now=t0 + 4)
     assert Node.get(Node.name == "n1").state == "Online" and nodes._pending == {}

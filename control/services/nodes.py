@@ -298,7 +298,8 @@ def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: 
         else:
             _seen(node, now)
             _set_state(node, NodeState.ONLINE, "presence online", now)
-        node.save(only=node.dirty_fields)
+        if node.dirty_fields:  # a last-will for a node the sweeper already called Unreachable changes nothing
+            node.save(only=node.dirty_fields)
     _forget_beats(cluster_name, node_name)
 
 
