@@ -94,7 +94,7 @@ allow_anonymous true
 max_connections -1
 max_queued_messages {queued}
 persistence false
-log_dest file {log}
+log_dest stderr
 log_type error
 log_type warning
 """
@@ -388,10 +388,11 @@ class PrivateMosquitto:
         self.log_path = tmp / "mosquitto.log"
         conf = tmp / "mosquitto.conf"
         queued = max(100_000, 10 * agents)
-        conf.write_text(PRIVATE_MOSQUITTO_CONF.format(port=self.port, queued=queued, log=self.log_path))
-        self.popen = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        conf.write_text(PRIVATE_MOSQUITTO_CONF.format(port=self.port, queued=queued))
+        with open(self.log_path, "wb") as log:  # its own log file would be written as the mosquitto user
+            self.popen = subprocess.Popen(
+                ["mosquitto", "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + 10
         while True:
             try:

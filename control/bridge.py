@@ -54,7 +54,11 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 1.0
 KEEPALIVE = 15
-INBOX_SIZE = 10_000  # messages waiting for the worker; past that on_message waits (backpressure)
+# messages waiting for the worker; past that on_message waits (backpressure). Waiting holds paho's one network
+# thread: nothing goes out meanwhile (registration answers, tasks) and past 1.5 x KEEPALIVE the broker drops
+# the connection, so the inbox holds a whole registration storm's messages (some 5 per agent at 10,000
+# agents; a message is a few hundred bytes) and waiting stays the last resort
+INBOX_SIZE = 100_000
 INBOX_WAIT_SECONDS = 0.5  # how often a waiting on_message checks whether the bridge stops
 DB_RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between tries of a message while the database is out
 SCHEDULE_TIMEOUT = 5.0  # how long a scheduled call waits for room in the inbox
