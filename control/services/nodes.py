@@ -215,7 +215,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
             _apply_facts(node, facts, now)
             _seen(node, now)
             _set_state(node, NodeState.ONLINE, f"connected (epoch {hello.epoch})", now)
-            node.save()
+            node.save(only=node.dirty_fields)  # not the unchanged columns (the facts JSON, mostly)
             _forget_beats(cluster_name, node_name)
         if new_credential and hello.node_secret is not None:
             # inside the transaction: if the broker user cannot be made, nothing is stored either
