@@ -223,3 +223,48 @@ def test_after_a_hello_the_presence_and_first_heartbeat_only_move_the_time(datab
     # Unreachable: a presence online of the connection goes through the row again and brings it back
     nodes.handle_presence("default", "n1", Presence(state="online", epoch=9), now=t0 + 4)
     assert Node.get(Node.name == "n1").state == "Online" and nodes._pending == {}
+
+
+def test_a_known_agent_connecting_again_moves_its_row_in_one_statement(database):
+    from broker.messages import Hello, node_key, node_proof
+    from control.services import enrolment, nodes
+    from control.store.models import Node
+
+    row = make_node("n1", epoch=5)
+    secret = "s" * 43
+    enrolment.set_credential(row, secret)
+    row.save()
+    key = node_key(secret)
+    facts = NodeFacts(hostname="n1", heartbeat_interval=2.0)
+
+    def hello(epoch: int, proof: str | None = None, **update) -> Hello:
+        proof = proof or node_proof(key, "default", "n1", "a" * 32, epoch)
+        return Hello(
+            agent_id="a" * 32, epoch=epoch, proof=proof, nonce=f"n{epoch}", facts=facts.model_copy(update=update)
+        )
+
+    t0 = time.time()
+    assert nodes.handle_hello("default", "n1", hello(9), now=t0).accepted  # the full path keeps the row
+    statements = []
+    database.execute_sql = lambda sql, params=None, **kw: (
+        statements.append(sql) or type(database).execute_sql(database, sql, params, **kw)
+    )
+    try:
+        assert nodes.handle_hello("default", "n1", hello(10), now=t0 + 1).accepted
+    finally:
+        del database.execute_sql
+    assert len(statements) == 1 and statements[0].startswith("UPDATE"), statements  # no transaction
+    row = Node.get(Node.name == "n1")
+    assert row.epoch == 10 and row.last_seen_at == t0 + 1 and row.state == "Online"
+    assert not nodes.handle_heartbeat("default", "n1", beat(9, 1, 1.0), now=t0 + 2)  # the old connection's
+    assert nodes.handle_heartbeat("default", "n1", beat(10, 1, 1.0), now=t0 + 2)
+    # a forged proof is never taken from what was kept
+    assert not nodes.handle_hello("default", "n1", hello(11, proof="0" * 64), now=t0 + 3).accepted
+    # the row changed elsewhere (another server called it Unreachable): the full path decides, and writes
+    Node.update(state="Unreachable").execute()
+    assert nodes.handle_hello("default", "n1", hello(12), now=t0 + 4).accepted
+    row = Node.get(Node.name == "n1")
+    assert row.epoch == 12 and row.state == "Online"
+    # new facts take the full path too
+    assert nodes.handle_hello("default", "n1", hello(13, hostname="renamed"), now=t0 + 5).accepted
+    assert Node.get(Node.name == "n1").hostname == "renamed"

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import peewee as pw
@@ -95,20 +95,73 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             with _beats_lock:
                 _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
             return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
+        if _reconnected(cluster_name, node_name, hello, now):
+            return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
         answer, node = _handle_hello(cluster_name, node_name, hello, now)
     except _NotEnrolled as exc:
         log.warning("cluster %s node %s: enrolment failed: %s", cluster_name, node_name, exc)
         return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=str(exc))
-    if node is not None and hello.node_secret is None:
+    if node is not None:
         # the node is Online on this connection with these facts, as after a heartbeat's full path: its
-        # presence and first heartbeat need no transaction (its first reports are read against the rows once)
+        # presence and first heartbeat need no transaction (its first reports are read against the rows once),
+        # and the agent's next connection (the one after an enrolment, a reconnect) one statement
         facts = _volatile_free(hello.facts.model_dump())  # what a heartbeat reporting the same facts compares
-        kept = _Beat(node.id, node.cluster_id, node.epoch, facts, silence_limit(node), now, None)
+        kept = _Beat(
+            node.id,
+            node.cluster_id,
+            node.epoch,
+            facts,
+            silence_limit(node),
+            now,
+            None,
+            node.agent_id,
+            node.credential_hash,
+        )
         with _beats_lock:
-            _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+            if hello.node_secret is None:
+                _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
             _beats[key] = kept
     return answer
+
+
+def _reconnected(cluster_name: str, node_name: str, hello: Hello, now: float) -> bool:
+    """The agent of a node kept here (Online, same agent and facts) connected again with a newer epoch and
+    proves the stored credential: move the row to the new connection with one conditional UPDATE, no
+    transaction. The row must still be as kept (same epoch, agent and credential, Online); else, or for
+    anything else, the full path decides."""
+    key = (cluster_name, node_name)
+    with _beats_lock:
+        known = _beats.get(key)
+    if (
+        known is None
+        or not known.credential
+        or known.agent_id != hello.agent_id
+        or hello.epoch <= known.epoch
+        or known.facts != _volatile_free(hello.facts.model_dump())
+        or not check_node_proof(known.credential, cluster_name, node_name, hello.agent_id, hello.epoch, hello.proof)
+    ):
+        return False
+    moved = (
+        Node.update(epoch=hello.epoch, last_seen_at=now, silence_deadline=now + known.silence)
+        .where(
+            (Node.id == known.node_id)
+            & (Node.epoch == known.epoch)
+            & (Node.agent_id == hello.agent_id)
+            & (Node.credential_hash == known.credential)
+            & (Node.state == NodeState.ONLINE.value)
+        )
+        .execute()
+    )
+    if moved != 1:
+        _forget_beats(cluster_name, node_name)
+        return False
+    kept = replace(known, epoch=hello.epoch, checked=now, reports=None)
+    with _beats_lock:
+        _pending.pop(known.node_id, None)
+        _beats[key] = kept
+        _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+    return True
 
 
 def _still_registered(cluster_name: str, node_name: str, hello: Hello) -> bool:
@@ -329,6 +382,8 @@ class _Beat:
     silence: float
     checked: float
     reports: _Reports | None  # the last reports known to write nothing (None: not read yet)
+    agent_id: str = ""  # the node's agent and credential verifier, for its next connection's hello
+    credential: str | None = None
 
 
 _beats: dict[tuple[str, str], _Beat] = {}
@@ -387,6 +442,8 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
             silence_limit(node),
             now,
             (beat.bricks, beat.shds, beat.devices),
+            node.agent_id,
+            node.credential_hash,
         )
     with _beats_lock:
         _pending.pop(node.id, None)
