@@ -202,10 +202,11 @@ class SimAgent:
         try:
             await conn.subscribe([(self.t.registration(CLUSTER, self.name), 1), (self.t.control_presence(), 1)])
             wait = HELLO_RETRY * random.uniform(0.8, 1.2)
+            self.nonces = set()
+            self._answer = asyncio.get_running_loop().create_future()
             while True:
-                self._answer = asyncio.get_running_loop().create_future()
                 nonce = secrets.token_hex(8)
-                self.nonces = {nonce}
+                self.nonces.add(nonce)  # as the agent: the answer to any hello of this connection will do
                 hello = Hello(
                     agent_id=self.agent_id,
                     epoch=self.epoch,

@@ -268,3 +268,28 @@ def test_a_known_agent_connecting_again_moves_its_row_in_one_statement(database)
     # new facts take the full path too
     assert nodes.handle_hello("default", "n1", hello(13, hostname="renamed"), now=t0 + 5).accepted
     assert Node.get(Node.name == "n1").hostname == "renamed"
+
+
+def test_an_enrolment_asked_again_is_answered_from_what_was_kept_only_with_the_same_secret(database):
+    from broker.messages import Hello, join_proof, make_join_token, new_node_secret, node_key
+    from control.services import clusters, nodes
+    from control.store.models import Event, Node
+
+    cluster = clusters.ensure_default()
+    token = make_join_token(cluster.name, cluster.join_secret)
+    secret = new_node_secret()
+
+    def enrol(nonce: str, node_secret: str) -> Hello:
+        proof = join_proof(token, "n1", "a" * 32, 3)
+        return Hello(agent_id="a" * 32, epoch=3, proof=proof, nonce=nonce, node_secret=node_secret, facts=NodeFacts())
+
+    t0 = time.time()
+    assert nodes.handle_hello("default", "n1", enrol("one", secret), now=t0).accepted
+    events = Event.select().count()
+    # its answer was slow: asked again with the same secret, answered without a write
+    again = nodes.handle_hello("default", "n1", enrol("two", secret), now=t0 + 1)
+    assert again.accepted and again.nonce == "two" and Event.select().count() == events
+    # the same connection asking to store another secret is judged again: refused, the first one stays
+    other = nodes.handle_hello("default", "n1", enrol("three", new_node_secret()), now=t0 + 2)
+    assert not other.accepted and "already enrolled" in other.reason
+    assert Node.get(Node.name == "n1").credential_hash == node_key(secret)

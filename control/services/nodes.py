@@ -30,6 +30,7 @@ from broker.messages import (
     TaskKind,
     check_name,
     check_node_proof,
+    node_key,
 )
 from control.errors import Conflict, NotFound
 from control.services import enrolment, events, heartbeats, metrics
@@ -81,22 +82,24 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
     """
     now = now or time.time()
     key = (cluster_name, node_name)
+    ident = _hello_id(hello)
+    with _beats_lock:
+        accepted = _hellos.get(key)
+    if (
+        accepted is not None
+        and accepted[:3] == ident
+        and (
+            now - accepted[3] < HELLO_KEEP_SECONDS
+            or (hello.node_secret is None and _still_registered(cluster_name, node_name, hello))
+        )
+    ):
+        with _beats_lock:
+            _hellos[key] = (*ident, now)
+        return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     if hello.node_secret is not None:
         _forget_beats(cluster_name, node_name)
-    else:
-        with _beats_lock:
-            accepted = _hellos.get(key)
-        repeated = accepted is not None and accepted[:3] == (hello.epoch, hello.agent_id, hello.proof)
-        if (
-            repeated
-            and accepted is not None
-            and (now - accepted[3] < HELLO_KEEP_SECONDS or _still_registered(cluster_name, node_name, hello))
-        ):
-            with _beats_lock:
-                _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
-            return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
-        if _reconnected(cluster_name, node_name, hello, now):
-            return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
+    elif _reconnected(cluster_name, node_name, hello, now):
+        return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
         answer, node = _handle_hello(cluster_name, node_name, hello, now)
     except _NotEnrolled as exc:
@@ -119,10 +122,16 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             node.credential_hash,
         )
         with _beats_lock:
-            if hello.node_secret is None:
-                _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+            _hellos[key] = (*ident, now)
             _beats[key] = kept
     return answer
+
+
+def _hello_id(hello: Hello) -> tuple[int, str, str]:
+    """What makes a hello the same as an accepted one: its connection, its proof and, for an enrolment, the
+    secret it asked to store (the join token's proof does not cover it)."""
+    secret = node_key(hello.node_secret) if hello.node_secret is not None else ""
+    return (hello.epoch, hello.agent_id, f"{hello.proof}:{secret}")
 
 
 def _reconnected(cluster_name: str, node_name: str, hello: Hello, now: float) -> bool:
@@ -160,7 +169,7 @@ def _reconnected(cluster_name: str, node_name: str, hello: Hello, now: float) ->
     with _beats_lock:
         _pending.pop(known.node_id, None)
         _beats[key] = kept
-        _hellos[key] = (hello.epoch, hello.agent_id, hello.proof, now)
+        _hellos[key] = (*_hello_id(hello), now)
     return True
 
 
@@ -387,7 +396,7 @@ class _Beat:
 
 
 _beats: dict[tuple[str, str], _Beat] = {}
-_hellos: dict[tuple[str, str], tuple[int, str, str, float]] = {}  # the last accepted: epoch, agent, proof, when
+_hellos: dict[tuple[str, str], tuple[int, str, str, float]] = {}  # the last accepted: _hello_id, when
 _pending: dict[int, tuple[int, float, float]] = {}  # node id -> (epoch, last seen, silence deadline)
 _beats_lock = threading.Lock()
 
