@@ -21,7 +21,8 @@ of plain MQTT clients and no control-service logic on their topics):
   request being accepted (the task's ``created_at``) to its final status persisted
   (``finished_at``) (baseline: QoS 1 round trip of one message through the broker);
 * detection of a frozen agent (stops reading and writing its socket, TCP stays open) against
-  1.5 x keepalive + 1 s;
+  1.5 x keepalive + 1 s (baselines: the time the broker sent that agent's last-will, and the
+  broker's last-will for a plain client frozen at the same moment; ``--frozen-tries`` repeats it);
 * the cluster's signed metadata document: the retained payload's size as the agents received it
   (the newest version, and how many agents received that version);
 * metadata offers: the agents keep the newest document they received and, at an ``online`` control
@@ -813,33 +814,44 @@ class Fleet:
             "failed_count": len(failed),
         }
 
-    async def frozen(self, keepalive: int) -> dict[str, Any]:
+    async def frozen(self, keepalive: int, name: str) -> dict[str, Any]:
         """A separate agent with a short keepalive; freeze it and time until the REST API says Unreachable.
 
-        The baseline is the broker's own: a plain client with the same keepalive and a last-will, frozen at
-        the same moment, and the time until a subscriber receives its will (no control service involved)."""
-        agent = SimAgent(self, "simfrozen", keepalive)
+        The baselines are the broker's own: the time until a subscriber receives the frozen agent's own
+        last-will (its ``offline`` presence, as the server receives it), and a plain client with the same
+        keepalive and a last-will, frozen at the same moment (no control service involved). How long each
+        connection had sent nothing at the freeze is reported too: a broker counts its keepalive from the
+        last packet received, so two clients frozen together can be disconnected at different times."""
+        agent = SimAgent(self, name, keepalive)
         self.agents.append(agent)
         self.runs.append(asyncio.create_task(agent.run()))
         limit = 1.5 * keepalive + 1
+        result: dict[str, Any] = {"seconds": None, "limit": limit, "keepalive": keepalive, "broker_seconds": None}
         if await self.wait_online({agent.name}, 60) is None:
-            return {"seconds": None, "limit": limit, "keepalive": keepalive, "broker_seconds": None}
+            return result
         will_topic = f"{self.topics.base}/bench/frozen-will"
+        presence_topic = self.topics.presence(CLUSTER, agent.name)
         if self.args.broker == "embedded":
             user, password = control_username(self.topics), self.server.control_secret()
         else:
             user = password = None
-        will_seen: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        will_seen: asyncio.Future[float] = loop.create_future()
+        agent_will_seen: asyncio.Future[float] = loop.create_future()
 
         def on_will(topic: str, payload: bytes) -> None:
             if topic == will_topic and not will_seen.done():
                 will_seen.set_result(time.monotonic())
+            elif topic == presence_topic and payload and not agent_will_seen.done():
+                presence = Presence.model_validate_json(payload)
+                if presence.state == "offline" and presence.epoch == agent.epoch:
+                    agent_will_seen.set_result(time.monotonic())
 
         watcher, plain = Connection(on_will), Connection()
         await watcher.connect(
             self.mqtt_host, self.mqtt_port, f"fleet-will-watch-{uuid.uuid4().hex[:6]}", user, password
         )
-        await watcher.subscribe([(will_topic, 1)])
+        await watcher.subscribe([(will_topic, 1), (presence_topic, 1)])
         await plain.connect(
             self.mqtt_host,
             self.mqtt_port,
@@ -849,27 +861,31 @@ class Fleet:
             keepalive,
             will=(will_topic, b"gone", 1, False),
         )
-        await asyncio.sleep(1.0)
+        # a hang comes at any moment: tries one after another at a fixed pace would fall in step with a
+        # broker's periodic keepalive check (Mosquitto 2.0 checks every 6 s) and sample one phase of it
+        await asyncio.sleep(1.0 + random.uniform(0.0, limit))
         agent.running = False
         agent.freeze()
         plain.freeze()
         start = time.monotonic()
-        seconds = None
+        assert agent.conn is not None
+        result["agent_silent_seconds"] = start - agent.conn.last_sent
+        result["plain_silent_seconds"] = start - plain.last_sent
         while time.monotonic() - start < 6 * keepalive + 30:
             resp = await self.http.get(f"/api/v1/clusters/{CLUSTER}/nodes/{agent.name}")  # one node: a light read
             if resp.status_code == 200 and resp.json()["state"] == "Unreachable":
-                seconds = time.monotonic() - start
+                result["seconds"] = time.monotonic() - start
                 break
             await asyncio.sleep(0.1)
-        try:
-            broker_seconds: float | None = await asyncio.wait_for(asyncio.shield(will_seen), 6 * keepalive + 30) - start
-        except TimeoutError:
-            broker_seconds = None
+        for key, seen in (("agent_will_seconds", agent_will_seen), ("broker_seconds", will_seen)):
+            try:
+                result[key] = await asyncio.wait_for(asyncio.shield(seen), 6 * keepalive + 30) - start
+            except TimeoutError:
+                result[key] = None
         for conn in (agent.conn, plain):
-            if conn is not None:
-                conn.abort()
+            conn.abort()
         await watcher.disconnect()
-        return {"seconds": seconds, "limit": limit, "keepalive": keepalive, "broker_seconds": broker_seconds}
+        return result
 
     async def offers(self, whole: bool, timeout: float = 300.0) -> dict[str, Any]:
         """Publish an ``online`` control presence (``want: copies`` if ``whole``) and time until the server
@@ -954,7 +970,7 @@ class Fleet:
         r["offers"] = [await self.offers(whole=False)]
         if args.whole_copies:
             r["offers"].append(await self.offers(whole=True))
-        r["frozen"] = await self.frozen(args.frozen_keepalive)
+        r["frozen"] = [await self.frozen(args.frozen_keepalive, f"simfrozen{i}") for i in range(args.frozen_tries)]
         m = await self.metrics()
         newest = max(self.counters.metadata, default=None)
         size, receivers = self.counters.metadata.get(newest, (None, 0)) if newest is not None else (None, 0)
@@ -989,8 +1005,12 @@ def fmt(value: Any, spec: str = ".1f", unit: str = "") -> str:
     return f"{value:{spec}}{unit}"
 
 
+def frozen_try(i: int, r: dict[str, Any]) -> str:
+    return f", try {i + 1} of {len(r['frozen'])}" if len(r["frozen"]) > 1 else ""
+
+
 def table(r: dict[str, Any], args: argparse.Namespace) -> str:
-    b, s, h, d, f = r["baseline"], r["storm"], r["held"], r["dispatch"], r["frozen"]
+    b, s, h, d = r["baseline"], r["storm"], r["held"], r["dispatch"]
     t = r["throughput"]
     dropped = r["dropped"]
     meta = r["metadata"]
@@ -1023,10 +1043,26 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             "",
         ),
         ("broker messages per second", "", f"{fmt(b['messages_per_second'], '.0f')} (QoS 1 burst)"),
-        (
-            f"frozen agent detected, keepalive {f.get('keepalive', args.frozen_keepalive)} s (s)",
-            fmt(f["seconds"]),
-            f"{fmt(f.get('broker_seconds'))} (the broker's own last-will; limit {fmt(f['limit'])})",
+        *(
+            row
+            for i, f in enumerate(r["frozen"])
+            for row in (
+                (
+                    f"frozen agent detected, keepalive {f['keepalive']} s{frozen_try(i, r)} (s)",
+                    fmt(f["seconds"]),
+                    f"{fmt(f.get('agent_will_seconds'))} (the broker sent its last-will; limit {fmt(f['limit'])})",
+                ),
+                (
+                    "  plain client frozen at the same moment (s)",
+                    "",
+                    f"{fmt(f.get('broker_seconds'))} (the broker's own last-will)",
+                ),
+                (
+                    "  silent at the freeze, agent / plain client (s)",
+                    "",
+                    f"{fmt(f.get('agent_silent_seconds'))} / {fmt(f.get('plain_silent_seconds'))} (last packet sent)",
+                ),
+            )
         ),
         (
             "metadata document as published (KiB)",
@@ -1160,6 +1196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, default=10.0, help="agents' heartbeat interval (default 10)")
     parser.add_argument("--keepalive", type=int, default=10, help="agents' MQTT keepalive (default 10, as the agent)")
     parser.add_argument("--frozen-keepalive", type=int, default=4, help="keepalive of the agent that freezes")
+    parser.add_argument(
+        "--frozen-tries", type=int, default=1, help="agents frozen one after another, each timed (default 1)"
+    )
     parser.add_argument("--tasks", type=int, default=200, help="probe tasks for each dispatch figure (default 200)")
     parser.add_argument(
         "--task-rate",
@@ -1181,6 +1220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--agents must be at least 1")
     if args.duration <= 0 or args.heartbeat <= 0:
         parser.error("--duration and --heartbeat must be positive")
+    if args.frozen_keepalive < 1 or args.frozen_tries < 1:
+        parser.error("--frozen-keepalive and --frozen-tries must be at least 1")
     if args.tasks < 1 or args.task_rate <= 0:
         parser.error("--tasks must be at least 1 and --task-rate positive")
     return args

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
@@ -50,6 +51,7 @@ class Connection:
         self._tasks: list[asyncio.Task[None]] = []
         self._connack: asyncio.Future[int] | None = None
         self.frozen = False
+        self.last_sent = 0.0  # time.monotonic() of the last packet written: a broker's keepalive counts from it
 
     async def connect(
         self,
@@ -78,6 +80,7 @@ class Connection:
         body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
         self._connack = asyncio.get_running_loop().create_future()
         self.writer.write(_packet(CONNECT, 0, body))
+        self.last_sent = time.monotonic()
         self._tasks.append(asyncio.create_task(self._read_loop()))
         try:
             code = await asyncio.wait_for(self._connack, timeout)
@@ -120,6 +123,7 @@ class Connection:
         if self.frozen or self.writer is None or self.closed.is_set():
             return
         self.writer.write(data)
+        self.last_sent = time.monotonic()
 
     async def _ping_loop(self, keepalive: int) -> None:
         while not self.closed.is_set():
