@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
+from transitions import MachineError
 
 from broker.dynsec import parse_username
 from broker.messages import node_named_by
@@ -190,23 +192,6 @@ class GlusterctlAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is un
         return True
 
 
-class GlusterctlTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt is untyped
-    @dataclass
-    class Config:
-        access: Any = None
-
-    async def topic_filtering(
-        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
-    ) -> bool | None:
-        if session is None or topic is None:
-            return False
-        access: AccessControl = self.config.access
-        ok = access.allowed(session.client_id, topic, action)
-        if not ok and action != Action.RECEIVE:
-            log.warning("MQTT client %s (user %r) may not %s %s", session.client_id, session.username, action, topic)
-        return ok
-
-
 # amqtt's subscription table: topic filter -> [(session, qos)]
 _Holders = list[tuple[Session, int]]
 
@@ -358,6 +343,11 @@ class _SubscriptionTable(_Indexed):
     def values(self) -> dict_values[str, _Holders]:
         return self._snapshot().values()
 
+    def __repr__(self) -> str:
+        # amqtt 0.12 logs repr(subscriptions) at debug level after every SUBSCRIBE, building the string
+        # even when debug is off: every holder of every filter each time (30 s of 3,000 connects)
+        return f"<{dict.__len__(self)} topic filters>"
+
 
 class _RetainedTable(_Indexed):
     """amqtt's retained messages (topic -> message), with the topics in a TopicTrie."""
@@ -379,6 +369,7 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._subscriptions = _SubscriptionTable()
         self._retained_messages = _RetainedTable()
         self._held: dict[str, set[str]] = {}  # client id -> the filters it subscribed to
+        self._by_user: dict[str, set[str]] = {}  # user name -> client ids it logged in with (some may be gone)
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -426,6 +417,7 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             session.parent = 0
         session.glusterctl_authenticated = True
         self.access.identities[session.client_id] = ident
+        self._by_user.setdefault(session.username or "", set()).add(session.client_id)
         _enforce_keepalive(handler, session)
         return handler, session
 
@@ -461,16 +453,84 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         # the login was checked in _initialize_client_session
         return bool(getattr(session, "glusterctl_authenticated", False))
 
+    async def _handle_client_session(
+        self,
+        reader: Any,
+        writer: Any,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Any,
+        listener_name: str,
+    ) -> None:
+        """amqtt 0.12's session lifecycle, sending retained messages for the session's own filters only.
+
+        amqtt called the retained-message delivery for every filter of every client at each connect
+        (our override returns at once for the others, but thousands of calls per connect made a
+        registration storm quadratic). Everything else is amqtt's: take-over of a connected client id,
+        CONNACK, the CLIENT_CONNECTED event, messages queued while the session was away.
+        """
+        authenticated = await self._authenticate(client_session, self.listeners_config[listener_name])
+        if client_session.client_id is None:
+            raise AMQTTError("client id was not set")
+        while True:
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    log.info("MQTT client %s is already connected: taking over", client_session.client_id)
+                    old_handler = self._sessions[client_session.client_id][1]
+                    await old_handler.handle_connection_closed()
+                    await old_handler.stop()
+                    break
+                await asyncio.sleep(1)  # amqtt's wait for a client that reconnects while it is being disconnected
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_session.client_id] = (client_session, handler)
+        await handler.mqtt_connack_authorize(authenticated)
+        if not authenticated:
+            await writer.close()
+            return
+        await self.plugins_manager.fire_event(
+            BrokerEvents.CLIENT_CONNECTED, client_id=client_session.client_id, client_session=client_session
+        )
+        await handler.start()
+        await self._publish_session_retained_messages(client_session)
+        for topic_filter in list(self._held.get(client_session.client_id, ())):
+            await self._publish_retained_messages_for_subscription((topic_filter, QOS_0), client_session)
+        await self._client_message_loop(client_session, handler)
+
+    def may_have_sessions(self, username: str) -> bool:
+        """False if ``username`` has no live session (one dict lookup: safe from any thread)."""
+        return bool(self._by_user.get(username))
+
     async def disconnect_user(self, username: str) -> int:
         """Close every live session of ``username`` (its credential was revoked); the number closed."""
         closed = 0
-        for client_id, (session, handler) in list(self._sessions.items()):
-            if session.username == username and session.transitions.is_connected():
+        for client_id in list(self._by_user.get(username, ())):
+            session, handler = self._sessions.get(client_id, (None, None))
+            if session is not None and session.username == username and session.transitions.is_connected():
                 await self._cut(client_id, handler)
                 closed += 1
         if closed:
             log.info("disconnected %d session(s) of MQTT user %s", closed, username)
         return closed
+
+    async def _delete_session(self, client_id: str) -> None:
+        self._forget_user(self._sessions.get(client_id, (None, None))[0])
+        await super()._delete_session(client_id)
+
+    async def _cleanup_session(self, client_id: str) -> None:
+        self._forget_user(self._sessions.get(client_id, (None, None))[0])
+        await super()._cleanup_session(client_id)
+
+    def _forget_user(self, session: Session | None) -> None:
+        if session is None:
+            return
+        client_ids = self._by_user.get(session.username or "")
+        if client_ids is not None:
+            client_ids.discard(session.client_id)
+            if not client_ids:
+                del self._by_user[session.username or ""]
 
     async def recheck_monitors(self) -> int:
         """Close each monitor session whose clusters are no longer those it logged in with; the number closed.
@@ -501,10 +561,36 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     # retained message for every new subscription, and every subscription of every client at each
     # connect and disconnect; with thousands of agents that was most of the server's CPU.
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        code: int = await super().add_subscription(subscription, session)
-        if code != 0x80:
-            self._held.setdefault(session.client_id, set()).add(subscription[0])
-        return code
+        """amqtt 0.12's checks and QoS; whether the client already holds the filter is looked up in
+        ``_held`` instead of among every holder of the filter (all agents hold the control presence)."""
+        topic_filter, qos = subscription
+        levels = topic_filter.split("/")
+        if any("#" in level and (level != "#" or i != len(levels) - 1) for i, level in enumerate(levels)):
+            return 0x80  # [MQTT-4.7.1-2] '#' only as the whole last level
+        if any("+" in level and level != "+" for level in levels):
+            return 0x80  # [MQTT-4.7.1-3] '+' only as a whole level
+        if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
+            return 0x80
+        max_qos = self.config.get("max-qos", qos)
+        qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
+        held = self._held.setdefault(session.client_id, set())
+        if topic_filter not in held:
+            holders = dict.get(self._subscriptions, topic_filter)
+            if holders is None:
+                holders = self._subscriptions[topic_filter] = []
+            holders.append((session, qos))
+            held.add(topic_filter)
+        return qos
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        """amqtt's hook for every subscribe, publish and (per holder) receive, answered by the ACL.
+
+        Not a topic plugin: amqtt's plugin manager made an asyncio task for each of these checks.
+        """
+        ok = self.access.allowed(session.client_id, topic, action)
+        if not ok and action != Action.RECEIVE:
+            log.warning("MQTT client %s (user %r) may not %s %s", session.client_id, session.username, action, topic)
+        return ok
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         deleted: int = super()._del_subscription(a_filter, session)
@@ -522,7 +608,7 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def _run_broadcast(self, running_tasks: Any) -> None:
         """amqtt's broadcast of one message, to the holders of the filters that match its topic only.
 
-        The receive check is the ACL's own (GlusterctlTopicPlugin is the only topic plugin).
+        The receive check is the ACL's own, as in _topic_filtering.
         """
         broadcast = await self._broadcast_queue.get()
         topic = broadcast["topic"]
@@ -665,7 +751,6 @@ async def start_broker(
         "listeners": listeners,
         "plugins": {
             f"{__name__}.GlusterctlAuthPlugin": {"access": access},
-            f"{__name__}.GlusterctlTopicPlugin": {"access": access},
         },
     }
     broker = GlusterctlBroker(config)

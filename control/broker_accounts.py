@@ -53,6 +53,8 @@ class EmbeddedAccounts:
 
     def _disconnect(self, cluster: str, node: str) -> None:
         username = dynsec.node_username(self.topics, cluster, node)
+        if not self.broker.may_have_sessions(username):
+            return  # a first enrolment: no round trip through the broker's loop, which a storm keeps busy
         future = asyncio.run_coroutine_threadsafe(self.broker.disconnect_user(username), self.loop)
         future.result(DISCONNECT_TIMEOUT)
 
