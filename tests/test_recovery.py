@@ -220,6 +220,37 @@ def test_a_copys_header_proves_its_version_alone(store, tmp_path):
         publisher.stop()
 
 
+def test_a_large_clusters_next_version_waits_for_its_fan_out(store, tmp_path, monkeypatch):
+    """Every node receives each version: the next one of a cluster waits as long as bytes x nodes take at
+    FANOUT_BYTES_PER_SECOND (here made small), at most FANOUT_PAUSE_MAX; a broker reconnect does not wait."""
+    from broker.topics import Topics
+    from control.services import clusters, metadata
+
+    monkeypatch.setattr(metadata, "FANOUT_BYTES_PER_SECOND", 100.0)
+    for i in range(3):
+        _enrol(clusters.get("default"), f"n{i}")
+
+    class Published(list):
+        def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+            self.append(len(payload))
+
+    sent = Published()
+    publisher = metadata.MetadataPublisher(Topics(), sent, metadata.load_or_create_key(str(tmp_path)))
+    try:
+        assert publisher.publish_changed() == 1
+        pause = publisher._next_at["default"] - time.monotonic()
+        assert pause == pytest.approx(min(metadata.FANOUT_PAUSE_MAX, sent[0] * 3 / 100.0), abs=1) and pause > 1
+        _enrol(clusters.get("default"), "n3")  # a new version
+        assert publisher.publish_changed() == 0  # waits
+        publisher._next_at["default"] = time.monotonic()  # its pause is over
+        assert publisher.publish_changed() == 1 and len(sent) == 2
+        _enrol(clusters.get("default"), "n4")
+        publisher.republish_all()  # after a reconnect the retained copy may be gone: no wait
+        assert publisher.publish_changed() == 1 and len(sent) == 3
+    finally:
+        publisher.stop()
+
+
 def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path, caplog):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

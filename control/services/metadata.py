@@ -53,6 +53,11 @@ FORMAT = 1
 KEY_FILE = "metadata.key"
 DEBOUNCE_SECONDS = 0.5  # a burst of changes (a volume create) goes out as one document, this long after the last
 CHECK_INTERVAL = 5.0  # and every this often the versions are compared anyway (a change whose event came early)
+# every node receives each version: after publishing one, a cluster's next waits until its fan-out (bytes x
+# nodes) would have taken this long at FANOUT_BYTES_PER_SECOND, at most FANOUT_PAUSE_MAX seconds. A few
+# nodes never wait; 10,000 nodes registering at once get a version a minute, not one per debounce.
+FANOUT_BYTES_PER_SECOND = 50e6
+FANOUT_PAUSE_MAX = 60.0
 
 
 class MetadataError(Exception):
@@ -258,6 +263,7 @@ class MetadataPublisher:
         self.public_key = public_key_text(key)
         self._published: dict[str, int] = {}  # cluster -> version last published
         self._too_large: dict[str, int] = {}  # cluster -> version found over the size limit (logged once)
+        self._next_at: dict[str, float] = {}  # cluster -> monotonic time before which its next version waits
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._paused = False
@@ -288,6 +294,7 @@ class MetadataPublisher:
     def republish_all(self) -> None:
         """Publish every cluster's document again (after a broker reconnect: its retained copy may be gone)."""
         self._published.clear()
+        self._next_at.clear()
         self._wake.set()
 
     def offered(self, cluster: str, node: str, message: MetadataCopy) -> bool:
@@ -349,8 +356,8 @@ class MetadataPublisher:
             del self._published[name]
             log.info("cluster %s: metadata document cleared (cluster deleted)", name)
         for name, version in sorted(versions.items()):
-            if self._published.get(name) == version:
-                continue
+            if self._published.get(name) == version or time.monotonic() < self._next_at.get(name, 0.0):
+                continue  # published, or its last version's fan-out still counts (checked again every CHECK_INTERVAL)
             document = current(name)
             if document is None:
                 continue
@@ -373,6 +380,8 @@ class MetadataPublisher:
                 continue
             self.publisher.publish(self.topics.cluster_metadata(name), payload, qos=1, retain=True)
             self._published[name] = envelope.version
+            fanout = len(payload) * len(document.get("nodes", []))
+            self._next_at[name] = time.monotonic() + min(FANOUT_PAUSE_MAX, fanout / FANOUT_BYTES_PER_SECOND)
             log.info(
                 "cluster %s: metadata version %d published (%d bytes, %s)",
                 name,
