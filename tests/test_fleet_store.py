@@ -293,3 +293,21 @@ def test_an_enrolment_asked_again_is_answered_from_what_was_kept_only_with_the_s
     other = nodes.handle_hello("default", "n1", enrol("three", new_node_secret()), now=t0 + 2)
     assert not other.accepted and "already enrolled" in other.reason
     assert Node.get(Node.name == "n1").credential_hash == node_key(secret)
+
+
+def test_the_recheck_reads_the_row_again_and_writes_only_when_it_changed(database):
+    from control.services import nodes
+    from control.store.models import Node
+
+    make_node("n1")
+    t0 = time.time()
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 1, 1.0), now=t0)  # the full path
+    later = t0 + nodes.RECHECK_SECONDS + 1
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 2, 2.0), now=later)  # read again: unchanged, kept
+    assert Node.get(Node.name == "n1").last_seen_at == t0 and nodes._pending
+    nodes.flush_seen()
+    Node.update(state="Unreachable").execute()  # another server called it Unreachable meanwhile
+    much_later = later + nodes.RECHECK_SECONDS + 1
+    assert nodes.handle_heartbeat("default", "n1", beat(7, 3, 3.0), now=much_later)
+    row = Node.get(Node.name == "n1")
+    assert row.state == "Online" and row.last_seen_at == much_later  # the full path wrote it
