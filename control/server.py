@@ -384,6 +384,9 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
+            # longer than clients keep idle connections (httpx: 5 s), so a client never sends on a connection
+            # the server is closing at that moment (a reset request under load)
+            timeout_keep_alive=30,
             ssl_certfile=server_cert.cert if server_cert else None,
             ssl_keyfile=server_cert.key if server_cert else None,
         )
