@@ -41,6 +41,18 @@ def make_node(name: str, epoch: int = 7, interval: float = 2.0, seen: float | No
     )
 
 
+def enrolled_node(name: str, epoch: int) -> str:
+    """A node row with a credential: the key its agent proves hellos with."""
+    from broker.messages import node_key
+    from control.services import enrolment
+
+    row = make_node(name, epoch=epoch)
+    secret = "s" * 43
+    enrolment.set_credential(row, secret)
+    row.save()
+    return node_key(secret)
+
+
 def beat(epoch: int, seq: int, uptime: float, bricks=()) -> Heartbeat:
     facts = NodeFacts(hostname="n1", heartbeat_interval=2.0, uptime_seconds=uptime)
     return Heartbeat(epoch=epoch, seq=seq, at=time.time(), facts=facts, bricks=list(bricks))
@@ -153,15 +165,11 @@ def test_brick_changes_take_the_full_path(database):
 
 
 def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):
-    from broker.messages import Hello, node_key, node_proof
-    from control.services import enrolment, nodes
+    from broker.messages import Hello, node_proof
+    from control.services import nodes
     from control.store.models import Node
 
-    row = make_node("n1", epoch=5)
-    secret = "s" * 43
-    enrolment.set_credential(row, secret)
-    row.save()
-    key = node_key(secret)
+    key = enrolled_node("n1", epoch=5)
 
     def hello(epoch: int, nonce: str) -> Hello:
         proof = node_proof(key, "default", "n1", "a" * 32, epoch)
@@ -193,24 +201,22 @@ def test_a_repeated_hello_is_answered_again_until_the_node_changes(database):
 
 
 def test_after_a_hello_the_presence_and_first_heartbeat_only_move_the_time(database):
-    from broker.messages import Hello, node_key, node_proof
-    from control.services import enrolment, nodes
+    from broker.messages import Hello, node_proof
+    from control.services import nodes
     from control.store.models import Node
 
-    row = make_node("n1", epoch=5)
-    secret = "s" * 43
-    enrolment.set_credential(row, secret)
-    row.save()
+    key = enrolled_node("n1", epoch=5)
+    row_id = Node.get(Node.name == "n1").id
     facts = NodeFacts(hostname="n1", heartbeat_interval=2.0, uptime_seconds=1.0)
-    proof = node_proof(node_key(secret), "default", "n1", "a" * 32, 9)
+    proof = node_proof(key, "default", "n1", "a" * 32, 9)
     t0 = time.time()
     assert nodes.handle_hello(
         "default", "n1", Hello(agent_id="a" * 32, epoch=9, proof=proof, nonce="x", facts=facts), now=t0
     ).accepted
     nodes.handle_presence("default", "n1", Presence(state="online", epoch=9), now=t0 + 1)
-    assert nodes._pending[row.id][:2] == (9, t0 + 1)  # kept, written with the next sweep
+    assert nodes._pending[row_id][:2] == (9, t0 + 1)  # kept, written with the next sweep
     assert nodes.handle_heartbeat("default", "n1", beat(9, 1, 2.0), now=t0 + 2)
-    assert nodes._pending[row.id][:2] == (9, t0 + 2)
+    assert nodes._pending[row_id][:2] == (9, t0 + 2)
     assert Node.get(Node.name == "n1").last_seen_at == t0  # the hello's time, until the flush
     nodes.flush_seen()
     assert Node.get(Node.name == "n1").last_seen_at == t0 + 2
@@ -226,15 +232,11 @@ def test_after_a_hello_the_presence_and_first_heartbeat_only_move_the_time(datab
 
 
 def test_a_known_agent_connecting_again_moves_its_row_in_one_statement(database):
-    from broker.messages import Hello, node_key, node_proof
-    from control.services import enrolment, nodes
+    from broker.messages import Hello, node_proof
+    from control.services import nodes
     from control.store.models import Node
 
-    row = make_node("n1", epoch=5)
-    secret = "s" * 43
-    enrolment.set_credential(row, secret)
-    row.save()
-    key = node_key(secret)
+    key = enrolled_node("n1", epoch=5)
     facts = NodeFacts(hostname="n1", heartbeat_interval=2.0)
 
     def hello(epoch: int, proof: str | None = None, **update) -> Hello:

@@ -212,15 +212,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
         return refuse(str(exc))
     enrolling = hello.node_secret is not None
     with db.atomic():
-        # the node with its cluster in one statement (a known node's hello is most of a reconnect storm)
-        node = first(
-            locked(
-                Node.select(Node, Cluster)
-                .join(Cluster)
-                .where((Cluster.name == cluster_name) & (Node.name == node_name)),
-                of=Node,
-            )
-        )
+        node = _locked_node(cluster_name, node_name)  # with its cluster: one statement
         cluster = node.cluster if node is not None else Cluster.get_or_none(Cluster.name == cluster_name)
         if cluster is None:
             return refuse(
@@ -324,13 +316,18 @@ def _volatile_free(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if k != "uptime_seconds"}
 
 
-def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
-    node = first(
+def _locked_node(cluster_name: str, node_name: str) -> Node | None:
+    """The node's row with its cluster's, locked for this transaction."""
+    return first(
         locked(
             Node.select(Node, Cluster).join(Cluster).where((Cluster.name == cluster_name) & (Node.name == node_name)),
             of=Node,
         )
     )
+
+
+def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
+    node = _locked_node(cluster_name, node_name)
     if node is None or node.epoch != epoch:
         return None
     return node
