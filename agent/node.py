@@ -98,6 +98,8 @@ class Agent:
         self._unsent: list[tuple[str, TaskState, str, dict[str, Any] | None]] = []
         self._status_lock = threading.Lock()
         self.registered = threading.Event()
+        self._keeping = False  # subscribed to the cluster's metadata on this connection (clean sessions)
+        self._keeping_lock = threading.Lock()
         self.exit_code = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -300,6 +302,8 @@ class Agent:
         properties: Properties | None,
     ) -> None:
         self.registered.clear()
+        with self._keeping_lock:
+            self._keeping = False  # a clean session: the next connection subscribes again
         if not self._stop.is_set() and not self._switching:
             log.warning("lost the MQTT broker (%s); reconnecting with backoff", reason_code)
 
@@ -398,16 +402,34 @@ class Agent:
                 qos=1,
                 retain=True,
             )
-            self.client.subscribe(
-                [
-                    (self.topics.tasks_filter(self.cluster, self.node), 1),
-                    (self.topics.cluster_metadata(self.cluster), 1),
-                ]
-            )
+            self.client.subscribe(self.topics.tasks_filter(self.cluster, self.node), 1)
+        self.keep_metadata(reg.keep_metadata)
+        if first:
             self._flush_unsent()
             self._publish_heartbeat()
             if self.on_ready:
                 self.on_ready()
+
+    def keep_metadata(self, keep: bool) -> bool:
+        """Receive (subscribe to) the cluster's metadata documents, or stop: the control service names the nodes
+        that keep copies (the registration answer, or task ``metadata.keep``). True when that changed."""
+        with self._keeping_lock:
+            if self._keeping == keep:
+                return False
+            self._keeping = keep
+        topic = self.topics.cluster_metadata(self.cluster)
+        if keep:
+            self.client.subscribe(topic, 1)
+        else:
+            self.client.unsubscribe(topic)
+        if self.registered.is_set():
+            log.info(
+                "node %s %s copies of cluster %s's metadata",
+                self.node,
+                "keeps" if keep else "no longer keeps",
+                self.cluster,
+            )
+        return True
 
     def _enrolled(self) -> None:
         """The enrolment was accepted: keep the credential, then reconnect as the node (network thread)."""
@@ -542,6 +564,7 @@ class Agent:
                 devices=self.devices,
                 volfiles=self.volfiles,
                 rebalance=self.rebalance,
+                keep_metadata=self.keep_metadata,
                 report=lambda state: self._status(task.id, TaskState(state)),
             )
             result = handler(ctx, task.params)

@@ -17,7 +17,7 @@ from broker.messages import CLUSTER_NAME_RE, TaskKind
 from broker.paths import MAX_PATH, normalise
 
 MAX_IO_SECONDS = 60
-FLAGS = ("force", "purge", "start")
+FLAGS = ("force", "purge", "start", "keep")
 # keys each kind needs (beyond the common rules); device.add needs one of path/device (checked below)
 REQUIRED: dict[str, tuple[str, ...]] = {
     TaskKind.VOLUME_CREATE.value: ("volume", "bricks"),
@@ -27,6 +27,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     TaskKind.VOLUME_VOLFILES.value: ("volume", "volfiles"),
     TaskKind.VOLUME_HEAL.value: ("volume", "op"),
     TaskKind.VOLUME_EXPAND.value: ("volume", "bricks", "volfiles"),
+    TaskKind.METADATA_KEEP.value: ("keep",),
 }
 WITH_PORTS = (TaskKind.VOLUME_START.value, TaskKind.VOLUME_EXPAND.value)
 

@@ -42,6 +42,7 @@ class TaskContext:
     devices: DeviceManager
     volfiles: Volfiles
     rebalance: RebalanceManager | None = None
+    keep_metadata: Callable[[bool], bool] | None = None  # subscribe to the cluster's metadata, or stop
 
 
 def _fs_type(path: str) -> str:
@@ -107,6 +108,14 @@ def probe(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
             except OSError as exc:
                 raise TaskFailed(str(oserror(exc, f"writing in {path}"))) from None
     return result
+
+
+def metadata_keep(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Start or stop keeping copies of the cluster's metadata (the control service names the nodes that keep)."""
+    if ctx.keep_metadata is None:
+        raise TaskFailed(f"ENOTSUP: node {ctx.node} cannot change what it keeps while it is not connected")
+    keep = bool(params["keep"])
+    return {"keep": keep, "changed": ctx.keep_metadata(keep)}
 
 
 Handler = Callable[[TaskContext, dict[str, Any]], dict[str, Any]]
@@ -327,4 +336,5 @@ HANDLERS: dict[str, Handler] = {
     TaskKind.VOLUME_EXPAND.value: volume_expand,
     TaskKind.VOLUME_REBALANCE.value: volume_rebalance,
     TaskKind.VOLUME_REPLACE_BRICK.value: volume_replace_brick,
+    TaskKind.METADATA_KEEP.value: metadata_keep,
 }

@@ -13,6 +13,9 @@ of plain MQTT clients and no control-service logic on their topics):
 
 * registration storm: all agents enrol and register at once, time until the REST API lists all
   Online (baseline: the same number of clients connecting and subscribing);
+* reconnect storm: once they are held, every agent's connection drops at once (TCP, no DISCONNECT, as
+  when a broker restarts: the broker sends every last-will) and each reconnects with its backoff and
+  says hello with a new epoch; time until all are registered and Online again, and the server's CPU;
 * agents held at the heartbeat interval: the server's CPU% and RSS over ``--duration`` seconds,
   heartbeats persisted per second (the server's ``glusterctl_heartbeats_received``) and messages
   dropped (``glusterctl_mqtt_messages_dropped`` + ``glusterctl_heartbeats_dropped``, must be 0)
@@ -317,9 +320,10 @@ class SimAgent:
             self.fleet.counters.registered += 1
             presence = Presence(state="online", epoch=self.epoch, at=time.time()).model_dump_json().encode()
             conn.publish(t.presence(CLUSTER, self.name), presence, qos=1, retain=True)
-            asyncio.ensure_future(
-                conn.subscribe([(t.tasks_filter(CLUSTER, self.name), 1), (t.cluster_metadata(CLUSTER), 1)])
-            ).add_done_callback(_quiet)
+            topics = [(t.tasks_filter(CLUSTER, self.name), 1)]
+            if reg.keep_metadata:  # only the cluster's keepers receive its metadata
+                topics.append((t.cluster_metadata(CLUSTER), 1))
+            asyncio.ensure_future(conn.subscribe(topics)).add_done_callback(_quiet)
             self._heartbeat()
         elif topic == t.control_presence():
             presence = ControlPresence.model_validate_json(payload) if payload else None
@@ -702,6 +706,23 @@ class Fleet:
         self.runs = [asyncio.create_task(a.run()) for a in self.agents]
         return await self.wait_online(names, self.args.storm_timeout)
 
+    async def reconnect_storm(self) -> dict[str, Any]:
+        """Drop every agent's connection at once and time until all are registered and Online again."""
+        agents = [a for a in self.agents if a.running and a.conn is not None and a.registered.is_set()]
+        failures0 = self.counters.connect_failures
+        cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
+        for agent in agents:
+            agent.registered.clear()
+            assert agent.conn is not None
+            agent.conn.abort()
+        seconds = await self.wait_online({a.name for a in agents}, self.args.storm_timeout)
+        return {
+            "seconds": seconds,
+            "agents": len(agents),
+            "cpu_percent": (self.server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100,
+            "connect_failures": self.counters.connect_failures - failures0,
+        }
+
     async def hold(self, seconds: float) -> dict[str, float]:
         m0 = await self.metrics()
         cpu0, t0 = self.server.cpu_seconds(), time.monotonic()
@@ -926,7 +947,14 @@ class Fleet:
             "copies": copies,
             "bytes": m1.get("glusterctl_metadata_copy_bytes_total", 0)
             - m0.get("glusterctl_metadata_copy_bytes_total", 0),
-            "whole_bytes": expected * len(self.documents[newest]) if newest is not None else None,
+            "keepers": sum(1 for a in self.agents if a.registered.is_set() and a.running and a.kept_version),
+            "whole_bytes": (
+                sum(
+                    len(self.documents[a.kept_version]) for a in self.agents if a.registered.is_set() and a.kept_version
+                )
+                if newest is not None
+                else None
+            ),
             "cpu_percent": cpu,
         }
 
@@ -970,6 +998,8 @@ class Fleet:
         r["offers"] = [await self.offers(whole=False)]
         if args.whole_copies:
             r["offers"].append(await self.offers(whole=True))
+        r["reconnect"] = await self.reconnect_storm()
+        await asyncio.sleep(min(self.heartbeat, 5))  # let its backlog drain
         r["frozen"] = [await self.frozen(args.frozen_keepalive, f"simfrozen{i}") for i in range(args.frozen_tries)]
         m = await self.metrics()
         newest = max(self.counters.metadata, default=None)
@@ -1020,6 +1050,12 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"registration storm, {s['agents']} agents (s)",
             f"{fmt(s['seconds'])} ({s['online']} Online)",
             f"{fmt(b['connect_seconds'])} (connect+subscribe)",
+        ),
+        (
+            f"reconnect storm, {r['reconnect']['agents']} agents (s)",
+            f"{fmt(r['reconnect']['seconds'])} (CPU {fmt(r['reconnect']['cpu_percent'], '.0f')}%, "
+            f"{r['reconnect']['connect_failures']} connects retried)",
+            "",
         ),
         (
             f"server CPU held at {args.heartbeat:g} s heartbeat (%)",
@@ -1074,7 +1110,8 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
                 f"metadata offers ({'whole copies' if o['whole'] else 'headers'}), {o['agents']} agents (s)",
                 f"{fmt(o['seconds'])} ({fmt(o['bytes'] / 1024 if o['bytes'] is not None else None)} KiB, "
                 f"CPU {fmt(o['cpu_percent'], '.0f')}%)",
-                f"{fmt(o['whole_bytes'] / 1024 if o['whole_bytes'] else None)} KiB as whole copies",
+                f"{fmt(o['whole_bytes'] / 1024 if o['whole_bytes'] else None)} KiB as whole copies "
+                f"({o['keepers']} agents keep one)",
             )
             for o in r["offers"]
         ),
@@ -1253,6 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results, args))
     ok = (
         results["storm"]["online"] >= args.agents
+        and results["reconnect"]["seconds"] is not None
         and not results["dropped"]["mqtt_messages"]
         and not results["dropped"]["heartbeats"]
         and not results["dropped"].get("broker")

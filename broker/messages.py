@@ -133,6 +133,7 @@ class TaskKind(str, enum.Enum):
     VOLUME_EXPAND = "volume.expand"  # prepare (and start) a node's new bricks of a growing volume
     VOLUME_REBALANCE = "volume.rebalance"  # start, stop or read the node's rebalance process
     VOLUME_REPLACE_BRICK = "volume.replace-brick"  # stop a replaced brick; prepare and start the one taking its place
+    METADATA_KEEP = "metadata.keep"  # start (or stop) keeping the cluster's metadata copies
 
 
 class RebalanceState(str, enum.Enum):
@@ -206,6 +207,9 @@ class Registration(_Msg):
     reason: str = ""
     # the control service's metadata signing key (Ed25519, base64 of the 32 raw bytes): agents pin it
     metadata_key: str = Field(default="", max_length=64)
+    # accepted answers: whether this node keeps copies of the cluster's metadata (subscribes to its topic);
+    # only the cluster's oldest --metadata-copies nodes do, so a version is not sent to every node
+    keep_metadata: bool = True
 
 
 class Presence(_Msg):

@@ -416,6 +416,7 @@ class Bridge:
             answer = nodes.handle_hello(cluster, node, message)
             if answer.accepted and self.metadata is not None:
                 answer.metadata_key = self.metadata.public_key
+                answer.keep_metadata = self.metadata.keeps(cluster, node)
             self.publish(self.topics.registration(cluster, node), answer.model_dump_json().encode(), qos=1)
         elif isinstance(message, MetadataCopy):
             metrics.COUNTS.add("metadata_copies_received")

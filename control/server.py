@@ -333,7 +333,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
     engine.publisher = bridge
     monitor = Monitor(topics, bridge)
     bridge.on_connected.append(monitor.republish)
-    publisher = metadata.MetadataPublisher(topics, bridge, signing_key)
+    publisher = metadata.MetadataPublisher(topics, bridge, signing_key, settings.metadata_copies, engine)
     bridge.metadata, bridge.restore = publisher, restore
     bridge.start()
     reconciler = Reconciler(engine, volumes, settings.deadlines(), settings.reconcile_interval)

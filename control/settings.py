@@ -28,6 +28,7 @@ class ServerSettings(BaseSettings):
     brick_ports: str = "49152-60999"
     event_backlog: int = 10000
     audit_keep_days: float = 90.0  # audit log entries older than this are pruned (the reconciler's pass)
+    metadata_copies: int = 16  # the oldest nodes of each cluster that keep its metadata copies (docs/recovery.md)
     log_level: str = "INFO"
     # the reconciler: seconds between passes, and per task kind the seconds before an open task
     # fails with TIMEOUT ("node.probe=300,volume.start=3600"; kinds not named keep their defaults)
@@ -47,6 +48,13 @@ class ServerSettings(BaseSettings):
         from control.services.reconciler import parse_deadlines
 
         parse_deadlines(v)
+        return v
+
+    @field_validator("metadata_copies")
+    @classmethod
+    def _metadata_copies(cls, v: int) -> int:
+        if not 1 <= v <= 100000:
+            raise ValueError("use a number of nodes from 1 to 100000")
         return v
 
     @field_validator("leader_interval")

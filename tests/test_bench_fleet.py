@@ -1,6 +1,6 @@
 """bench/fleet.py end to end at a small size, so that the benchmark cannot rot: 20 simulated agents on
 the embedded broker and SQLite, and on a private Mosquitto and PostgreSQL; every figure present, all
-agents Online, nothing dropped."""
+agents Online (again after a reconnect storm), only the keepers receiving the metadata, nothing dropped."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def test_fleet_bench_smoke(broker, db, request):
     r = json.loads(proc.stdout)
     assert r["storm"]["online"] == 20 and r["storm"]["seconds"] is not None, r["storm"]
     assert not r["storm"]["refusals"], r["storm"]
+    reconnect = r["reconnect"]  # every connection dropped at once: all back, registered and Online
+    assert reconnect["agents"] == 20 and reconnect["seconds"] is not None, reconnect
+    assert 0 < r["metadata"]["agents"] <= 16, r["metadata"]  # only the 16 oldest nodes keep copies
     expected = {"mqtt_messages": 0, "heartbeats": 0, **({"broker": 0} if broker == "mosquitto" else {})}
     assert r["dropped"] == expected, r["dropped"]
     held = r["held"]

@@ -251,6 +251,48 @@ def test_a_large_clusters_next_version_waits_for_its_fan_out(store, tmp_path, mo
         publisher.stop()
 
 
+def test_the_oldest_nodes_keep_copies_and_a_removed_keepers_place_is_taken(store, tmp_path):
+    """The registration names the cluster's --metadata-copies oldest nodes; a node enrolled later never displaces
+    one, and removing a keeper sends the next oldest node metadata.keep (a cluster that small: nobody)."""
+    from broker.messages import TaskKind
+    from broker.topics import Topics
+    from control.services import clusters, metadata, nodes
+    from control.services.tasks import TaskEngine
+    from control.store.models import Task
+
+    cluster = clusters.get("default")
+    _enrol(cluster, "n1")
+
+    class Quiet:
+        def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+            pass
+
+    engine = TaskEngine(Topics())
+    key = metadata.load_or_create_key(str(tmp_path))
+    publisher = metadata.MetadataPublisher(Topics(), Quiet(), key, copies=3, engine=engine)
+    try:
+        assert publisher.keeps("default", "n1")  # fewer nodes than copies: every node keeps them
+        for name in ("n2", "n3", "n4", "n5"):
+            _enrol(cluster, name)
+        assert [publisher.keeps("default", n) for n in ("n1", "n2", "n3", "n4", "n5")] == [True] * 3 + [False] * 2
+        _enrol(cluster, "n6")
+        assert not publisher.keeps("default", "n6")  # enrolled later: never a keeper
+        nodes.remove(cluster, "n2", force=True, engine=engine)  # its event lets the loop name the next one
+        with publisher._lock:
+            lost = publisher._lost_keeper
+        assert lost == {"default"} and "default" not in publisher._keepers
+        publisher._promote("default")
+        assert [publisher.keeps("default", n) for n in ("n1", "n3", "n4", "n5")] == [True, True, True, False]
+        (task,) = Task.select().where(Task.kind == TaskKind.METADATA_KEEP.value)
+        assert task.node_name == "n4" and task.params == {"keep": True}
+        for name in ("n3", "n4", "n5", "n6"):
+            nodes.remove(cluster, name, force=True, engine=engine)
+        publisher._promote("default")  # one node left: it keeps copies without being told
+        assert publisher.keeps("default", "n1") and Task.select().count() == 1
+    finally:
+        publisher.stop()
+
+
 def test_the_agent_keeps_verified_newer_documents_and_refuses_the_rest(tmp_path, caplog):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -319,6 +361,42 @@ def test_a_document_over_256_kib_is_published_compressed_and_kept_by_an_agent(st
     log = st.server.log()
     assert f"metadata version {envelope.version} published ({published} bytes, zlib)" in log
     assert "not published" not in log
+
+
+def test_only_keepers_receive_the_document_and_a_new_keeper_gets_it_at_once(make_stack):
+    """With --metadata-copies 2 the two oldest of three agents keep copies and the third receives none; when a
+    keeper is removed the third is told (task metadata.keep) and keeps the retained document."""
+    from tests.helpers import wait_until
+
+    st = make_stack()
+    st.server.argv += ["--metadata-copies", "2"]
+    st.start()
+    agents = {}
+    for name in NODES:  # one after another: n1 and n2 are the oldest
+        agents[name] = st.agent(name)
+        wait_until(lambda name=name: st.node_state(name) == "Online", what=f"{name} Online")
+    for name in ("n1", "n2"):
+        wait_until(
+            lambda name=name: len((_kept(st.tmp / f"agent-{name}") or {}).get("nodes", [])) == 3,
+            what=f"{name} keeps the three-node document",
+        )
+    assert _kept(st.tmp / "agent-n3") is None
+    assert "keeps copies of cluster default's metadata" not in agents["n3"].log()
+    agents["n1"].stop()
+    wait_until(lambda: st.node_state("n1") == "Unreachable", what="n1 Unreachable")
+    st.cli.run("node", "remove", "n1")
+    doc = wait_until(lambda: _kept(st.tmp / "agent-n3"), what="n3 keeps copies once n1 is removed")
+    assert {n["name"] for n in doc["nodes"]} == {"n2", "n3"}
+    keep = wait_until(
+        lambda: [
+            (t["node"], t["state"], t["result"])
+            for t in st.cli.api("GET", "/api/v1/tasks", params={"limit": 500}).json()
+            if t["kind"] == "metadata.keep" and t["state"] not in ("QUEUED", "RUNNING")
+        ],
+        what="the metadata.keep task final",
+    )
+    assert keep == [("n3", "DONE", {"keep": True, "changed": True})], keep
+    assert "node n3 keeps copies of cluster default's metadata" in agents["n3"].log()
 
 
 def test_an_agent_offers_its_copys_header_and_the_whole_copy_when_asked(stack):

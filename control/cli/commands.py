@@ -74,6 +74,7 @@ def server(args: argparse.Namespace) -> int:
                     "brick_ports",
                     "event_backlog",
                     "audit_keep_days",
+                    "metadata_copies",
                     "log_level",
                     "tls",
                     "tls_cert",

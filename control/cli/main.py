@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-backlog", type=int, help="events kept for clients that resume the event stream (default: 10000)"
     )
     p.add_argument(
+        "--metadata-copies",
+        type=int,
+        help="nodes per cluster (the oldest) that keep copies of its signed metadata for a restore (default: 16)",
+    )
+    p.add_argument(
         "--audit-keep-days", type=float, help="audit log entries older than this many days are pruned (default: 90)"
     )
     p.add_argument(

@@ -13,6 +13,11 @@ Documents go out zlib-compressed (a 10,000-node cluster's is 1.2-1.7 MiB so; doc
 signature covers the sha256 of the compressed text and its encoding, so a copy's small header proves its
 version without the document (what agents offer a server that is not restoring), and readers check the
 digest and the signature before inflating.
+
+Only the cluster's oldest ``copies`` nodes (the keepers, ``--metadata-copies``) keep copies: the
+registration answer tells each agent whether to subscribe to the document, so a version goes to
+a few nodes, not to every node of a large cluster. When a keeper is removed, the next oldest node
+is told to keep copies (task ``metadata.keep``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import peewee as pw
 from cryptography.hazmat.primitives import serialization
@@ -35,6 +40,7 @@ from broker.messages import (
     MetadataCopy,
     MetadataDocument,
     MetadataRefused,
+    TaskKind,
     check_metadata_signature,
     encode_metadata,
     metadata_digest,
@@ -47,17 +53,24 @@ from control.store.db import first, locked
 from control.store.models import Brick, Cluster, ControlSetting, Device, Grant, Node, Volume
 from control.store.models import database_proxy as db
 
+if TYPE_CHECKING:
+    from control.services.tasks import TaskEngine
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEY_FILE = "metadata.key"
 DEBOUNCE_SECONDS = 0.5  # a burst of changes (a volume create) goes out as one document, this long after the last
 CHECK_INTERVAL = 5.0  # and every this often the versions are compared anyway (a change whose event came early)
-# every node receives each version: after publishing one, a cluster's next waits until its fan-out (bytes x
-# nodes) would have taken this long at FANOUT_BYTES_PER_SECOND, at most FANOUT_PAUSE_MAX seconds. A few
-# nodes never wait; 10,000 nodes registering at once get a version a minute, not one per debounce.
+# every keeper receives each version: after publishing one, a cluster's next waits until its fan-out (bytes x
+# keepers) would have taken this long at FANOUT_BYTES_PER_SECOND, at most FANOUT_PAUSE_MAX seconds. A few
+# keepers never wait; with --metadata-copies in the thousands a version goes out a minute, not per debounce.
 FANOUT_BYTES_PER_SECOND = 50e6
 FANOUT_PAUSE_MAX = 60.0
+DEFAULT_COPIES = 16  # nodes per cluster that keep copies (--metadata-copies)
+# a cluster's keepers are remembered this long (one read per cluster, not per hello): a node removed through
+# another server (docs/ha.md) is noticed after at most this, a removal through this one at once
+KEEPERS_TTL = 10.0
 
 
 class MetadataError(Exception):
@@ -258,12 +271,23 @@ def current(cluster_name: str) -> dict[str, Any] | None:
 class MetadataPublisher:
     """Publishes each cluster's signed document (retained) at start and, debounced, after each change."""
 
-    def __init__(self, topics: Topics, publisher: Publisher, key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        publisher: Publisher,
+        key: Ed25519PrivateKey,
+        copies: int = DEFAULT_COPIES,
+        engine: TaskEngine | None = None,
+    ) -> None:
         self.topics, self.publisher, self.key = topics, publisher, key
+        self.copies, self.engine = copies, engine
         self.public_key = public_key_text(key)
+        self._keepers: dict[str, tuple[float, frozenset[str]]] = {}  # cluster -> (when read, its keepers)
+        self._lost_keeper: set[str] = set()  # clusters that lost a node since the loop last looked
         self._published: dict[str, int] = {}  # cluster -> version last published
         self._too_large: dict[str, int] = {}  # cluster -> version found over the size limit (logged once)
         self._next_at: dict[str, float] = {}  # cluster -> monotonic time before which its next version waits
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._paused = False
@@ -328,7 +352,48 @@ class MetadataPublisher:
         self._wake.set()
         return True
 
+    def keeps(self, cluster: str, node: str) -> bool:
+        """Whether ``node`` is one of the cluster's keepers: its ``copies`` oldest nodes (the registration answer).
+
+        Node ids only grow, so a node that enrols later is never a keeper of a cluster that has ``copies`` nodes
+        already; a smaller cluster is read again at each hello (every node of it keeps copies).
+        """
+        now = time.monotonic()
+        with self._lock:
+            known = self._keepers.get(cluster)
+        if known is not None and now - known[0] < KEEPERS_TTL:
+            return node in known[1]
+        names = self._oldest(cluster)
+        if len(names) < self.copies:
+            return True
+        with self._lock:
+            self._keepers[cluster] = (now, frozenset(names))
+        return node in names
+
+    def _oldest(self, cluster: str) -> list[str]:
+        query = Node.select(Node.name).join(Cluster).where(Cluster.name == cluster).order_by(Node.id)
+        return [node.name for node in query.limit(self.copies)]
+
+    def _promote(self, cluster: str) -> None:
+        """A node left ``cluster``: the oldest ``copies`` nodes keep copies again (one task, to the last of them:
+        whether the node removed kept copies is not known here, and a node told twice subscribes once)."""
+        names = self._oldest(cluster)
+        if len(names) < self.copies or self.engine is None:
+            return  # every node keeps copies already
+        row = Cluster.get_or_none(Cluster.name == cluster)
+        if row is None:
+            return
+        task = self.engine.submit(row, names[-1], TaskKind.METADATA_KEEP.value, {"keep": True})
+        log.info(
+            "cluster %s: a node was removed; node %s keeps metadata copies now (task %s)", cluster, names[-1], task.id
+        )
+
     def _on_event(self, event: object) -> None:
+        if getattr(event, "kind", "") == "node.removed":
+            cluster = str(getattr(event, "cluster", ""))
+            with self._lock:
+                self._keepers.pop(cluster, None)
+                self._lost_keeper.add(cluster)
         self._wake.set()
 
     def _loop(self) -> None:
@@ -340,6 +405,13 @@ class MetadataPublisher:
                 self._wake.clear()
                 while self._wake.wait(DEBOUNCE_SECONDS) and not self._stop.is_set():
                     self._wake.clear()
+            with self._lock:
+                lost, self._lost_keeper = self._lost_keeper, set()
+            for cluster in sorted(lost):  # a removal through this server, led or not
+                try:
+                    self._promote(cluster)
+                except Exception:
+                    log.exception("cluster %s: could not name the next node to keep metadata copies", cluster)
             if self._paused:
                 continue
             try:
@@ -380,7 +452,7 @@ class MetadataPublisher:
                 continue
             self.publisher.publish(self.topics.cluster_metadata(name), payload, qos=1, retain=True)
             self._published[name] = envelope.version
-            fanout = len(payload) * len(document.get("nodes", []))
+            fanout = len(payload) * min(self.copies, len(document.get("nodes", [])))
             self._next_at[name] = time.monotonic() + min(FANOUT_PAUSE_MAX, fanout / FANOUT_BYTES_PER_SECOND)
             log.info(
                 "cluster %s: metadata version %d published (%d bytes, %s)",
