@@ -267,8 +267,11 @@ class SimAgent:
         hello_wait = HELLO_RETRY * random.uniform(0.8, 1.2)
         last_beat = 0.0
         while not conn.closed.is_set() and self.running:
+            # registered, it wakes only for its next heartbeat (10,000 agents polling twice a second kept the
+            # simulator's one core busy); a lost connection ends the wait at once
+            wait = 1.0 if not self.registered.is_set() else max(last_beat + fleet.heartbeat - time.monotonic(), 0.05)
             try:
-                await asyncio.wait_for(conn.closed.wait(), 1.0 if not self.registered.is_set() else 0.5)
+                await asyncio.wait_for(conn.closed.wait(), wait)
                 break
             except TimeoutError:
                 pass

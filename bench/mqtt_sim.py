@@ -126,9 +126,15 @@ class Connection:
         self.last_sent = time.monotonic()
 
     async def _ping_loop(self, keepalive: int) -> None:
+        """PINGREQ once nothing was sent for half the keepalive (as paho does: other packets count)."""
+        interval = max(keepalive * 0.5, 0.5)
         while not self.closed.is_set():
-            await asyncio.sleep(max(keepalive * 0.5, 0.5))
-            self._write(_packet(PINGREQ, 0, b""))
+            if self.frozen:
+                await asyncio.sleep(interval)
+                continue
+            await asyncio.sleep(max(self.last_sent + interval - time.monotonic(), 0.05))
+            if time.monotonic() - self.last_sent >= interval:
+                self._write(_packet(PINGREQ, 0, b""))
 
     async def _read_loop(self) -> None:
         assert self.reader is not None
