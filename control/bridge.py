@@ -99,6 +99,12 @@ class Bridge:
         # since when (monotonic) on_message waited for room and the worker has not found the inbox empty:
         # messages that arrived since may still wait in the broker, so silence is judged as of then
         self._stalled_since: float | None = None
+        # a node's last-will that arrives while a hello of the same node waits in the inbox is judged after
+        # that hello (by its epoch, as ever): a reconnecting node then never passes through Unreachable, and
+        # its hello takes the one-statement path. Keyed by the node's topic prefix.
+        self._hellos_waiting: collections.Counter[str] = collections.Counter()
+        self._wills_held: dict[str, list[tuple[str, bytes]]] = {}
+        self._hold_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
         self.on_connected: list[Callable[[], object]] = []
@@ -269,6 +275,10 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         item: InboxItem = ("message", (msg.topic, bytes(msg.payload)))
+        prefix, _, leaf = msg.topic.rpartition("/")
+        if leaf == "hello":  # counted before the worker can see it
+            with self._hold_lock:
+                self._hellos_waiting[prefix] += 1
         try:
             self._inbox.put_nowait(item)
             return
@@ -308,7 +318,7 @@ class Bridge:
                 elif callable(data):
                     data()
                 else:
-                    self._handle_durably(*data)
+                    self._handle_in_order(*data)
             except Exception:
                 if kind == "message":
                     self._count_drop("handler-error")
@@ -316,6 +326,29 @@ class Bridge:
             finally:
                 if not database_proxy.is_closed() and database_proxy.in_transaction():
                     database_proxy.rollback()
+
+    def _handle_in_order(self, topic: str, payload: bytes) -> None:
+        """``_handle_durably``, except that a node's last-will waits for the node's hellos received before it
+        was handled (a reconnect storm: wills of the old connections, then hellos of the new ones)."""
+        prefix, _, leaf = topic.rpartition("/")
+        if leaf == "presence" and b"offline" in payload:
+            with self._hold_lock:
+                if self._hellos_waiting[prefix] > 0:
+                    self._wills_held.setdefault(prefix, []).append((topic, payload))
+                    return
+        if leaf != "hello":
+            self._handle_durably(topic, payload)
+            return
+        try:
+            self._handle_durably(topic, payload)
+        finally:
+            with self._hold_lock:
+                self._hellos_waiting[prefix] -= 1
+                wills = self._wills_held.pop(prefix, []) if self._hellos_waiting[prefix] <= 0 else []
+                if self._hellos_waiting[prefix] <= 0:
+                    del self._hellos_waiting[prefix]
+            for will in wills:  # judged by epoch: a will of the connection the hello replaced changes nothing
+                self._handle_durably(*will)
 
     def _handle_durably(self, topic: str, payload: bytes) -> None:
         """``handle``, tried again while the database cannot take writes (the broker was already told

@@ -313,3 +313,65 @@ def test_the_recheck_reads_the_row_again_and_writes_only_when_it_changed(databas
     assert nodes.handle_heartbeat("default", "n1", beat(7, 3, 3.0), now=much_later)
     row = Node.get(Node.name == "n1")
     assert row.state == "Online" and row.last_seen_at == much_later  # the full path wrote it
+
+
+def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
+    """A reconnect storm: the old connection's last-will is read while the node's new hello waits in the
+    bridge's inbox. The will is judged after that hello (by its epoch): the node never passes through
+    Unreachable and the hello takes the one-statement path. Behind a hello that is refused, the will works."""
+    import paho.mqtt.client as mqtt
+
+    from broker.messages import Hello, node_proof
+    from broker.topics import Topics
+    from broker.url import MqttUrl
+    from control.bridge import Bridge
+    from control.services.tasks import TaskEngine
+    from control.store.models import Event, Node
+
+    key = enrolled_node("n1", epoch=7)
+    topics = Topics()
+    bridge = Bridge(MqttUrl("127.0.0.1", 1), topics, TaskEngine(topics))  # never started: fed by hand
+    facts = NodeFacts(hostname="n1", heartbeat_interval=2.0)
+
+    def deliver(leaf: str, payload: bytes) -> None:
+        msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', 'n1')}/{leaf}".encode())
+        msg.payload = payload
+        bridge._on_message(bridge.client, None, msg)
+
+    def hello(epoch: int, proof: str | None = None) -> bytes:
+        proof = proof or node_proof(key, "default", "n1", "a" * 32, epoch)
+        return Hello(agent_id="a" * 32, epoch=epoch, proof=proof, nonce=f"n{epoch}", facts=facts).model_dump_json()
+
+    def will(epoch: int) -> bytes:
+        return Presence(state="offline", epoch=epoch).model_dump_json().encode()
+
+    def work() -> None:
+        while not bridge._inbox.empty():
+            _, data = bridge._inbox.get_nowait()
+            bridge._handle_in_order(*data)
+
+    def state_events() -> int:
+        return Event.select().where(Event.kind == "node.state").count()
+
+    deliver("hello", hello(8).encode())  # the connection the agent has
+    work()
+    before = state_events()
+    deliver("presence", will(8))
+    deliver("hello", hello(9).encode())
+    statements = []
+    database.execute_sql = lambda sql, params=None, **kw: (
+        statements.append(sql) or type(database).execute_sql(database, sql, params, **kw)
+    )
+    try:
+        work()
+    finally:
+        del database.execute_sql
+    row = Node.get(Node.name == "n1")
+    assert (row.state, row.epoch) == ("Online", 9) and state_events() == before  # never Unreachable
+    assert [s.split()[0] for s in statements] == ["UPDATE"], statements  # the hello's one statement; the will: none
+    deliver("presence", will(9))
+    deliver("hello", hello(10, proof="0" * 64).encode())  # refused: the will behind it is judged then
+    work()
+    row = Node.get(Node.name == "n1")
+    assert (row.state, row.epoch) == ("Unreachable", 9) and state_events() == before + 1
+    assert not bridge._hellos_waiting and not bridge._wills_held

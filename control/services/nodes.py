@@ -333,24 +333,30 @@ def _trusted(cluster_name: str, node_name: str, epoch: int) -> Node | None:
     return node
 
 
+def _ignored(cluster_name: str, node_name: str, presence: Presence) -> None:
+    log.info(
+        "cluster %s node %s: ignoring %s presence of epoch %d (not the current connection)",
+        cluster_name,
+        node_name,
+        presence.state,
+        presence.epoch,
+    )
+
+
 def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: float | None = None) -> None:
     now = now or time.time()
-    if presence.state == "online":
-        with _beats_lock:
-            known = _beats.get((cluster_name, node_name))
-            if known is not None and known.epoch == presence.epoch:  # Online on this connection: its time only
-                _pending[known.node_id] = (presence.epoch, now, now + known.silence)
-                return
+    with _beats_lock:
+        known = _beats.get((cluster_name, node_name))
+        if known is not None and known.epoch == presence.epoch and presence.state == "online":
+            _pending[known.node_id] = (presence.epoch, now, now + known.silence)  # Online on this connection
+            return
+    if known is not None and known.epoch != presence.epoch:  # kept only while the row has the kept epoch
+        _ignored(cluster_name, node_name, presence)
+        return
     with db.atomic():
         node = _trusted(cluster_name, node_name, presence.epoch)
         if node is None:
-            log.info(
-                "cluster %s node %s: ignoring %s presence of epoch %d (not the current connection)",
-                cluster_name,
-                node_name,
-                presence.state,
-                presence.epoch,
-            )
+            _ignored(cluster_name, node_name, presence)
             return
         if presence.state == "offline":
             _set_state(node, NodeState.UNREACHABLE, "agent connection lost (last-will)", now)
