@@ -103,7 +103,8 @@ class Bridge:
         # that hello (by its epoch, as ever): a reconnecting node then never passes through Unreachable, and
         # its hello takes the one-statement path. Keyed by the node's topic prefix.
         self._hellos_waiting: collections.Counter[str] = collections.Counter()
-        self._wills_held: dict[str, list[tuple[str, bytes]]] = {}
+        # prefix -> the wills held, each with how many of the hellos waiting when it was read are still unread
+        self._wills_held: dict[str, list[tuple[int, str, bytes]]] = {}
         self._hold_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
@@ -328,13 +329,15 @@ class Bridge:
                     database_proxy.rollback()
 
     def _handle_in_order(self, topic: str, payload: bytes) -> None:
-        """``_handle_durably``, except that a node's last-will waits for the node's hellos received before it
-        was handled (a reconnect storm: wills of the old connections, then hellos of the new ones)."""
+        """``_handle_durably``, except that a node's last-will waits for the node's hellos that were already in
+        the inbox when it was read (a reconnect storm: wills of the old connections, then hellos of the new
+        ones), and no longer: hellos that come later never hold it."""
         prefix, _, leaf = topic.rpartition("/")
         if leaf == "presence" and b"offline" in payload:
             with self._hold_lock:
-                if self._hellos_waiting[prefix] > 0:
-                    self._wills_held.setdefault(prefix, []).append((topic, payload))
+                waiting = self._hellos_waiting[prefix]
+                if waiting > 0:
+                    self._wills_held.setdefault(prefix, []).append((waiting, topic, payload))
                     return
         if leaf != "hello":
             self._handle_durably(topic, payload)
@@ -344,10 +347,13 @@ class Bridge:
         finally:
             with self._hold_lock:
                 self._hellos_waiting[prefix] -= 1
-                wills = self._wills_held.pop(prefix, []) if self._hellos_waiting[prefix] <= 0 else []
                 if self._hellos_waiting[prefix] <= 0:
                     del self._hellos_waiting[prefix]
-            for will in wills:  # judged by epoch: a will of the connection the hello replaced changes nothing
+                held = [(left - 1, t, p) for left, t, p in self._wills_held.pop(prefix, [])]
+                due = [(t, p) for left, t, p in held if left <= 0]
+                if len(due) < len(held):
+                    self._wills_held[prefix] = [w for w in held if w[0] > 0]
+            for will in due:  # judged by epoch: a will of the connection the hello replaced changes nothing
                 self._handle_durably(*will)
 
     def _handle_durably(self, topic: str, payload: bytes) -> None:

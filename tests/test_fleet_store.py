@@ -345,10 +345,13 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
     def will(epoch: int) -> bytes:
         return Presence(state="offline", epoch=epoch).model_dump_json().encode()
 
+    def step() -> None:
+        _, data = bridge._inbox.get_nowait()
+        bridge._handle_in_order(*data)
+
     def work() -> None:
         while not bridge._inbox.empty():
-            _, data = bridge._inbox.get_nowait()
-            bridge._handle_in_order(*data)
+            step()
 
     def state_events() -> int:
         return Event.select().where(Event.kind == "node.state").count()
@@ -374,4 +377,14 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
     work()
     row = Node.get(Node.name == "n1")
     assert (row.state, row.epoch) == ("Unreachable", 9) and state_events() == before + 1
+    # a will waits only for the hellos already waiting when it was read, never for later ones
+    deliver("hello", hello(11).encode())
+    work()
+    deliver("presence", will(11))
+    deliver("hello", hello(12, proof="0" * 64).encode())
+    step()  # the will: held behind the one hello waiting
+    deliver("hello", hello(13, proof="0" * 64).encode())  # came later
+    step()  # the hello it waited for (refused): the will is judged now, before the later hello
+    assert Node.get(Node.name == "n1").state == "Unreachable"
+    work()
     assert not bridge._hellos_waiting and not bridge._wills_held
