@@ -253,12 +253,13 @@ def test_a_burst_bigger_than_the_inbox_loses_nothing(tmp_path):
     from control.services.tasks import TaskEngine
     from control.store import open_database
     from control.store.models import Node, Task
-    from tests.mqtt_raw import RawClient
+    from tests.mqtt_raw import RawClient, clear_retained
 
     db = open_database(None, str(tmp_path))
     cluster = clusters.ensure_default()
     Node.create(cluster=cluster, name="n1", state=NodeState.ONLINE.value, agent_id="a", epoch=1)
-    topics = Topics(unique("t"))
+    root = unique("t")
+    topics = Topics(root)
     engine = TaskEngine(topics)
     ids = [engine.submit(cluster, "n1", "node.probe", {}).id for _ in range(300)]
     bridge = Bridge(MqttUrl(*MOSQUITTO), topics, engine, inbox_size=5)
@@ -282,6 +283,7 @@ def test_a_burst_bigger_than_the_inbox_loses_nothing(tmp_path):
         gate.set()
         agent.close()
         bridge.stop()
+        clear_retained(MOSQUITTO[1], root)  # the bridge's offline presence, retained on the shared broker
         db.close()
 
 
