@@ -422,12 +422,13 @@ class Agent:
             self.client.subscribe(topic, 1)
         else:
             self.client.unsubscribe(topic)
-        log.info(
-            "node %s %s copies of cluster %s's metadata",
-            self.node,
-            "keeps" if keep else "no longer keeps",
-            self.cluster,
-        )
+        if self.registered.is_set():
+            log.info(
+                "node %s %s copies of cluster %s's metadata",
+                self.node,
+                "keeps" if keep else "no longer keeps",
+                self.cluster,
+            )
         return True
 
     def _enrolled(self) -> None:
