@@ -422,13 +422,12 @@ class Agent:
             self.client.subscribe(topic, 1)
         else:
             self.client.unsubscribe(topic)
-        if self.registered.is_set():
-            log.info(
-                "node %s %s copies of cluster %s's metadata",
-                self.node,
-                "keeps" if keep else "no longer keeps",
-                self.cluster,
-            )
+        log.info(
+            "node %s %s copies of cluster %s's metadata",
+            self.node,
+            "keeps" if keep else "no longer keeps",
+            self.cluster,
+        )
         return True
 
     def _enrolled(self) -> None:

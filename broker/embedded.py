@@ -499,6 +499,34 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await self._publish_retained_messages_for_subscription((topic_filter, QOS_0), client_session)
         await self._client_message_loop(client_session, handler)
 
+    async def _session_monitor(self) -> None:
+        """amqtt 0.12's expiry of disconnected sessions (every second), with each one looked at again right
+        before it goes: amqtt listed them first and then removed them by client id, awaiting each
+        removal, so a client that reconnected in between (an agent keeps its client id) lost its new
+        session; its handler was stopped, which cut the connection and sent its last-will."""
+        while True:
+            await self.expire_sessions(self.expired_sessions())
+            await asyncio.sleep(1)
+
+    def expired_sessions(self) -> list[str]:
+        """The client ids whose sessions may go: disconnected, and clean (or past the expiry interval)."""
+        return [client_id for client_id, (session, _) in self._sessions.items() if self._expired(session)]
+
+    async def expire_sessions(self, client_ids: list[str]) -> None:
+        for client_id in client_ids:
+            session = self._sessions.get(client_id, (None, None))[0]
+            if session is not None and self._expired(session):  # not one that connected again meanwhile
+                await self._cleanup_session(client_id)
+
+    def _expired(self, session: Session) -> bool:
+        if session.transitions.state != "disconnected":
+            return False
+        if session.is_anonymous or session.clean_session:
+            return True
+        interval = self.config.session_expiry_interval
+        gone_at = session.last_disconnect_time
+        return interval is not None and bool(gone_at) and gone_at < time.time() - interval
+
     def may_have_sessions(self, username: str) -> bool:
         """False if ``username`` has no live session (one dict lookup: safe from any thread)."""
         return bool(self._by_user.get(username))

@@ -349,10 +349,14 @@ class Bridge:
                 self._hellos_waiting[prefix] -= 1
                 if self._hellos_waiting[prefix] <= 0:
                     del self._hellos_waiting[prefix]
-                held = [(left - 1, t, p) for left, t, p in self._wills_held.pop(prefix, [])]
-                due = [(t, p) for left, t, p in held if left <= 0]
-                if len(due) < len(held):
-                    self._wills_held[prefix] = [w for w in held if w[0] > 0]
+                due, still = [], []
+                for left, will_topic, will_payload in self._wills_held.pop(prefix, []):
+                    if left <= 1:
+                        due.append((will_topic, will_payload))
+                    else:
+                        still.append((left - 1, will_topic, will_payload))
+                if still:
+                    self._wills_held[prefix] = still
             for will in due:  # judged by epoch: a will of the connection the hello replaced changes nothing
                 self._handle_durably(*will)
 

@@ -283,7 +283,7 @@ class MetadataPublisher:
         self.copies, self.engine = copies, engine
         self.public_key = public_key_text(key)
         self._keepers: dict[str, tuple[float, frozenset[str]]] = {}  # cluster -> (when read, its keepers)
-        self._lost_keeper: set[str] = set()  # clusters that lost a node since the loop last looked
+        self._removed_from: set[str] = set()  # clusters that lost a node since the loop last looked
         self._published: dict[str, int] = {}  # cluster -> version last published
         self._too_large: dict[str, int] = {}  # cluster -> version found over the size limit (logged once)
         self._next_at: dict[str, float] = {}  # cluster -> monotonic time before which its next version waits
@@ -393,7 +393,7 @@ class MetadataPublisher:
             cluster = str(getattr(event, "cluster", ""))
             with self._lock:
                 self._keepers.pop(cluster, None)
-                self._lost_keeper.add(cluster)
+                self._removed_from.add(cluster)
         self._wake.set()
 
     def _loop(self) -> None:
@@ -406,7 +406,7 @@ class MetadataPublisher:
                 while self._wake.wait(DEBOUNCE_SECONDS) and not self._stop.is_set():
                     self._wake.clear()
             with self._lock:
-                lost, self._lost_keeper = self._lost_keeper, set()
+                lost, self._removed_from = self._removed_from, set()
             for cluster in sorted(lost):  # a removal through this server, led or not
                 try:
                     self._promote(cluster)
