@@ -279,7 +279,7 @@ def test_the_oldest_nodes_keep_copies_and_a_removed_keepers_place_is_taken(store
         assert not publisher.keeps("default", "n6")  # enrolled later: never a keeper
         nodes.remove(cluster, "n2", force=True, engine=engine)  # its event lets the loop name the next one
         with publisher._lock:
-            lost = publisher._lost_keeper
+            lost = publisher._removed_from
         assert lost == {"default"} and "default" not in publisher._keepers
         publisher._promote("default")
         assert [publisher.keeps("default", n) for n in ("n1", "n3", "n4", "n5")] == [True, True, True, False]
