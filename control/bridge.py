@@ -2,7 +2,9 @@
 
 Messages are handled in arrival order by one worker thread, off paho's network thread, so a
 slow database does not stall keepalives. Every handler is wrapped: a malformed or oversized
-payload is logged with the node that sent it and dropped (design invariant 5).
+payload is logged with the node that sent it and dropped (design invariant 5). Messages that
+already wait back to back (a registration storm) share one transaction, each in a savepoint of
+its own, and what they answer is published after it commits.
 
 Nothing acknowledged is lost: paho acknowledges a QoS 1 message when ``on_message`` returns, so
 when the inbox is full ``on_message`` waits for room (backpressure on the broker) instead of
@@ -43,7 +45,7 @@ from broker.messages import (
 )
 from broker.topics import Topics
 from broker.url import MqttUrl, no_delay
-from control.services import metrics, nodes, rebalance
+from control.services import events, metrics, nodes, rebalance
 from control.services.metadata import MetadataPublisher
 from control.services.tasks import TaskEngine
 from control.store.db import outage
@@ -62,6 +64,9 @@ INBOX_SIZE = 100_000
 INBOX_WAIT_SECONDS = 0.5  # how often a waiting on_message checks whether the bridge stops
 DB_RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between tries of a message while the database is out
 SCHEDULE_TIMEOUT = 5.0  # how long a scheduled call waits for room in the inbox
+# messages already waiting back to back are handled in one transaction, each in a savepoint of its own:
+# one commit (the database's flush to disk) for up to this many. A lone message is its own transaction.
+BATCH_MAX = 64
 
 # the leaf of an agent topic -> the payload published there
 AGENT_MESSAGES: dict[str, type[BaseModel]] = {
@@ -106,6 +111,9 @@ class Bridge:
         # prefix -> the wills held, each with how many of the hellos waiting when it was read are still unread
         self._wills_held: dict[str, list[tuple[int, str, bytes]]] = {}
         self._hold_lock = threading.Lock()
+        # what the worker publishes while it handles a batch goes out after the batch commits (never an
+        # answer about a change that may still roll back): (the worker's thread, what it published)
+        self._held_publishes: tuple[int, list[tuple[str, bytes, int, bool]]] | None = None
         self._threads: list[threading.Thread] = []
         # called in the worker after every (re)connect, after the open tasks: what else to publish again
         self.on_connected: list[Callable[[], object]] = []
@@ -214,6 +222,10 @@ class Bridge:
         return all(t.is_alive() for t in self._threads)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        holding = self._held_publishes
+        if holding is not None and holding[0] == threading.get_ident():
+            holding[1].append((topic, payload, qos, retain))
+            return
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def call_soon(self, fn: Callable[[], object], timeout: float = SCHEDULE_TIMEOUT) -> bool:
@@ -319,7 +331,11 @@ class Bridge:
                 elif callable(data):
                     data()
                 else:
-                    self._handle_in_order(*data)
+                    more = self._waiting_messages(BATCH_MAX - 1)
+                    if more:
+                        self._handle_batch([data, *more])
+                    else:
+                        self._handle_in_order(*data, self._handle_durably)
             except Exception:
                 if kind == "message":
                     self._count_drop("handler-error")
@@ -328,8 +344,82 @@ class Bridge:
                 if not database_proxy.is_closed() and database_proxy.in_transaction():
                     database_proxy.rollback()
 
-    def _handle_in_order(self, topic: str, payload: bytes) -> None:
-        """``_handle_durably``, except that a node's last-will waits for the node's hellos that were already in
+    def _waiting_messages(self, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` messages that wait right at the head of the inbox, taken at once (a scheduled call or
+        a stop behind them stays where it is: nothing passes it)."""
+        taken: list[tuple[str, bytes]] = []
+        with self._inbox.not_full:  # the queue's own lock
+            waiting = self._inbox.queue
+            while waiting and len(taken) < limit:
+                head = waiting[0]
+                if head is None or head[0] != "message" or not isinstance(head[1], tuple):
+                    break
+                taken.append(head[1])
+                waiting.popleft()
+            if taken:
+                self._inbox.not_full.notify(len(taken))
+        return taken
+
+    def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        """Handle messages in one transaction, each in a savepoint (an error drops that message only), and
+        publish what they answered once it committed. When the database cannot take writes, the
+        transaction is rolled back and every message is handled again on its own (``_handle_durably``)."""
+        handled: list[tuple[str, bytes]] = []  # in the order handled (a held will comes after its hellos)
+        unread = list(batch)
+        held: list[tuple[str, bytes, int, bool]] = []  # what they publish, sent after the commit
+        out = False
+
+        def in_savepoint(topic: str, payload: bytes) -> None:
+            nonlocal out
+            handled.append((topic, payload))
+            if out:
+                return
+            answers = len(held)
+            try:
+                with events.held_until_commit(), database_proxy.atomic():
+                    self.handle(topic, payload)
+            except Exception as exc:
+                del held[answers:]  # its answers go with its writes
+                if outage(exc) is not None:
+                    out = True
+                    return
+                self._count_drop("handler-error")
+                log.exception("error while handling message %s", topic)
+
+        self._held_publishes = (threading.get_ident(), held)
+        try:
+            with events.held_until_commit(), database_proxy.atomic():
+                while unread:
+                    self._handle_in_order(*unread.pop(0), in_savepoint)
+                if out:
+                    raise _Outage
+        except Exception as exc:
+            if not isinstance(exc, _Outage):
+                log.warning("a batch of %d messages was not stored (%s): each is handled again", len(batch), exc)
+            out = True
+        finally:
+            self._held_publishes = None
+        if not out:
+            for topic, payload, qos, retain in held:
+                self.client.publish(topic, payload, qos=qos, retain=retain)
+            return
+        # nothing of it was stored, nor published: each on its own, tried while the database cannot take writes
+        again = [(topic, payload, False) for topic, payload in handled] + [(t, p, True) for t, p in unread]
+        for topic, payload, unseen in again:
+            try:
+                if unseen:  # not reached before the error: its hello bookkeeping is still to do
+                    self._handle_in_order(topic, payload, self._handle_durably)
+                else:
+                    self._handle_durably(topic, payload)
+            except Exception:
+                self._count_drop("handler-error")
+                log.exception("error while handling message %s", topic)
+            finally:
+                if not database_proxy.is_closed() and database_proxy.in_transaction():
+                    database_proxy.rollback()
+
+    def _handle_in_order(self, topic: str, payload: bytes, handle: Callable[[str, bytes], None]) -> None:
+        """``handle``, except that a node's last-will waits for the node's hellos that were already in
         the inbox when it was read (a reconnect storm: wills of the old connections, then hellos of the new
         ones), and no longer: hellos that come later never hold it."""
         prefix, _, leaf = topic.rpartition("/")
@@ -340,10 +430,10 @@ class Bridge:
                     self._wills_held.setdefault(prefix, []).append((waiting, topic, payload))
                     return
         if leaf != "hello":
-            self._handle_durably(topic, payload)
+            handle(topic, payload)
             return
         try:
-            self._handle_durably(topic, payload)
+            handle(topic, payload)
         finally:
             with self._hold_lock:
                 self._hellos_waiting[prefix] -= 1
@@ -358,7 +448,7 @@ class Bridge:
                 if still:
                     self._wills_held[prefix] = still
             for will in due:  # judged by epoch: a will of the connection the hello replaced changes nothing
-                self._handle_durably(*will)
+                handle(*will)
 
     def _handle_durably(self, topic: str, payload: bytes) -> None:
         """``handle``, tried again while the database cannot take writes (the broker was already told
@@ -498,6 +588,10 @@ class Bridge:
         if presence is None or (presence.instance != self.instance and presence.state != "online"):
             log.info("the control presence said offline (another server stopped): this leader says online again")
             self.announce()
+
+
+class _Outage(Exception):
+    """A batch met a database that cannot take writes: roll it back, then handle its messages one by one."""
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -347,7 +347,7 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
 
     def step() -> None:
         _, data = bridge._inbox.get_nowait()
-        bridge._handle_in_order(*data)
+        bridge._handle_in_order(*data, bridge._handle_durably)
 
     def work() -> None:
         while not bridge._inbox.empty():
@@ -388,3 +388,61 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
     assert Node.get(Node.name == "n1").state == "Unreachable"
     work()
     assert not bridge._hellos_waiting and not bridge._wills_held
+
+
+def test_messages_waiting_together_share_one_transaction_and_answer_after_it(database):
+    """Messages waiting back to back are handled in one transaction, each in a savepoint: an error drops its
+    message only (its writes undone), the answers go out and the event listeners hear only after the commit,
+    and a scheduled call behind them is not passed."""
+    import paho.mqtt.client as mqtt
+
+    from broker.messages import Hello, node_proof
+    from broker.topics import Topics
+    from broker.url import MqttUrl
+    from control.bridge import Bridge
+    from control.services import events
+    from control.services.tasks import TaskEngine
+    from control.store.models import Node
+
+    keys = {name: enrolled_node(name, epoch=7) for name in ("n1", "n2", "n3")}
+    Node.update(state="Unreachable").where(Node.name == "n3").execute()  # its hello records a state event
+    topics = Topics()
+    broken = f"{topics.node_prefix('default', 'n2')}/hello"
+
+    class Breaks(Bridge):
+        def handle(self, topic: str, payload: bytes) -> None:
+            super().handle(topic, payload)
+            if topic == broken:
+                raise RuntimeError("a handler failed after its writes")
+
+    bridge = Breaks(MqttUrl("127.0.0.1", 1), topics, TaskEngine(topics))  # never started: fed by hand
+    answered, heard = [], []
+    bridge.client.publish = lambda topic, payload, qos, retain: answered.append((topic, database.in_transaction()))
+    unsubscribe = events.subscribe(lambda event: heard.append((event.subject, database.in_transaction())))
+
+    def deliver(node: str, epoch: int) -> None:
+        proof = node_proof(keys[node], "default", node, "a" * 32, epoch)
+        facts = NodeFacts(hostname=node, heartbeat_interval=2.0, address=f"10.0.0.{node[1]}")
+        hello = Hello(agent_id="a" * 32, epoch=epoch, proof=proof, nonce=f"x{epoch}", facts=facts)
+        msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', node)}/hello".encode())
+        msg.payload = hello.model_dump_json().encode()
+        bridge._on_message(bridge.client, None, msg)
+
+    try:
+        for node in ("n1", "n2", "n3"):
+            deliver(node, 8)
+        assert bridge.call_soon(lambda: None)
+        deliver("n1", 9)  # behind the scheduled call: not in the batch
+        _, first = bridge._inbox.get_nowait()
+        batch = [first, *bridge._waiting_messages(10)]
+        assert [topic.split("/")[-2] for topic, _ in batch] == ["n1", "n2", "n3"]
+        bridge._handle_batch(batch)
+    finally:
+        unsubscribe()
+    epochs = {row.name: row.epoch for row in Node.select()}
+    assert epochs == {"n1": 8, "n2": 7, "n3": 8}  # n2's hello was stored, then undone with its savepoint
+    assert [topic.split("/")[-2] for topic, _ in answered] == ["n1", "n3"]
+    assert ("n3", False) in heard and not any(inside for _, inside in answered + heard)  # after the commit
+    assert bridge.dropped_counts() == {"handler-error": 1}
+    assert bridge._inbox.qsize() == 2  # the call, then the later hello
+    assert not bridge._hellos_waiting or set(bridge._hellos_waiting.values()) == {1}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from control.store.models import Cluster, Event
@@ -30,6 +31,7 @@ METADATA_KINDS = frozenset(
     }
 )
 _lock = threading.Lock()
+_holding = threading.local()  # .events: what this thread recorded inside ``held_until_commit``
 
 
 def subscribe(listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -56,6 +58,35 @@ def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> E
         bump(cluster)
     # on PostgreSQL the insert notifies other servers' streams at the commit (a trigger: migration 16)
     event = Event.create(kind=kind, cluster=cluster, subject=subject, data=data)
+    held: list[Event] | None = getattr(_holding, "events", None)
+    if held is not None:
+        held.append(event)
+    else:
+        _tell_listeners(event)
+    return event
+
+
+@contextmanager
+def held_until_commit() -> Iterator[None]:
+    """Tell the listeners of the events this thread records inside the block only when it ends without an
+    error: wrap a transaction that holds many changes (the bridge's batches), so that a listener woken by
+    an event reads it committed. An error forgets them (the transaction, or its savepoint, was rolled back).
+    Nested blocks hand theirs to the enclosing one."""
+    outer: list[Event] | None = getattr(_holding, "events", None)
+    held: list[Event] = []
+    _holding.events = held
+    try:
+        yield
+    finally:
+        _holding.events = outer
+    if outer is not None:
+        outer.extend(held)
+        return
+    for event in held:
+        _tell_listeners(event)
+
+
+def _tell_listeners(event: Event) -> None:
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
@@ -63,4 +94,3 @@ def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> E
             listener(event)
         except Exception:  # a listener must never break the write path
             log.exception("event listener failed for event %s", event.id)
-    return event
