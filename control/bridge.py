@@ -3,8 +3,8 @@
 Messages are handled in arrival order by one worker thread, off paho's network thread, so a
 slow database does not stall keepalives. Every handler is wrapped: a malformed or oversized
 payload is logged with the node that sent it and dropped (design invariant 5). Messages that
-already wait back to back (a registration storm) share one transaction, each in a savepoint of
-its own, and what they answer is published after it commits.
+already wait back to back (a registration storm) share one transaction, and what they answer is
+published after it commits; if one of them fails, each is handled again on its own.
 
 Nothing acknowledged is lost: paho acknowledges a QoS 1 message when ``on_message`` returns, so
 when the inbox is full ``on_message`` waits for room (backpressure on the broker) instead of
@@ -64,8 +64,8 @@ INBOX_SIZE = 100_000
 INBOX_WAIT_SECONDS = 0.5  # how often a waiting on_message checks whether the bridge stops
 DB_RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between tries of a message while the database is out
 SCHEDULE_TIMEOUT = 5.0  # how long a scheduled call waits for room in the inbox
-# messages already waiting back to back are handled in one transaction, each in a savepoint of its own:
-# one commit (the database's flush to disk) for up to this many. A lone message is its own transaction.
+# messages already waiting back to back are handled in one transaction: one commit (the database's flush to
+# disk) for up to this many. A lone message is its own transaction.
 BATCH_MAX = 64
 
 # the leaf of an agent topic -> the payload published there
@@ -361,53 +361,45 @@ class Bridge:
         return taken
 
     def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        """Handle messages in one transaction, each in a savepoint (an error drops that message only), and
-        publish what they answered once it committed. When the database cannot take writes, the
-        transaction is rolled back and every message is handled again on its own (``_handle_durably``)."""
+        """Handle messages in one transaction and publish what they answered once it committed (no statement
+        of its own per message: a heartbeat that only moves a time in memory costs nothing more). When one
+        of them fails, or the database cannot take writes, the transaction is rolled back and every message
+        is handled again on its own, as a lone message is (``_handle_durably``)."""
         handled: list[tuple[str, bytes]] = []  # in the order handled (a held will comes after its hellos)
         unread = list(batch)
         held: list[tuple[str, bytes, int, bool]] = []  # what they publish, sent after the commit
-        out = False
 
-        def in_savepoint(topic: str, payload: bytes) -> None:
-            nonlocal out
+        def in_batch(topic: str, payload: bytes) -> None:
             handled.append((topic, payload))
-            if out:
-                return
-            answers = len(held)
-            try:
-                with events.held_until_commit(), database_proxy.atomic():
-                    self.handle(topic, payload)
-            except Exception as exc:
-                del held[answers:]  # its answers go with its writes
-                if outage(exc) is not None:
-                    out = True
-                    return
-                self._count_drop("handler-error")
-                log.exception("error while handling message %s", topic)
+            self.handle(topic, payload)
 
         self._held_publishes = (threading.get_ident(), held)
         try:
             with events.held_until_commit(), database_proxy.atomic():
                 while unread:
-                    self._handle_in_order(*unread.pop(0), in_savepoint)
-                if out:
-                    raise _Outage
+                    self._handle_in_order(*unread.pop(0), in_batch)
         except Exception as exc:
-            if not isinstance(exc, _Outage):
-                log.warning("a batch of %d messages was not stored (%s): each is handled again", len(batch), exc)
-            out = True
+            failed: Exception | None = exc
+        else:
+            failed = None
         finally:
             self._held_publishes = None
-        if not out:
+        if failed is None:
             for topic, payload, qos, retain in held:
                 self.client.publish(topic, payload, qos=qos, retain=retain)
             return
-        # nothing of it was stored, nor published: each on its own, tried while the database cannot take writes
+        # nothing of it was stored, nor published: what was kept in memory of its nodes goes too (their next
+        # messages take the full path), and each message is handled again on its own
+        log.info("a batch of %d messages was rolled back (%s): each is handled on its own", len(batch), failed)
+        for topic, _ in handled:
+            parsed = self.topics.parse_node_topic(topic)
+            if parsed is not None:
+                nodes.forget_kept(parsed[0], parsed[1])
+        rebalance.forget_reports()
         again = [(topic, payload, False) for topic, payload in handled] + [(t, p, True) for t, p in unread]
         for topic, payload, unseen in again:
             try:
-                if unseen:  # not reached before the error: its hello bookkeeping is still to do
+                if unseen:  # not reached: its hello bookkeeping is still to do
                     self._handle_in_order(topic, payload, self._handle_durably)
                 else:
                     self._handle_durably(topic, payload)
@@ -588,10 +580,6 @@ class Bridge:
         if presence is None or (presence.instance != self.instance and presence.state != "online"):
             log.info("the control presence said offline (another server stopped): this leader says online again")
             self.announce()
-
-
-class _Outage(Exception):
-    """A batch met a database that cannot take writes: roll it back, then handle its messages one by one."""
 
 
 def _short(text: str, limit: int = 300) -> str:

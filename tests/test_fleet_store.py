@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import peewee as pw
 import pytest
 
 from broker.messages import BrickReport, Heartbeat, NodeFacts, Presence
@@ -391,10 +392,14 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
 
 
 def test_messages_waiting_together_share_one_transaction_and_answer_after_it(database):
-    """Messages waiting back to back are handled in one transaction, each in a savepoint: an error drops its
-    message only (its writes undone), the answers go out and the event listeners hear only after the commit,
-    and a scheduled call behind them is not passed."""
+    """Messages waiting back to back are handled in one transaction: another connection sees none of them
+    before the commit, their answers go out and the event listeners hear only after it, and a scheduled
+    call behind them is not passed. When one fails, the batch is rolled back and each is handled again
+    on its own: the others are stored and answered once, the failing one is dropped and counted."""
+    import sqlite3
+
     import paho.mqtt.client as mqtt
+    import psycopg2
 
     from broker.messages import Hello, node_proof
     from broker.topics import Topics
@@ -406,43 +411,76 @@ def test_messages_waiting_together_share_one_transaction_and_answer_after_it(dat
 
     keys = {name: enrolled_node(name, epoch=7) for name in ("n1", "n2", "n3")}
     Node.update(state="Unreachable").where(Node.name == "n3").execute()  # its hello records a state event
-    topics = Topics()
-    broken = f"{topics.node_prefix('default', 'n2')}/hello"
+    if isinstance(database, pw.PostgresqlDatabase):
+        other = psycopg2.connect(dbname=database.database, **database.connect_params)
+        other.autocommit = True
+    else:
+        other = sqlite3.connect(database.database)
 
-    class Breaks(Bridge):
+    def committed_epoch(node: str) -> int:
+        cursor = other.cursor()
+        cursor.execute(f"SELECT epoch FROM node WHERE name = '{node}'")
+        return cursor.fetchone()[0]
+
+    topics = Topics()
+    seen_outside: list[int] = []
+    failing: set[str] = set()
+
+    class Watched(Bridge):
         def handle(self, topic: str, payload: bytes) -> None:
             super().handle(topic, payload)
-            if topic == broken:
+            node = topic.split("/")[-2]
+            if node == "n3":
+                seen_outside.append(committed_epoch("n1"))
+            if node in failing:
                 raise RuntimeError("a handler failed after its writes")
 
-    bridge = Breaks(MqttUrl("127.0.0.1", 1), topics, TaskEngine(topics))  # never started: fed by hand
+    bridge = Watched(MqttUrl("127.0.0.1", 1), topics, TaskEngine(topics))  # never started: fed by hand
     answered, heard = [], []
     bridge.client.publish = lambda topic, payload, qos, retain: answered.append((topic, database.in_transaction()))
     unsubscribe = events.subscribe(lambda event: heard.append((event.subject, database.in_transaction())))
 
     def deliver(node: str, epoch: int) -> None:
         proof = node_proof(keys[node], "default", node, "a" * 32, epoch)
-        facts = NodeFacts(hostname=node, heartbeat_interval=2.0, address=f"10.0.0.{node[1]}")
+        facts = NodeFacts(hostname=node, heartbeat_interval=2.0)
         hello = Hello(agent_id="a" * 32, epoch=epoch, proof=proof, nonce=f"x{epoch}", facts=facts)
         msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', node)}/hello".encode())
         msg.payload = hello.model_dump_json().encode()
         bridge._on_message(bridge.client, None, msg)
 
-    try:
+    def batch_of_three(epoch: int) -> None:
         for node in ("n1", "n2", "n3"):
-            deliver(node, 8)
-        assert bridge.call_soon(lambda: None)
-        deliver("n1", 9)  # behind the scheduled call: not in the batch
+            deliver(node, epoch)
         _, first = bridge._inbox.get_nowait()
         batch = [first, *bridge._waiting_messages(10)]
         assert [topic.split("/")[-2] for topic, _ in batch] == ["n1", "n2", "n3"]
         bridge._handle_batch(batch)
+
+    try:
+        deliver("n1", 8)
+        assert bridge.call_soon(lambda: None)
+        deliver("n2", 8)  # behind the scheduled call: never in a batch before it
+        _, lone = bridge._inbox.get_nowait()
+        assert bridge._waiting_messages(10) == []
+        bridge._handle_in_order(*lone, bridge._handle_durably)
+        assert bridge._inbox.get_nowait()[0] == "call"
+        bridge._handle_in_order(*bridge._inbox.get_nowait()[1], bridge._handle_durably)
+        answered.clear()
+
+        batch_of_three(9)
+        assert seen_outside == [8]  # n1's hello of epoch 9 was not committed while n3's was handled
+        assert {row.name: row.epoch for row in Node.select()} == {"n1": 9, "n2": 9, "n3": 9}
+        assert [topic.split("/")[-2] for topic, _ in answered] == ["n1", "n2", "n3"]
+        assert ("n3", False) in heard and not any(inside for _, inside in answered + heard)  # after the commit
+        assert not bridge.dropped_counts()
+
+        answered.clear()
+        failing.add("n2")
+        batch_of_three(10)  # n2 fails: rolled back, then each on its own
+        assert {row.name: row.epoch for row in Node.select()} == {"n1": 10, "n2": 10, "n3": 10}
+        assert sorted(topic.split("/")[-2] for topic, _ in answered) == ["n1", "n2", "n3"]  # each once
+        assert bridge.dropped_counts() == {"handler-error": 1}
+        assert not bridge._hellos_waiting and bridge._inbox.empty()
     finally:
         unsubscribe()
-    epochs = {row.name: row.epoch for row in Node.select()}
-    assert epochs == {"n1": 8, "n2": 7, "n3": 8}  # n2's hello was stored, then undone with its savepoint
-    assert [topic.split("/")[-2] for topic, _ in answered] == ["n1", "n3"]
-    assert ("n3", False) in heard and not any(inside for _, inside in answered + heard)  # after the commit
-    assert bridge.dropped_counts() == {"handler-error": 1}
-    assert bridge._inbox.qsize() == 2  # the call, then the later hello
-    assert not bridge._hellos_waiting or set(bridge._hellos_waiting.values()) == {1}
+        other.close()

@@ -413,6 +413,12 @@ def _forget_beats(cluster_name: str, node_name: str) -> None:
         _hellos.pop((cluster_name, node_name), None)
 
 
+def forget_kept(cluster_name: str, node_name: str) -> None:
+    """What was kept of the node (its accepted hello, its last heartbeat) may not have been stored: a
+    transaction that held it was rolled back. Its next messages take the full path."""
+    _forget_beats(cluster_name, node_name)
+
+
 def reset_beats() -> None:
     """Forget every kept heartbeat (another database is opened in this process: benchmarks, tests)."""
     with _beats_lock:
