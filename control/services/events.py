@@ -70,7 +70,7 @@ def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> E
 def held_until_commit() -> Iterator[None]:
     """Tell the listeners of the events this thread records inside the block only when it ends without an
     error: wrap a transaction that holds many changes (the bridge's batches), so that a listener woken by
-    an event reads it committed. An error forgets them (the transaction, or its savepoint, was rolled back).
+    an event reads it committed. An error forgets them (the transaction was rolled back).
     Nested blocks hand theirs to the enclosing one."""
     outer: list[Event] | None = getattr(_holding, "events", None)
     held: list[Event] = []
