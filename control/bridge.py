@@ -373,15 +373,14 @@ class Bridge:
             handled.append((topic, payload))
             self.handle(topic, payload)
 
+        failed: Exception | None = None
         self._held_publishes = (threading.get_ident(), held)
         try:
             with events.held_until_commit(), database_proxy.atomic():
                 while unread:
                     self._handle_in_order(*unread.pop(0), in_batch)
         except Exception as exc:
-            failed: Exception | None = exc
-        else:
-            failed = None
+            failed = exc
         finally:
             self._held_publishes = None
         if failed is None:

@@ -70,18 +70,13 @@ def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> E
 def held_until_commit() -> Iterator[None]:
     """Tell the listeners of the events this thread records inside the block only when it ends without an
     error: wrap a transaction that holds many changes (the bridge's batches), so that a listener woken by
-    an event reads it committed. An error forgets them (the transaction was rolled back).
-    Nested blocks hand theirs to the enclosing one."""
-    outer: list[Event] | None = getattr(_holding, "events", None)
+    an event reads it committed. An error forgets them (the transaction was rolled back)."""
     held: list[Event] = []
     _holding.events = held
     try:
         yield
     finally:
-        _holding.events = outer
-    if outer is not None:
-        outer.extend(held)
-        return
+        _holding.events = None
     for event in held:
         _tell_listeners(event)
 

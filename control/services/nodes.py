@@ -97,7 +97,7 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
             _hellos[key] = (*ident, now)
         return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     if hello.node_secret is not None:
-        _forget_beats(cluster_name, node_name)
+        forget_kept(cluster_name, node_name)
     elif _reconnected(cluster_name, node_name, hello, now):
         return Registration(accepted=True, epoch=hello.epoch, nonce=hello.nonce)
     try:
@@ -163,7 +163,7 @@ def _reconnected(cluster_name: str, node_name: str, hello: Hello, now: float) ->
         .execute()
     )
     if moved != 1:
-        _forget_beats(cluster_name, node_name)
+        forget_kept(cluster_name, node_name)
         return False
     kept = replace(known, epoch=hello.epoch, checked=now, reports=None)
     with _beats_lock:
@@ -270,7 +270,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
             _seen(node, now)
             _set_state(node, NodeState.ONLINE, f"connected (epoch {hello.epoch})", now)
             node.save(only=node.dirty_fields)  # not the unchanged columns (the facts JSON, mostly)
-            _forget_beats(cluster_name, node_name)
+            forget_kept(cluster_name, node_name)
         if new_credential and hello.node_secret is not None:
             # inside the transaction: if the broker user cannot be made, nothing is stored either
             # (an enrolment asked again with the same secret already has its user: setting the same
@@ -365,7 +365,7 @@ def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: 
             _set_state(node, NodeState.ONLINE, "presence online", now)
         if node.dirty_fields:  # a last-will for a node the sweeper already called Unreachable changes nothing
             node.save(only=node.dirty_fields)
-    _forget_beats(cluster_name, node_name)
+    forget_kept(cluster_name, node_name)
 
 
 # Heartbeats that change nothing but the time (same connection, same facts but the uptime, same
@@ -406,17 +406,13 @@ _pending: dict[int, tuple[int, float, float]] = {}  # node id -> (epoch, last se
 _beats_lock = threading.Lock()
 
 
-def _forget_beats(cluster_name: str, node_name: str) -> None:
-    """The node's row changed outside a heartbeat (state, epoch, removal): the next heartbeat takes the full path."""
+def forget_kept(cluster_name: str, node_name: str) -> None:
+    """Forget what is kept of the node (its accepted hello, its last heartbeat): its row changed outside a
+    heartbeat (state, epoch, removal), or a rolled-back transaction held what was kept. Its next
+    messages take the full path."""
     with _beats_lock:
         _beats.pop((cluster_name, node_name), None)
         _hellos.pop((cluster_name, node_name), None)
-
-
-def forget_kept(cluster_name: str, node_name: str) -> None:
-    """What was kept of the node (its accepted hello, its last heartbeat) may not have been stored: a
-    transaction that held it was rolled back. Its next messages take the full path."""
-    _forget_beats(cluster_name, node_name)
 
 
 def reset_beats() -> None:
@@ -570,7 +566,7 @@ def sweep_silent(now: float | None = None) -> int:
                 continue
             _set_state(node, NodeState.UNREACHABLE, f"no heartbeat for {now - node.last_seen_at:.0f}s", now)
             node.save()
-        _forget_beats(node.cluster.name, node.name)
+        forget_kept(node.cluster.name, node.name)
         count += 1
     return count
 
@@ -633,7 +629,7 @@ def remove(cluster: Cluster, name: str, force: bool = False, engine: TaskEngine 
             )
         heartbeats.forget_node(node)
         node.delete_instance()
-        _forget_beats(cluster.name, name)
+        forget_kept(cluster.name, name)
         events.record("node.removed", cluster=cluster.name, subject=name)
     log.info("cluster %s node %s: removed (credential revoked)", cluster.name, name)
     if engine is not None:
