@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from broker.messages import BrickState, Health, NodeState, TaskState, VolumeState
 from control.client.states import volume_failed
@@ -85,7 +87,7 @@ class ModelTable(DataTable[Any]):
                     continue
                 for (col, _), value, before in zip(self.COLUMNS, cells, old or (None,) * len(cells)):
                     if value != before:
-                        self.update_cell(key, col, value, update_width=True)
+                        self.update_cell(key, col, value, update_width=self._widens(col, value))
                 self._cells[key] = cells
             return
         selected = self.selected_key()
@@ -95,6 +97,12 @@ class ModelTable(DataTable[Any]):
             self.add_row(*cells, key=key)
         if selected in self._keys:
             self.move_cursor(row=self._keys.index(selected), animate=False)
+
+    def _widens(self, col: str, value: Any) -> bool:
+        """Whether ``value`` needs its column wider. Columns never narrow on a cell update: DataTable
+        narrows by measuring every cell of the column, for each narrower cell, and a clock tick over a
+        thousand task rows would measure a million cells. A column narrows when the rows are rebuilt."""
+        return cell_len(str(value)) > self.columns[ColumnKey(col)].content_width
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         col = str(event.column_key.value)
