@@ -1,7 +1,8 @@
-"""A DataTable that mirrors rows of the domain model: updates changed cells, rebuilds on new row sets."""
+"""A DataTable that mirrors rows of the domain model: it updates what changed instead of building again."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from rich.cells import cell_len
@@ -13,6 +14,9 @@ from textual.widgets.data_table import ColumnKey
 from broker.messages import BrickState, Health, NodeState, TaskState, VolumeState
 from control.client.states import volume_failed
 from tui.model import Dashboard
+
+# Removing a row renumbers every row below it; past this many removals, building the table again is cheaper.
+REBUILD_AFTER_REMOVING = 32
 
 STATE_STYLES: dict[str, str] = {
     NodeState.ONLINE: "green",
@@ -29,6 +33,11 @@ STATE_STYLES: dict[str, str] = {
     Health.DEGRADED: "yellow",
     Health.DOWN: "bold red",
 }
+
+
+def plain(cells: Iterable[Any]) -> tuple[str, ...]:
+    """A row as the text it shows: rows that show the same text may change places unseen."""
+    return tuple(str(c) for c in cells)
 
 
 def state_text(state: str) -> Text:
@@ -70,7 +79,8 @@ class ModelTable(DataTable[Any]):
         return any(needle in str(c).lower() for c in cells)
 
     def sync(self, model: Dashboard) -> None:
-        """Bring the table in line with the model: cheap when only cells changed."""
+        """Bring the table in line with the model: cells that changed are updated, rows that came are
+        added and rows that went are removed; the table is built again only when many rows went."""
         wanted: list[tuple[str, tuple[Any, ...]]] = []
         for key, row in self.model_rows(model):
             cells = tuple(row.get(col, "") for col, _ in self.COLUMNS)
@@ -81,22 +91,38 @@ class ModelTable(DataTable[Any]):
             wanted.sort(key=lambda kc: str(kc[1][index]), reverse=self._sort[1])
         keys = [k for k, _ in wanted]
         if keys == self._keys:
-            for key, cells in wanted:
-                old = self._cells.get(key)
-                if old == cells:
-                    continue
-                for (col, _), value, before in zip(self.COLUMNS, cells, old or (None,) * len(cells)):
-                    if value != before:
-                        self.update_cell(key, col, value, update_width=self._widens(col, value))
-                self._cells[key] = cells
+            self._update_cells(wanted)
             return
         selected = self.selected_key()
-        self.clear()
-        self._keys, self._cells = keys, dict(wanted)
+        gone = set(self._keys).difference(keys)
+        if not self._keys or len(gone) > REBUILD_AFTER_REMOVING:
+            self.clear()
+            self._keys, self._cells, gone = [], {}, set()
+        for key in gone:
+            self.remove_row(key)
+            del self._cells[key]
+        self._update_cells([(key, cells) for key, cells in wanted if key in self._cells])
         for key, cells in wanted:
-            self.add_row(*cells, key=key)
-        if selected in self._keys:
-            self.move_cursor(row=self._keys.index(selected), animate=False)
+            if key not in self._cells:
+                self.add_row(*cells, key=key)
+                self._cells[key] = cells
+        if [key for key in self._keys if key not in gone] + [key for key in keys if key not in self._keys] != keys:
+            # new rows went to the bottom: put every row in its place
+            place = {plain(cells): i for i, (_, cells) in enumerate(wanted)}
+            self.sort(key=lambda cells: place.get(plain(cells), len(place)))
+        self._keys = keys
+        if selected in self._cells:
+            self.move_cursor(row=keys.index(selected), animate=False)
+
+    def _update_cells(self, wanted: list[tuple[str, tuple[Any, ...]]]) -> None:
+        for key, cells in wanted:
+            old = self._cells[key]
+            if old == cells:
+                continue
+            for (col, _), value, before in zip(self.COLUMNS, cells, old):
+                if value != before:
+                    self.update_cell(key, col, value, update_width=self._widens(col, value))
+            self._cells[key] = cells
 
     def _widens(self, col: str, value: Any) -> bool:
         """Whether ``value`` needs its column wider. Columns never narrow on a cell update: DataTable
