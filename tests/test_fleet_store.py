@@ -391,6 +391,40 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
     assert not bridge._hellos_waiting and not bridge._wills_held
 
 
+def test_a_batch_raises_each_clusters_metadata_version_once(database):
+    """Changes of metadata in one batch (one transaction) raise their cluster's version once; a batch
+    that is rolled back raises nothing, and the next batch raises it again."""
+    from control.services import clusters, events
+    from control.store.models import Cluster
+
+    clusters.ensure_default()
+    Cluster.create(name="other", join_secret="j" * 32)
+
+    def versions() -> dict[str, int]:
+        return {c.name: c.metadata_version for c in Cluster.select()}
+
+    start = versions()
+    with database.atomic():  # not a batch: each change raises it, as always
+        events.record("node.enrolled", cluster="default", subject="n1")
+        events.record("node.enrolled", cluster="default", subject="n2")
+    assert versions() == {"default": start["default"] + 2, "other": start["other"]}
+
+    start = versions()
+    with events.held_until_commit(), database.atomic():
+        for node in ("n1", "n2", "n3"):
+            events.record("node.registered", cluster="default", subject=node)
+        events.record("node.state", cluster="other", subject="n9", state="Online")  # not metadata
+        events.record("node.removed", cluster="other", subject="n8")
+    assert versions() == {"default": start["default"] + 1, "other": start["other"] + 1}
+
+    with pytest.raises(RuntimeError), events.held_until_commit(), database.atomic():
+        events.record("node.registered", cluster="default", subject="n4")
+        raise RuntimeError("rolled back")
+    with events.held_until_commit(), database.atomic():
+        events.record("node.registered", cluster="default", subject="n5")
+    assert versions() == {"default": start["default"] + 2, "other": start["other"] + 1}
+
+
 def test_messages_waiting_together_share_one_transaction_and_answer_after_it(database):
     """Messages waiting back to back are handled in one transaction: another connection sees none of them
     before the commit, their answers go out and the event listeners hear only after it, and a scheduled

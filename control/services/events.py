@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from control.store.models import Cluster, Event
@@ -31,7 +32,17 @@ METADATA_KINDS = frozenset(
     }
 )
 _lock = threading.Lock()
-_holding = threading.local()  # .events: what this thread recorded inside ``held_until_commit``
+
+
+@dataclass
+class _Held:
+    """What this thread's ``held_until_commit`` block has done so far."""
+
+    events: list[Event] = field(default_factory=list)  # recorded, not yet told to the listeners
+    bumped: set[str] = field(default_factory=set)  # clusters whose metadata version the block raised
+
+
+_holding = threading.local()  # .held: the thread's _Held inside ``held_until_commit``, else None
 
 
 def subscribe(listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -54,13 +65,15 @@ def bump(cluster: str) -> None:
 
 def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> Event:
     """Persist one event. Call inside the transaction that made the change."""
-    if cluster and kind in METADATA_KINDS:
+    held: _Held | None = getattr(_holding, "held", None)
+    if cluster and kind in METADATA_KINDS and (held is None or cluster not in held.bumped):
         bump(cluster)
+        if held is not None:
+            held.bumped.add(cluster)
     # on PostgreSQL the insert notifies other servers' streams at the commit (a trigger: migration 16)
     event = Event.create(kind=kind, cluster=cluster, subject=subject, data=data)
-    held: list[Event] | None = getattr(_holding, "events", None)
     if held is not None:
-        held.append(event)
+        held.events.append(event)
     else:
         _tell_listeners(event)
     return event
@@ -70,14 +83,17 @@ def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> E
 def held_until_commit() -> Iterator[None]:
     """Tell the listeners of the events this thread records inside the block only when it ends without an
     error: wrap a transaction that holds many changes (the bridge's batches), so that a listener woken by
-    an event reads it committed. An error forgets them (the transaction was rolled back)."""
-    held: list[Event] = []
-    _holding.events = held
+    an event reads it committed. An error forgets them (the transaction was rolled back).
+
+    The block is one transaction, so it raises each cluster's metadata version once, however many of
+    its changes are metadata: the version names what the cluster's metadata is after a commit."""
+    held = _Held()
+    _holding.held = held
     try:
         yield
     finally:
-        _holding.events = None
-    for event in held:
+        _holding.held = None
+    for event in held.events:
         _tell_listeners(event)
 
 
