@@ -116,6 +116,9 @@ class Connection:
 
     def _expect(self, pid: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # most QoS 1 publishes (hellos, heartbeats) are not awaited: a connection lost before their PUBACK
+        # is the agent's business, not an unretrieved exception for asyncio to print at exit
+        fut.add_done_callback(_seen)
         self._acks[pid] = fut
         return fut
 
@@ -213,3 +216,8 @@ class Connection:
             except (ConnectionError, OSError):
                 pass
         self._closed()
+
+
+def _seen(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()

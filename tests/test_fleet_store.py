@@ -518,3 +518,59 @@ def test_messages_waiting_together_share_one_transaction_and_answer_after_it(dat
     finally:
         unsubscribe()
         other.close()
+
+
+def test_an_enrolment_that_fails_in_a_batch_is_refused_alone_and_the_batch_kept(database):
+    """An enrolment whose broker user cannot be made, in a batch: its writes share the batch's transaction
+    (no savepoint of its own), so the batch is rolled back and its messages handled one by one: the other
+    node is enrolled and answered once, the failing one is refused with the reason and leaves no row."""
+    import paho.mqtt.client as mqtt
+
+    from broker.messages import Hello, Registration, join_proof, make_join_token
+    from broker.topics import Topics
+    from broker.url import MqttUrl
+    from control.bridge import Bridge
+    from control.services import clusters, enrolment
+    from control.services.tasks import TaskEngine
+    from control.store.models import Node
+
+    token = make_join_token("default", clusters.ensure_default().join_secret)
+
+    class BrokerDown(enrolment.NoAccounts):
+        """The broker refuses to make one node's user (a dynsec command that failed)."""
+
+        def __init__(self) -> None:
+            self.made: list[str] = []
+
+        def node_enrolled(self, cluster: str, node: str, secret: str) -> None:
+            if node == "bad":
+                raise RuntimeError("dynsec: createClient timed out")
+            self.made.append(node)
+
+    accounts = BrokerDown()
+    enrolment.use_accounts(accounts)
+    topics = Topics()
+    bridge = Bridge(MqttUrl("127.0.0.1", 1), topics, TaskEngine(topics))  # never started: fed by hand
+    answers: dict[str, Registration] = {}
+    bridge.client.publish = lambda topic, payload, qos, retain: answers.__setitem__(
+        topic.split("/")[-2], Registration.model_validate_json(payload)
+    )
+    try:
+        for node in ("good", "bad"):
+            proof = join_proof(token, node, "a" * 32, 5)
+            hello = Hello(agent_id="a" * 32, epoch=5, proof=proof, nonce="n", node_secret="s" * 43, facts=NodeFacts())
+            msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', node)}/hello".encode())
+            msg.payload = hello.model_dump_json().encode()
+            bridge._on_message(bridge.client, None, msg)
+        _, first = bridge._inbox.get_nowait()
+        batch = [first, *bridge._waiting_messages(10)]
+        assert len(batch) == 2
+        bridge._handle_batch(batch)
+
+        assert [row.name for row in Node.select()] == ["good"]
+        assert answers["good"].accepted and not answers["bad"].accepted
+        assert "could not create the node's broker user" in (answers["bad"].reason or "")
+        assert accounts.made == ["good", "good"]  # in the batch, then again on its own, with the same secret
+        assert not bridge.dropped_counts()
+    finally:
+        enrolment.use_accounts(enrolment.NoAccounts())

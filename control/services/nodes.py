@@ -35,7 +35,7 @@ from broker.messages import (
 from control.errors import Conflict, NotFound
 from control.services import enrolment, events, heartbeats, metrics
 from control.services.tasks import OPEN_STATES, TaskEngine
-from control.store.db import first, locked
+from control.store.db import first, joined_atomic, locked
 from control.store.models import Brick, Cluster, Node, Task, Volume
 from control.store.models import database_proxy as db
 
@@ -103,6 +103,8 @@ def handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float | N
     try:
         answer, node = _handle_hello(cluster_name, node_name, hello, now)
     except _NotEnrolled as exc:
+        if db.in_transaction():
+            raise  # a batch's: its writes are in the batch, which is rolled back and handled again one by one
         log.warning("cluster %s node %s: enrolment failed: %s", cluster_name, node_name, exc)
         return Registration(accepted=False, epoch=hello.epoch, nonce=hello.nonce, reason=str(exc))
     if node is not None:
@@ -211,7 +213,7 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
     except ValueError as exc:
         return refuse(str(exc))
     enrolling = hello.node_secret is not None
-    with db.atomic():
+    with joined_atomic(db):
         node = _locked_node(cluster_name, node_name)  # with its cluster: one statement
         cluster = node.cluster if node is not None else Cluster.get_or_none(Cluster.name == cluster_name)
         if cluster is None:
@@ -353,7 +355,7 @@ def handle_presence(cluster_name: str, node_name: str, presence: Presence, now: 
     if known is not None and known.epoch != presence.epoch:  # kept only while the row has the kept epoch
         _ignored(cluster_name, node_name, presence)
         return
-    with db.atomic():
+    with joined_atomic(db):
         node = _trusted(cluster_name, node_name, presence.epoch)
         if node is None:
             _ignored(cluster_name, node_name, presence)
@@ -444,7 +446,7 @@ def handle_heartbeat(cluster_name: str, node_name: str, beat: Heartbeat, now: fl
             _pending[known.node_id] = (beat.epoch, now, now + known.silence)
         metrics.COUNTS.add("heartbeats_received")
         return True
-    with db.atomic():
+    with joined_atomic(db):
         node = _trusted(cluster_name, node_name, beat.epoch)
         if node is None:
             metrics.COUNTS.add("heartbeats_dropped")

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -448,6 +449,14 @@ def locked(query: pw.ModelSelect[M], of: type[pw.Model] | None = None) -> pw.Mod
     if not database.for_update:
         return query
     return query.for_update(of=of) if of is not None else query.for_update()
+
+
+def joined_atomic(database: Any) -> AbstractContextManager[Any]:
+    """``database.atomic()``, or, inside a transaction already open (the bridge's batches), a part of it
+    without a savepoint of its own: a savepoint is two more statements for each message. Only for code
+    that lets every error out of the block: the error then ends the open transaction too (a batch is
+    rolled back whole, then its messages are handled again one by one, each in a transaction of its own)."""
+    return nullcontext() if database.in_transaction() else database.atomic()
 
 
 def delete_where(model: type[pw.Model], condition: Any) -> int:
