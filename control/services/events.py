@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from control.store.models import Cluster, Event
+from control.store.models import Cluster, Event, now
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,29 @@ def bump(cluster: str) -> None:
 
 def record(kind: str, /, cluster: str = "", subject: str = "", **data: Any) -> Event:
     """Persist one event. Call inside the transaction that made the change."""
+    return record_all([(kind, data)], cluster=cluster, subject=subject)[0]
+
+
+def record_all(changes: Sequence[tuple[str, dict[str, Any]]], /, cluster: str = "", subject: str = "") -> list[Event]:
+    """Persist events of one subject, in order, with one statement (a new node: registered, then Online).
+    Call inside the transaction that made the changes."""
     held: _Held | None = getattr(_holding, "held", None)
-    if cluster and kind in METADATA_KINDS and (held is None or cluster not in held.bumped):
+    if cluster and any(kind in METADATA_KINDS for kind, _ in changes) and (held is None or cluster not in held.bumped):
         bump(cluster)
         if held is not None:
             held.bumped.add(cluster)
-    # on PostgreSQL the insert notifies other servers' streams at the commit (a trigger: migration 16)
-    event = Event.create(kind=kind, cluster=cluster, subject=subject, data=data)
+    at = now()
+    rows = [{"at": at, "cluster": cluster, "kind": kind, "subject": subject, "data": data} for kind, data in changes]
+    # on PostgreSQL the insert notifies other servers' streams at the commit (a trigger: migration 16);
+    # ids grow in the order of the rows, whatever order RETURNING gives them in
+    ids = sorted(row.id for row in Event.insert_many(rows).returning(Event.id).execute())
+    recorded = [Event(id=id_, **row) for id_, row in zip(ids, rows, strict=True)]
     if held is not None:
-        held.events.append(event)
+        held.events.extend(recorded)
     else:
-        _tell_listeners(event)
-    return event
+        for event in recorded:
+            _tell_listeners(event)
+    return recorded
 
 
 @contextmanager

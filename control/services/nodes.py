@@ -256,10 +256,11 @@ def _handle_hello(cluster_name: str, node_name: str, hello: Hello, now: float) -
             assert hello.node_secret is not None  # a node row is only ever made by an enrolment
             new_credential = enrolment.set_credential(node, hello.node_secret)
             node.save(force_insert=True)
-            events.record("node.registered", cluster=cluster_name, subject=node_name, address=node.address)
-            events.record(
-                "node.state", cluster=cluster_name, subject=node_name, state=NodeState.ONLINE.value, reason="registered"
-            )
+            registered = [
+                ("node.registered", {"address": node.address}),
+                ("node.state", {"state": NodeState.ONLINE.value, "reason": "registered"}),
+            ]
+            events.record_all(registered, cluster=cluster_name, subject=node_name)
             log.info("cluster %s node %s: enrolled and registered (epoch %d)", cluster_name, node_name, hello.epoch)
         else:
             new_credential = hello.node_secret is not None and enrolment.set_credential(node, hello.node_secret)
