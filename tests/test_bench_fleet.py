@@ -1,6 +1,7 @@
-"""bench/fleet.py end to end at a small size, so that the benchmark cannot rot: 20 simulated agents on
+"""The fleet benchmarks at a small size, so that they cannot rot. bench/fleet.py: 20 simulated agents on
 the embedded broker and SQLite, and on a private Mosquitto and PostgreSQL; every figure present, all
-agents Online (again after a reconnect storm), only the keepers receiving the metadata, nothing dropped."""
+agents Online (again after a reconnect storm), only the keepers receiving the metadata, nothing dropped.
+bench/enrolment.py: 150 nodes on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -61,3 +62,18 @@ def test_fleet_bench_smoke(broker, db, request):
     base = r["baseline"]
     assert base["messages_per_second"] > 0 and base["round_trip_p50_ms"] > 0, base
     assert r["log"]["database is locked"] == 0, r["log"]
+
+
+def test_enrolment_bench_smoke(request):
+    """bench/enrolment.py at a small size, both databases: every node stored and answered (the bench exits
+    non-zero otherwise), and each figure present and positive."""
+    request.getfixturevalue("postgres_url")  # skips without PostgreSQL
+    argv = [sys.executable, str(ROOT / "bench" / "enrolment.py"), "--nodes", "150", "-o", "json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, f"enrolment.py exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    results = json.loads(proc.stdout)
+    assert [r["db"] for r in results] == ["sqlite", "postgresql"]
+    for result in results:
+        for run in ("one by one", "batched"):
+            assert set(result[run]) == {"enrol_ms", "enrol_cpu_ms", "hello_ms", "hello_cpu_ms"}
+            assert all(value > 0 for value in result[run].values()), result
