@@ -118,7 +118,7 @@ class Connection:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # most QoS 1 publishes (hellos, heartbeats) are not awaited: a connection lost before their PUBACK
         # is the agent's business, not an unretrieved exception for asyncio to print at exit
-        fut.add_done_callback(_seen)
+        fut.add_done_callback(_retrieve)
         self._acks[pid] = fut
         return fut
 
@@ -218,6 +218,6 @@ class Connection:
         self._closed()
 
 
-def _seen(fut: asyncio.Future[None]) -> None:
+def _retrieve(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()

@@ -59,6 +59,15 @@ def beat(epoch: int, seq: int, uptime: float, bricks=()) -> Heartbeat:
     return Heartbeat(epoch=epoch, seq=seq, at=time.time(), facts=facts, bricks=list(bricks))
 
 
+def hand_to_bridge(bridge, node: str, leaf: str, payload: bytes) -> None:
+    """A message on the node's topic, handed to the bridge as its MQTT network thread does."""
+    import paho.mqtt.client as mqtt
+
+    msg = mqtt.MQTTMessage(topic=f"{bridge.topics.node_prefix('default', node)}/{leaf}".encode())
+    msg.payload = payload
+    bridge._on_message(bridge.client, None, msg)
+
+
 def test_migration_15_adds_the_columns_and_fills_the_deadline(database):
     from control.store.db import _migration_15
     from control.store.models import Node
@@ -320,7 +329,6 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
     """A reconnect storm: the old connection's last-will is read while the node's new hello waits in the
     bridge's inbox. The will is judged after that hello (by its epoch): the node never passes through
     Unreachable and the hello takes the one-statement path. Behind a hello that is refused, the will works."""
-    import paho.mqtt.client as mqtt
 
     from broker.messages import Hello, node_proof
     from broker.topics import Topics
@@ -335,9 +343,7 @@ def test_a_last_will_waits_for_the_hellos_received_behind_it(database):
     facts = NodeFacts(hostname="n1", heartbeat_interval=2.0)
 
     def deliver(leaf: str, payload: bytes) -> None:
-        msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', 'n1')}/{leaf}".encode())
-        msg.payload = payload
-        bridge._on_message(bridge.client, None, msg)
+        hand_to_bridge(bridge, "n1", leaf, payload)
 
     def hello(epoch: int, proof: str | None = None) -> bytes:
         proof = proof or node_proof(key, "default", "n1", "a" * 32, epoch)
@@ -432,7 +438,6 @@ def test_messages_waiting_together_share_one_transaction_and_answer_after_it(dat
     on its own: the others are stored and answered once, the failing one is dropped and counted."""
     import sqlite3
 
-    import paho.mqtt.client as mqtt
     import psycopg2
 
     from broker.messages import Hello, node_proof
@@ -478,9 +483,7 @@ def test_messages_waiting_together_share_one_transaction_and_answer_after_it(dat
         proof = node_proof(keys[node], "default", node, "a" * 32, epoch)
         facts = NodeFacts(hostname=node, heartbeat_interval=2.0)
         hello = Hello(agent_id="a" * 32, epoch=epoch, proof=proof, nonce=f"x{epoch}", facts=facts)
-        msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', node)}/hello".encode())
-        msg.payload = hello.model_dump_json().encode()
-        bridge._on_message(bridge.client, None, msg)
+        hand_to_bridge(bridge, node, "hello", hello.model_dump_json().encode())
 
     def batch_of_three(epoch: int) -> None:
         for node in ("n1", "n2", "n3"):
@@ -524,7 +527,6 @@ def test_an_enrolment_that_fails_in_a_batch_is_refused_alone_and_the_batch_kept(
     """An enrolment whose broker user cannot be made, in a batch: its writes share the batch's transaction
     (no savepoint of its own), so the batch is rolled back and its messages handled one by one: the other
     node is enrolled and answered once, the failing one is refused with the reason and leaves no row."""
-    import paho.mqtt.client as mqtt
 
     from broker.messages import Hello, Registration, join_proof, make_join_token
     from broker.topics import Topics
@@ -559,9 +561,7 @@ def test_an_enrolment_that_fails_in_a_batch_is_refused_alone_and_the_batch_kept(
         for node in ("good", "bad"):
             proof = join_proof(token, node, "a" * 32, 5)
             hello = Hello(agent_id="a" * 32, epoch=5, proof=proof, nonce="n", node_secret="s" * 43, facts=NodeFacts())
-            msg = mqtt.MQTTMessage(topic=f"{topics.node_prefix('default', node)}/hello".encode())
-            msg.payload = hello.model_dump_json().encode()
-            bridge._on_message(bridge.client, None, msg)
+            hand_to_bridge(bridge, node, "hello", hello.model_dump_json().encode())
         _, first = bridge._inbox.get_nowait()
         batch = [first, *bridge._waiting_messages(10)]
         assert len(batch) == 2
