@@ -488,19 +488,36 @@ class ServerProc:
     def control_secret(self) -> str:
         return (self.data_dir / "control.secret").read_text().strip()
 
-    def cpu_seconds(self) -> float:
+    def pids(self) -> list[int]:
+        """The server's process and its children (the embedded broker runs in one of its own)."""
         assert self.popen is not None
-        with open(f"/proc/{self.popen.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [self.popen.pid]
+        for task in Path(f"/proc/{self.popen.pid}/task").glob("*/children"):
+            pids.extend(int(pid) for pid in task.read_text().split())
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server with its broker process."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue  # it ended meanwhile
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> float:
-        assert self.popen is not None
-        with open(f"/proc/{self.popen.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        """Resident memory of the server with its broker process."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    total += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)
+            except FileNotFoundError:
+                continue
+        return total / 1024
 
     def log(self) -> str:
         try:
@@ -962,13 +979,13 @@ class Fleet:
         }
 
     def start_profile(self) -> subprocess.Popen[bytes] | None:
-        """py-spy on the server while the agents are held and tasks dispatched (--profile FILE)."""
+        """py-spy on the server (and its broker process) while the agents are held and tasks dispatched (--profile FILE)."""
         if not self.args.profile:
             return None
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         assert self.server.popen is not None
         argv = [exe, "record", "--pid", str(self.server.popen.pid), "--format", "raw", "-o", self.args.profile]
-        argv += ["--threads", "--rate", "50", "--nonblocking"]
+        argv += ["--threads", "--rate", "50", "--nonblocking", "--subprocesses"]  # the broker process too
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_profile(self, profiler: subprocess.Popen[bytes] | None) -> None:

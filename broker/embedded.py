@@ -527,6 +527,12 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         gone_at = session.last_disconnect_time
         return interval is not None and bool(gone_at) and gone_at < time.time() - interval
 
+    def stop_listening(self) -> None:
+        """Take no new connections (amqtt's shutdown closes its listeners only after every session)."""
+        for server in self._servers.values():
+            if server.instance is not None:
+                server.instance.close()
+
     def may_have_sessions(self, username: str) -> bool:
         """False if ``username`` has no live session (one dict lookup: safe from any thread)."""
         return bool(self._by_user.get(username))

@@ -19,7 +19,6 @@ same reconcile pass as the node users.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -30,7 +29,7 @@ from collections.abc import Callable
 
 from broker import dynsec
 from broker.dynsec import DynsecClient, DynsecError
-from broker.embedded import GlusterctlBroker
+from broker.process import BrokerProcess
 from broker.topics import Topics
 from broker.url import MqttUrl
 from control.services import authz, events
@@ -41,22 +40,19 @@ log = logging.getLogger(__name__)
 RECONCILE_SECONDS = 2.0
 # an enrolment's broker user is made before its node row commits: the reconcile leaves it alone this long
 FRESH_SECONDS = 60.0
-DISCONNECT_TIMEOUT = 5.0
 
 
 class EmbeddedAccounts:
     """The embedded broker checks each login against the database; a revoked node's live session is closed,
     and so is a monitor's whose clusters changed (a grant revoked, its user or a cluster deleted)."""
 
-    def __init__(self, broker: GlusterctlBroker, loop: asyncio.AbstractEventLoop, topics: Topics) -> None:
-        self.broker, self.loop, self.topics = broker, loop, topics
+    def __init__(self, broker: BrokerProcess, topics: Topics) -> None:
+        self.broker, self.topics = broker, topics
 
     def _disconnect(self, cluster: str, node: str) -> None:
         username = dynsec.node_username(self.topics, cluster, node)
-        if not self.broker.may_have_sessions(username):
-            return  # a first enrolment: no round trip through the broker's loop, which a storm keeps busy
-        future = asyncio.run_coroutine_threadsafe(self.broker.disconnect_user(username), self.loop)
-        future.result(DISCONNECT_TIMEOUT)
+        if self.broker.may_have_sessions(username):  # a first enrolment has none: no round trip through a busy loop
+            self.broker.disconnect_user(username)
 
     def node_enrolled(self, cluster: str, node: str, secret: str) -> None:
         self._disconnect(cluster, node)  # an agent still holding the replaced credential
@@ -65,11 +61,10 @@ class EmbeddedAccounts:
         self._disconnect(cluster, node)
 
     def _recheck_monitors(self) -> None:
-        future = asyncio.run_coroutine_threadsafe(self.broker.recheck_monitors(), self.loop)
         try:
-            future.result(DISCONNECT_TIMEOUT)
+            self.broker.recheck_monitors()
         except TimeoutError:
-            log.warning("the embedded broker did not recheck its MQTT monitors within %.0fs", DISCONNECT_TIMEOUT)
+            log.warning("the embedded broker did not recheck its MQTT monitors in time")
 
     def clusters_changed(self) -> None:
         # enrolment logins are checked against the current join token; a deleted cluster's monitors go

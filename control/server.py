@@ -16,8 +16,9 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.dynsec import DynsecError, control_username
-from broker.embedded import BrokerError, TlsListener, check_port_free, start_broker
+from broker.embedded import BrokerError, TlsListener, check_port_free
 from broker.messages import node_key
+from broker.process import BrokerProcess
 from broker.topics import Topics
 from broker.url import MqttUrl, parse_host_port
 from control import tls
@@ -299,17 +300,13 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         plain = None if settings.mqtt == "off" else parse_host_port(settings.mqtt, 1883, "--mqtt")
         listener = mqtt_tls_listener(settings, own_cert_hosts)
         secret = load_secret(settings.data_dir)
+        authority = StoreAuthority(secret, restore)
+        embedded = BrokerProcess(authority, topics, plain[0] if plain else "", plain[1] if plain else None, listener)
         try:
-            embedded = await start_broker(
-                plain[0] if plain else "",
-                plain[1] if plain else None,
-                StoreAuthority(secret, restore),
-                topics,
-                listener,
-            )
+            await asyncio.to_thread(embedded.start)
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
-        enrolment.use_accounts(EmbeddedAccounts(embedded, asyncio.get_running_loop(), topics))
+        enrolment.use_accounts(EmbeddedAccounts(embedded, topics))
         # node certificates of the server's own CA enrol over its TLS listener (docs: "Node certificates")
         enrolment.use_node_ca(listener.cafile if listener is not None else None)
         if plain:  # the bridge takes the plain listener when there is one (loopback: nothing to protect)
@@ -424,4 +421,4 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         if accounts is not None:
             await asyncio.to_thread(accounts.stop)
         if embedded is not None:
-            await embedded.shutdown()
+            await asyncio.to_thread(embedded.stop)

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -449,10 +450,16 @@ def kill_server(st) -> None:
     st.server.start()
 
 
-def restart_broker(st) -> None:
-    """The embedded broker lives in the server process: a clean stop and start restarts it."""
-    st.server.stop()
-    st.server.start()
+def kill_broker(st) -> None:
+    """kill -9 of the embedded broker's process: the server starts another on the same port."""
+    dead = st.server.broker_pid()
+    assert dead is not None, "the server has no broker process"
+    os.kill(dead, signal.SIGKILL)
+    wait_until(
+        lambda: st.server.broker_pid() not in (None, dead) and port_open("127.0.0.1", st.server.mqtt_port),
+        30,
+        what="the server's new broker process listening",
+    )
 
 
 def restart_mosquitto(st) -> None:
@@ -672,7 +679,7 @@ FAULTS: dict[str, Scenario] = {
     "agent kill -9 (option)": Scenario(kill_agent, phase="option"),
     "server kill -9 (create)": Scenario(kill_server),
     "server kill -9 (start)": Scenario(kill_server, phase="start"),
-    "embedded broker restart (create)": Scenario(restart_broker),
+    "embedded broker kill -9 (create)": Scenario(kill_broker),
     "Mosquitto restart (create)": Scenario(restart_mosquitto, broker="mosquitto"),
     "stale last-will after reconnect (create)": Scenario(stale_will, check=check_stale_will),
     "duplicate QoS 1 task and status (create)": Scenario(

@@ -150,6 +150,17 @@ class Server(Proc):
             self.wait_ready()
         return self
 
+    def broker_pid(self) -> int | None:
+        """The pid of the embedded broker's process (a child of the server), or None."""
+        for task in Path(f"/proc/{self.pid}/task").glob("*/children"):
+            for pid in task.read_text().split():
+                try:
+                    if b"broker.process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        return int(pid)
+                except FileNotFoundError:
+                    continue
+        return None
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         def healthy():
             if not self.alive():
