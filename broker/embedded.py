@@ -20,6 +20,7 @@ the same user name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -397,8 +398,9 @@ class GlusterctlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 remote_address,
                 refusal,
             )
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-            await writer.close()
+            with contextlib.suppress(OSError):  # the client may have gone meanwhile (it gave up waiting)
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+                await writer.close()
             raise AMQTTError(f"client {session.client_id} refused: {refusal}")
         ident: Identity = session.glusterctl_identity
         if session.clean_session:

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -80,6 +81,7 @@ class BrokerProcess:
         self._stopping = threading.Event()
         self._reviver: threading.Thread | None = None
         self.restarts = 0  # broker processes started again after one died
+        self.on_restart: list[Callable[[], object]] = []
 
     @property
     def pid(self) -> int | None:
@@ -99,15 +101,8 @@ class BrokerProcess:
             self._proc = self._channel = None
         if reviver is not None and reviver is not threading.current_thread():
             reviver.join(START_TIMEOUT + STOP_TIMEOUT)  # it stops what it started once it sees the stop
-        if channel is not None:
-            try:
-                channel.call("stop", timeout=STOP_TIMEOUT)
-            except (ChannelError, TimeoutError):
-                pass  # gone already, or hung: the wait below ends it
-        if proc is not None:
-            _end(proc, STOP_TIMEOUT)
-        if channel is not None:
-            channel.close()
+        if proc is not None and channel is not None:
+            _shut(proc, channel)
 
     # ---- the session calls (from the server's worker threads) ----------------------------------
     def may_have_sessions(self, username: str) -> bool:
@@ -191,19 +186,25 @@ class BrokerProcess:
                 log.error("the embedded MQTT broker could not start again (try %d): %s", attempt, exc)
                 continue
             self.restarts += 1
+            for callback in self.on_restart:
+                callback()
             if self._stopping.is_set():  # stop() came while it was starting: it waits for us to end it
                 with self._lock:
                     proc, fresh = self._proc, self._channel
                     self._proc = self._channel = None
-                if fresh is not None:
-                    try:
-                        fresh.call("stop", timeout=STOP_TIMEOUT)
-                    except (ChannelError, TimeoutError):
-                        pass
-                    if proc is not None:
-                        _end(proc, STOP_TIMEOUT)
-                    fresh.close()
+                if proc is not None and fresh is not None:
+                    _shut(proc, fresh)
             return
+
+
+def _shut(proc: subprocess.Popen[bytes], channel: Channel) -> None:
+    """Ask a broker process to stop, and wait until it has (killed if it does not within STOP_TIMEOUT)."""
+    try:
+        channel.call("stop", timeout=STOP_TIMEOUT)
+    except (ChannelError, TimeoutError):
+        pass  # gone already, or hung: the wait below ends it
+    _end(proc, STOP_TIMEOUT)
+    channel.close()
 
 
 def _end(proc: subprocess.Popen[bytes], grace: float) -> None:

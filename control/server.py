@@ -26,7 +26,7 @@ from control.api.app import create_app
 from control.bridge import Bridge
 from control.broker_accounts import DynsecAccounts, EmbeddedAccounts
 from control.errors import Unauthorized
-from control.services import authz, backup, clusters, enrolment, metadata, nodes, rebalance, users
+from control.services import authz, backup, clusters, enrolment, metadata, metrics, nodes, rebalance, users
 from control.services.audit import AuditPruner
 from control.services.devices import DeviceService
 from control.services.eventfeed import EventFeed, EventListener
@@ -302,6 +302,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[Bridge], object] | N
         secret = load_secret(settings.data_dir)
         authority = StoreAuthority(secret, restore)
         embedded = BrokerProcess(authority, topics, plain[0] if plain else "", plain[1] if plain else None, listener)
+        embedded.on_restart.append(lambda: metrics.COUNTS.add("embedded_broker_restarts"))
         try:
             await asyncio.to_thread(embedded.start)
         except BrokerError as exc:

@@ -163,3 +163,23 @@ def test_the_broker_process_ends_when_the_server_is_killed() -> None:
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_the_server_starts_its_broker_again_and_counts_it(stack) -> None:
+    """A real server and agent: kill -9 of the broker process, then the node is Online again through
+    the new one, the server's own MQTT link is back, and /metrics counts the restart."""
+    from tests.test_metrics import one, scrape
+
+    stack.agent("n1")
+    wait_until(lambda: stack.node_state("n1") == "Online", 30, what="n1 Online")
+    assert one(scrape(stack.server.url), "glusterctl_embedded_broker_restarts_total") == 0
+    first = stack.server.broker_pid()
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    wait_until(lambda: stack.server.broker_pid() not in (None, first), 30, what="a new broker process")
+    wait_until(lambda: one(scrape(stack.server.url), "glusterctl_mqtt_connected") == 1, 30, what="the link back")
+    assert one(scrape(stack.server.url), "glusterctl_embedded_broker_restarts_total") == 1
+    wait_until(lambda: stack.node_state("n1") == "Online", 30, what="n1 Online again")
+    stack.cli.run("cluster", "add", "after-restart")  # and the server goes on working
+    assert "exited with code -9: starting it again" in stack.server.log()

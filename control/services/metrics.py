@@ -45,6 +45,7 @@ class Counts:
     event_stream_clients: int = 0
     metadata_copies_received: int = 0
     metadata_copy_bytes: int = 0
+    embedded_broker_restarts: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -291,6 +292,11 @@ class StoreCollector(Collector):
             "glusterctl_metadata_copy_bytes",
             "Bytes of the metadata copies the agents offered",
             value=COUNTS.metadata_copy_bytes,
+        )
+        yield CounterMetricFamily(
+            "glusterctl_embedded_broker_restarts",
+            "Times the embedded MQTT broker's process died and the server started it again",
+            value=COUNTS.embedded_broker_restarts,
         )
         yield GaugeMetricFamily(
             "glusterctl_event_stream_clients", "Clients following the event stream", value=COUNTS.event_stream_clients
