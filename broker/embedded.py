@@ -193,6 +193,50 @@ class GlusterctlAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is un
         return True
 
 
+class SessionStates:
+    """amqtt's session state machine (new, connected, disconnected), without a transitions.Machine each.
+
+    amqtt 0.12 builds a transitions.Machine (its states, events, conditions and callbacks) for every
+    CONNECT it reads, and again for every session: about a sixth of the broker's time in a
+    registration storm. The same states and triggers, the same callbacks on entering a state, and
+    the same MachineError for ``connect`` on a connected session, which the broker relies on.
+    """
+
+    __slots__ = ("_session", "state")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.state = "new"
+
+    def is_new(self) -> bool:
+        return self.state == "new"
+
+    def is_connected(self) -> bool:
+        return self.state == "connected"
+
+    def is_disconnected(self) -> bool:
+        return self.state == "disconnected"
+
+    def connect(self) -> bool:
+        if self.state == "connected":
+            raise MachineError("Can't trigger event connect from state connected!")
+        self.state = "connected"
+        self._session._on_enter_connected()
+        return True
+
+    def disconnect(self) -> bool:
+        self.state = "disconnected"  # from any state
+        self._session._on_enter_disconnected()
+        return True
+
+
+AMQTT_SESSION_STATES = Session._init_states  # amqtt's own: tests hold SessionStates to it
+
+
+def _light_session_states(session: Session) -> None:
+    session.transitions = SessionStates(session)
+
+
 # amqtt's subscription table: topic filter -> [(session, qos)]
 _Holders = list[tuple[Session, int]]
 
@@ -782,6 +826,7 @@ async def start_broker(
             listeners["default"] = listeners.pop("tls")
     if not listeners:
         raise BrokerError("the embedded MQTT broker needs a plain (--mqtt) or a TLS (--mqtts) listener")
+    Session._init_states = _light_session_states  # for every session amqtt makes from now on (see SessionStates)
     access = AccessControl(authority, topics)
     config = {
         "listeners": listeners,

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from typing import Any
 
 from broker.channel import Channel, ChannelClosed, ChannelError, RemoteError
+from broker.dynsec import node_username
 from broker.embedded import Authority, BrokerError, GlusterctlBroker, TlsListener, start_broker
 from broker.topics import Topics
 
@@ -74,6 +75,8 @@ class BrokerProcess:
         self, authority: Authority, topics: Topics, host: str, port: int | None, tls: TlsListener | None = None
     ) -> None:
         self._authority = authority
+        self._topics = topics
+        self._logged_in: set[str] = set()  # node user names whose login this broker process was told is good
         self._config = {"host": host, "port": port, "root": topics.root, "tls": asdict(tls) if tls else None}
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -106,7 +109,14 @@ class BrokerProcess:
 
     # ---- the session calls (from the server's worker threads) ----------------------------------
     def may_have_sessions(self, username: str) -> bool:
-        """False if ``username`` has no live session (a broker process that is down has none)."""
+        """False if ``username`` has no live session (a broker process that is down has none).
+
+        A node's login is answered here (``node_ok``), so a node that never logged in to the running
+        broker process, as at its first enrolment, is known to have none without asking: during a
+        registration storm the broker process is the busiest part, and its answer held up every
+        enrolment."""
+        if username not in self._logged_in:
+            return False
         return bool(self._call("may_have_sessions", username, default=False))
 
     def disconnect_user(self, username: str) -> int:
@@ -137,6 +147,8 @@ class BrokerProcess:
         with theirs:
             proc = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         handlers = {name: getattr(self._authority, name) for name in AUTHORITY_CALLS}
+        handlers["node_ok"] = self._node_ok
+        self._logged_in = set()  # a new broker process: no sessions yet
         channel = Channel(ours, handlers, "broker")
         channel.start()
         try:
@@ -157,6 +169,12 @@ class BrokerProcess:
         if channel.closed.is_set():  # it died before the callback was in place
             self._lost(proc, channel)
         log.info("embedded MQTT broker running as process %d", proc.pid)
+
+    def _node_ok(self, cluster: str, node: str, secret: str) -> bool:
+        ok = self._authority.node_ok(cluster, node, secret)
+        if ok:
+            self._logged_in.add(node_username(self._topics, cluster, node))
+        return ok
 
     def _lost(self, proc: subprocess.Popen[bytes], channel: Channel) -> None:
         """The broker process's end of the channel closed: unless we are stopping, start another."""

@@ -111,3 +111,38 @@ def test_a_reconnected_client_keeps_its_session_through_expiry(embedded: Running
     embedded.run(embedded.broker.expire_sessions(embedded.call(embedded.broker.expired_sessions)))
     assert embedded.state(client_id) is None  # a session that stayed away still goes
     watcher.close()
+
+
+@pytest.mark.parametrize(
+    "triggers",
+    [
+        ["connect", "disconnect", "connect"],
+        ["disconnect", "connect", "connect"],
+        ["connect", "connect"],
+        ["disconnect", "disconnect", "connect", "disconnect"],
+        ["connect", "disconnect", "disconnect", "connect", "connect"],
+    ],
+)
+def test_light_session_states_behave_as_amqtts_state_machine(triggers: list[str]) -> None:
+    """SessionStates (no transitions.Machine per session) against amqtt's own, trigger by trigger."""
+    from amqtt.session import Session
+
+    from broker.embedded import AMQTT_SESSION_STATES, SessionStates
+
+    theirs, ours = Session(), Session()
+    AMQTT_SESSION_STATES(theirs)
+    ours.transitions = SessionStates(ours)
+    for trigger in triggers:
+        outcomes = []
+        for session in (theirs, ours):
+            try:
+                getattr(session.transitions, trigger)()
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1], (trigger, outcomes)
+        assert ours.transitions.state == theirs.transitions.state
+        for state in ("new", "connected", "disconnected"):
+            assert getattr(ours.transitions, f"is_{state}")() == getattr(theirs.transitions, f"is_{state}")()
+        assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
+        assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
