@@ -1,7 +1,7 @@
 """Calls both ways between two processes over one connected socket (the server and its broker process).
 
 One JSON object per line. A request is ``{"id": N, "call": NAME, "args": [...]}``; its answer is
-``{"id": N, "result": VALUE}`` or ``{"id": N, "error": TEXT, "kind": EXCEPTION_CLASS}``. Each side answers only the names
+``{"id": N, "result": VALUE}`` or ``{"id": N, "error": TEXT}``. Each side answers only the names
 it was given (``handlers``), each call in a worker thread of its own, so a slow answer (a
 database query) never holds up the others; answers are matched to calls by id. When the other
 side goes away (it exited, or was killed) every call waiting for an answer fails with
@@ -33,11 +33,8 @@ class ChannelClosed(ChannelError):
 
 
 class RemoteError(ChannelError):
-    """The other side answered the call with an error: ``kind`` is its exception's class name."""
-
-    def __init__(self, message: str, kind: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind
+    """The other side answered the call with an error (a handler raises it for an expected refusal,
+    which is then not logged as a failure)."""
 
 
 class Channel:
@@ -106,7 +103,7 @@ class Channel:
                 if future is None:
                     continue  # its caller gave up waiting
                 if "error" in message:
-                    future.set_exception(RemoteError(message["error"], message.get("kind", "")))
+                    future.set_exception(RemoteError(message["error"]))
                 else:
                     future.set_result(message.get("result"))
         except (OSError, ValueError) as exc:
@@ -126,7 +123,7 @@ class Channel:
         except Exception as exc:
             if not isinstance(exc, RemoteError | ChannelError):
                 log.exception("%s: %s failed", self.name, name)
-            answer = {"id": message["id"], "error": str(exc), "kind": type(exc).__name__}
+            answer = {"id": message["id"], "error": str(exc)}
         try:
             self._send(answer)
         except ChannelClosed:

@@ -197,8 +197,8 @@ class SessionStates:
     """amqtt's session state machine (new, connected, disconnected), without a transitions.Machine each.
 
     amqtt 0.12 builds a transitions.Machine (its states, events, conditions and callbacks) for every
-    CONNECT it reads, and again for every session: about a sixth of the broker's time in a
-    registration storm. The same states and triggers, the same callbacks on entering a state, and
+    session, and it makes a session for every CONNECT it reads: about a sixth of the broker's time in
+    a registration storm. The same states and triggers, the same callbacks on entering a state, and
     the same MachineError for ``connect`` on a connected session, which the broker relies on.
     """
 

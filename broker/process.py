@@ -259,7 +259,10 @@ class _Child:
         authority = RemoteAuthority(self.channel)
         topics = Topics(config["root"])
         coro = start_broker(config["host"], config["port"], authority, topics, tls)
-        self.broker = asyncio.run_coroutine_threadsafe(coro, self.loop).result(START_TIMEOUT)
+        try:
+            self.broker = asyncio.run_coroutine_threadsafe(coro, self.loop).result(START_TIMEOUT)
+        except BrokerError as exc:  # a port in use, say: the server says so, no traceback here
+            raise RemoteError(str(exc)) from None
         return True
 
     def stop(self) -> bool:
