@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mqtt_sim import Connection, MqttError
-from broker.dynsec import control_username, enrol_username, node_username
+from broker.dynsec import control_server_id, control_username, enrol_username, node_username
 from broker.messages import (
     ControlPresence,
     Heartbeat,
@@ -102,6 +103,8 @@ log_dest stderr
 log_type error
 log_type warning
 """
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+DYNSEC_ADMIN = "fleet-dynsec-admin"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLUSTER = "default"
 METADATA_HEAD = re.compile(rb'\{"cluster":"[^"]*","version":(\d+),')  # how a MetadataDocument's JSON begins
@@ -390,14 +393,32 @@ def _quiet(fut: asyncio.Future[Any]) -> None:
 
 # ---- the server under test --------------------------------------------------------------------
 class PrivateMosquitto:
-    """A Mosquitto of the run's own, configured for a fleet of ``agents`` (PRIVATE_MOSQUITTO_CONF)."""
+    """A Mosquitto of the run's own, configured for a fleet of ``agents`` (PRIVATE_MOSQUITTO_CONF); with ``dynsec``
+    also with the dynamic security plugin and no anonymous logins, as docs/mosquitto.md sets one up: the control
+    service then makes a broker user and role for every node it enrols."""
 
-    def __init__(self, tmp: Path, agents: int) -> None:
+    def __init__(self, tmp: Path, agents: int, dynsec: bool = False) -> None:
         self.port = free_port()
         self.log_path = tmp / "mosquitto.log"
         conf = tmp / "mosquitto.conf"
         queued = max(100_000, 10 * agents)
-        conf.write_text(PRIVATE_MOSQUITTO_CONF.format(port=self.port, queued=queued))
+        text = PRIVATE_MOSQUITTO_CONF.format(port=self.port, queued=queued)
+        self.admin_password = ""
+        if dynsec:
+            self.admin_password = secrets.token_hex(16)
+            config_file = tmp / "dynamic-security.json"
+            subprocess.run(
+                ["mosquitto_ctrl", "dynsec", "init", str(config_file), DYNSEC_ADMIN, self.admin_password],
+                check=True,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=30,
+            )
+            text = text.replace("allow_anonymous true", "allow_anonymous false")
+            text += f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {config_file}\n"
+            if os.geteuid() == 0:
+                text += "user root\n"  # else Mosquitto drops to 'mosquitto', which cannot save the dynsec file here
+        conf.write_text(text)
         with open(self.log_path, "wb") as log:  # its own log file would be written as the mosquitto user
             self.popen = subprocess.Popen(
                 ["mosquitto", "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
@@ -412,6 +433,11 @@ class PrivateMosquitto:
                     self.stop()
                     raise RuntimeError(f"the private Mosquitto did not start: {self.log()[-500:]}") from None
                 time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.popen.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -431,8 +457,16 @@ class PrivateMosquitto:
 
 
 class ServerProc:
-    def __init__(self, tmp: Path, broker: str, db_url: str | None, mosquitto: tuple[str, int] = MOSQUITTO) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        broker: str,
+        db_url: str | None,
+        mosquitto: tuple[str, int] = MOSQUITTO,
+        dynsec_password: str = "",
+    ) -> None:
         self.tmp = tmp
+        self.broker, self.dynsec = broker, bool(dynsec_password)
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.root = "glusterctl" if broker == "embedded" else f"fleet{uuid.uuid4().hex[:8]}"
@@ -442,21 +476,32 @@ class ServerProc:
         argv += ["--mqtt-root", self.root]
         if broker == "embedded":
             argv += ["--mqtt", f"127.0.0.1:{self.mqtt_port}"]
-        else:
+        elif not self.dynsec:
             argv += ["--mqtt-url", f"mqtt://{mosquitto[0]}:{mosquitto[1]}"]
+        else:
+            argv += ["--mqtt-dynsec"]  # the admin's URL comes in the environment, out of the process list
         if db_url:
             argv += ["--db", db_url]
         self.argv = argv
         self.log_path = tmp / "server.log"
         self.env = {**os.environ, "GLUSTERCTL_CONFIG_DIR": str(tmp / "cli"), "GLUSTERCTL_URL": self.url}
         self.env.pop("GLUSTERCTL_PASSWORD", None)
+        self.server_env = dict(self.env)
+        if self.dynsec:
+            admin = f"{DYNSEC_ADMIN}:{dynsec_password}@{mosquitto[0]}:{mosquitto[1]}"
+            self.server_env["GLUSTERCTL_MQTT_URL"] = f"mqtt://{admin}"
         self.popen: subprocess.Popen[bytes] | None = None
         self.token = ""
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.server_env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -487,6 +532,16 @@ class ServerProc:
 
     def control_secret(self) -> str:
         return (self.data_dir / "control.secret").read_text().strip()
+
+    def control_login(self, topics: Topics) -> tuple[str | None, str | None]:
+        """The user and password the driver's own clients use: the control service's (which may publish and read
+        everything under the topic root) where the broker checks logins, none on an anonymous Mosquitto."""
+        if self.broker == "embedded":
+            return control_username(topics), self.control_secret()
+        if self.dynsec:
+            secret = self.control_secret()
+            return control_username(topics, control_server_id(secret)), secret
+        return None, None
 
     def pids(self) -> list[int]:
         """The server's process and its children (the embedded broker runs in one of its own)."""
@@ -575,6 +630,7 @@ class Fleet:
             base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=60
         )
         self.results: dict[str, Any] = {}
+        self.broker_cpu: Callable[[], float | None] = lambda: None  # a private Mosquitto's CPU seconds
         self.answers: dict[str, asyncio.Future[None]] = {}
         self.documents: dict[int, bytes] = {}  # metadata version -> the retained payload, as first received
         self._headers: dict[int, bytes] = {}  # metadata version -> its header's JSON (b"": it has none)
@@ -637,10 +693,7 @@ class Fleet:
     # baseline: plain clients on the same broker, topics the control service does not read ---------
     async def baseline(self, count: int) -> dict[str, Any]:
         root = self.topics.base
-        if self.args.broker == "embedded":
-            user, password = control_username(self.topics), self.server.control_secret()
-        else:
-            user = password = None
+        user, password = self.server.control_login(self.topics)
         latencies: list[float] = []
 
         async def connect(i: int) -> Connection:
@@ -872,10 +925,7 @@ class Fleet:
             return result
         will_topic = f"{self.topics.base}/bench/frozen-will"
         presence_topic = self.topics.presence(CLUSTER, agent.name)
-        if self.args.broker == "embedded":
-            user, password = control_username(self.topics), self.server.control_secret()
-        else:
-            user = password = None
+        user, password = self.server.control_login(self.topics)
         loop = asyncio.get_running_loop()
         will_seen: asyncio.Future[float] = loop.create_future()
         agent_will_seen: asyncio.Future[float] = loop.create_future()
@@ -932,10 +982,7 @@ class Fleet:
         """Publish an ``online`` control presence (``want: copies`` if ``whole``) and time until the server
         counted an offered copy from every registered agent; the bytes it received and its CPU meanwhile."""
         expected = sum(1 for a in self.agents if a.registered.is_set() and a.running)
-        if self.args.broker == "embedded":
-            user, password = control_username(self.topics), self.server.control_secret()
-        else:
-            user = password = None
+        user, password = self.server.control_login(self.topics)
         conn = Connection()
         await conn.connect(self.mqtt_host, self.mqtt_port, f"fleet-presence-{uuid.uuid4().hex[:6]}", user, password)
         m0 = await self.metrics()
@@ -997,9 +1044,15 @@ class Fleet:
         args, r = self.args, self.results
         self.join_token = self.server.join_token()
         r["baseline"] = await self.baseline(args.agents)
+        broker_cpu0, server_cpu0 = self.broker_cpu(), self.server.cpu_seconds()
         storm = await self.storm(args.agents)
+        broker_cpu1 = self.broker_cpu()
         r["storm"] = {
             "seconds": storm,
+            "server_cpu_seconds": self.server.cpu_seconds() - server_cpu0,
+            "broker_cpu_seconds": broker_cpu1 - broker_cpu0
+            if broker_cpu0 is not None and broker_cpu1 is not None
+            else None,
             "agents": args.agents,
             "online": sum(1 for s in (await self.node_states()).values() if s == "Online"),
             "connect_failures": self.counters.connect_failures,
@@ -1070,6 +1123,11 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
             f"registration storm, {s['agents']} agents (s)",
             f"{fmt(s['seconds'])} ({s['online']} Online)",
             f"{fmt(b['connect_seconds'])} (connect+subscribe)",
+        ),
+        (
+            "  CPU during it, server / private broker (s)",
+            f"{fmt(s['server_cpu_seconds'])} / {fmt(s['broker_cpu_seconds'])}",
+            "",
         ),
         (
             f"reconnect storm, {r['reconnect']['agents']} agents (s)",
@@ -1170,20 +1228,28 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if args.db == "postgresql":
         pg_name, db_url = private_postgres()
     private = None
-    if args.broker == "mosquitto" and args.mosquitto == "private":
-        private = await asyncio.to_thread(PrivateMosquitto, tmp, args.agents)
-    server = ServerProc(tmp, args.broker, db_url, ("127.0.0.1", private.port) if private else MOSQUITTO)
+    if args.broker == "mosquitto" and args.mosquitto != "system":
+        private = await asyncio.to_thread(PrivateMosquitto, tmp, args.agents, args.mosquitto == "dynsec")
+    server = ServerProc(
+        tmp,
+        args.broker,
+        db_url,
+        ("127.0.0.1", private.port) if private else MOSQUITTO,
+        private.admin_password if private else "",
+    )
     fleet: Fleet | None = None
     try:
         await asyncio.to_thread(server.start)
         fleet = Fleet(args, server)
+        if private is not None:
+            fleet.broker_cpu = private.cpu_seconds
         results = await fleet.run()
         results["log"] = server_log_problems(server.log())
         if private is not None:
             results["dropped"]["broker"] = private.dropped()
         results["config"] = {
             "agents": args.agents,
-            "broker": args.broker if private is None else "mosquitto (private)",
+            "broker": args.broker if private is None else f"mosquitto ({args.mosquitto})",
             "db": args.db,
             "heartbeat": args.heartbeat,
             "duration": args.duration,
@@ -1243,10 +1309,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
     parser.add_argument(
         "--mosquitto",
-        choices=("private", "system"),
+        choices=("private", "dynsec", "system"),
         default="private",
-        help="with --broker mosquitto: a Mosquitto of the run's own, configured for a large fleet "
-        "(docs/mosquitto.md; default), or the one at 127.0.0.1:1883 with a private topic root",
+        help="with --broker mosquitto: a Mosquitto of the run's own, configured for a large fleet and taking "
+        "anonymous logins (docs/mosquitto.md; default); 'dynsec': the same with the dynamic security plugin "
+        "and the server's --mqtt-dynsec, as in production (every enrolment makes the node's broker user and "
+        "role); or 'system': the one at 127.0.0.1:1883 with a private topic root",
     )
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds the agents are held (default 60)")
@@ -1289,8 +1357,11 @@ def main(argv: list[str] | None = None) -> int:
     # stopped from outside (timeout, kill): unwind as for Ctrl-C, so the server, its private
     # database and its retained topics go too
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if args.broker == "mosquitto" and args.mosquitto == "private" and not shutil.which("mosquitto"):
+    if args.broker == "mosquitto" and args.mosquitto != "system" and not shutil.which("mosquitto"):
         print("no mosquitto binary: install the mosquitto package, or pass --mosquitto system", file=sys.stderr)
+        return 2
+    if args.broker == "mosquitto" and args.mosquitto == "dynsec" and not os.path.exists(DYNSEC_PLUGIN):
+        print(f"no dynamic security plugin at {DYNSEC_PLUGIN}", file=sys.stderr)
         return 2
     if args.broker == "mosquitto" and args.mosquitto == "system":
         try:

@@ -1,5 +1,6 @@
 """The fleet benchmarks at a small size, so that they cannot rot. bench/fleet.py: 20 simulated agents on
-the embedded broker and SQLite, and on a private Mosquitto and PostgreSQL; every figure present, all
+the embedded broker and SQLite, and on a private Mosquitto (anonymous, and with the dynamic security plugin)
+and PostgreSQL; every figure present, all
 agents Online (again after a reconnect storm), only the keepers receiving the metadata, nothing dropped.
 bench/enrolment.py: 150 nodes on SQLite and PostgreSQL."""
 
@@ -16,13 +17,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("broker,db", [("embedded", "sqlite"), ("mosquitto", "postgresql")])
-def test_fleet_bench_smoke(broker, db, request):
+@pytest.mark.parametrize(
+    "broker,mosquitto,db",
+    [("embedded", "", "sqlite"), ("mosquitto", "private", "postgresql"), ("mosquitto", "dynsec", "postgresql")],
+)
+def test_fleet_bench_smoke(broker, mosquitto, db, request):
     if broker == "mosquitto":
         if not shutil.which("mosquitto"):
             pytest.skip("no mosquitto binary")
         request.getfixturevalue("postgres_url")  # skips without PostgreSQL
     argv = [sys.executable, str(ROOT / "bench" / "fleet.py"), "--agents", "20", "--broker", broker]
+    if mosquitto:
+        argv += ["--mosquitto", mosquitto]
     argv += [
         "--db",
         db,
@@ -41,6 +47,10 @@ def test_fleet_bench_smoke(broker, db, request):
     assert proc.returncode == 0, f"fleet.py exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     r = json.loads(proc.stdout)
     assert r["storm"]["online"] == 20 and r["storm"]["seconds"] is not None, r["storm"]
+    assert r["storm"]["server_cpu_seconds"] > 0, r["storm"]
+    assert (r["storm"]["broker_cpu_seconds"] is not None) == (broker == "mosquitto"), r["storm"]
+    if mosquitto == "dynsec":  # the run's own Mosquitto checked every login: each node has its broker user
+        assert r["config"]["broker"] == "mosquitto (dynsec)", r["config"]
     assert not r["storm"]["refusals"], r["storm"]
     reconnect = r["reconnect"]  # every connection dropped at once: all back, registered and Online
     assert reconnect["agents"] == 20 and reconnect["seconds"] is not None, reconnect
