@@ -160,6 +160,11 @@ def monitor_username(topics: Topics, user: str) -> str:
     return f"{topics.root}.user.{check_name('user', user)}"
 
 
+def nodes_rolename(topics: Topics, cluster: str) -> str:
+    """The role every node user of ``cluster`` has besides its own (what all its nodes read)."""
+    return f"{topics.root}.nodes.{check_name('cluster', cluster)}"
+
+
 def monitor_rolename(topics: Topics, cluster: str) -> str:
     """The shared read-only role of ``cluster``; ``ANY``: every cluster (a name no cluster can have)."""
     if cluster == ANY:
@@ -212,9 +217,35 @@ def enrol_acls(topics: Topics, cluster: str) -> list[Acl]:
 
 
 def node_acls(topics: Topics, cluster: str, node: str) -> list[Acl]:
-    """Publish only this node's own topics (its last-will included); read only its own tasks and registration."""
+    """The node's own role: publish only its own topics (its last-will included); read only its own
+    registration and tasks. What every node of the cluster reads is in ``nodes_acls``, a role they share:
+    Mosquitto 2.0 rewrites its whole dynsec file after every change, so each node's entry is kept small."""
     check_name("cluster", cluster)
     check_name("node", node)
+    own = (topics.registration(cluster, node), topics.tasks_filter(cluster, node))
+    return [
+        *(Acl(AclType.PUBLISH_SEND, topic) for topic in topics.agent_publish_topics(cluster, node)),
+        *(Acl(kind, topic) for topic in own for kind in (AclType.SUBSCRIBE_PATTERN, AclType.PUBLISH_RECEIVE)),
+    ]
+
+
+def nodes_acls(topics: Topics, cluster: str) -> list[Acl]:
+    """The role all node users of ``cluster`` share: read the control presence and the cluster's metadata,
+    and unsubscribe from what a node reads (an unsubscribe gives access to nothing)."""
+    check_name("cluster", cluster)
+    return [
+        *_readable((topics.control_presence(), topics.cluster_metadata(cluster))),
+        *(
+            Acl(AclType.UNSUBSCRIBE_PATTERN, topic)
+            for topic in (topics.registration(cluster, ANY), topics.tasks_filter(cluster, ANY))
+        ),
+    ]
+
+
+def whole_node_acls(topics: Topics, cluster: str, node: str) -> list[Acl]:
+    """The one role of a node user made before the shared role (``nodes_rolename``) existed: its own ACLs and
+    the shared ones. The reconcile keeps such a user as it is: changing its roles would disconnect the node,
+    and rewriting every node's role one by one would cost the broker a whole-file rewrite each."""
     return [
         *(Acl(AclType.PUBLISH_SEND, topic) for topic in topics.agent_publish_topics(cluster, node)),
         *_readable(topics.agent_subscribe_filters(cluster, node)),
@@ -523,11 +554,31 @@ def ensure_enrolment(dynsec: DynsecClient, topics: Topics, cluster: str, secret:
     return username
 
 
-def ensure_node(dynsec: DynsecClient, topics: Topics, cluster: str, node: str, password: str | None) -> str:
-    """The node's own user and role (a new password disconnects the node's current session)."""
+def ensure_node(
+    dynsec: DynsecClient,
+    topics: Topics,
+    cluster: str,
+    node: str,
+    password: str | None,
+    known_roles: set[str] | None = None,
+) -> str:
+    """The node's own user and role, and the role its cluster's nodes share (a new password disconnects the
+    node's current session). Without a password (the reconcile) a user made with one whole role
+    (``whole_node_acls``) keeps it; a new password gives it the two roles. Roles in ``known_roles`` are taken
+    as up to date; the shared role ensured here is added to it."""
     username = node_username(topics, cluster, node)
+    shared = nodes_rolename(topics, cluster)
+    if known_roles is None or shared not in known_roles:
+        dynsec.ensure_role(shared, nodes_acls(topics, cluster))
+        if known_roles is not None:
+            known_roles.add(shared)
+    if password is None:
+        current = dynsec.get_client(username)
+        if current is not None and current.roles == (username,):
+            dynsec.ensure_role(username, whole_node_acls(topics, cluster, node))
+            return username
     dynsec.ensure_role(username, node_acls(topics, cluster, node))
-    dynsec.ensure_client(username, password, [username])
+    dynsec.ensure_client(username, password, [username, shared])
     return username
 
 

@@ -105,6 +105,7 @@ class DynsecAccounts:
         self._digest_key = secrets.token_bytes(32)
         self._monitors: dict[str, tuple[str, ...]] = {}  # user -> clusters its broker user reads
         self._monitor_roles: set[str] = set()  # shared monitor roles known to be up to date
+        self._node_roles: set[str] = set()  # the clusters' shared node roles known to be up to date
         self._monitors_due = True
 
     @property
@@ -158,6 +159,7 @@ class DynsecAccounts:
                     self.client, self.topics, self.control_password, dynsec.control_server_id(self.control_password)
                 )
                 self._monitor_roles.clear()
+                self._node_roles.clear()
             if full or self._monitors_due or self._passwords:
                 self._monitors_due = False
                 try:
@@ -184,7 +186,7 @@ class DynsecAccounts:
                 if kind == "enrol" and cluster not in clusters:
                     self.client.delete_client(username)
                     self.client.delete_role(username)
-                    self._delete_monitor_role(str(cluster))
+                    self._delete_cluster_roles(str(cluster))
                     self._secrets.pop(str(cluster), None)
                 elif kind == "node" and (cluster, node) not in enrolled and self.holding_nodes:
                     continue  # restoring: its node may come back from the copies
@@ -197,15 +199,18 @@ class DynsecAccounts:
                     self.client.delete_client(username)
                     self.client.delete_role(username)
                 elif kind == "node" and full and cluster and node:
-                    dynsec.ensure_node(
-                        self.client, self.topics, cluster, node, None
-                    )  # roles and ACLs, not the password
+                    # roles and ACLs, not the password
+                    dynsec.ensure_node(self.client, self.topics, cluster, node, None, self._node_roles)
                     enrolled.discard((cluster, node))
             if full:
-                monitor_prefix = dynsec.monitor_rolename(self.topics, "x")[:-1]
+                prefixes = (
+                    dynsec.monitor_rolename(self.topics, "x")[:-1],
+                    dynsec.nodes_rolename(self.topics, "x")[:-1],
+                )
                 for rolename in self.client.list_roles():
-                    if rolename.startswith(monitor_prefix) and rolename[len(monitor_prefix) :] not in clusters:
-                        self._delete_monitor_role(rolename[len(monitor_prefix) :])
+                    for prefix in prefixes:
+                        if rolename.startswith(prefix) and rolename[len(prefix) :] not in clusters:
+                            self._delete_cluster_roles(rolename[len(prefix) :])
                 for cluster, node in sorted(enrolled):
                     log.error(
                         "dynsec: enrolled node %s of cluster %s has no broker user (dynsec file restored?): it must "
@@ -265,11 +270,15 @@ class DynsecAccounts:
             with self._password_lock:  # not handed over yet (an error): try again at the next pass
                 self._passwords = {**passwords, **self._passwords}
 
-    def _delete_monitor_role(self, cluster: str) -> None:
-        rolename = dynsec.monitor_rolename(self.topics, cluster)
-        if self.client.delete_role(rolename):
-            log.info("dynsec: deleted the monitor role of cluster %s", cluster)
-        self._monitor_roles.discard(rolename)
+    def _delete_cluster_roles(self, cluster: str) -> None:
+        """A deleted cluster's shared roles: its monitors' and its nodes'."""
+        for rolename, what, known in (
+            (dynsec.monitor_rolename(self.topics, cluster), "monitor", self._monitor_roles),
+            (dynsec.nodes_rolename(self.topics, cluster), "node", self._node_roles),
+        ):
+            if self.client.delete_role(rolename):
+                log.info("dynsec: deleted the %s role of cluster %s", what, cluster)
+            known.discard(rolename)
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
@@ -283,7 +292,7 @@ class DynsecAccounts:
         with self._lock:
             self._fresh = {k: v for k, v in self._fresh.items() if time.monotonic() - v < FRESH_SECONDS}
             self._fresh[(cluster, node)] = time.monotonic()
-            dynsec.ensure_node(self.client, self.topics, cluster, node, secret)
+            dynsec.ensure_node(self.client, self.topics, cluster, node, secret, self._node_roles)
 
     def node_removed(self, cluster: str, node: str) -> None:
         with self._lock:

@@ -241,20 +241,21 @@ def test_operations_are_idempotent_and_deny_by_default(world: World) -> None:
     assert dynsec.monitor_rolename(t, C1) in admin.list_roles()
 
     n1 = world.node(N1)
+    shared = dynsec.nodes_rolename(t, C1)
     # the same state again changes nothing and disconnects no one
     assert admin.ensure_role(node_user, dynsec.node_acls(t, C1, N1)) is False
-    assert admin.ensure_client(node_user, None, [node_user]) is False
+    assert admin.ensure_client(node_user, None, [node_user, shared]) is False
     # a role's ACLs change live, without disconnecting its users
     extra = [*dynsec.node_acls(t, C1, N1), Acl(AclType.PUBLISH_SEND, f"{t.base}/extra")]
     assert admin.ensure_role(node_user, extra) is True
     assert admin.ensure_role(node_user, dynsec.node_acls(t, C1, N1)) is True
     assert not n1.disconnected.wait(QUIET)
     info = admin.get_client(node_user)
-    assert info is not None and info.roles == (node_user,)
+    assert info is not None and set(info.roles) == {node_user, shared}
 
     # a new password through ensure_client: the old one stops working, the new one works
     new_password = secrets.token_hex(16)
-    assert admin.ensure_client(node_user, new_password, [node_user]) is True
+    assert admin.ensure_client(node_user, new_password, [node_user, shared]) is True
     assert world.peer(node_user, world.node_passwords[N1]).wait_connack() is False
     assert world.peer(node_user, new_password).wait_connack() is True
 
@@ -292,6 +293,45 @@ def test_node_acts_only_as_itself(world: World) -> None:
     honest = world.node(N1, will=t.presence(C1, N1))
     honest.abort()
     wait_for(control, t.presence(C1, N1))
+
+
+def test_nodes_share_what_they_all_read_and_older_users_keep_their_whole_role(world: World) -> None:
+    """Each node's own role holds only its own topics (Mosquitto 2.0 rewrites its whole dynsec file after
+    every change, so a node's entry is kept small); what every node of the cluster reads is one shared role.
+    A node user made with one whole role keeps it at the reconcile, untouched and connected; a new password
+    (an enrolment again) gives it the two roles."""
+    t, admin = world.topics, world.admin
+    assert len(dynsec.node_acls(t, C1, N1)) == 9 and len(dynsec.whole_node_acls(t, C1, N1)) == 17
+    control = world.control()
+    n1 = world.node(N1)
+    for topic in (t.control_presence(), t.cluster_metadata(C1), t.registration(C1, N1), t.tasks_filter(C1, N1)):
+        assert n1.subscribe(topic) is True, topic
+    assert n1.subscribe(t.cluster_metadata(C2)) is False
+    control.publish(t.cluster_metadata(C1), b"doc", retain=True)
+    control.publish(t.control_presence(), b'{"state":"online"}')
+    wait_for(n1, t.cluster_metadata(C1), t.control_presence())
+    control.publish(t.cluster_metadata(C1), b"", retain=True)
+
+    # a user as made before the shared role: one role with every ACL
+    old_user, old_password = dynsec.node_username(t, C1, "old-node"), secrets.token_hex(16)
+    admin.ensure_role(old_user, dynsec.whole_node_acls(t, C1, "old-node"))
+    admin.ensure_client(old_user, old_password, [old_user])
+    old = world.connected(old_user, old_password)
+    assert dynsec.ensure_node(admin, t, C1, "old-node", None, set()) == old_user  # the reconcile's call
+    assert not old.disconnected.wait(QUIET)
+    assert set(admin.get_role(old_user) or []) == set(dynsec.whole_node_acls(t, C1, "old-node"))
+    info = admin.get_client(old_user)
+    assert info is not None and info.roles == (old_user,)
+    assert old.subscribe(t.control_presence()) is True
+    # enrolled again: the two roles, and the old session is closed (its password changed)
+    new_password = secrets.token_hex(16)
+    dynsec.ensure_node(admin, t, C1, "old-node", new_password)
+    assert old.disconnected.wait(10)
+    info = admin.get_client(old_user)
+    assert info is not None and set(info.roles) == {old_user, dynsec.nodes_rolename(t, C1)}
+    assert set(admin.get_role(old_user) or []) == set(dynsec.node_acls(t, C1, "old-node"))
+    again = world.connected(old_user, new_password)
+    assert again.subscribe(t.control_presence()) is True
 
 
 def test_enrolment_says_hello_only_in_its_cluster(world: World) -> None:
