@@ -15,7 +15,8 @@ What Mosquitto 2.0.11 does (verified by tests/test_dynsec.py): a role's ACLs cha
 without disconnecting anyone; changing a client's password or role list, or deleting it,
 disconnects every session logged in with that user name; a failed login never disturbs the
 session that already uses the same client id; a last-will whose topic the client may not
-publish to is accepted at CONNECT and silently never delivered.
+publish to is accepted at CONNECT and silently never delivered; deleting a role that a user still
+has can crash the broker at its next change (SIGSEGV), so no role is deleted before its users let go.
 """
 
 from __future__ import annotations
@@ -527,6 +528,19 @@ class DynsecClient:
     def list_clients(self) -> list[str]:
         data = self.run_one("listClients", verbose=False, count=-1, offset=0).data
         return [str(c) for c in data.get("clients", [])]
+
+    def list_client_roles(self) -> dict[str, tuple[str, ...]]:
+        """Every user with the names of its roles (one answer with all of them: for rare, whole-broker passes)."""
+        data = self.run_one("listClients", verbose=True, count=-1, offset=0).data
+        return {
+            str(c["username"]): tuple(str(r["rolename"]) for r in c.get("roles", []))
+            for c in data.get("clients", [])
+            if isinstance(c, dict) and "username" in c
+        }
+
+    def remove_client_role(self, username: str, rolename: str) -> None:
+        """Take one role from a user (Mosquitto disconnects its sessions: its access changed)."""
+        self.run_one("removeClientRole", tolerate=NOT_FOUND, username=username, rolename=rolename)
 
     def list_roles(self) -> list[str]:
         data = self.run_one("listRoles", verbose=False, count=-1, offset=0).data

@@ -207,10 +207,14 @@ class DynsecAccounts:
                     dynsec.monitor_rolename(self.topics, "x")[:-1],
                     dynsec.nodes_rolename(self.topics, "x")[:-1],
                 )
-                for rolename in self.client.list_roles():
-                    for prefix in prefixes:
-                        if rolename.startswith(prefix) and rolename[len(prefix) :] not in clusters:
-                            self._delete_cluster_roles(rolename[len(prefix) :])
+                gone = {
+                    rolename[len(prefix) :]
+                    for rolename in self.client.list_roles()
+                    for prefix in prefixes
+                    if rolename.startswith(prefix) and rolename[len(prefix) :] not in clusters
+                }
+                for cluster in sorted(gone):
+                    self._delete_cluster_roles(cluster)
                 for cluster, node in sorted(enrolled):
                     log.error(
                         "dynsec: enrolled node %s of cluster %s has no broker user (dynsec file restored?): it must "
@@ -271,11 +275,28 @@ class DynsecAccounts:
                 self._passwords = {**passwords, **self._passwords}
 
     def _delete_cluster_roles(self, cluster: str) -> None:
-        """A deleted cluster's shared roles: its monitors' and its nodes'."""
-        for rolename, what, known in (
-            (dynsec.monitor_rolename(self.topics, cluster), "monitor", self._monitor_roles),
-            (dynsec.nodes_rolename(self.topics, cluster), "node", self._node_roles),
-        ):
+        """A deleted cluster's shared roles: its monitors' and its nodes'.
+
+        Mosquitto 2.0.11 can crash at its next change when a role that a user still has is deleted, so the
+        users let go first: node users of the cluster left behind (an enrolment rolled back, a restore that
+        held them) are deleted, and monitors that still read it lose the role."""
+        shared = {
+            dynsec.monitor_rolename(self.topics, cluster): ("monitor", self._monitor_roles),
+            dynsec.nodes_rolename(self.topics, cluster): ("node", self._node_roles),
+        }
+        for username, roles in self.client.list_client_roles().items():
+            held = [role for role in roles if role in shared]
+            if not held:
+                continue
+            parsed = dynsec.parse_username(self.topics, username)
+            if parsed is not None and parsed[:2] == ("node", cluster):
+                self.client.delete_client(username)
+                self.client.delete_role(username)
+                continue
+            for role in held:
+                self.client.remove_client_role(username, role)
+                log.info("dynsec: user %s no longer has the role %s (cluster %s deleted)", username, role, cluster)
+        for rolename, (what, known) in shared.items():
             if self.client.delete_role(rolename):
                 log.info("dynsec: deleted the %s role of cluster %s", what, cluster)
             known.discard(rolename)
@@ -292,7 +313,13 @@ class DynsecAccounts:
         with self._lock:
             self._fresh = {k: v for k, v in self._fresh.items() if time.monotonic() - v < FRESH_SECONDS}
             self._fresh[(cluster, node)] = time.monotonic()
-            dynsec.ensure_node(self.client, self.topics, cluster, node, secret, self._node_roles)
+            try:
+                dynsec.ensure_node(self.client, self.topics, cluster, node, secret, self._node_roles)
+            except DynsecError:
+                # the shared role may be what is missing (deleted with its cluster elsewhere): the agent's retry
+                # makes sure of it again
+                self._node_roles.discard(dynsec.nodes_rolename(self.topics, cluster))
+                raise
 
     def node_removed(self, cluster: str, node: str) -> None:
         with self._lock:

@@ -334,6 +334,65 @@ def test_nodes_share_what_they_all_read_and_older_users_keep_their_whole_role(wo
     assert again.subscribe(t.control_presence()) is True
 
 
+def test_an_enrolment_makes_the_shared_role_again_when_it_went_missing(mosq: Mosquitto) -> None:
+    """The server remembers that a cluster's shared node role is there; when it went missing (its cluster was
+    deleted through another server, then made again), the enrolment is refused once and the retry makes it."""
+    from control.broker_accounts import DynsecAccounts
+
+    t = Topics(unique("t"))
+    accounts = DynsecAccounts(mosq.admin_url(), t, secrets.token_hex(16))
+    accounts.client.connect()
+    try:
+        accounts.node_enrolled(C1, N1, secrets.token_hex(16))
+        shared = dynsec.nodes_rolename(t, C1)
+        accounts.node_removed(C1, N1)
+        assert accounts.client.delete_role(shared)
+        password = secrets.token_hex(16)
+        with pytest.raises(DynsecCommandError, match="Role not found"):
+            accounts.node_enrolled(C1, N2, password)
+        accounts.node_enrolled(C1, N2, password)  # the agent asks again
+        assert set(accounts.client.get_role(shared) or []) == set(dynsec.nodes_acls(t, C1))
+        info = accounts.client.get_client(dynsec.node_username(t, C1, N2))
+        assert info is not None and set(info.roles) == {dynsec.node_username(t, C1, N2), shared}
+        node = Peer(mosq.port, dynsec.node_username(t, C1, N2), password)
+        try:
+            assert node.wait_connack(), node.reason
+            assert node.subscribe(t.control_presence()) is True
+        finally:
+            node.close()
+    finally:
+        accounts.client.close()
+
+
+def test_a_deleted_clusters_roles_go_after_their_users_let_go(mosq: Mosquitto) -> None:
+    """Mosquitto 2.0.11 can crash (SIGSEGV) at its next change after a role that a user still has is
+    deleted. A deleted cluster's shared roles go only after its leftover node users are deleted and its
+    monitors lost the role; the broker then takes changes as before, and other clusters keep theirs."""
+    from control.broker_accounts import DynsecAccounts
+
+    t = Topics(unique("t"))
+    accounts = DynsecAccounts(mosq.admin_url(), t, secrets.token_hex(16))
+    accounts.client.connect()
+    admin = accounts.client
+    try:
+        dynsec.ensure_node(admin, t, C1, N1, secrets.token_hex(16))  # left behind (an enrolment rolled back)
+        dynsec.ensure_node(admin, t, C2, N2, secrets.token_hex(16))
+        monitor = dynsec.ensure_monitor(admin, t, "alice", secrets.token_hex(16), [C1, C2])
+        accounts._delete_cluster_roles(C1)  # what the reconcile does once C1's enrolment user is gone
+        assert admin.ensure_role(unique("after-"), []) is True  # the broker is still there and takes changes
+        assert admin.get_client(dynsec.node_username(t, C1, N1)) is None
+        assert admin.get_role(dynsec.nodes_rolename(t, C1)) is None
+        assert admin.get_role(dynsec.monitor_rolename(t, C1)) is None
+        info = admin.get_client(monitor)
+        assert info is not None and info.roles == (dynsec.monitor_rolename(t, C2),)
+        info = admin.get_client(dynsec.node_username(t, C2, N2))
+        assert info is not None and dynsec.nodes_rolename(t, C2) in info.roles
+        assert admin.get_role(dynsec.nodes_rolename(t, C2)) is not None
+        assert mosq.proc.alive()
+    finally:
+        accounts.client.close()
+
+
 def test_enrolment_says_hello_only_in_its_cluster(world: World) -> None:
     t = world.topics
     control = world.control()
