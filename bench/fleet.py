@@ -1,7 +1,8 @@
 """Fleet benchmark: thousands of simulated agents against a real control service, next to a broker baseline.
 
-Starts ``glusterctl server`` (embedded broker, or the Mosquitto at 127.0.0.1:1883 with a private
-topic root; SQLite, or a private PostgreSQL database) and drives it with simulated agents, all in
+Starts ``glusterctl server`` (embedded broker; or a Mosquitto of the run's own, anonymous or, with
+``--mosquitto dynsec``, with the dynamic security plugin and ``--mqtt-dynsec`` as in production; or the
+Mosquitto at 127.0.0.1:1883 with a private topic root; SQLite, or a private PostgreSQL database) and drives it with simulated agents, all in
 this one asyncio process. Each simulated agent speaks the topic contract (topics.md) as the real
 agent does: it enrols with the join token (enrolment hello with proof and its own node secret),
 reconnects as its node user with a last-will on its presence, says hello with the node proof,
@@ -12,7 +13,8 @@ Measured (each next to a baseline taken in the same run on the same broker, with
 of plain MQTT clients and no control-service logic on their topics):
 
 * registration storm: all agents enrol and register at once, time until the REST API lists all
-  Online (baseline: the same number of clients connecting and subscribing);
+  Online, and the CPU the server and a private broker spent meanwhile (baseline: the same number of
+  clients connecting and subscribing);
 * reconnect storm: once they are held, every agent's connection drops at once (TCP, no DISCONNECT, as
   when a broker restarts: the broker sends every last-will) and each reconnects with its backoff and
   says hello with a new epoch; time until all are registered and Online again, and the server's CPU;
