@@ -120,6 +120,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process (FileNotFoundError once it ended)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], pct: float) -> float | None:
     if not values:
         return None
@@ -437,9 +444,7 @@ class PrivateMosquitto:
                 time.sleep(0.05)
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.popen.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.popen.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -555,15 +560,13 @@ class ServerProc:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server with its broker process."""
-        total = 0
+        total = 0.0
         for pid in self.pids():
             try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += cpu_seconds(pid)
             except FileNotFoundError:
                 continue  # it ended meanwhile
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return total
 
     def rss_mib(self) -> float:
         """Resident memory of the server with its broker process."""

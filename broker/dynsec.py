@@ -411,8 +411,9 @@ class DynsecClient:
             self._batches[batch_id] = batch
         try:
             # QoS 0: a QoS 1 command made Mosquitto answer with a PUBACK and then the response, two small
-            # packets back to back, and Nagle held the second until this side's delayed ACK (44 ms a command,
-            # against 0.2 ms). The answer says whether the command ran; a lost one is a DynsecTimeout, as before.
+            # packets back to back, and each command took 44 ms (Nagle holding the second until this side's
+            # delayed ACK, by the look of it), against 0.2 ms. The answer says whether the command ran; a lost
+            # one is a DynsecTimeout, as before.
             self._client.publish(CONTROL_TOPIC, json.dumps(payload).encode(), qos=0)
             if not batch.done.wait(max(0.0, deadline - time.monotonic())):
                 names = ", ".join(str(c.get("command")) for c in commands)
@@ -586,11 +587,15 @@ def ensure_node(
         dynsec.ensure_role(shared, nodes_acls(topics, cluster))
         if known_roles is not None:
             known_roles.add(shared)
-    if password is None:
+    if password is None:  # the reconcile: one read of the user decides what is left to do
         current = dynsec.get_client(username)
         if current is not None and current.roles == (username,):
             dynsec.ensure_role(username, whole_node_acls(topics, cluster, node))
             return username
+        dynsec.ensure_role(username, node_acls(topics, cluster, node))
+        if current is None or set(current.roles) != {username, shared} or current.disabled:
+            dynsec.ensure_client(username, None, [username, shared])
+        return username
     dynsec.ensure_role(username, node_acls(topics, cluster, node))
     dynsec.ensure_client(username, password, [username, shared])
     return username
